@@ -1,0 +1,1 @@
+"""Reference models and data loaders that edgeship builds, validates and ships."""

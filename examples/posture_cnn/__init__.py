@@ -1,0 +1,1 @@
+"""1-D CNN movement classifier trained on the BasicMotions wearable-sensor data set."""

@@ -1,0 +1,176 @@
+"""The ``edgeship`` command line: a thin layer over the verbs' modules.
+
+Only this module prints. Errors print their short message; ``-v`` or
+``EDGESHIP_FULL_ERROR=1`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from orchestrator.errors import EdgeshipError, GateFailure, SpecError
+
+log = logging.getLogger("edgeship")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from orchestrator.config.loader import list_options, project_root
+    from orchestrator.passes.base import registered_passes
+    from orchestrator.target_api import registered_targets
+
+    root = project_root()
+    for group in ("deployment", "model", "recipe", "target", "fleet", "rollout"):
+        options = list_options(root, group)
+        print(f"{group}s ({len(options)}):")
+        for o in options:
+            print(f"  {o}")
+    print("target families:")
+    for fam, cls in sorted(registered_targets().items()):
+        print(f"  {fam:<14} {cls.runtime:<12} {cls.description}")
+    print("passes:")
+    for name, pcls in sorted(registered_passes().items()):
+        print(f"  {name:<22} {pcls.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.config.loader import compose
+
+    spec = compose(args.overrides)
+    print(f"# deployment {spec.name}: " + ", ".join(f"{k}={v}" for k, v in spec.choices.items()))
+    print(spec.to_yaml(), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrator import reference
+    from orchestrator.config.loader import load_option, project_root
+
+    root = project_root()
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
+    if not names:
+        raise SpecError([], title="edgeship train needs model=NAME")
+    for name in names[0].split(","):
+        model = load_option("model", name, root)
+        path = reference.weights_path(model, root)
+        if path is not None and path.exists() and args.force:
+            path.unlink()
+        t0 = time.perf_counter()
+        reference.ensure_weights(model, root)
+        print(f"{name}: weights at {path} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _step_printer(prefix: str) -> Callable[[str], None]:
+    def show(step: str) -> None:
+        _err(f"[{prefix}] {step}")
+
+    return show
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from orchestrator.build import run_build
+    from orchestrator.config.loader import compose, split_sweeps
+
+    jobs = split_sweeps(args.overrides) if args.multirun else [args.overrides]
+    specs = []
+    problems = []
+    for job in jobs:
+        try:
+            specs.append(compose(job))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    failures = 0
+    for spec in specs:
+        try:
+            result = run_build(spec, on_step=_step_printer(spec.name), record=not args.no_record)
+        except GateFailure as exc:
+            failures += 1
+            _err(str(exc))
+            continue
+        _print_result(result)
+    if failures:
+        _err(f"{failures} of {len(specs)} build(s) failed their gates")
+        return GateFailure.exit_code
+    return 0
+
+
+def _print_result(result: object) -> None:
+    from orchestrator.build import BuildResult
+
+    assert isinstance(result, BuildResult)
+    v = result.validation
+    print(f"{result.deployment}: {'PASSED' if v.passed else 'FAILED'} in {result.seconds:.1f}s")
+    print(f"  artifact:    {result.artifact_dir}")
+    if result.run_id:
+        print(f"  mlflow run:  {result.run_id}")
+    if result.model_version:
+        print(f"  registered:  {result.deployment} version {result.model_version} (alias candidate)")
+    width = max((len(str(g.gate)) for g in v.gates), default=10)
+    for g in v.gates:
+        shown = "n/a" if g.value is None else f"{g.value:.4g}"
+        print(f"  {str(g.gate):<{width}}  {shown:>10}  {'pass' if g.passed else 'FAIL'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeship",
+        description="Build, validate, record and ship AI models to edge devices.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log steps and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="deployments, models, recipes, targets, fleets, passes")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="print the composed, validated spec as YAML")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("build", help="export -> optimise -> validate -> record")
+    p.add_argument("-m", "--multirun", action="store_true", help="sweep: deployment=a,b builds both")
+    p.add_argument("--no-record", action="store_true", help="do not write to MLflow")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("train", help="train a reference model (model=NAME)")
+    p.add_argument("--force", action="store_true", help="retrain even when weights exist")
+    p.add_argument("overrides", nargs="*", help="model=NAME")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose or os.environ.get("EDGESHIP_FULL_ERROR") == "1"
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except EdgeshipError as exc:
+        if verbose:
+            traceback.print_exc()
+        _err(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted; nothing half-written was kept")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The schema of every spec under ``conf/``: one dataclass per config node.
+
+These are Hydra structured configs. They are registered in Hydra's ConfigStore
+(group ``schema``) and are the single source of truth for what a key means, its
+type and its default; :mod:`orchestrator.config.validate` checks composed YAML
+against them and reports every problem at once.
+
+Field metadata ``choices`` restricts a string to a fixed set of values.
+"""
+
+# OmegaConf resolves typing.List/Dict/Optional; keep them here.
+# ruff: noqa: UP006, UP007, UP035, UP045
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+TASKS = ("classification", "segmentation")
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def choices(*values: str) -> dict[str, tuple[str, ...]]:
+    """Field metadata restricting a string field to ``values``."""
+    return {"choices": values}
+
+
+@dataclass
+class CallableRef:
+    """A Python callable named as ``package.module:function`` plus keyword arguments."""
+
+    fn: str = MISSING  # "package.module:function"
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to fn
+
+
+@dataclass
+class TensorSpec:
+    """One input or output tensor of the model graph."""
+
+    name: str = MISSING  # tensor name in the exported graph
+    shape: List[int] = MISSING  # static shape, batch dimension first
+    dtype: str = field(default="float32", metadata=choices(*DTYPES))  # element type
+
+
+@dataclass
+class SourceConfig:
+    """Where the reference model comes from."""
+
+    kind: str = field(default="pytorch", metadata=choices("pytorch", "onnx"))  # reference kind
+    factory: Optional[CallableRef] = None  # builds the torch.nn.Module (kind=pytorch)
+    weights: Optional[str] = None  # state_dict file, relative to the project root
+    train: Optional[CallableRef] = None  # trains and writes `weights` when they are missing
+    onnx: Optional[str] = None  # ONNX file, relative to the project root (kind=onnx)
+    opset: int = 18  # ONNX opset used by the exporter
+
+
+@dataclass
+class DataConfig:
+    """The data used to evaluate and to calibrate the model."""
+
+    eval: CallableRef = MISSING  # returns (inputs [N, ...], labels [N, ...] or None)
+    calibration: Optional[CallableRef] = None  # returns (inputs [N, ...], labels or None)
+    eval_samples: int = 0  # use only the first N eval samples (0 = all)
+
+
+@dataclass
+class ModelConfig:
+    """A reference model: source, signature, task and data."""
+
+    name: str = MISSING  # model identifier
+    task: str = field(default=MISSING, metadata=choices(*TASKS))  # what the outputs mean
+    description: str = ""  # one line for people
+    source: SourceConfig = field(default_factory=SourceConfig)  # the reference model
+    inputs: List[TensorSpec] = MISSING  # graph inputs, in order
+    outputs: List[TensorSpec] = MISSING  # graph outputs, in order (first = logits)
+    labels: List[str] = field(default_factory=list)  # class names, index order
+    preprocessing: Optional[CallableRef] = None  # returns the constants an app applies first
+    data: DataConfig = field(default_factory=DataConfig)  # evaluation and calibration data
+
+
+@dataclass
+class PassConfig:
+    """One step of a recipe: a registered pass and its options."""
+
+    name: str = MISSING  # registered pass name (see `edgeship list`)
+    options: Dict[str, Any] = field(default_factory=dict)  # checked against the pass's schema
+
+
+@dataclass
+class RecipeConfig:
+    """An ordered list of optimisation passes applied after export."""
+
+    name: str = MISSING  # recipe identifier
+    description: str = ""  # one line for people
+    passes: List[PassConfig] = field(default_factory=list)  # applied in order
+
+
+@dataclass
+class TargetConfig:
+    """A device family and how the artifact runs there."""
+
+    name: str = MISSING  # target identifier
+    family: str = MISSING  # registered target family (see `edgeship list`)
+    description: str = ""  # one line for people
+    device: str = "CPU"  # runtime device / execution provider selector
+    threads: int = 0  # intra-op threads for inference (0 = runtime default)
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])  # what the device runs
+    runtime_version: str = ""  # PEP 440 specifier the devices' runtime satisfies, e.g. ">=1.20"
+
+
+@dataclass
+class ValidationConfig:
+    """How an artifact is measured."""
+
+    latency_warmup: int = 5  # untimed runs before measuring
+    latency_runs: int = 50  # timed runs (batch 1, the declared input shape)
+    latency_batch: int = 1  # batch size of the latency input
+
+
+@dataclass
+class DeploymentConfig:
+    """A model x recipe x target, and the gates its artifact must pass."""
+
+    name: str = MISSING  # deployment identifier; artifacts/<name>/
+    description: str = ""  # one line for people
+    gates: List[str] = field(default_factory=list)  # e.g. "agreement >= 0.99"
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # measurement
+
+
+@dataclass
+class EdgeshipConfig:
+    """The root of a composed spec."""
+
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+
+# group name -> schema of one option of that group
+GROUP_SCHEMAS: dict[str, type] = {
+    "deployment": DeploymentConfig,
+    "model": ModelConfig,
+    "recipe": RecipeConfig,
+    "target": TargetConfig,
+}
+
+
+def register_schemas() -> None:
+    """Register every schema in Hydra's ConfigStore under the ``schema`` group."""
+    cs = ConfigStore.instance()
+    cs.store(name="edgeship", node=EdgeshipConfig, group="schema")
+    for group, node in GROUP_SCHEMAS.items():
+        cs.store(name=group, node=node, group="schema")

@@ -1,0 +1,101 @@
+"""Acceptance gates: ``"<metric> <op> <number>"`` strings in a deployment spec."""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+_GATE = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*(>=|<=|==|>|<)\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
+
+COMMON_METRICS = (
+    "max_abs_error",
+    "mean_abs_error",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "size_mb",
+    "peak_memory_mb",
+)
+TASK_METRICS = {
+    "classification": ("agreement", "accuracy", "reference_accuracy", "accuracy_drop"),
+    "segmentation": (
+        "dice_vs_reference",
+        "min_dice_vs_reference",
+        "dice_vs_labels",
+        "reference_dice_vs_labels",
+        "dice_drop",
+    ),
+}
+
+
+def measured_metrics(task: str, labels: Iterable[str]) -> list[str]:
+    """Every metric validation reports for a model of this task."""
+    names = list(COMMON_METRICS) + list(TASK_METRICS.get(task, ()))
+    if task == "segmentation":
+        for label in list(labels)[1:]:
+            names.append(f"dice_vs_reference.{label}")
+            names.append(f"dice_vs_labels.{label}")
+    return names
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One acceptance rule on one metric."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+    def check(self, value: float | None) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return OPS[self.op](float(value), self.threshold)
+
+
+class GateSyntaxError(ValueError):
+    """A gate string is not ``<metric> <op> <number>``."""
+
+
+def parse_gate(text: str) -> Gate:
+    """Parse ``"agreement >= 0.99"``."""
+    m = _GATE.match(text)
+    if not m:
+        raise GateSyntaxError(
+            f"expected '<metric> <op> <number>' with op one of {', '.join(OPS)}, found '{text}'"
+        )
+    return Gate(m.group(1), m.group(2), float(m.group(3)))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: Gate
+    value: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "not measured" if self.value is None else f"{self.value:.6g}"
+        verdict = "pass" if self.passed else "FAIL"
+        return f"{self.gate}: {verdict} (measured {shown})"
+
+
+def evaluate_gates(gates: Iterable[Gate], metrics: Mapping[str, float]) -> list[GateResult]:
+    """Check every gate against the measured metrics."""
+    out = []
+    for g in gates:
+        value = metrics.get(g.metric)
+        out.append(GateResult(g, value, g.check(value) if value is not None else False))
+    return out

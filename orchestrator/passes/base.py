@@ -1,0 +1,93 @@
+"""The interface every optimisation pass implements, and the pass registry.
+
+A pass is one file under ``orchestrator/passes/<backend>/`` that subclasses
+:class:`Pass` and decorates it with :func:`register_pass`. Its options are a
+dataclass (``Options``) that a recipe's ``options:`` mapping is checked against.
+Passes are discovered by walking this package, so adding one needs no other edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from orchestrator.model_file import ModelFile
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass
+class NoOptions:
+    """A pass without options."""
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its input model."""
+
+    workdir: Path  # an empty directory the pass writes its output into
+    input_names: list[str]  # graph input names, in order
+    calibration: Callable[[], list[Inputs]]  # calibration samples (batch 1 each), lazily loaded
+    threads: int = 0  # CPU threads the pass may use (0 = library default)
+    evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
+
+
+class Pass(ABC):
+    """One optimisation or conversion step of a recipe."""
+
+    name: ClassVar[str]  # registered name used in recipes
+    description: ClassVar[str]  # one line for `edgeship list`
+    Options: ClassVar[type] = NoOptions  # dataclass of the pass's options
+    input_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # formats it accepts
+    output_format: ClassVar[str] = "onnx"  # format it produces
+    runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "openvino", "tensorrt")  # who runs it
+    needs_calibration: ClassVar[bool] = False  # requires model.data.calibration
+    backend: ClassVar[str] = "onnx"  # library the pass uses; its import is checked at build
+
+    def output_precision(self, options: Any, current: str) -> str:
+        """Precision of the output model given the input model's precision."""
+        return current
+
+    @abstractmethod
+    def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
+        """Transform ``model`` and return the new model (written under ``ctx.workdir``)."""
+
+
+_PASSES: dict[str, type[Pass]] = {}
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator adding a pass to the registry under ``cls.name``."""
+    if cls.name in _PASSES and _PASSES[cls.name] is not cls:
+        raise RuntimeError(f"two passes are registered as '{cls.name}'")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+    _PASSES[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    import orchestrator.passes as pkg
+
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
+        importlib.import_module(info.name)
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    """Every registered pass by name (discovering them on first use)."""
+    if not _PASSES:
+        _discover()
+    return dict(_PASSES)
+
+
+def make_options(cls: type[Pass], raw: dict[str, Any]) -> Any:
+    """Build the pass's Options dataclass from an already type-checked mapping."""
+    return cls.Options(**raw)

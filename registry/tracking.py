@@ -1,0 +1,154 @@
+"""MLflow: one run per build, the model registry, aliases.
+
+Only this module talks to MLflow. The tracking URI is ``$MLFLOW_TRACKING_URI``
+when set (a real server), else a SQLite file in the project (``mlflow.db``) with
+artifacts under ``mlartifacts/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_ALIAS = "candidate"
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}, "l": [x]}`` -> ``{"a.b": "1", "l.0.x": ...}}``, values as strings."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, v in enumerate(value):
+                out.update(flatten(v, f"{name}.{i}"))
+        else:
+            out[name] = str(value)
+    return out
+
+
+class Tracker:
+    """A thin, typed facade over the MLflow client for edgeship's records."""
+
+    def __init__(self, root: Path) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.root = root
+        self.uri = tracking_uri(root)
+        mlflow.set_tracking_uri(self.uri)
+        self.mlflow = mlflow
+        self.client = MlflowClient(self.uri)
+
+    def experiment_id(self, deployment: str) -> str:
+        """The experiment that groups every build of one deployment (created on first use)."""
+        try:
+            exp = self.client.get_experiment_by_name(deployment)
+            if exp is not None:
+                return str(exp.experiment_id)
+            location = None
+            if _is_local(self.uri):
+                location = (self.root / "mlartifacts" / deployment).as_uri()
+            return str(
+                self.client.create_experiment(
+                    deployment, artifact_location=location, tags={"edgeship.deployment": deployment}
+                )
+            )
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
+
+    @contextmanager
+    def run(
+        self, deployment: str, run_name: str, tags: Mapping[str, str], parent: str | None = None
+    ) -> Iterator[Any]:
+        """An MLflow run that ends FAILED if the block raises and KILLED on Ctrl-C."""
+        exp = self.experiment_id(deployment)
+        all_tags = dict(tags)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        try:
+            run = self.client.create_run(exp, run_name=run_name, tags=all_tags)
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
+        run_id = run.info.run_id
+        status = "FINISHED"
+        try:
+            yield run
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            self.client.set_terminated(run_id, status)
+
+    def log_build(
+        self,
+        run_id: str,
+        params: Mapping[str, str],
+        metrics: Mapping[str, float],
+        artifact_dir: Path | None,
+        tags: Mapping[str, str],
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        metric_items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(metric_items), 500):
+            self.client.log_batch(run_id, metrics=metric_items[i : i + 500])
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if artifact_dir is not None:
+            self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="artifact")
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def register(self, deployment: str, run_id: str, alias: str = CANDIDATE_ALIAS) -> str:
+        """Register the run's artifact as a new version of model ``deployment``; set ``alias``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(deployment)
+        except MlflowException:
+            self.client.create_registered_model(
+                deployment, description=f"edgeship deployment {deployment}"
+            )
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/artifact"
+        version = self.client.create_model_version(deployment, source, run_id=run_id)
+        self.client.set_registered_model_alias(deployment, alias, version.version)
+        return str(version.version)
+
+    def set_alias(self, deployment: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(deployment, alias, version)
+
+    def alias_version(self, deployment: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(deployment, alias).version)
+        except MlflowException:
+            return None

@@ -1,0 +1,82 @@
+"""Intel NUCs (and other Intel CPU/iGPU boxes) running OpenVINO, e.g. beside a CT scanner."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from orchestrator.model_file import ModelFile
+from orchestrator.runtime_imports import require
+from orchestrator.target_api import Session, Target, register_target
+
+log = logging.getLogger(__name__)
+
+
+class OvSession:
+    """A compiled OpenVINO model behind the Session protocol."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.outputs = list(compiled.outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(inputs)
+        return [np.array(result[o]) for o in self.outputs]
+
+
+def execution_precision(model: ModelFile, device: str) -> str:
+    """The OpenVINO inference precision that matches the artifact's declared precision.
+
+    OpenVINO's CPU plugin runs bf16 by default on CPUs that have it; edgeship sets
+    the precision explicitly: FP32 and INT8 artifacts run f32 for every
+    non-quantized op, FP16 artifacts run f16 where the device supports it.
+    """
+    if model.precision == "fp16":
+        core = require("openvino").Core()
+        caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+        return "f16" if "FP16" in caps else "f32"
+    return "f32"
+
+
+def ov_config(model: ModelFile, device: str, threads: int) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": execution_precision(model, device),
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
+@register_target
+class OpenVinoNucTarget(Target):
+    family = "intel_nuc"
+    runtime = "openvino"
+    description = "Intel NUC / Intel CPU edge boxes, OpenVINO (IR or ONNX)"
+    formats = ("openvino_ir", "onnx")
+    install_hint = "pip install openvino"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            require("openvino")
+        except ImportError as exc:  # pragma: no cover - openvino is a dependency
+            return str(exc)
+        return None
+
+    def runtime_version(self) -> str:
+        return str(require("openvino").get_version())
+
+    def load(self, model: ModelFile) -> Session:
+        ov = require("openvino")
+        core = ov.Core()
+        config = ov_config(model, self.config.device, self.config.threads)
+        compiled = core.compile_model(core.read_model(str(model.path)), self.config.device, config)
+        return OvSession(compiled)
+
+    def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
+        return {"device": self.config.device, **ov_config(model, self.config.device, self.config.threads)}

@@ -226,6 +226,8 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
                     f"missing 'override /{group}: NAME' (or pass {group}=NAME)",
                 )
             )
+    if problems:
+        raise SpecError(problems)
     files = {g: f"conf/{g}/{c}.yaml" for g, c in choices.items()}
     for group, rel in files.items():
         if group != "deployment":

@@ -141,8 +141,8 @@ def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> No
     if target_cls is not None and chain_ok and fmt not in target_cls.formats:
         report(
             "recipe.passes",
-            f"the recipe ends with a {fmt} model; target family '{target_cls.family}' loads "
-            f"{' or '.join(target_cls.formats)}",
+            f"the recipe ends with a model in {fmt} format; target family "
+            f"'{target_cls.family}' loads {' or '.join(target_cls.formats)}",
         )
     precisions = target.get("precisions")
     if chain_ok and isinstance(precisions, list) and precision not in precisions:

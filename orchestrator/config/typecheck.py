@@ -147,4 +147,6 @@ def check_dataclass(data: Mapping[str, Any], schema: type, prefix: str, report: 
         if name in data:
             check_value(data[name], hints[name], key, report, f.metadata)
         elif f.default is MISSING:
-            report(key, f"missing required value; expected {type_name(hints[name])}")
+            allowed = f.metadata.get("choices")
+            wanted = f"one of: {', '.join(allowed)}" if allowed else type_name(hints[name])
+            report(key, f"missing required value; expected {wanted}")

@@ -1,0 +1,38 @@
+# edgeship: set-up, the main job and the test suite.
+#   make build   set up, then build and validate every shipped deployment (recorded in ./mlflow.db)
+#   make test    set up, then run the whole test suite (unit, golden, integration)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEPLOYMENTS := $(shell ls conf/deployment | sed 's/\.yaml$$//' | paste -sd, -)
+
+.PHONY: setup build test lint mlflow-ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+build: setup
+	$(BIN)/edgeship train model=posture_cnn,ct_seg
+	$(BIN)/edgeship build -m deployment=$(DEPLOYMENTS)
+
+test: setup
+	bash tools/system-deps.sh
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check orchestrator targets registry
+	$(BIN)/mypy
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf artifacts mlartifacts mlflow.db models

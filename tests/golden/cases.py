@@ -1,0 +1,83 @@
+"""Bad specs and the exact error text a user sees for each.
+
+Each case: overrides on the command line, edits to files under a copy of conf/
+(path -> new content, or (path, old, new) replacements), and the golden stderr.
+"""
+
+from __future__ import annotations
+
+CASES: dict[str, dict] = {
+    "unknown_deployment": {
+        "args": ["show", "deployment=posture_srv"],
+    },
+    "missing_deployment": {
+        "args": ["show"],
+    },
+    "unknown_recipe_on_command_line": {
+        "args": ["build", "deployment=ct_seg_nuc", "recipe=int8_nnfc"],
+    },
+    "wrong_type_on_command_line": {
+        "args": ["build", "deployment=posture_server", "target.threads=two"],
+    },
+    "unknown_key_on_command_line": {
+        "args": ["show", "deployment=posture_server", "model.inptus=[]"],
+    },
+    "unknown_choice_value": {
+        "args": ["show", "deployment=posture_server", "model.task=regression"],
+    },
+    "unknown_pass_in_recipe_file": {
+        "args": ["build", "deployment=posture_server", "recipe=ort_int8_static"],
+        "replace": [("conf/recipe/ort_int8_static.yaml", "ort_quantize_static", "ort_quantise_static")],
+    },
+    "unknown_pass_option": {
+        "args": ["build", "deployment=posture_server", "recipe=ort_int8_static"],
+        "replace": [("conf/recipe/ort_int8_static.yaml", "calibration_method:", "calibration:")],
+    },
+    "static_int8_without_calibration_data": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "recipe=ort_int8_static",
+            "model.data.calibration=null",
+        ],
+    },
+    "pass_the_target_runtime_cannot_run": {
+        "args": ["build", "deployment=posture_server", "recipe=int8_nncf"],
+    },
+    "gate_on_a_metric_never_measured": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [("conf/deployment/posture_server.yaml", "agreement >= 0.95", "dice >= 0.95")],
+    },
+    "gate_syntax": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [("conf/deployment/posture_server.yaml", "p95_ms <= 20", "p95_ms under 20")],
+    },
+    "missing_required_field": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [("conf/model/posture_cnn.yaml", "task: classification\n", "")],
+    },
+    "invalid_yaml": {
+        "args": ["build", "deployment=ct_seg_nuc"],
+        "replace": [("conf/target/intel_nuc.yaml", "threads: 2", "threads: [2")],
+    },
+    "unknown_target_in_deployment_defaults": {
+        "args": ["build", "deployment=ct_seg_nuc"],
+        "replace": [("conf/deployment/ct_seg_nuc.yaml", "override /target: intel_nuc", "override /target: intel_nux")],
+    },
+    "deployment_name_differs_from_file": {
+        "args": ["build", "deployment=posture_nuc"],
+        "replace": [("conf/deployment/posture_nuc.yaml", "name: posture_nuc", "name: posture_nuc2")],
+    },
+    "labels_do_not_match_outputs": {
+        "args": ["build", "deployment=posture_server", "model.labels=[Standing,Running]"],
+    },
+    "every_problem_at_once": {
+        "args": ["build", "deployment=ct_seg_server", "recipe=ort_int8_static", "target.threads=-1"],
+        "replace": [
+            ("conf/recipe/ort_int8_static.yaml", "minmax", "minmx"),
+            ("conf/model/ct_seg.yaml", "dtype: float32}\noutputs", "dtype: float23}\noutputs"),
+            ("conf/deployment/ct_seg_server.yaml", "dice_drop <= 0.01", "dice_drops <= 0.01"),
+            ("conf/target/server.yaml", "family: server", "family: servr"),
+        ],
+    },
+}

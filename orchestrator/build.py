@@ -62,7 +62,9 @@ def artifacts_root(root: Path) -> Path:
 def _check_available(target: Target, spec: ComposedSpec) -> None:
     reason = target.unavailable_reason()
     if reason:
-        raise MissingDependencyError(f"{target.runtime} ({target.family})", target.install_hint, reason)
+        raise MissingDependencyError(
+            f"{target.runtime} ({target.family})", target.install_hint, reason
+        )
     passes = registered_passes()
     for p in spec.config.recipe.passes:
         require(passes[p.name].backend)
@@ -153,7 +155,10 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
             with tracker.run(name, f"{name}-{cfg.recipe.name}", tags) as run:
                 run_id = run.info.run_id
                 write_json(staging / "build.json", _build_info(spec, run_id, None, status))
-                params = {**flatten(spec.data), **{f"choice.{k}": v for k, v in spec.choices.items()}}
+                params = {
+                    **flatten(spec.data),
+                    **{f"choice.{k}": v for k, v in spec.choices.items()},
+                }
                 tracker.log_build(run_id, params, result.metrics, staging, {})
                 if result.passed:
                     version = tracker.register(name, run_id)
@@ -189,17 +194,27 @@ def _tags(spec: ComposedSpec, status: str) -> dict[str, str]:
     }
 
 
-def _build_info(spec: ComposedSpec, run_id: str | None, version: str | None, status: str) -> dict[str, Any]:
+def _build_info(
+    spec: ComposedSpec, run_id: str | None, version: str | None, status: str
+) -> dict[str, Any]:
     return {
         "deployment": spec.config.deployment.name,
         "status": status,
         "choices": spec.choices,
         "overrides": spec.overrides,
-        "mlflow": {"run_id": run_id, "model_version": version, "model_name": spec.config.deployment.name},
+        "mlflow": {
+            "run_id": run_id,
+            "model_version": version,
+            "model_name": spec.config.deployment.name,
+        },
         "git": git_info(spec.root),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
     }
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
 def _write_artifact(
@@ -252,10 +267,10 @@ def _write_artifact(
     # smoke test: the first evaluation sample, the artifact's own output and the reference's
     smoke = staging / "smoke"
     smoke.mkdir()
-    np.savez(smoke / "input.npz", **data.samples[0])
+    _save_npz(smoke / "input.npz", data.samples[0])
     out_names = [t.name for t in cfg.model.outputs]
-    np.savez(smoke / "expected.npz", **dict(zip(out_names, result.outputs[0], strict=False)))
-    np.savez(smoke / "reference.npz", **dict(zip(out_names, reference_out[0], strict=False)))
+    _save_npz(smoke / "expected.npz", dict(zip(out_names, result.outputs[0], strict=False)))
+    _save_npz(smoke / "reference.npz", dict(zip(out_names, reference_out[0], strict=False)))
     scale = float(np.abs(result.outputs[0][0]).max()) or 1.0
     write_json(
         smoke / "smoke.json",

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from orchestrator.errors import EdgeshipError, GateFailure, SpecError
 
@@ -117,11 +118,13 @@ def _print_result(result: object) -> None:
     if result.run_id:
         print(f"  mlflow run:  {result.run_id}")
     if result.model_version:
-        print(f"  registered:  {result.deployment} version {result.model_version} (alias candidate)")
+        print(
+            f"  registered:  {result.deployment} version {result.model_version} (alias candidate)"
+        )
     width = max((len(str(g.gate)) for g in v.gates), default=10)
     for g in v.gates:
         shown = "n/a" if g.value is None else f"{g.value:.4g}"
-        print(f"  {str(g.gate):<{width}}  {shown:>10}  {'pass' if g.passed else 'FAIL'}")
+        print(f"  {g.gate!s:<{width}}  {shown:>10}  {'pass' if g.passed else 'FAIL'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeship",
         description="Build, validate, record and ship AI models to edge devices.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log steps and show tracebacks")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log steps and show tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="deployments, models, recipes, targets, fleets, passes")
@@ -140,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("build", help="export -> optimise -> validate -> record")
-    p.add_argument("-m", "--multirun", action="store_true", help="sweep: deployment=a,b builds both")
+    p.add_argument(
+        "-m", "--multirun", action="store_true", help="sweep: deployment=a,b builds both"
+    )
     p.add_argument("--no-record", action="store_true", help="do not write to MLflow")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_build)
@@ -149,7 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even when weights exist")
     p.add_argument("overrides", nargs="*", help="model=NAME")
     p.set_defaults(func=cmd_train)
+
+    for module in _verb_modules():
+        module.register(sub)
     return parser
+
+
+def _verb_modules() -> list[Any]:
+    """CLI modules of further verbs: ``orchestrator/cli_<area>.py`` each with register(sub)."""
+    import importlib
+    import pkgutil
+
+    import orchestrator
+
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(orchestrator.__path__)
+        if info.name.startswith("cli_")
+    )
+    return [importlib.import_module(f"orchestrator.{n}") for n in names]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,9 +29,7 @@ def export_onnx(net: Any, model: ModelConfig, root: Path, out: Path) -> ModelFil
         proto = onnx.load(str(src))  # pulls in external data if the file has any
     else:
         torch = require("torch")
-        args = tuple(
-            torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs
-        )
+        args = tuple(torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs)
         tmp = out.with_suffix(".export.onnx")
         quiet = logging.getLogger("torch.onnx")
         level = quiet.level
@@ -96,6 +94,4 @@ def copy_model(model: ModelFile, dest_dir: Path, stem: str = "model") -> ModelFi
 
 
 def zeros_like_inputs(model: ModelConfig, batch: int = 1) -> dict[str, np.ndarray]:
-    return {
-        t.name: np.zeros([batch, *t.shape[1:]], dtype=np.dtype(t.dtype)) for t in model.inputs
-    }
+    return {t.name: np.zeros([batch, *t.shape[1:]], dtype=np.dtype(t.dtype)) for t in model.inputs}

@@ -19,10 +19,11 @@ import numpy as np
 
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
+    from pathlib import Path
+
     from orchestrator.config.schema import TargetConfig
     from orchestrator.model_file import ModelFile
     from orchestrator.target_api import get_target
-    from pathlib import Path
 
     target = get_target(TargetConfig(**request["target"]))
     m = request["model"]

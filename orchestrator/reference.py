@@ -32,7 +32,7 @@ def resolve_callable(ref: str, key: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise BuildError(f"error: {key}: module '{module_name}' has no callable '{attr}'")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def call(ref: CallableRef, key: str, **extra: Any) -> Any:
@@ -59,7 +59,9 @@ def to_dataset(raw: Any, input_names: list[str], key: str, limit: int = 0) -> Da
         inputs, labels = raw, None
     if isinstance(inputs, np.ndarray):
         if len(input_names) != 1:
-            raise BuildError(f"error: {key}: returned one array but the model has inputs {input_names}")
+            raise BuildError(
+                f"error: {key}: returned one array but the model has inputs {input_names}"
+            )
         inputs = {input_names[0]: inputs}
     if not isinstance(inputs, dict) or set(inputs) != set(input_names):
         raise BuildError(f"error: {key}: expected arrays for inputs {input_names}")
@@ -127,7 +129,9 @@ def load_reference(model: ModelConfig, root: Path) -> Any:
     import torch
 
     if model.source.kind != "pytorch" or model.source.factory is None:
-        raise BuildError(f"error: model.source.kind: '{model.source.kind}' has no PyTorch reference")
+        raise BuildError(
+            f"error: model.source.kind: '{model.source.kind}' has no PyTorch reference"
+        )
     net = call(model.source.factory, "model.source.factory")
     path = ensure_weights(model, root)
     if path is not None:
@@ -143,7 +147,9 @@ def load_reference(model: ModelConfig, root: Path) -> Any:
     return net
 
 
-def run_reference(net: Any, samples: list[Inputs], input_names: list[str]) -> list[list[np.ndarray]]:
+def run_reference(
+    net: Any, samples: list[Inputs], input_names: list[str]
+) -> list[list[np.ndarray]]:
     """PyTorch outputs for every sample."""
     import torch
 

@@ -25,10 +25,14 @@ def _env() -> Environment:
 def render_report(
     spec: ComposedSpec, runtime: dict[str, Any], result: Validation, data: dict[str, Any]
 ) -> str:
-    return _env().get_template("report.md.j2").render(
-        spec=spec.config,
-        choices=spec.choices,
-        runtime=runtime,
-        result=result,
-        data=data,
+    return (
+        _env()
+        .get_template("report.md.j2")
+        .render(
+            spec=spec.config,
+            choices=spec.choices,
+            runtime=runtime,
+            result=result,
+            data=data,
+        )
     )

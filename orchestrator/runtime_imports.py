@@ -21,7 +21,7 @@ INSTALL = {
 
 
 def require(module: str, package: str | None = None) -> ModuleType:
-    """Import ``module``; if it is missing, raise MissingDependencyError saying how to install it."""
+    """Import ``module``; when missing, raise MissingDependencyError saying how to install it."""
     top = package or module.split(".")[0]
     try:
         return importlib.import_module(module)

@@ -108,9 +108,9 @@ class Tracker:
         artifact_dir: Path | None,
         tags: Mapping[str, str],
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
         import time
+
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]
@@ -152,3 +152,51 @@ class Tracker:
             return str(self.client.get_model_version_by_alias(deployment, alias).version)
         except MlflowException:
             return None
+
+    # -- bundles (edgeship bundle) -----------------------------------------------------------
+
+    def record_bundle(
+        self,
+        run_id: str,
+        manifest: Path,
+        digest: str,
+        signature: bytes,
+        version: int,
+        key_id: str,
+    ) -> None:
+        """Record a signed bundle on its build's run: tags, plus the manifest and signature."""
+        import base64
+
+        tags = {
+            "edgeship.bundle.version": str(version),
+            "edgeship.bundle.sha256": digest,
+            "edgeship.bundle.signature": base64.b64encode(signature).decode(),
+            "edgeship.bundle.key_id": key_id,
+            f"edgeship.bundle.{version}.sha256": digest,
+        }
+        try:
+            self.set_tags(run_id, tags)
+            self.client.log_artifact(run_id, str(manifest), artifact_path=f"bundle/{version}")
+            sig = manifest.with_name(manifest.name + ".sig")
+            if sig.is_file():
+                self.client.log_artifact(run_id, str(sig), artifact_path=f"bundle/{version}")
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: recording bundle {version}: {exc}"
+            ) from exc
+
+    def max_bundle_version(self, deployment: str) -> int:
+        """The highest bundle version recorded on any run of ``deployment`` (0 if none)."""
+        try:
+            exp = self.client.get_experiment_by_name(deployment)
+            if exp is None:
+                return 0
+            runs = self.client.search_runs(
+                [exp.experiment_id],
+                filter_string="tags.`edgeship.bundle.version` != ''",
+                max_results=1000,
+            )
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
+        versions = [int(r.data.tags.get("edgeship.bundle.version", "0") or 0) for r in runs]
+        return max([0, *versions])

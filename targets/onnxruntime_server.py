@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.model_file import ModelFile
-from orchestrator.target_api import Session, Target, register_target
 from orchestrator.runtime_imports import require
+from orchestrator.target_api import Session, Target, register_target
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 

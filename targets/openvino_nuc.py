@@ -79,4 +79,7 @@ class OpenVinoNucTarget(Target):
         return OvSession(compiled)
 
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
-        return {"device": self.config.device, **ov_config(model, self.config.device, self.config.threads)}
+        return {
+            "device": self.config.device,
+            **ov_config(model, self.config.device, self.config.threads),
+        }

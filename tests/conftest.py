@@ -60,12 +60,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (base / "server.log").open("w")
     proc = subprocess.Popen(
         [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-            "--artifacts-destination", str(base / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{base / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(base / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -93,3 +103,48 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGESHIP_ROOT", str(ROOT))
     monkeypatch.setenv("EDGESHIP_ARTIFACTS", str(tmp_path / "artifacts"))
     return tmp_path
+
+
+# -- shipping: a built artifact and simulated SSH devices (tests/sshd.py) -------------------------
+
+
+@pytest.fixture(scope="session")
+def built_artifact(tmp_path_factory: pytest.TempPathFactory, trained_models: Path) -> Path:
+    """One passing posture_server artifact per session (built without MLflow)."""
+    from orchestrator.build import run_build
+    from orchestrator.config.loader import compose
+
+    base = tmp_path_factory.mktemp("shipping-build")
+    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
+    os.environ["EDGESHIP_ROOT"] = str(ROOT)
+    os.environ["EDGESHIP_ARTIFACTS"] = str(base / "artifacts")
+    try:
+        result = run_build(compose(["deployment=posture_server"], ROOT), record=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return result.artifact_dir
+
+
+@pytest.fixture(scope="session")
+def ssh_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
+    """Three real sshd devices on 127.0.0.2-4 for the whole session."""
+    from tests.sshd import require_sshd, start_devices, stop_devices
+
+    require_sshd()
+    devices = start_devices(3, tmp_path_factory.mktemp("ssh-devices"))
+    try:
+        yield devices
+    finally:
+        stop_devices(devices)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, ssh_devices: list, built_artifact: Path):
+    """A fresh key store, bundle folder and fleet (fresh install roots) on the shared devices."""
+    from tests.sshd import ShipLab
+
+    return ShipLab(tmp_path / "lab", ssh_devices, built_artifact)

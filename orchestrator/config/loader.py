@@ -148,7 +148,9 @@ def _deployment_file(
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
-        problems.append(Problem(rel, "", f"expected a mapping at the top, found {type(data).__name__}"))
+        problems.append(
+            Problem(rel, "", f"expected a mapping at the top, found {type(data).__name__}")
+        )
         return {}, {}
     out: dict[str, str] = {}
     body = {k: v for k, v in data.items() if k != "defaults"}
@@ -175,7 +177,11 @@ def _deployment_file(
         group, choice = m.group(1), entry[key]
         if choice not in list_options(root, group):
             problems.append(
-                Problem(rel, f"defaults[{i}]", unknown_name_message(group, choice, list_options(root, group)))
+                Problem(
+                    rel,
+                    f"defaults[{i}]",
+                    unknown_name_message(group, choice, list_options(root, group)),
+                )
             )
         out[group] = choice
     return out, body
@@ -197,7 +203,9 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
             value = o.value()
             if not isinstance(value, str) or value not in list_options(root, key):
                 problems.append(
-                    Problem(CLI, key, unknown_name_message(key, str(value), list_options(root, key)))
+                    Problem(
+                        CLI, key, unknown_name_message(key, str(value), list_options(root, key))
+                    )
                 )
             else:
                 cli_choices[key] = value
@@ -238,7 +246,9 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
     container = _hydra_compose(root, [f"{g}={choices[g]}" for g in BUILD_GROUPS], problems)
     if problems:
         raise SpecError(problems)
-    _apply_value_overrides(container, [o for o in parsed if o.get_key_element() not in BUILD_GROUPS])
+    _apply_value_overrides(
+        container, [o for o in parsed if o.get_key_element() not in BUILD_GROUPS]
+    )
 
     collect = _Collector(files, cli_keys, deployment_body)
     for key in container:

@@ -30,7 +30,9 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
     source = _get(model, "source") or {}
     kind = source.get("kind", "pytorch")
     if kind == "pytorch" and not source.get("factory"):
-        report("model.source.factory", "missing; a pytorch source needs a factory (fn: module:func)")
+        report(
+            "model.source.factory", "missing; a pytorch source needs a factory (fn: module:func)"
+        )
     if kind == "pytorch" and not source.get("weights") and not source.get("train"):
         pass  # a factory may return a model with initialised weights; allowed
     if kind == "onnx" and not source.get("onnx"):
@@ -85,7 +87,8 @@ def check_target(target: Mapping[str, Any], report: Report) -> None:
         except InvalidSpecifier:
             report(
                 "target.runtime_version",
-                f"expected a version specifier such as '>=1.20', found '{target['runtime_version']}'",
+                "expected a version specifier such as '>=1.20', "
+                f"found '{target['runtime_version']}'",
             )
 
 

@@ -9,7 +9,7 @@ Field metadata ``choices`` restricts a string to a fixed set of values.
 """
 
 # OmegaConf resolves typing.List/Dict/Optional; keep them here.
-# ruff: noqa: UP006, UP007, UP035, UP045
+# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 

@@ -16,8 +16,6 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from orchestrator.errors import Problem
-
 # (key, message) -> Problem; the caller maps a key to its source file
 Report = Callable[[str, str], None]
 

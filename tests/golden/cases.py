@@ -27,7 +27,9 @@ CASES: dict[str, dict] = {
     },
     "unknown_pass_in_recipe_file": {
         "args": ["build", "deployment=posture_server", "recipe=ort_int8_static"],
-        "replace": [("conf/recipe/ort_int8_static.yaml", "ort_quantize_static", "ort_quantise_static")],
+        "replace": [
+            ("conf/recipe/ort_int8_static.yaml", "ort_quantize_static", "ort_quantise_static")
+        ],
     },
     "unknown_pass_option": {
         "args": ["build", "deployment=posture_server", "recipe=ort_int8_static"],
@@ -62,17 +64,30 @@ CASES: dict[str, dict] = {
     },
     "unknown_target_in_deployment_defaults": {
         "args": ["build", "deployment=ct_seg_nuc"],
-        "replace": [("conf/deployment/ct_seg_nuc.yaml", "override /target: intel_nuc", "override /target: intel_nux")],
+        "replace": [
+            (
+                "conf/deployment/ct_seg_nuc.yaml",
+                "override /target: intel_nuc",
+                "override /target: intel_nux",
+            )
+        ],
     },
     "deployment_name_differs_from_file": {
         "args": ["build", "deployment=posture_nuc"],
-        "replace": [("conf/deployment/posture_nuc.yaml", "name: posture_nuc", "name: posture_nuc2")],
+        "replace": [
+            ("conf/deployment/posture_nuc.yaml", "name: posture_nuc", "name: posture_nuc2")
+        ],
     },
     "labels_do_not_match_outputs": {
         "args": ["build", "deployment=posture_server", "model.labels=[Standing,Running]"],
     },
     "every_problem_at_once": {
-        "args": ["build", "deployment=ct_seg_server", "recipe=ort_int8_static", "target.threads=-1"],
+        "args": [
+            "build",
+            "deployment=ct_seg_server",
+            "recipe=ort_int8_static",
+            "target.threads=-1",
+        ],
         "replace": [
             ("conf/recipe/ort_int8_static.yaml", "minmax", "minmx"),
             ("conf/model/ct_seg.yaml", "dtype: float32}\noutputs", "dtype: float23}\noutputs"),

@@ -32,15 +32,26 @@ def _client() -> MlflowClient:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_build_posture_server_records_run_and_registers_candidate(tracked: Path, capsys) -> None:
     assert main(["build", "deployment=posture_server"]) == 0
     out = capsys.readouterr().out
     art = tracked / "artifacts" / "posture_server"
-    for name in ("model/model.onnx", "runtime.json", "metrics.json", "validation.json",
-                 "report.md", "spec.yaml", "build.json", "smoke/input.npz", "smoke/expected.npz"):
+    for name in (
+        "model/model.onnx",
+        "runtime.json",
+        "metrics.json",
+        "validation.json",
+        "report.md",
+        "spec.yaml",
+        "build.json",
+        "smoke/input.npz",
+        "smoke/expected.npz",
+    ):
         assert (art / name).is_file(), name
     runtime = json.loads((art / "runtime.json").read_text())
     assert runtime["model"]["precision"] == "int8"
@@ -94,7 +105,9 @@ def test_build_interrupted_leaves_last_good_artifact_and_no_staging(tracked: Pat
     before = _digest(good)
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "build", "deployment=posture_nuc"],
-        stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
     )
     assert proc.stderr is not None
     for line in proc.stderr:

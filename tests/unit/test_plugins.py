@@ -11,8 +11,13 @@ from orchestrator.target_api import registered_targets
 
 def test_registered_passes_have_dataclass_options_and_descriptions() -> None:
     passes = registered_passes()
-    assert {"ort_graph_optimize", "ort_quantize_dynamic", "ort_quantize_static",
-            "ov_convert", "nncf_quantize"} <= set(passes)
+    assert {
+        "ort_graph_optimize",
+        "ort_quantize_dynamic",
+        "ort_quantize_static",
+        "ov_convert",
+        "nncf_quantize",
+    } <= set(passes)
     for name, cls in passes.items():
         assert cls.name == name
         assert dataclasses.is_dataclass(cls.Options)
@@ -28,5 +33,12 @@ def test_registered_targets_include_server_and_nuc() -> None:
 def test_cli_list_shows_groups_passes_and_families(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("posture_server", "ct_seg_nuc", "int8_nncf", "intel_nuc", "nncf_quantize", "fleets"):
+    for word in (
+        "posture_server",
+        "ct_seg_nuc",
+        "int8_nncf",
+        "intel_nuc",
+        "nncf_quantize",
+        "fleets",
+    ):
         assert word in out

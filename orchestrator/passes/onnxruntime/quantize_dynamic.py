@@ -33,7 +33,9 @@ class OrtQuantizeDynamic(Pass):
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         q = require("onnxruntime.quantization", "onnxruntime")
         out = ctx.workdir / "model.onnx"
-        weight_type = {"qint8": q.QuantType.QInt8, "quint8": q.QuantType.QUInt8}[options.weight_type]
+        weight_type = {"qint8": q.QuantType.QInt8, "quint8": q.QuantType.QUInt8}[
+            options.weight_type
+        ]
         source = model.path
         if options.preprocess:
             source = preprocess_for_quantization(source, ctx.workdir)

@@ -14,6 +14,7 @@ from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
 from orchestrator.passes.onnxruntime.prep import preprocess_for_quantization
 from orchestrator.runtime_imports import require
 
+
 @dataclass
 class QuantizeStaticOptions:
     calibration_method: str = field(

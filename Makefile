@@ -1,12 +1,12 @@
 # edgeship: set-up, the main job and the test suite.
-#   make build   set up, then build and validate every shipped deployment (recorded in ./mlflow.db)
+#   make build   set up, then `dvc repro`: train, build and validate every shipped deployment
+#                (recorded in ./mlflow.db)
 #   make test    set up, then run the whole test suite (unit, golden, integration)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEPLOYMENTS := $(shell ls conf/deployment | sed 's/\.yaml$$//' | paste -sd, -)
 
 .PHONY: setup build test lint mlflow-ui clean
 
@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 build: setup
-	$(BIN)/edgeship train model=posture_cnn,ct_seg
-	$(BIN)/edgeship build -m deployment=$(DEPLOYMENTS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup
 	bash tools/system-deps.sh

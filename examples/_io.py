@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import random
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a uniquely named temp file in the target directory, then ``os.replace``.
+
+    The temp file is created with mode 0o666 minus the umask, so the final file gets
+    the same permissions as a plainly created one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -25,10 +25,12 @@ import numpy as np
 from orchestrator import reference as ref
 from orchestrator.config.loader import ComposedSpec
 from orchestrator.errors import BuildError, EdgeshipError, GateFailure, MissingDependencyError
+from orchestrator.evidence import render_model_card, write_plots
 from orchestrator.export import copy_model, export_onnx
-from orchestrator.fsutil import install_dir, recover, write_json
+from orchestrator.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.model_file import ModelFile, sha256_file
 from orchestrator.passes.base import PassContext, make_options, registered_passes
+from orchestrator.passes.common.evaluation import make_evaluation
 from orchestrator.provenance import environment, git_info
 from orchestrator.report import render_report
 from orchestrator.runtime_imports import require
@@ -90,14 +92,30 @@ class _Steps:
             self._name = None
 
 
-def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = True) -> BuildResult:
-    """Build, validate and record one deployment. Raises GateFailure when a gate fails."""
+def run_build(
+    spec: ComposedSpec,
+    on_step: Step | None = None,
+    record: bool = True,
+    report_dir: Path | None = None,
+    *,
+    artifacts_dir: Path | None = None,
+    parent_run: str | None = None,
+    register: bool = True,
+) -> BuildResult:
+    """Build, validate and record one deployment. Raises GateFailure when a gate fails.
+
+    ``report_dir`` receives copies of metrics.json, validation.json and the plot data,
+    whether the gates passed or not (DVC tracks them as metrics and plots).
+    ``artifacts_dir`` replaces the artifacts root, ``parent_run`` nests the MLflow run
+    under another, and ``register=False`` records a passing build without registering
+    it (recipe selection builds its candidates this way; see orchestrator/auto.py).
+    """
     t0 = time.perf_counter()
     cfg = spec.config
     name = cfg.deployment.name
     target = get_target(cfg.target)
     _check_available(target, spec)
-    out_root = artifacts_root(spec.root)
+    out_root = artifacts_dir or artifacts_root(spec.root)
     out_root.mkdir(parents=True, exist_ok=True)
     recover(out_root)
     staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
@@ -124,12 +142,17 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
             return calibration
 
         passes = registered_passes()
+        evaluation = make_evaluation(
+            cfg.model.task, data.samples, data.labels, reference_out, len(cfg.model.labels)
+        )
         for i, p in enumerate(cfg.recipe.passes, start=1):
             steps(f"pass {i}/{len(cfg.recipe.passes)}: {p.name}")
             cls = passes[p.name]
             wd = work / f"{i:02d}-{p.name}"
             wd.mkdir(parents=True)
-            ctx = PassContext(wd, input_names, calib, threads=cfg.target.threads)
+            ctx = PassContext(
+                wd, input_names, calib, threads=cfg.target.threads, evaluate=evaluation
+            )
             try:
                 model = cls().run(model, make_options(cls, dict(p.options)), ctx)
             except EdgeshipError:
@@ -140,6 +163,7 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
         final = copy_model(model, staging / "model")
         steps("validate (parity, latency, size, memory)")
         result = validate(cfg, target, final, data, reference_out)
+        _note_runtime_validation(target, final, result)
 
         steps("write artifact")
         _write_artifact(staging, spec, target, final, result, data, reference_out, net)
@@ -152,7 +176,7 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
 
             tracker = Tracker(spec.root)
             tags = _tags(spec, status)
-            with tracker.run(name, f"{name}-{cfg.recipe.name}", tags) as run:
+            with tracker.run(name, f"{name}-{cfg.recipe.name}", tags, parent=parent_run) as run:
                 run_id = run.info.run_id
                 write_json(staging / "build.json", _build_info(spec, run_id, None, status))
                 params = {
@@ -160,7 +184,7 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
                     **{f"choice.{k}": v for k, v in spec.choices.items()},
                 }
                 tracker.log_build(run_id, params, result.metrics, staging, {})
-                if result.passed:
+                if result.passed and register:
                     version = tracker.register(name, run_id)
                     tracker.set_tags(run_id, {"edgeship.model_version": version})
         write_json(staging / "build.json", _build_info(spec, run_id, version, status))
@@ -172,10 +196,34 @@ def run_build(spec: ComposedSpec, on_step: Step | None = None, record: bool = Tr
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if report_dir is not None:
+        reports = {
+            "metrics.json": dest / "metrics.json",
+            "validation.json": dest / "validation.json",
+        }
+        for plot in sorted((dest / "plots").glob("*.json")):
+            reports[f"plots/{plot.name}"] = plot
+        copy_tree_atomic(reports, report_dir)
     build = BuildResult(name, dest, result, run_id, version, time.perf_counter() - t0, steps.done)
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
     return build
+
+
+def _note_runtime_validation(target: Target, model: ModelFile, result: Validation) -> None:
+    """Record what the validation here could not cover (a target's ``settings.validation``).
+
+    A target whose runtime cannot run on the build machine (TensorRT without a GPU)
+    validates a stand-in and says so; the note lands in validation.json, and each
+    boolean in it also as a 0/1 metric (e.g. ``engine_validated``).
+    """
+    note = target.runtime_settings(model).get("validation")
+    if not isinstance(note, dict):
+        return
+    result.details["runtime_validation"] = note
+    for key, value in note.items():
+        if isinstance(value, bool):
+            result.metrics[key] = float(value)
 
 
 def _tags(spec: ComposedSpec, status: str) -> dict[str, str]:
@@ -284,3 +332,9 @@ def _write_artifact(
         },
     )
     (staging / "report.md").write_text(render_report(spec, runtime, result, data_info))
+    write_plots(staging / "plots", spec, result, reference_out)
+    status = "passed" if result.passed else "failed"
+    provenance = _build_info(spec, None, None, status)
+    (staging / "model_card.md").write_text(
+        render_model_card(spec, runtime, result, data_info, provenance)
+    )

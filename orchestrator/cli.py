@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EdgeshipError, GateFailure, SpecError
@@ -48,8 +49,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     from orchestrator.config.loader import compose
 
     spec = compose(args.overrides)
-    print(f"# deployment {spec.name}: " + ", ".join(f"{k}={v}" for k, v in spec.choices.items()))
-    print(spec.to_yaml(), end="")
+    text = f"# deployment {spec.name}: " + ", ".join(f"{k}={v}" for k, v in spec.choices.items())
+    text += "\n" + spec.to_yaml()
+    if args.output:
+        from pathlib import Path
+
+        from orchestrator.fsutil import write_text
+
+        write_text(Path(args.output), text)
+    else:
+        print(text, end="")
     return 0
 
 
@@ -95,8 +104,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SpecError(problems)
     failures = 0
     for spec in specs:
+        report_dir = None
+        if args.report_dir:
+            report_dir = (
+                Path(args.report_dir) / spec.name if args.multirun else Path(args.report_dir)
+            )
         try:
-            result = run_build(spec, on_step=_step_printer(spec.name), record=not args.no_record)
+            if spec.config.recipe.select:
+                result = _run_selection(spec, args, report_dir)
+            else:
+                result = run_build(
+                    spec,
+                    on_step=_step_printer(spec.name),
+                    record=not args.no_record,
+                    report_dir=report_dir,
+                )
         except GateFailure as exc:
             failures += 1
             _err(str(exc))
@@ -106,6 +128,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         _err(f"{failures} of {len(specs)} build(s) failed their gates")
         return GateFailure.exit_code
     return 0
+
+
+def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None) -> object:
+    """recipe=auto: build every candidate, print the comparison, return the winner's build."""
+    from orchestrator.auto import NoCandidatePassedError, run_selection
+
+    try:
+        selection = run_selection(
+            spec,
+            on_step=_step_printer(spec.name),
+            record=not args.no_record,
+            report_dir=report_dir,
+        )
+    except NoCandidatePassedError as exc:
+        print(exc.result.markdown())
+        raise
+    print(selection.markdown())
+    if selection.parent_run_id:
+        print(f"  selection run: {selection.parent_run_id}")
+    return selection.winner_build()
 
 
 def _print_result(result: object) -> None:
@@ -141,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="print the composed, validated spec as YAML")
+    p.add_argument("-o", "--output", help="write the YAML to this file (atomically)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_show)
 
@@ -149,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-m", "--multirun", action="store_true", help="sweep: deployment=a,b builds both"
     )
     p.add_argument("--no-record", action="store_true", help="do not write to MLflow")
+    p.add_argument(
+        "--report-dir",
+        help="also copy metrics.json and plot data here (for dvc metrics / dvc plots); "
+        "with -m, one sub-folder per deployment",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_build)
 

@@ -26,6 +26,29 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def copy_tree_atomic(files: dict[str, Path], dest: Path) -> None:
+    """Make ``dest`` hold exactly ``files`` (relative name -> source), swapped in atomically."""
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+    for rel, src in files.items():
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    staging.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    install_dir(staging, dest)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux renameat2); False where unsupported."""
     name = ctypes.util.find_library("c")

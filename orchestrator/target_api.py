@@ -68,6 +68,7 @@ class Target(ABC):
 
 
 _TARGETS: dict[str, type[Target]] = {}
+_discovered = False
 
 
 def register_target(cls: type[Target]) -> type[Target]:
@@ -80,11 +81,13 @@ def register_target(cls: type[Target]) -> type[Target]:
 
 def registered_targets() -> dict[str, type[Target]]:
     """Every registered target family (discovering the ``targets`` package on first use)."""
-    if not _TARGETS:
+    global _discovered
+    if not _discovered:
         import targets as pkg
 
         for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
             importlib.import_module(info.name)
+        _discovered = True
     return dict(_TARGETS)
 
 

@@ -200,3 +200,15 @@ class Tracker:
             raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
         versions = [int(r.data.tags.get("edgeship.bundle.version", "0") or 0) for r in runs]
         return max([0, *versions])
+
+    # -- recipe selection (recipe=auto) -------------------------------------------------------
+
+    def log_files(self, run_id: str, files: list[Path], artifact_path: str) -> None:
+        """Attach files (tables, plots) to a run under ``artifact_path``."""
+        try:
+            for path in files:
+                self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: logging {artifact_path}: {exc}"
+            ) from exc

@@ -109,10 +109,13 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_artifact(tmp_path_factory: pytest.TempPathFactory, trained_models: Path) -> Path:
+def built_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One passing posture_server artifact per session (built without MLflow)."""
+    from orchestrator import reference
     from orchestrator.build import run_build
-    from orchestrator.config.loader import compose
+    from orchestrator.config.loader import compose, load_option
+
+    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
 
     base = tmp_path_factory.mktemp("shipping-build")
     saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 Patch = tuple[int, int, int]
 PredictFn = Callable[[np.ndarray], Any]
 
-DEFAULT_PATCH: Patch = tuple(PRESETS["small"]["patch"])  # type: ignore[assignment]
+DEFAULT_PATCH: Patch = PRESETS["small"]["patch"]
 TRAIN_SEED_START: int = 1_000_000
 EVAL_SEED: int = 1000
 CALIBRATION_SEED: int = 500
@@ -31,15 +31,15 @@ CALIBRATION_SEED: int = 500
 def _patch(patch: Sequence[int] | None) -> Patch:
     if patch is None:
         return DEFAULT_PATCH
-    p = tuple(int(v) for v in patch)
-    if len(p) != 3 or min(p) < 1:
+    values = [int(v) for v in patch]
+    if len(values) != 3 or min(values) < 1:
         raise ValueError(f"patch must be three positive sizes, got {patch}")
-    return p  # type: ignore[return-value]
+    return (values[0], values[1], values[2])
 
 
-def make_batch(seeds: Sequence[int], patch: Sequence[int] | None = None) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def make_batch(
+    seeds: Sequence[int], patch: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Phantoms for ``seeds``: normalised float32 ``[N, 1, D, H, W]`` and int64 ``[N, D, H, W]``."""
     p = _patch(patch)
     xs, ys = [], []
@@ -106,9 +106,9 @@ def train_batches(
         yield make_batch(row.tolist(), patch)
 
 
-def compute_steps(image_size: Sequence[int], patch: Sequence[int], step_fraction: float) -> list[
-    list[int]
-]:
+def compute_steps(
+    image_size: Sequence[int], patch: Sequence[int], step_fraction: float
+) -> list[list[int]]:
     """Window start offsets per axis, as nnU-Net's ``compute_steps_for_sliding_window``.
 
     Args:
@@ -123,12 +123,12 @@ def compute_steps(image_size: Sequence[int], patch: Sequence[int], step_fraction
         if size < p:
             raise ValueError(f"image size {size} is smaller than the patch {p}")
         target = p * step_fraction
-        n = int(math.ceil((size - p) / target)) + 1
+        n = math.ceil((size - p) / target) + 1
         if n == 1:
             steps.append([0])
             continue
         actual = (size - p) / (n - 1)
-        steps.append([int(round(actual * i)) for i in range(n)])
+        steps.append([round(actual * i) for i in range(n)])
     return steps
 
 
@@ -224,9 +224,9 @@ def sliding_window_predict(
     return logits.argmax(axis=0).astype(np.int64)
 
 
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[
-    int, float
-]:
+def dice_per_class(
+    pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES
+) -> dict[int, float]:
     """Dice coefficient of every class ``0 .. num_classes - 1``.
 
     The Dice of a class absent from both ``pred`` and ``ref`` is defined as 1.0.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,24 +40,29 @@ HU_AORTA: float = 180.0
 # CT normalisation in the style of nnU-Net's "CTNormalization": clip to a fixed HU
 # window, then standardise with fixed foreground statistics.  The constants were
 # measured once on the labelled voxels of training phantoms and rounded.
-PREPROCESSING: dict[str, object] = {
+PREPROCESSING: dict[str, Any] = {
     "type": "ct_clip_standardize",
     "clip_min": -1000.0,
     "clip_max": 1000.0,
-    "mean": 200.0,
-    "std": 250.0,
+    "mean": 180.0,
+    "std": 170.0,
     "axes": ["D", "H", "W"],
     "layout": "NCDHW",
 }
 
 
+def preprocessing() -> dict[str, Any]:
+    """A copy of :data:`PREPROCESSING`: the constants an application applies before inference."""
+    return dict(PREPROCESSING)
+
+
 def normalize(hu: np.ndarray) -> np.ndarray:
     """Clip Hounsfield units to the :data:`PREPROCESSING` window and standardise (float32)."""
     arr = np.asarray(hu, dtype=np.float32)
-    lo = float(PREPROCESSING["clip_min"])  # type: ignore[arg-type]
-    hi = float(PREPROCESSING["clip_max"])  # type: ignore[arg-type]
-    mean = float(PREPROCESSING["mean"])  # type: ignore[arg-type]
-    std = float(PREPROCESSING["std"])  # type: ignore[arg-type]
+    lo = float(PREPROCESSING["clip_min"])
+    hi = float(PREPROCESSING["clip_max"])
+    mean = float(PREPROCESSING["mean"])
+    std = float(PREPROCESSING["std"])
     return ((np.clip(arr, lo, hi) - mean) / std).astype(np.float32)
 
 
@@ -68,8 +74,10 @@ class _Grid:
 
 
 def _grid(shape: tuple[int, int, int]) -> _Grid:
-    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) if n > 1 else np.zeros(1, np.float32)
-            for n in shape]
+    axes = [
+        np.linspace(-1.0, 1.0, n, dtype=np.float32) if n > 1 else np.zeros(1, np.float32)
+        for n in shape
+    ]
     return _Grid(z=axes[0][:, None, None], y=axes[1][None, :, None], x=axes[2][None, None, :])
 
 
@@ -170,7 +178,8 @@ def make_volume(
     # Visceral fat pockets between the organs.
     for _ in range(4):
         c = (jitter(0.8), 0.1 + jitter(0.3), jitter(0.5))
-        rad = tuple(float(v) for v in rng.uniform(0.08, 0.18, size=3))
+        rz, ry, rx = (float(v) for v in rng.uniform(0.08, 0.18, size=3))
+        rad = (rz, ry, rx)
         pocket = _ellipsoid(g, c, rad, yaw=jitter(np.pi)) & (inner2 <= 1.0)
         hu[pocket] = HU_FAT + jitter(20)
 
@@ -202,10 +211,10 @@ def make_volume(
 
     # Kidneys first (posterior, either side of the spine); the liver and spleen are
     # painted afterwards and may cover their upper poles, as in real anatomy.
-    organ(3, HU_KIDNEY, (0.15, 0.36, 0.36), (0.30, 0.18, 0.15), 0.5)  # patient left
-    organ(4, HU_KIDNEY, (0.25, 0.36, -0.36), (0.30, 0.18, 0.15), 0.5)  # patient right
+    organ(3, HU_KIDNEY, (0.15, 0.34, 0.37), (0.32, 0.20, 0.17), 0.5)  # patient left
+    organ(4, HU_KIDNEY, (0.25, 0.34, -0.37), (0.32, 0.20, 0.17), 0.5)  # patient right
     organ(1, HU_LIVER, (-0.35, -0.02, -0.38), (0.45, 0.42, 0.40), 0.35)
-    organ(2, HU_SPLEEN, (-0.35, 0.25, 0.55), (0.26, 0.22, 0.15), 0.5)
+    organ(2, HU_SPLEEN, (-0.35, 0.22, 0.55), (0.30, 0.26, 0.17), 0.5)
 
     # Aorta: contrast-filled vessel anterior-left of the spine (unlabelled).
     ao_y, ao_x, ao_r = 0.28 + jitter(0.03), 0.1 + jitter(0.03), 0.07 + jitter(0.01)

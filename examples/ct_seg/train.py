@@ -24,15 +24,31 @@ from examples.ct_seg.unet import build, preset_config
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STEPS: int = 160
-DEFAULT_LR: float = 3e-3
+DEFAULT_STEPS: int = 250
+DEFAULT_LR: float = 1e-2
 BATCH_SIZE: int = 2
 THREADS: int = 2
+# Cross-entropy class weights (background, liver, spleen, kidney_left, kidney_right,
+# spine): the small organs are up-weighted so that they are learned within a few
+# hundred steps.
+CE_CLASS_WEIGHTS: tuple[float, ...] = (1.0, 3.0, 12.0, 10.0, 10.0, 6.0)
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """nnU-Net style loss: cross-entropy plus (1 - batch soft Dice over foreground classes)."""
-    ce = F.cross_entropy(logits, target)
+def dice_ce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """nnU-Net style loss: cross-entropy plus (1 - batch soft Dice over foreground classes).
+
+    Args:
+        logits: ``[B, C, *spatial]`` network output.
+        target: ``[B, *spatial]`` int64 labels.
+        class_weights: Optional ``[C]`` cross-entropy weights.
+        smooth: Dice smoothing term.
+    """
+    ce = F.cross_entropy(logits, target, weight=class_weights)
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
     dims = (0, *range(2, logits.ndim))
@@ -40,6 +56,14 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + smooth) / (denom + smooth).clamp_min(1e-8)
     return ce + (1.0 - dice[1:].mean())
+
+
+def _set_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
+    """Re-lay out the 5-D parameters of ``model`` in place (as ``Module.to(memory_format=)``)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 5:
+                param.data = param.data.contiguous(memory_format=fmt)
 
 
 def evaluate(
@@ -70,6 +94,7 @@ def train(
     lr: float = DEFAULT_LR,
     batch_size: int = BATCH_SIZE,
     evaluate_after: bool = True,
+    threads: int = THREADS,
     **model_args: Any,
 ) -> dict[str, Any]:
     """Train the U-Net on phantoms and save its ``state_dict`` atomically to ``weights``.
@@ -84,6 +109,8 @@ def train(
         lr: Peak Adam learning rate (cosine decay to zero).
         batch_size: Volumes per step.
         evaluate_after: Measure Dice on :func:`examples.ct_seg.data.eval_set`.
+        threads: Intra-op threads used while training (results are reproducible for a
+            fixed thread count).
         **model_args: Forwarded to :func:`examples.ct_seg.unet.build`.
 
     Returns:
@@ -95,17 +122,25 @@ def train(
     p = tuple(int(v) for v in (patch or preset_config(preset)["patch"]))
     num_classes = int(model_args.pop("num_classes", NUM_CLASSES))
     start = time.perf_counter()
-    with deterministic(seed, THREADS):
+    with deterministic(seed, threads):
         model = build(num_classes=num_classes, preset=preset, **model_args)
         if any(s % model.total_stride for s in p):
-            raise ValueError(f"patch {p} must be divisible by the total stride {model.total_stride}")
+            raise ValueError(
+                f"patch {p} must be divisible by the total stride {model.total_stride}"
+            )
         opt = torch.optim.Adam(model.parameters(), lr=lr)
+        ce_weights = (
+            torch.tensor(CE_CLASS_WEIGHTS) if num_classes == len(CE_CLASS_WEIGHTS) else None
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / max(steps, 1)))
         )
+        # channels-last 3-D layout is markedly faster for Conv3d on CPU (oneDNN).
+        _set_memory_format(model, torch.channels_last_3d)
         model.train()
         for i, (xb, yb) in enumerate(data.train_batches(steps, batch_size, p, seed)):
-            loss = dice_ce_loss(model(torch.from_numpy(xb)), torch.from_numpy(yb))
+            xt = torch.from_numpy(xb).contiguous(memory_format=torch.channels_last_3d)
+            loss = dice_ce_loss(model(xt), torch.from_numpy(yb), ce_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -113,6 +148,7 @@ def train(
             if (i + 1) % 20 == 0:
                 logger.info("step %d/%d loss %.4f", i + 1, steps, float(loss.detach()))
         train_seconds = time.perf_counter() - start
+        _set_memory_format(model, torch.contiguous_format)
         model.eval()
         metrics: dict[str, Any] = {
             "steps": steps,
@@ -147,10 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--patch", type=int, nargs=3, default=None)
+    parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(args.weights, steps=args.steps, seed=args.seed, preset=args.preset,
-          patch=args.patch, lr=args.lr)
+    train(
+        args.weights,
+        steps=args.steps,
+        seed=args.seed,
+        preset=args.preset,
+        patch=args.patch,
+        lr=args.lr,
+        threads=args.threads,
+    )
     return 0
 
 

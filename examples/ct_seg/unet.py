@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "strides": (1, 2, 2, 2),
         "n_conv_per_stage": 2,
         "n_conv_per_stage_decoder": 2,
-        "patch": (48, 48, 48),
+        "patch": (32, 32, 32),
         "num_classes": 6,
     },
     # Full-size configuration of TotalSegmentator's 3d_fullres networks (1.5 mm models).

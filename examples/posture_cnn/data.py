@@ -8,7 +8,7 @@ calibration samples; the TEST split is held out for evaluation only.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def parse_ts(
     return class_labels, np.stack(rows), labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_cached(split: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     path = _split_path(split)
     class_labels, x, names = parse_ts(path)
@@ -124,11 +124,22 @@ def _load_cached(split: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     return tuple(class_labels), x, y
 
 
-def _class_labels() -> list[str]:
-    return list(_load_cached("train")[0])
+def read_class_labels(path: Path) -> list[str]:
+    """Class labels declared by the ``@classLabel`` header of a ``.ts`` file, in order."""
+    with path.open("r", encoding="utf-8") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if line.lower().startswith("@classlabel"):
+                tokens = line.split()[1:]
+                if len(tokens) < 2 or tokens[0].lower() != "true":
+                    raise TsFormatError(f"{path}:{lineno}: @classLabel must be 'true' plus labels")
+                return tokens[1:]
+            if line.lower().startswith("@data"):
+                break
+    raise TsFormatError(f"{path}: no @classLabel header before @data")
 
 
-CLASSES: list[str] = _class_labels()
+CLASSES: list[str] = read_class_labels(DATA_DIR / _FILES["train"])
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:

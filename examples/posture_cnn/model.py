@@ -23,8 +23,9 @@ class PostureCNN(nn.Module):
         c_in = channels
         for i, c_out in enumerate(widths):
             layers += [
-                nn.Conv1d(c_in, c_out, kernel_size=5, stride=1 if i == 0 else 2, padding=2,
-                          bias=False),
+                nn.Conv1d(
+                    c_in, c_out, kernel_size=5, stride=1 if i == 0 else 2, padding=2, bias=False
+                ),
                 nn.BatchNorm1d(c_out),
                 nn.ReLU(inplace=True),
             ]

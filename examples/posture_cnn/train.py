@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS: int = 60
 BATCH_SIZE: int = 8
-THREADS: int = 2
+THREADS: int = 1
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -93,17 +93,42 @@ def check_target(target: Mapping[str, Any], report: Report) -> None:
 
 
 def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> None:
-    """Pass names and options, the format chain, runtime and precision compatibility."""
-    passes = _get(spec, "recipe", "passes")
-    if not isinstance(passes, list):
+    """Pass names and options, the format chain, runtime and precision compatibility.
+
+    A selecting recipe (``select: true``) has no passes of its own: each of its
+    candidates is checked against the target instead.
+    """
+    recipe = _get(spec, "recipe")
+    if not isinstance(recipe, Mapping):
         return
+    if recipe.get("select") is True:
+        _check_selection(spec, recipe, report, model_file)
+        return
+    if recipe.get("candidates"):
+        report(
+            "recipe.candidates",
+            "only a selecting recipe (select: true) has candidates; this recipe runs its passes",
+        )
+    passes = recipe.get("passes")
+    if isinstance(passes, list):
+        check_passes(spec, passes, report, model_file)
+
+
+def check_passes(
+    spec: Mapping[str, Any],
+    passes: list[Any],
+    report: Report,
+    model_file: str,
+    key_prefix: str = "recipe.passes",
+) -> None:
+    """Check one list of passes against the spec's target and model (see check_recipe)."""
     target = _get(spec, "target") or {}
     target_cls = registered_targets().get(str(target.get("family")))
     known = registered_passes()
     fmt, precision = "onnx", "fp32"
     chain_ok = True
     for i, p in enumerate(passes):
-        key = f"recipe.passes[{i}]"
+        key = f"{key_prefix}[{i}]"
         if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):
             chain_ok = False
             continue
@@ -143,17 +168,91 @@ def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> No
             precision = cls().output_precision(opts, precision)
     if target_cls is not None and chain_ok and fmt not in target_cls.formats:
         report(
-            "recipe.passes",
+            key_prefix,
             f"the recipe ends with a model in {fmt} format; target family "
             f"'{target_cls.family}' loads {' or '.join(target_cls.formats)}",
         )
     precisions = target.get("precisions")
     if chain_ok and isinstance(precisions, list) and precision not in precisions:
         report(
-            "recipe.passes",
+            key_prefix,
             f"the recipe makes a {precision} model; target '{target.get('name')}' runs "
             f"{', '.join(map(str, precisions))} (target.precisions)",
         )
+
+
+def _check_selection(
+    spec: Mapping[str, Any], recipe: Mapping[str, Any], report: Report, model_file: str
+) -> None:
+    """A selecting recipe: no passes of its own; every named candidate exists and fits."""
+    passes = recipe.get("passes")
+    if isinstance(passes, list) and passes:
+        report(
+            "recipe.passes",
+            f"a selecting recipe (select: true) names candidate recipes, not passes; "
+            f"found {len(passes)} pass(es)",
+        )
+    candidates = recipe.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return
+    root = _project_root()
+    if root is None:
+        return
+    from orchestrator.config.loader import list_options
+
+    options = list_options(root, "recipe")
+    target = _get(spec, "target") or {}
+    for i, name in enumerate(candidates):
+        key = f"recipe.candidates[{i}]"
+        if not isinstance(name, str):
+            continue
+        if name not in options:
+            report(key, unknown_name_message("recipe", name, options))
+            continue
+        data = _read_yaml(root / "conf" / "recipe" / f"{name}.yaml")
+        if not isinstance(data, Mapping):
+            continue  # composing the candidate reports what is wrong with its file
+        if data.get("select") is True:
+            report(key, f"recipe '{name}' selects among recipes itself; name recipes with passes")
+            continue
+        found: list[str] = []
+        cand_passes = data.get("passes")
+        if isinstance(cand_passes, list):
+            check_passes(spec, cand_passes, _Collect(found), model_file, "passes")
+        if found:
+            report(
+                key,
+                f"recipe '{name}' cannot run on target '{target.get('name')}': " + "; ".join(found),
+            )
+
+
+class _Collect:
+    """A report that keeps only the messages."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def __call__(self, key: str, message: str) -> None:
+        self.into.append(message)
+
+
+def _project_root() -> Any:
+    from orchestrator.config.loader import project_root
+    from orchestrator.errors import SpecError
+
+    try:
+        return project_root()
+    except SpecError:
+        return None
+
+
+def _read_yaml(path: Any) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 class _Counter:

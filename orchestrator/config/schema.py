@@ -97,6 +97,11 @@ class RecipeConfig:
     name: str = MISSING  # recipe identifier
     description: str = ""  # one line for people
     passes: List[PassConfig] = field(default_factory=list)  # applied in order
+    select: bool = False  # build every candidate recipe, keep the fastest passing artifact
+    candidates: List[str] = field(default_factory=list)  # with select: recipes to try (empty = all)
+    select_by: str = field(  # with select: the latency metric that ranks passing candidates
+        default="p50_ms", metadata=choices("p50_ms", "p95_ms", "p99_ms", "mean_ms")
+    )
 
 
 @dataclass

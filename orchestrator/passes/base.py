@@ -74,17 +74,18 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-def _discover() -> None:
-    import orchestrator.passes as pkg
-
-    for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
-        importlib.import_module(info.name)
+_discovered = False
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    """Every registered pass by name (discovering them on first use)."""
-    if not _PASSES:
-        _discover()
+    """Every registered pass by name (discovering the passes package on first use)."""
+    global _discovered
+    if not _discovered:
+        import orchestrator.passes as pkg
+
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
+            importlib.import_module(info.name)
+        _discovered = True
     return dict(_PASSES)
 
 

@@ -81,6 +81,31 @@ CASES: dict[str, dict] = {
     "labels_do_not_match_outputs": {
         "args": ["build", "deployment=posture_server", "model.labels=[Standing,Running]"],
     },
+    "unknown_candidate_recipe": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "recipe=auto",
+            "recipe.candidates=[ort_fp32,ort_int8_dynamc]",
+        ],
+    },
+    "candidate_recipe_the_target_cannot_run": {
+        "args": ["show", "deployment=posture_phone", "recipe=auto"],
+        "replace": [("conf/recipe/auto.yaml", "candidates: []", "candidates: [ort_fp32]")],
+    },
+    "selecting_recipe_with_passes": {
+        "args": ["build", "deployment=posture_server", "recipe=auto"],
+        "replace": [
+            (
+                "conf/recipe/auto.yaml",
+                "select_by: p50_ms",
+                "select_by: p50_ms\npasses:\n  - name: ort_graph_optimize",
+            )
+        ],
+    },
+    "candidates_in_a_recipe_that_does_not_select": {
+        "args": ["build", "deployment=posture_server", "recipe.candidates=[ort_fp32]"],
+    },
     "every_problem_at_once": {
         "args": [
             "build",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from examples._io import save_state_dict_atomic
 from examples.posture_cnn import data
 from examples.posture_cnn.model import build, load
 from examples.posture_cnn.train import train
@@ -57,7 +59,7 @@ def test_load_split_rejects_unknown_split() -> None:
 def test_parse_ts_reports_file_and_line_for_short_channel(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ts"
     bad.write_text(HEADER + _line() + _line(values=99))
-    with pytest.raises(data.TsFormatError, match=rf"bad\.ts:9: channel 0 has 99 values"):
+    with pytest.raises(data.TsFormatError, match=r"bad\.ts:9: channel 0 has 99 values"):
         data.parse_ts(bad)
 
 
@@ -151,12 +153,38 @@ def test_train_is_deterministic(short_run: tuple[Path, dict], tmp_path: Path) ->
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_train_save_is_atomic_on_failure(tmp_path: Path) -> None:
+def test_train_replaces_existing_weights_atomically(tmp_path: Path) -> None:
     target = tmp_path / "keep.pt"
     target.write_bytes(b"previous")
-    with pytest.raises(TypeError):
-        train(target, epochs=0, unknown_arg=1)
     with pytest.raises(ValueError):
         train(target, epochs=-1)
     assert target.read_bytes() == b"previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]
+    train(target, epochs=1, width=8)
+    assert load(target, width=8) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pt", "keep.pt.json"]
+
+
+def test_save_state_dict_atomic_keeps_old_file_when_save_fails(tmp_path: Path) -> None:
+    target = tmp_path / "w.pt"
+    save_state_dict_atomic({"a": torch.ones(2)}, target)
+    with pytest.raises(Exception):  # noqa: B017 - any pickling error
+        save_state_dict_atomic({"b": lambda: None}, target)  # type: ignore[dict-item]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.filterwarnings("ignore::Warning")  # tracer notes from the TorchScript exporter
+def test_build_exports_to_onnx(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build(width=8).eval()
+    x = torch.from_numpy(data.eval_set()[0][:1])
+    path = tmp_path / "posture.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["imu"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"imu": x.numpy()})[0], expected, atol=1e-5)

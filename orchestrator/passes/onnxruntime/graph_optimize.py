@@ -21,7 +21,7 @@ class OrtGraphOptimize(Pass):
     name = "ort_graph_optimize"
     description = "ONNX Runtime offline graph optimisation (constant folding, fusions)"
     Options = GraphOptimizeOptions
-    runtimes = ("onnxruntime",)
+    runtimes = ("onnxruntime", "onnxruntime_mobile")
     backend = "onnxruntime"
 
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:

@@ -24,7 +24,7 @@ class OrtQuantizeDynamic(Pass):
     name = "ort_quantize_dynamic"
     description = "ONNX Runtime dynamic INT8 quantization (no calibration data)"
     Options = QuantizeDynamicOptions
-    runtimes = ("onnxruntime",)
+    runtimes = ("onnxruntime", "onnxruntime_mobile")
     backend = "onnxruntime"
 
     def output_precision(self, options: Any, current: str) -> str:

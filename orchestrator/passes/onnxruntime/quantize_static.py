@@ -1,7 +1,8 @@
 """Static INT8 quantization to explicit QDQ nodes, calibrated on the model's calibration data.
 
-QDQ models run in ONNX Runtime and OpenVINO, and TensorRT consumes them directly
-(no TensorRT calibrator needed): activations and weights are symmetric INT8.
+QDQ models run in ONNX Runtime (server and mobile) and OpenVINO. TensorRT's parser
+rejects the INT32 bias DequantizeLinear nodes this pass writes; use
+``trt_quantize_qdq`` for TensorRT.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class OrtQuantizeStatic(Pass):
     name = "ort_quantize_static"
     description = "static INT8 quantization to QDQ (per-channel, calibrated)"
     Options = QuantizeStaticOptions
-    runtimes = ("onnxruntime", "openvino", "tensorrt")
+    runtimes = ("onnxruntime", "onnxruntime_mobile", "openvino")
     needs_calibration = True
     backend = "onnxruntime"
 

@@ -1,0 +1,81 @@
+"""The model's own metric on its evaluation data, for passes that control accuracy.
+
+A build hands passes an :class:`Evaluation` as ``PassContext.evaluate``: calling it
+with a predict function (one sample's inputs -> the outputs in graph order)
+returns the model's metric on the evaluation data, higher is better:
+
+- classification: top-1 accuracy against the labels (agreement with the reference
+  model's predictions when the data has no labels);
+- segmentation: mean foreground Dice against the labels (against the reference
+  model's segmentation when the data has no labels), averaged over samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.passes.base import Inputs
+
+Predict = Callable[[Inputs], Sequence[np.ndarray]]
+
+
+def _foreground_dice(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    scores = []
+    for c in range(1, classes):
+        a, b = pred == c, truth == c
+        denom = int(a.sum()) + int(b.sum())
+        scores.append(1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+@dataclass
+class Evaluation:
+    """Evaluation samples and a per-sample score; the metric is the mean score."""
+
+    samples: list[Inputs]  # batch-1 inputs, by input name
+    targets: list[np.ndarray]  # per sample: class index (or label map) the prediction is scored on
+    task: str  # "classification" | "segmentation"
+    classes: int  # number of output classes
+    metric: str  # what the score means, for logs and reports
+
+    def score_item(self, index: int, outputs: Sequence[np.ndarray]) -> float:
+        """Score of one sample's outputs (the first output holds the logits)."""
+        logits = np.asarray(outputs[0])
+        if self.task == "classification":
+            return float(int(logits.argmax(-1).ravel()[0]) == int(self.targets[index]))
+        return _foreground_dice(logits.argmax(1)[0], self.targets[index], self.classes)
+
+    def score(
+        self, predict: Predict, indices: Iterable[int] | None = None
+    ) -> tuple[float, list[float]]:
+        """The metric over ``indices`` (default: every sample) and each sample's score."""
+        chosen = range(len(self.samples)) if indices is None else list(indices)
+        per_item = [self.score_item(i, predict(self.samples[i])) for i in chosen]
+        return (float(np.mean(per_item)) if per_item else 0.0), per_item
+
+    def __call__(self, predict: Predict) -> float:
+        return self.score(predict)[0]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def make_evaluation(
+    task: str,
+    samples: list[Inputs],
+    labels: np.ndarray | None,
+    reference: list[list[np.ndarray]],
+    classes: int,
+) -> Evaluation:
+    """An Evaluation scoring against ``labels``, or against the reference outputs without them."""
+    if labels is not None:
+        targets = [np.asarray(labels[i]) for i in range(len(samples))]
+        metric = "accuracy" if task == "classification" else "dice_vs_labels"
+    else:
+        axis = -1 if task == "classification" else 1
+        targets = [np.asarray(r[0]).argmax(axis)[0] for r in reference]
+        metric = "agreement" if task == "classification" else "dice_vs_reference"
+    return Evaluation(samples, targets, task, classes, metric)

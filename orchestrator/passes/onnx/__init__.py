@@ -1,0 +1,1 @@
+"""Passes that rewrite the ONNX graph itself, for every runtime that loads ONNX."""

@@ -1,0 +1,103 @@
+"""NNCF INT8 quantization with accuracy control (``nncf.quantize_with_accuracy_control``).
+
+NNCF quantizes the IR, measures the model's own metric on the evaluation data
+(accuracy, or Dice for segmentation; see :mod:`orchestrator.passes.common.evaluation`),
+and reverts the layers that cost the most back to floating point until the drop
+from the FP32 model is at most ``max_drop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.errors import BuildError
+from orchestrator.model_file import ModelFile
+from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
+from orchestrator.passes.common.evaluation import Evaluation
+from orchestrator.runtime_imports import require
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NncfAccuracyOptions:
+    max_drop: float = 0.01  # largest allowed drop of the model's metric vs the FP32 model
+    drop_type: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
+    preset: str = field(default="performance", metadata={"choices": ("performance", "mixed")})
+    subset_size: int = 300  # calibration samples NNCF draws at most
+    max_reverted_layers: int = 0  # stop after reverting this many layers (0 = no limit)
+    fast_bias_correction: bool = True  # False runs the slower, more exact bias correction
+
+
+@register_pass
+class NncfQuantizeAccuracy(Pass):
+    name = "nncf_quantize_accuracy"
+    description = "NNCF INT8 with accuracy control (reverts layers until the metric drop fits)"
+    Options = NncfAccuracyOptions
+    input_formats = ("openvino_ir",)
+    output_format = "openvino_ir"
+    runtimes = ("openvino",)
+    needs_calibration = True
+    backend = "nncf"
+
+    def output_precision(self, options: Any, current: str) -> str:
+        return "int8"
+
+    def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
+        ov = require("openvino")
+        nncf = require("nncf")
+        evaluation = ctx.evaluate
+        if not isinstance(evaluation, Evaluation) or not len(evaluation):
+            raise BuildError(
+                "error: nncf_quantize_accuracy needs the model's evaluation data "
+                "(model.data.eval) to measure the metric it protects"
+            )
+        names = ctx.input_names
+        samples = ctx.calibration()
+        calibration = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
+        # items are sample indices, so the validation function can score each one
+        validation = nncf.Dataset(
+            list(range(len(evaluation))), lambda i: dict(evaluation.samples[i])
+        )
+
+        def validate(compiled: Any, items: Iterable[int]) -> tuple[float, list[float]]:
+            request = compiled.create_infer_request()
+            outputs = list(compiled.outputs)
+
+            def predict(sample: Inputs) -> list[np.ndarray]:
+                result = request.infer(sample)
+                return [np.asarray(result[o]) for o in outputs]
+
+            return evaluation.score(predict, items)
+
+        advanced = nncf.quantization.advanced_parameters.AdvancedAccuracyRestorerParameters()
+        if options.max_reverted_layers:
+            advanced.max_num_iterations = options.max_reverted_layers
+        preset = {
+            "performance": nncf.QuantizationPreset.PERFORMANCE,
+            "mixed": nncf.QuantizationPreset.MIXED,
+        }[options.preset]
+        drop_type = {"absolute": nncf.DropType.ABSOLUTE, "relative": nncf.DropType.RELATIVE}[
+            options.drop_type
+        ]
+        quantized = nncf.quantize_with_accuracy_control(
+            ov.Core().read_model(str(model.path)),
+            calibration,
+            validation,
+            validate,
+            max_drop=options.max_drop,
+            drop_type=drop_type,
+            preset=preset,
+            subset_size=min(options.subset_size, len(samples)),
+            fast_bias_correction=options.fast_bias_correction,
+            advanced_accuracy_restorer_parameters=advanced,
+        )
+        out = ctx.workdir / "model.xml"
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
+        log.info("nncf accuracy control on %s (max drop %s)", evaluation.metric, options.max_drop)
+        return ModelFile(out, "openvino_ir", "int8")

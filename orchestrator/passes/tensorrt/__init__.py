@@ -1,0 +1,1 @@
+"""Passes that shape an ONNX model for TensorRT's ONNX parser."""

@@ -1,0 +1,477 @@
+"""Bundles: a passing artifact, a manifest of every file, and a detached Ed25519 signature.
+
+Where bundles live: ``$EDGESHIP_BUNDLES``, else ``bundles/`` beside the artifacts
+folder (``<project>/bundles`` by default; ``$EDGESHIP_ARTIFACTS/../bundles`` when
+that is set). Every issued version is kept::
+
+    bundles/<deployment>/<version>/manifest.json       what the signature covers
+    bundles/<deployment>/<version>/manifest.json.sig   raw 64-byte Ed25519 signature
+    bundles/<deployment>/<version>/<artifact files>    model/, runtime.json, smoke/, ...
+    bundles/<deployment>/<version>/rollback.json(.sig) optional signed rollback order
+    bundles/<deployment>/ledger.json                   every version issued, never reused
+
+Versions are integers, per deployment, strictly increasing: the next one is one
+more than the highest ever issued (the ledger, the folders, and the MLflow runs
+of the deployment). Devices refuse a version lower than the one they run unless
+a signed rollback order names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from orchestrator.fsutil import write_json
+from orchestrator.model_file import sha256_file
+from orchestrator.rollout.errors import BundleError
+from registry.keys import KeyStore, TrustSet
+from registry.signing import (
+    SIG_SUFFIX,
+    canonical_json,
+    load_public_pem,
+    sha256_bytes,
+    sign,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SIGNATURE = MANIFEST + SIG_SUFFIX
+ROLLBACK = "rollback.json"
+ENVELOPE = frozenset({MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX})
+MANIFEST_KIND = "edgeship.bundle"
+ROLLBACK_KIND = "edgeship.rollback"
+DEFAULT_VALID_DAYS = 90
+ENV_BUNDLES = "EDGESHIP_BUNDLES"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def bundles_root(project: Path) -> Path:
+    """``$EDGESHIP_BUNDLES``, else the ``bundles`` folder beside the artifacts folder."""
+    env = os.environ.get(ENV_BUNDLES)
+    if env:
+        return Path(env)
+    from orchestrator.build import artifacts_root
+
+    return artifacts_root(project).parent / "bundles"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse a manifest timestamp (``2026-01-31T12:00:00Z``)."""
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An issued bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+    digest: str  # sha256 of manifest.json's bytes
+
+    @property
+    def deployment(self) -> str:
+        return str(self.manifest["deployment"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def key_id(self) -> str:
+        return str(self.manifest["signing"]["key_id"])
+
+    @property
+    def signature(self) -> bytes:
+        return (self.path / SIGNATURE).read_bytes()
+
+    def files(self) -> list[dict[str, Any]]:
+        """The manifest's file entries: path, sha256, size."""
+        return list(self.manifest["files"])
+
+    @classmethod
+    def open(cls, path: Path) -> Bundle:
+        """Read a bundle folder's manifest (no verification; see :func:`verify_bundle`)."""
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"error: {path}: no {MANIFEST}; not a bundle folder")
+        data = mpath.read_bytes()
+        try:
+            manifest = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"error: {mpath}: invalid JSON ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
+            raise BundleError(f"error: {mpath}: kind: expected '{MANIFEST_KIND}'")
+        return cls(path, manifest, sha256_bytes(data))
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+class Ledger:
+    """Every version issued for one deployment (``bundles/<deployment>/ledger.json``)."""
+
+    def __init__(self, folder: Path, deployment: str) -> None:
+        self.folder = folder
+        self.deployment = deployment
+        self.path = folder / "ledger.json"
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {"deployment": self.deployment, "issued": [], "rollbacks": []}
+        data = json.loads(self.path.read_text())
+        data.setdefault("rollbacks", [])
+        return dict(data)
+
+    def highest(self) -> int:
+        """The highest version ever issued (ledger entries and version folders), 0 if none."""
+        issued = [int(e["version"]) for e in self.read()["issued"]]
+        folders = [int(p.name) for p in self.folder.glob("*") if p.is_dir() and p.name.isdigit()]
+        return max([0, *issued, *folders])
+
+    def append(self, section: str, entry: dict[str, Any]) -> None:
+        data = self.read()
+        data[section].append(entry)
+        write_json(self.path, data)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Ledger]:
+        """Hold the deployment's bundle lock (one issuer at a time)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def issued_versions(root: Path, deployment: str) -> list[int]:
+    """Version folders of a deployment, ascending."""
+    folder = root / deployment
+    return sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
+
+
+def find_bundle(root: Path, deployment: str, version: int | None = None) -> Bundle:
+    """The bundle of ``deployment`` at ``version`` (default: the highest issued)."""
+    versions = issued_versions(root, deployment)
+    if not versions:
+        raise BundleError(
+            f"error: no bundles of {deployment} in {root / deployment}; "
+            f"make one with: edgeship bundle deployment={deployment}"
+        )
+    if version is None:
+        version = versions[-1]
+    if version not in versions:
+        shown = ", ".join(str(v) for v in versions)
+        raise BundleError(f"error: {deployment} has no bundle version {version}; issued: {shown}")
+    return Bundle.open(root / deployment / str(version))
+
+
+# -- making a bundle ---------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"error: {path} is missing; is this a complete artifact?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"error: {path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"error: {path}: expected a JSON object")
+    return data
+
+
+def artifact_files(artifact: Path) -> list[Path]:
+    """Every regular file of an artifact folder (relative), sorted; refuses links."""
+    out = []
+    for path in sorted(artifact.rglob("*")):
+        rel = path.relative_to(artifact)
+        if path.is_symlink():
+            raise BundleError(f"error: {path} is a symbolic link; artifacts hold plain files only")
+        if path.is_file():
+            if rel.parts[0].startswith(".") or rel.name in ENVELOPE:
+                continue
+            out.append(rel)
+    return out
+
+
+def build_manifest(
+    artifact: Path,
+    version: int,
+    key_id: str,
+    created: datetime,
+    valid_days: float,
+) -> dict[str, Any]:
+    """The manifest of an artifact folder: files with hashes, provenance, compatibility."""
+    runtime = _read_json(artifact / "runtime.json")
+    validation = _read_json(artifact / "validation.json")
+    build = _read_json(artifact / "build.json")
+    _read_json(artifact / "smoke" / "smoke.json")
+    if build.get("status") != "passed" or validation.get("passed") is not True:
+        raise BundleError(
+            f"error: {artifact}: build.json status is '{build.get('status')}' and "
+            f"validation.json passed is {validation.get('passed')}; only passing builds are bundled"
+        )
+    files = [
+        {
+            "path": rel.as_posix(),
+            "sha256": sha256_file(artifact / rel),
+            "size": (artifact / rel).stat().st_size,
+        }
+        for rel in artifact_files(artifact)
+    ]
+    target = runtime.get("target", {})
+    return {
+        "schema": 1,
+        "kind": MANIFEST_KIND,
+        "deployment": runtime["deployment"],
+        "version": version,
+        "created_at": _iso(created),
+        "expires_at": _iso(created + timedelta(days=valid_days)),
+        "target": {
+            "family": target.get("family"),
+            "name": target.get("name"),
+            "runtime": target.get("runtime"),
+            "device": target.get("device"),
+            "runtime_requirement": runtime.get("runtime_requirement", ""),
+            "runtime_version_built_with": runtime.get("runtime_version_built_with"),
+        },
+        "model": runtime.get("model", {}),
+        "runtime_config": "runtime.json",
+        "smoke_test": "smoke/smoke.json",
+        "files": files,
+        "provenance": {
+            "git": build.get("git", {}),
+            "mlflow": build.get("mlflow", {}),
+            "built_at": build.get("built_at"),
+            "choices": build.get("choices", {}),
+            "validation": {
+                "passed": validation.get("passed"),
+                "metrics": validation.get("metrics", {}),
+                "gates": validation.get("gates", []),
+                "data": validation.get("data", {}),
+            },
+            "signing_key_id": key_id,
+        },
+        "signing": {"algorithm": "ed25519", "key_id": key_id},
+    }
+
+
+def make_bundle(
+    artifact: Path,
+    store: KeyStore,
+    root: Path,
+    valid_days: float = DEFAULT_VALID_DAYS,
+    now: datetime | None = None,
+    tracker: Any | None = None,
+) -> Bundle:
+    """Bundle and sign a passing artifact as the deployment's next version.
+
+    ``tracker`` (a :class:`registry.tracking.Tracker`) records the bundle digest and
+    signature on the build's MLflow run; pass None to skip MLflow (e.g. a build
+    made with ``--no-record``, which has no run).
+    """
+    if valid_days <= 0:
+        raise BundleError(f"error: validity must be positive, found {valid_days} days")
+    runtime = _read_json(artifact / "runtime.json")
+    deployment = str(runtime.get("deployment") or artifact.name)
+    kid, private = store.signing_key()
+    created = now or datetime.now(UTC)
+    run_id = (_read_json(artifact / "build.json").get("mlflow") or {}).get("run_id")
+    folder = root / deployment
+    with Ledger(folder, deployment).locked() as ledger:
+        version = ledger.highest()
+        if tracker is not None:
+            version = max(version, tracker.max_bundle_version(deployment))
+        version += 1
+        manifest = build_manifest(artifact, version, kid, created, valid_days)
+        staging = folder / f".{version}.{uuid.uuid4().hex[:8]}.tmp"
+        staging.mkdir(parents=True)
+        try:
+            for entry in manifest["files"]:
+                dest = staging / entry["path"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(artifact / entry["path"], dest)
+                if sha256_file(dest) != entry["sha256"]:
+                    raise BundleError(f"error: {artifact / entry['path']} changed while bundling")
+            data = canonical_json(manifest)
+            (staging / MANIFEST).write_bytes(data)
+            (staging / SIGNATURE).write_bytes(sign(private, data))
+            bundle = Bundle(staging, manifest, sha256_bytes(data))
+            if tracker is not None and run_id:
+                tracker.record_bundle(
+                    str(run_id), staging / MANIFEST, bundle.digest, bundle.signature, version, kid
+                )
+            final = folder / str(version)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        ledger.append(
+            "issued",
+            {
+                "version": version,
+                "manifest_sha256": bundle.digest,
+                "created_at": manifest["created_at"],
+                "expires_at": manifest["expires_at"],
+                "key_id": kid,
+                "mlflow_run_id": run_id,
+                "model_sha256": manifest["model"].get("sha256"),
+                "artifact": str(artifact),
+            },
+        )
+    log.info("bundled %s version %d (%s) signed by %s", deployment, version, bundle.digest, kid)
+    return Bundle(final, manifest, bundle.digest)
+
+
+def issue_rollback(
+    bundle: Bundle, store: KeyStore, valid_days: float = 7, now: datetime | None = None
+) -> Path:
+    """Sign a rollback order naming ``bundle`` (its version and manifest digest).
+
+    A device refuses a version lower than the one it runs; with this order beside
+    the manifest it accepts exactly this bundle.
+    """
+    kid, private = store.signing_key()
+    created = now or datetime.now(UTC)
+    order = {
+        "schema": 1,
+        "kind": ROLLBACK_KIND,
+        "deployment": bundle.deployment,
+        "version": bundle.version,
+        "manifest_sha256": bundle.digest,
+        "created_at": _iso(created),
+        "expires_at": _iso(created + timedelta(days=valid_days)),
+        "signing": {"algorithm": "ed25519", "key_id": kid},
+    }
+    data = canonical_json(order)
+    path = bundle.path / ROLLBACK
+    (bundle.path / (ROLLBACK + SIG_SUFFIX)).write_bytes(sign(private, data))
+    path.write_bytes(data)
+    with Ledger(bundle.path.parent, bundle.deployment).locked() as ledger:
+        ledger.append(
+            "rollbacks",
+            {k: order[k] for k in ("version", "manifest_sha256", "created_at", "expires_at")}
+            | {"key_id": kid},
+        )
+    return path
+
+
+# -- verification on the build host (devices use the agent: openssl + sha256sum) -----------------
+
+
+def verify_bundle(path: Path, trust: TrustSet, now: datetime | None = None) -> list[str]:
+    """Every reason a device would refuse this bundle on signature, key, expiry or hashes.
+
+    An empty list means it verifies. (Target family and version order depend on the
+    device; the agent checks those.)
+    """
+    problems: list[str] = []
+    try:
+        bundle = Bundle.open(path)
+    except BundleError as exc:
+        return [str(exc)]
+    sig = path / SIGNATURE
+    kid = str(bundle.manifest.get("signing", {}).get("key_id", ""))
+    if not sig.is_file():
+        problems.append(f"missing signature: {sig}")
+    elif kid in trust.revoked:
+        problems.append(f"signed by revoked key {kid}")
+    elif kid not in trust.keys:
+        problems.append(f"signed by untrusted key {kid}")
+    elif not verify(
+        load_public_pem(trust.keys[kid]), (path / MANIFEST).read_bytes(), sig.read_bytes()
+    ):
+        problems.append(f"bad signature: {sig} does not verify with key {kid}")
+    if parse_time(str(bundle.manifest["expires_at"])) <= (now or datetime.now(UTC)):
+        problems.append(f"expired at {bundle.manifest['expires_at']}")
+    listed = {e["path"]: e for e in bundle.files()}
+    for rel, entry in listed.items():
+        file = path / rel
+        if not file.is_file():
+            problems.append(f"missing file: {rel}")
+        elif sha256_file(file) != entry["sha256"]:
+            problems.append(f"hash mismatch: {rel}")
+    for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = file.relative_to(path).as_posix()
+        if rel not in listed and rel not in ENVELOPE:
+            problems.append(f"file not in the manifest: {rel}")
+    return problems
+
+
+# -- export for air-gapped devices ---------------------------------------------------------------
+
+
+def export_bundle(
+    bundle: Bundle, dest: Path, trust_chain: list[tuple[int, bytes, bytes]] | None = None
+) -> Path:
+    """Write the bundle as one tar file (folder ``<deployment>-v<version>/`` inside).
+
+    ``trust_chain`` (from :meth:`KeyStore.trust_chain`) rides along as
+    ``trust/trust-<serial>.json(.sig)``: an air-gapped device's agent applies the
+    trust sets newer than its own before it verifies the bundle, so rotations and
+    revocations reach it on the same medium.
+    """
+    prefix = f"{bundle.deployment}-v{bundle.version}"
+    mtime = int(parse_time(str(bundle.manifest["created_at"])).timestamp())
+    names = sorted(
+        p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if p.is_file()
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+    def add(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+        info = tarfile.TarInfo(arcname)
+        info.size, info.mtime, info.mode = len(data), mtime, 0o644
+        info.uname = info.gname = "root"
+        tar.addfile(info, io.BytesIO(data))
+
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for serial, data, sig in trust_chain or []:
+                add(tar, f"trust/trust-{serial:06d}.json", data)
+                add(tar, f"trust/trust-{serial:06d}.json.sig", sig)
+            for name in names:
+                add(tar, f"{prefix}/{name}", (bundle.path / name).read_bytes())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return dest
+
+
+def unpack_export(tar_path: Path, dest: Path) -> Path:
+    """Extract an exported bundle safely into ``dest``; returns the bundle folder."""
+    with tarfile.open(tar_path) as tar:
+        for member in tar.getmembers():
+            name = member.name
+            if not member.isfile() and not member.isdir():
+                raise BundleError(f"error: {tar_path}: {name} is not a plain file")
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise BundleError(f"error: {tar_path}: unsafe path {name}")
+        tar.extractall(dest, filter="data")
+    found = [p.parent for p in dest.rglob(MANIFEST)]
+    if len(found) != 1:
+        raise BundleError(f"error: {tar_path}: expected one {MANIFEST}, found {len(found)}")
+    return found[0]

@@ -1,0 +1,103 @@
+"""The device agent's own pieces, run locally (the device tests run it over SSH)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from registry.bundle import make_bundle
+from registry.keys import KeyStore
+from registry.signing import key_id, load_public_pem
+from tests.unit.test_bundle import make_artifact
+
+AGENT = Path(__file__).resolve().parents[2] / "orchestrator" / "agent" / "edgeship_agent.py"
+
+
+@pytest.fixture(scope="module")
+def agent() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("edgeship_agent_under_test", AGENT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agent_imports_only_the_standard_library() -> None:
+    source = AGENT.read_text()
+    tops = set()
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("import ", "from ")) and not stripped.startswith("from __future__"):
+            tops.add(stripped.split()[1].split(".")[0])
+    runtime_only = {"numpy", "onnxruntime", "openvino"}  # imported inside the health check only
+    assert tops - runtime_only <= set(sys.stdlib_module_names), (
+        tops - runtime_only - set(sys.stdlib_module_names)
+    )
+    assert "orchestrator" not in tops and "registry" not in tops
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "ok"),
+    [
+        ("1.31.1", ">=1.20", True),
+        ("1.19.2", ">=1.20", False),
+        ("1.31.1", ">=1.20,<2", True),
+        ("2.0", ">=1.20,<2", False),
+        ("2026.4.1", "~=2026.0", True),
+        ("2027.1", "~=2026.0", False),
+        ("1.31.1", "==1.31.*", True),
+        ("1.32.0", "==1.31.*", False),
+        ("1.31.1", "!=1.31.1", False),
+        ("1.31.1", "", True),
+    ],
+)
+def test_agent_runtime_specifier(agent: ModuleType, version: str, spec: str, ok: bool) -> None:
+    assert agent.satisfies(version, spec) is ok
+
+
+def test_agent_key_id_matches_edgeship_key_id(agent: ModuleType, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    kid = store.init().key_id
+    pem = store.pub_path(kid).read_text()
+    assert agent.key_id_of_pem(pem) == kid == key_id(load_public_pem(pem))
+
+
+@pytest.mark.skipif(
+    not (shutil.which("openssl") and shutil.which("sha256sum")), reason="needs openssl, sha256sum"
+)
+def test_agent_verify_exit_codes_locally(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    store.init()
+    bundle = make_bundle(make_artifact(tmp_path / "a" / "demo"), store, tmp_path / "bundles")
+    root = tmp_path / "device"
+    trust = tmp_path / "trust.json"
+    data, sig = store.trust_files()
+    trust.write_bytes(data)
+    trust.with_name("trust.json.sig").write_bytes(sig)
+
+    def run(*args: str) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, str(AGENT), "--root", str(root), *args], capture_output=True, text=True
+        )
+        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert run("status")[1]["enrolled"] is False
+    assert run("verify", str(bundle.path))[0] == 13  # not enrolled yet
+    code, answer = run("init", "--name", "d1", "--family", "server", "--trust", str(trust))
+    assert code == 0 and answer["trust"]["serial"] == 1
+    code, answer = run("verify", str(bundle.path))
+    assert code == 0 and answer["version"] == 1 and answer["manifest_sha256"] == bundle.digest
+    (bundle.path / "metrics.json").write_text('{"tampered": true}')
+    code, answer = run("verify", str(bundle.path))
+    assert (code, answer["refusal"]) == (10, "hash_mismatch")
+    assert answer["message"] == "size differs from the manifest: metrics.json"
+    log = [json.loads(line) for line in (root / "log" / "agent.log").read_text().splitlines()]
+    assert [e["event"] for e in log][-1] == "refused"
+    assert run("health")[0] == 13 and run("rollback")[0] == 13

@@ -1,0 +1,170 @@
+"""Fleet files: loading, defaults, selection, and the exact errors a person sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config.fleet import load_fleet, load_fleet_file
+from orchestrator.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
+F = "  conf/fleet/ward.yaml: "
+
+GOOD = """\
+name: ward
+known_hosts: fleet.known_hosts
+defaults:
+  family: server
+  port: 2222
+  identity_file: keys/fleet_ed25519
+groups:
+  canary: first devices
+  ct: CT room
+devices:
+  - name: bed-01
+    address: 127.0.0.2
+    labels: {site: st-elsewhere, ward: north, bed: "01"}
+    groups: [canary]
+  - name: ct-nuc
+    address: 127.0.0.3
+    family: intel_nuc
+    port: 22
+    install_root: /srv/edgeship
+    python: /usr/bin/python3.11
+    groups: [ct]
+"""
+
+
+def _write(root: Path, text: str, name: str = "ward") -> Path:
+    folder = root / "conf" / "fleet"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    return root
+
+
+def _problems(root: Path, name: str = "ward") -> str:
+    """The error text, with the target families fixed (the registry grows over time)."""
+    path = root / "conf" / "fleet" / f"{name}.yaml"
+    with pytest.raises(SpecError) as info:
+        if path.exists():
+            load_fleet_file(path, root, f"conf/fleet/{name}.yaml", ["intel_nuc", "server"])
+        else:
+            load_fleet(name, root)
+    return str(info.value)
+
+
+def test_load_fleet_applies_defaults_and_resolves_paths(tmp_path: Path) -> None:
+    fleet = load_fleet("ward", _write(tmp_path, GOOD))
+    bed, nuc = fleet.devices
+    assert (bed.family, bed.port, bed.user, bed.install_root, bed.python) == (
+        "server",
+        2222,
+        "root",
+        "/opt/edgeship",
+        "python3",
+    )
+    assert bed.identity_file == str(tmp_path.resolve() / "keys" / "fleet_ed25519")
+    assert bed.labels.bed == "01" and bed.groups == ["canary"]
+    assert (nuc.family, nuc.port, nuc.install_root, nuc.python) == (
+        "intel_nuc",
+        22,
+        "/srv/edgeship",
+        "/usr/bin/python3.11",
+    )
+    assert fleet.known_hosts == str(tmp_path.resolve() / "fleet.known_hosts")
+    assert [d.name for d in fleet.select(groups=["ct"])] == ["ct-nuc"]
+    assert [d.name for d in fleet.select(names=["bed-01"], groups=["ct"])] == ["bed-01", "ct-nuc"]
+
+
+def test_load_fleet_reports_every_problem_at_once(tmp_path: Path) -> None:
+    text = """\
+name: ward
+defaults:
+  identity_file: ~/.ssh/id
+  prot: 22
+groups:
+  canary: first
+  icu: nobody here
+devices:
+  - name: bed-01
+    address: 127.0.0.2
+    family: sever
+    groups: [canary, bedside]
+  - name: bed-01
+    address: 127.0.0.3
+    family: server
+    port: "2222"
+    labels: {bed: 12, room: 3}
+  - address: 127.0.0.4
+"""
+    assert _problems(_write(tmp_path, text)) == "\n".join(
+        [
+            "error: invalid fleet (10 problems)",
+            F + "defaults.prot: unknown key 'prot'; expected one of: family, "
+            "identity_file, install_root, port, python, user (did you mean 'port'?)",
+            F + "devices[1].port: expected int, found str '2222'",
+            F + "devices[1].labels.room: unknown key 'room'; expected one of: bed, site, ward",
+            F + "devices[1].labels.bed: expected str, found int 12",
+            F + "devices[2].name: missing required value; expected str",
+            F + "devices[0].family: unknown target family 'sever'; expected one "
+            "of: intel_nuc, server (did you mean 'server'?)",
+            F + "devices[0].groups[1]: unknown group 'bedside'; expected one of: canary, icu",
+            F + "devices[1].name: duplicate device name 'bed-01' (also devices[0])",
+            F + "devices[2].family: missing; set it here or in defaults.family; "
+            "expected one of: intel_nuc, server",
+            F + "groups.icu: declared but no device is in it",
+        ]
+    )
+
+
+def test_load_fleet_duplicate_endpoint_and_missing_identity(tmp_path: Path) -> None:
+    text = """\
+name: ward
+defaults: {family: server}
+devices:
+  - {name: a, address: 10.0.0.5, identity_file: k}
+  - {name: b, address: 10.0.0.5}
+"""
+    assert _problems(_write(tmp_path, text)) == "\n".join(
+        [
+            "error: invalid fleet (2 problems)",
+            F + "devices[1].identity_file: missing; set it here or in defaults.identity_file",
+            F + "devices[1].address: 10.0.0.5:22 is already devices[0]",
+        ]
+    )
+
+
+def test_load_fleet_unknown_name_lists_fleets(tmp_path: Path) -> None:
+    _write(tmp_path, GOOD)
+    assert _problems(tmp_path, "wrad") == (
+        "error: invalid spec (1 problem)\n"
+        "  command line: fleet: unknown fleet 'wrad'; expected one of: ward (did you mean 'ward'?)"
+    )
+
+
+def test_load_fleet_name_must_match_file(tmp_path: Path) -> None:
+    _write(tmp_path, GOOD.replace("name: ward", "name: east"))
+    assert "name: expected 'ward' (the file's name), found 'east'" in _problems(tmp_path)
+
+
+def test_select_unknown_device_and_group(tmp_path: Path) -> None:
+    fleet = load_fleet("ward", _write(tmp_path, GOOD))
+    with pytest.raises(SpecError) as info:
+        fleet.select(names=["bed-1"], groups=["canery"])
+    assert str(info.value) == "\n".join(
+        [
+            "error: invalid device selection for fleet ward (2 problems)",
+            "  command line: device: unknown device 'bed-1'; expected one of: bed-01, ct-nuc "
+            "(did you mean 'bed-01'?)",
+            "  command line: group: unknown group 'canery'; expected one of: canary, ct "
+            "(did you mean 'canary'?)",
+        ]
+    )
+
+
+def test_shipped_example_fleet_is_valid_and_on_loopback() -> None:
+    fleet = load_fleet("ward_north", ROOT)
+    assert fleet.devices and all(d.address.startswith("127.0.0.") for d in fleet.devices)
+    assert "simulator" in (ROOT / "conf" / "fleet" / "ward_north.yaml").read_text()

@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.build import BuildResult, artifacts_root, run_build
 from orchestrator.config.loader import ComposedSpec, compose, list_options
+from orchestrator.config.rules import recipe_problems
 from orchestrator.errors import (
     BuildError,
     GateFailure,
@@ -53,7 +54,8 @@ class Candidate:
     """One candidate recipe's outcome."""
 
     recipe: str
-    status: str  # "passed" | "failed" (a gate) | "error" (the build broke) | "skipped"
+    status: str  # passed | failed (a gate) | error (the build broke) | skipped (runtime missing)
+    # | n/a (the target cannot run this recipe; never built)
     metrics: dict[str, float] = field(default_factory=dict)
     failed_gates: list[str] = field(default_factory=list)
     message: str = ""  # why it errored or was skipped
@@ -199,21 +201,42 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
     ]
     usable: list[ComposedSpec] = []
     skipped: list[Candidate] = []
+    model_file = spec.files.get("model", "the model spec")
     for name in names:
         if name == spec.choices.get("recipe"):
             continue
+        # the cheap check first: the same pass rules compose runs, without composing
+        data = _read_recipe(spec.root, name)
+        if data is not None:
+            if data.get("select") is True:
+                continue
+            problems = recipe_problems(spec.data, data, model_file)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                skipped.append(Candidate(name, "n/a", message=problems[0] + more))
+                continue
         try:
             candidate = compose([*base, f"recipe={name}"], spec.root)
         except SpecError as exc:
             reason = exc.problems[0].message if exc.problems else str(exc)
             if len(exc.problems) > 1:
                 reason += f" (and {len(exc.problems) - 1} more)"
-            skipped.append(Candidate(name, "skipped", message=reason))
+            skipped.append(Candidate(name, "n/a", message=reason))
             continue
         if candidate.config.recipe.select:
             continue
         usable.append(candidate)
     return usable, skipped
+
+
+def _read_recipe(root: Path, name: str) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((root / "conf" / "recipe" / f"{name}.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # composing the candidate reports what is wrong with the file
+    return data if isinstance(data, dict) else None
 
 
 def run_selection(

@@ -212,3 +212,145 @@ class Tracker:
             raise TrackingError(
                 f"error: MLflow at {self.uri}: logging {artifact_path}: {exc}"
             ) from exc
+
+    # -- rollouts (edgeship rollout, status, trace) ----------------------------------------------
+
+    def start_rollout_run(
+        self,
+        deployment: str,
+        rollout_id: str,
+        tags: Mapping[str, str],
+        build_run_id: str | None = None,
+    ) -> str:
+        """Open the run that records one rollout (a child of the build's run when known)."""
+        exp = self.experiment_id(deployment)
+        all_tags = {"edgeship.kind": "rollout", "edgeship.rollout.id": rollout_id, **tags}
+        if build_run_id:
+            all_tags["mlflow.parentRunId"] = build_run_id
+        try:
+            run = self.client.create_run(exp, run_name=f"rollout-{rollout_id}", tags=all_tags)
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: recording rollout: {exc}") from exc
+        return str(run.info.run_id)
+
+    def finish_rollout_run(
+        self,
+        run_id: str,
+        status: str,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        journal: Path | None = None,
+    ) -> None:
+        """Close a rollout's run: its metrics, its status (``completed`` finishes the run,
+        anything else fails it) and the journal as an artifact."""
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                tags=[
+                    RunTag(k, str(v))
+                    for k, v in {**tags, "edgeship.rollout.status": status}.items()
+                ],
+            )
+            if journal is not None and journal.is_file():
+                self.client.log_artifact(run_id, str(journal), artifact_path="rollout")
+            self.client.set_terminated(run_id, "FINISHED" if status == "completed" else "FAILED")
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: recording rollout: {exc}") from exc
+
+    def tag_build_rollout(
+        self, build_run_id: str, fleet: str, rollout_id: str, status: str, version: int
+    ) -> None:
+        """Say on the build's run how its bundle's latest rollout to ``fleet`` ended."""
+        prefix = f"edgeship.rollout.{fleet}"
+        try:
+            self.set_tags(
+                build_run_id,
+                {
+                    f"{prefix}.id": rollout_id,
+                    f"{prefix}.status": status,
+                    f"{prefix}.bundle_version": str(version),
+                },
+            )
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: tagging the build run: {exc}"
+            ) from exc
+
+    def promote(self, model: str, version: str, alias: str) -> None:
+        """Point ``alias`` (e.g. ``production-north``) at ``model`` version ``version``."""
+        try:
+            self.client.set_registered_model_alias(model, alias, version)
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: setting alias {alias} on {model} v{version}: {exc}"
+            ) from exc
+
+    def run_evidence(self, run_id: str) -> dict[str, Any]:
+        """A run as evidence: status, times, tags, params, metrics, where its artifacts are."""
+        try:
+            run = self.client.get_run(run_id)
+            exp = self.client.get_experiment(run.info.experiment_id)
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: run {run_id}: {exc}") from exc
+        return {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "experiment": exp.name if exp is not None else run.info.experiment_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+            "artifact_uri": run.info.artifact_uri,
+            "tags": dict(run.data.tags),
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+            "tracking_uri": self.uri,
+        }
+
+    def version_evidence(self, model: str, version: str) -> dict[str, Any] | None:
+        """A registered model version with its aliases (None when it is not registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(model, version)
+        except MlflowException:
+            return None
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: {model} v{version}: {exc}") from exc
+        return {
+            "name": mv.name,
+            "version": str(mv.version),
+            "aliases": sorted(mv.aliases or []),
+            "run_id": mv.run_id,
+            "status": mv.status,
+            "source": mv.source,
+        }
+
+    def rollout_runs(self, deployment: str, max_results: int = 50) -> list[dict[str, Any]]:
+        """The latest rollout runs of a deployment: id, status, tags, times."""
+        try:
+            exp = self.client.get_experiment_by_name(deployment)
+            if exp is None:
+                return []
+            runs = self.client.search_runs(
+                [exp.experiment_id],
+                filter_string="tags.`edgeship.kind` = 'rollout'",
+                max_results=max_results,
+                order_by=["attributes.start_time DESC"],
+            )
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
+        return [
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "tags": dict(r.data.tags),
+                "metrics": dict(r.data.metrics),
+            }
+            for r in runs
+        ]

@@ -9,17 +9,21 @@ undeclared groups and declared groups without devices).
 Every device field but ``name``, ``address`` and ``family`` may come from the
 fleet's ``defaults``; :func:`load_fleet` fills them in, expands ``~`` and makes
 paths absolute (relative ones are relative to the project root).
+
+A fleet of phones has no SSH devices: it names a ``feed`` instead, the host that
+serves the signed update feed its apps poll (see :mod:`orchestrator.rollout.feed`).
 """
 
 # OmegaConf resolves typing.List/Dict/Optional; keep them here.
-# ruff: noqa: UP006, UP035
+# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -70,15 +74,38 @@ class DeviceConfig:
 
 
 @dataclass
+class FeedConfig:
+    """The host serving a phone fleet's signed update feed, reached over SSH to publish."""
+
+    host: str = MISSING  # address of the feed host
+    port: int = 22  # SSH port
+    user: str = "root"  # SSH user
+    identity_file: str = ""  # SSH private key (default: defaults.identity_file)
+    host_key: str = ""  # pinned host key "ssh-ed25519 AAAA..." (else pinned at enrolment)
+    path: str = MISSING  # folder on the feed host its web server serves
+    base_url: str = MISSING  # URL at which apps fetch that folder
+    channels: List[str] = field(default_factory=lambda: ["stable", "beta"])  # channels offered
+    index_valid_days: float = 7.0  # apps refuse an index older than this (stale feed)
+
+
+@dataclass
 class FleetConfig:
-    """An inventory of devices reached over SSH."""
+    """An inventory of devices reached over SSH (or, for phones, the feed they poll)."""
 
     name: str = MISSING  # fleet identifier; the file is conf/fleet/<name>.yaml
     description: str = ""  # one line for people
     known_hosts: str = ""  # pinned host keys (default conf/fleet/<name>.known_hosts)
+    mlflow_alias: str = ""  # alias a completed rollout sets on the model version
+    #                         (default production-<name>)
     defaults: DeviceDefaults = field(default_factory=DeviceDefaults)  # shared device values
     groups: Dict[str, str] = field(default_factory=dict)  # group name -> description
-    devices: List[DeviceConfig] = MISSING  # the devices
+    feed: Optional[FeedConfig] = None  # phones: the update feed's host (publish target)
+    devices: List[DeviceConfig] = MISSING  # the devices (may be empty when `feed` is set)
+
+    @property
+    def alias(self) -> str:
+        """The MLflow alias of the model version this fleet runs."""
+        return self.mlflow_alias or f"production-{self.name}"
 
     def device(self, name: str) -> DeviceConfig:
         """The device called ``name``."""
@@ -93,28 +120,74 @@ class FleetConfig:
         return [d.name for d in self.devices]
 
     def select(
-        self, names: list[str] | None = None, groups: list[str] | None = None
+        self,
+        names: list[str] | None = None,
+        groups: list[str] | None = None,
+        labels: dict[str, list[str]] | None = None,
+        source: str = CLI,
     ) -> list[DeviceConfig]:
-        """Devices named in ``names`` or in one of ``groups`` (every device when both are empty)."""
+        """Devices named in ``names`` or in one of ``groups`` (every device when both are
+        empty), and among those the ones whose labels match every key of ``labels`` (one of
+        its values). Fleet order is kept."""
         problems = [
-            Problem(CLI, "device", unknown_name_message("device", n, self.names()))
+            Problem(source, "device", unknown_name_message("device", n, self.names()))
             for n in names or []
             if n not in self.names()
         ]
         problems += [
-            Problem(CLI, "group", unknown_name_message("group", g, self.groups))
+            Problem(source, "group", unknown_name_message("group", g, self.groups))
             for g in groups or []
             if g not in self.groups
         ]
+        problems += [
+            Problem(source, key, unknown_name_message("label", key, LABEL_KEYS))
+            for key in labels or {}
+            if key not in LABEL_KEYS
+        ]
         if problems:
             raise SpecError(problems, title=f"invalid device selection for fleet {self.name}")
-        if not names and not groups:
-            return list(self.devices)
-        return [
-            d
-            for d in self.devices
-            if d.name in (names or []) or any(g in d.groups for g in groups or [])
-        ]
+        chosen = (
+            list(self.devices)
+            if not names and not groups
+            else [
+                d
+                for d in self.devices
+                if d.name in (names or []) or any(g in d.groups for g in groups or [])
+            ]
+        )
+        return [d for d in chosen if labels_match(d, labels or {})]
+
+    def feed_host(self) -> DeviceConfig:
+        """The feed host as an SSH endpoint (``install_root`` is the feed folder)."""
+        if self.feed is None:
+            raise SpecError(
+                [Problem(CLI, "fleet", f"fleet {self.name} has no `feed:` section (phones)")]
+            )
+        f = self.feed
+        return DeviceConfig(
+            name=f"{self.name}-feed",
+            address=f.host,
+            family="",
+            port=f.port,
+            user=f.user,
+            identity_file=f.identity_file or self.defaults.identity_file,
+            install_root=f.path,
+            python="",
+            host_key=f.host_key,
+        )
+
+
+LABEL_KEYS = tuple(f.name for f in dataclasses.fields(DeviceLabels))
+
+
+def device_labels(device: DeviceConfig) -> dict[str, str]:
+    """A device's labels as a mapping (empty ones left out)."""
+    return {k: v for k in LABEL_KEYS if (v := str(getattr(device.labels, k) or ""))}
+
+
+def labels_match(device: DeviceConfig, labels: dict[str, list[str]]) -> bool:
+    """Whether the device's label ``key`` is one of ``labels[key]`` for every key."""
+    return all(str(getattr(device.labels, k, "")) in values for k, values in labels.items())
 
 
 def _resolve_path(value: str, root: Path) -> str:
@@ -199,8 +272,26 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
     for group in declared:
         if group not in used:
             report(f"groups.{group}", "declared but no device is in it")
-    if isinstance(data.get("devices"), list) and not devices:
-        report("devices", "expected at least one device")
+    feed = data.get("feed")
+    if isinstance(data.get("devices"), list) and not devices and not isinstance(feed, dict):
+        report("devices", "expected at least one device (or a `feed:` section for phones)")
+    if isinstance(feed, dict):
+        if not feed.get("identity_file") and not defaults.get("identity_file"):
+            report("feed.identity_file", "missing; set it here or in defaults.identity_file")
+        url = feed.get("base_url")
+        if isinstance(url, str) and not url.startswith(("http://", "https://")):
+            report("feed.base_url", f"expected an http:// or https:// URL, found '{url}'")
+        channels = feed.get("channels")
+        if isinstance(channels, list):
+            for j, channel in enumerate(channels):
+                if isinstance(channel, str) and not channel.replace("-", "").isalnum():
+                    report(
+                        f"feed.channels[{j}]",
+                        f"expected letters, digits and '-', found '{channel}'",
+                    )
+        days = feed.get("index_valid_days")
+        if isinstance(days, int | float) and not isinstance(days, bool) and days <= 0:
+            report("feed.index_valid_days", f"expected a positive number, found {days}")
 
 
 def load_fleet(name: str, root: Path) -> FleetConfig:
@@ -268,6 +359,8 @@ def _resolve(fleet: FleetConfig, root: Path) -> FleetConfig:
     fleet.known_hosts = _resolve_path(
         fleet.known_hosts or f"conf/fleet/{fleet.name}.known_hosts", root
     )
+    if fleet.feed is not None:
+        fleet.feed.identity_file = _resolve_path(fleet.feed.identity_file or d.identity_file, root)
     for dev in fleet.devices:
         dev.family = dev.family or d.family
         dev.port = dev.port or d.port

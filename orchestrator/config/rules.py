@@ -215,15 +215,23 @@ def _check_selection(
         if data.get("select") is True:
             report(key, f"recipe '{name}' selects among recipes itself; name recipes with passes")
             continue
-        found: list[str] = []
-        cand_passes = data.get("passes")
-        if isinstance(cand_passes, list):
-            check_passes(spec, cand_passes, _Collect(found), model_file, "passes")
+        found = recipe_problems(spec, data, model_file)
         if found:
             report(
                 key,
                 f"recipe '{name}' cannot run on target '{target.get('name')}': " + "; ".join(found),
             )
+
+
+def recipe_problems(
+    spec: Mapping[str, Any], recipe: Mapping[str, Any], model_file: str
+) -> list[str]:
+    """Why another recipe's passes cannot run for this spec's model and target (empty: they can)."""
+    found: list[str] = []
+    passes = recipe.get("passes")
+    if isinstance(passes, list):
+        check_passes(spec, passes, _Collect(found), model_file, "passes")
+    return found
 
 
 class _Collect:

@@ -26,7 +26,9 @@ import json
 import logging
 import shlex
 import stat
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,10 +36,17 @@ from typing import Any
 import paramiko
 
 from orchestrator.config.fleet import DeviceConfig, FleetConfig
+from orchestrator.errors import EdgeshipError
 from orchestrator.rollout.enroll import agent_status, sync_trust
 from orchestrator.rollout.errors import RolloutError
-from orchestrator.rollout.results import DeviceDone, DeviceOutcome, RolloutResult, run_per_device
-from orchestrator.rollout.ssh import DeviceSession, connect
+from orchestrator.rollout.results import (
+    DeviceDone,
+    DeviceOutcome,
+    DeviceTimeoutError,
+    RolloutResult,
+    run_per_device,
+)
+from orchestrator.rollout.ssh import CONNECT_TIMEOUT, DeviceSession, connect
 from registry.bundle import ENVELOPE, Bundle
 from registry.keys import KeyStore
 
@@ -46,6 +55,13 @@ log = logging.getLogger(__name__)
 CHUNK = 32 * 1024
 # agent exit code -> outcome result
 AGENT_RESULTS = {0: "activated", 10: "refused", 11: "rolled_back", 12: "unhealthy", 13: "error"}
+
+# (step name, details) for each step of one device: connected, upload, uploaded, activate
+StepCallback = Callable[[str, dict[str, Any]], None]
+
+
+class DeviceDiskFullError(EdgeshipError):
+    """The device has no room for the bundle; what was staged is removed again."""
 
 
 @dataclass
@@ -56,6 +72,8 @@ class DeployOptions:
     stage_only: bool = False  # upload and check, but leave activation for later
     parallel: int = 4  # devices at a time
     health_timeout: float = 300.0  # seconds the agent allows the health check
+    connect_timeout: float = CONNECT_TIMEOUT  # seconds for the SSH connection and login
+    device_timeout: float | None = None  # seconds for one device in all (None: no limit)
 
 
 class _Throttle:
@@ -143,6 +161,24 @@ def _hash_mismatches(
     return [e["path"] for e in entries if found.get(e["path"]) != e["sha256"]]
 
 
+def _disk_full(session: DeviceSession, folder: str, needed: int) -> str | None:
+    """When the device's disk is full: remove the staging folder, say how full it was."""
+    try:
+        res = session.run(f"df -Pk {shlex.quote(folder)}", timeout=30)
+        fields = res.stdout.strip().splitlines()[-1].split()
+        free_kb = int(fields[3])
+    except Exception:
+        return None
+    if free_kb * 1024 >= max(needed, 64 * 1024):
+        return None
+    session.run(f"rm -rf {shlex.quote(folder)}", timeout=60)
+    return (
+        f"no space left on the device: {free_kb} kB free under {session.root} while the "
+        f"upload needed {needed / 1000:.1f} kB; the staged files were removed, the active "
+        "version is untouched"
+    )
+
+
 def stage_bundle(
     session: DeviceSession,
     bundle: Bundle,
@@ -194,16 +230,23 @@ def stage_bundle(
     outcome.files_present = len([p for p in complete if p in present])
     throttle = _Throttle(options.limit_rate)
     linked = {e["path"] for e in to_link} & complete
-    for entry in entries:
-        if entry["path"] not in complete:
-            upload_resumable(
-                sftp,
-                bundle.path / entry["path"],
-                f"{folder}/{entry['path']}",
-                int(entry["size"]),
-                throttle,
-                outcome,
-            )
+    try:
+        for entry in entries:
+            if entry["path"] not in complete:
+                upload_resumable(
+                    sftp,
+                    bundle.path / entry["path"],
+                    f"{folder}/{entry['path']}",
+                    int(entry["size"]),
+                    throttle,
+                    outcome,
+                )
+    except OSError as exc:
+        needed = sum(int(e["size"]) for e in entries if e["path"] not in complete)
+        full = None if session.aborted else _disk_full(session, folder, needed)
+        if full is None:
+            raise
+        raise DeviceDiskFullError(full) from exc
     # files hard-linked from installed versions were verified when installed
     bad = _hash_mismatches(session, folder, [e for e in entries if e["path"] not in linked])
     if bad:
@@ -253,6 +296,104 @@ def _activate(
         outcome.message = str(answer.get("message", ""))
 
 
+def deploy_device(
+    fleet: FleetConfig,
+    device: DeviceConfig,
+    bundle: Bundle,
+    store: KeyStore | None,
+    options: DeployOptions,
+    outcome: DeviceOutcome,
+    on_step: StepCallback | None = None,
+) -> None:
+    """One device: connect -> trust -> (skip if it runs this bundle) -> upload -> activate.
+
+    Fills in ``outcome``; raises what :func:`run_device` turns into an outcome (unreachable,
+    host key, timeout). ``options.device_timeout`` closes the connection when the device
+    takes longer; ``on_step`` hears each step (for a rollout's journal).
+    """
+    started = time.monotonic()
+    step = on_step or (lambda name, info: None)
+    with connect(device, Path(fleet.known_hosts), timeout=options.connect_timeout) as session:
+        timer = None
+        if options.device_timeout:
+            left = options.device_timeout - (time.monotonic() - started)
+            timer = threading.Timer(max(left, 0.01), session.abort)
+            timer.daemon = True
+            timer.start()
+        try:
+            _deploy_session(session, fleet, bundle, store, options, outcome, step)
+        except DeviceDone:
+            raise
+        except Exception as exc:
+            if session.aborted:
+                raise DeviceTimeoutError(
+                    f"no result within {options.device_timeout:g}s (during {outcome.stage}); "
+                    "the connection was closed"
+                ) from exc
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def _deploy_session(
+    session: DeviceSession,
+    fleet: FleetConfig,
+    bundle: Bundle,
+    store: KeyStore | None,
+    options: DeployOptions,
+    outcome: DeviceOutcome,
+    step: StepCallback,
+) -> None:
+    status = agent_status(session, inventory=True)
+    if status is None or not status.get("enrolled"):
+        outcome.result = "error"
+        outcome.message = "device is not enrolled; run: edgeship enroll fleet=" + fleet.name
+        return
+    current = status.get("current")
+    outcome.from_version = current
+    step(
+        "connected",
+        {
+            "from_version": current,
+            "deployment": status.get("deployment"),
+            "trust_serial": (status.get("trust") or {}).get("serial"),
+        },
+    )
+    if store is not None and store.exists():
+        outcome.stage = "trust"
+        sync_trust(session, store, outcome, status)
+    installed = (status.get("versions") or {}).get(str(bundle.version)) or {}
+    if (
+        current == bundle.version
+        and installed.get("manifest_sha256") == bundle.digest
+        and not status.get("pending_health")
+    ):
+        outcome.result = "unchanged"
+        outcome.version = current
+        outcome.message = "already running this bundle"
+        return
+    outcome.stage = "upload"
+    step("upload", {})
+    folder = stage_bundle(session, bundle, outcome, options, status.get("inventory") or {})
+    step(
+        "uploaded",
+        {
+            "bytes_sent": outcome.bytes_sent,
+            "bytes_resumed": outcome.bytes_resumed,
+            "files_sent": outcome.files_sent,
+            "files_linked": outcome.files_linked,
+            "files_present": outcome.files_present,
+        },
+    )
+    if options.stage_only:
+        outcome.result = "staged"
+        outcome.version = current
+        return
+    step("activate", {})
+    _activate(session, folder, outcome, options)
+
+
 def deploy(
     fleet: FleetConfig,
     devices: list[DeviceConfig],
@@ -265,39 +406,12 @@ def deploy(
     ``store`` (the signing key store) lets the deploy bring devices' trust sets up to
     date first; without it devices keep the trust set they have.
     """
-    options = options or DeployOptions()
-    known_hosts = Path(fleet.known_hosts)
+    opts = options or DeployOptions()
 
     def work(device: DeviceConfig, outcome: DeviceOutcome) -> None:
-        with connect(device, known_hosts) as session:
-            status = agent_status(session, inventory=True)
-            if status is None or not status.get("enrolled"):
-                outcome.result = "error"
-                outcome.message = "device is not enrolled; run: edgeship enroll fleet=" + fleet.name
-                return
-            if store is not None and store.exists():
-                outcome.stage = "trust"
-                sync_trust(session, store, outcome, status)
-            current = status.get("current")
-            installed = (status.get("versions") or {}).get(str(bundle.version)) or {}
-            if (
-                current == bundle.version
-                and installed.get("manifest_sha256") == bundle.digest
-                and not status.get("pending_health")
-            ):
-                outcome.result = "unchanged"
-                outcome.version = current
-                outcome.message = "already running this bundle"
-                return
-            outcome.stage = "upload"
-            folder = stage_bundle(session, bundle, outcome, options, status.get("inventory") or {})
-            if options.stage_only:
-                outcome.result = "staged"
-                outcome.version = current
-                return
-            _activate(session, folder, outcome, options)
+        deploy_device(fleet, device, bundle, store, opts, outcome)
 
-    result = RolloutResult("deploy", run_per_device(devices, work, options.parallel))
+    result = RolloutResult("deploy", run_per_device(devices, work, opts.parallel))
     if result.failed:
         raise RolloutError("deploy", result)
     return result

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import paramiko
+
 from orchestrator.config.fleet import DeviceConfig
 from orchestrator.errors import EdgeshipError
 from orchestrator.rollout.errors import HostKeyError
@@ -23,6 +25,10 @@ class DeviceDone(Exception):
     """Raised by per-device work whose outcome is already filled in: stop there."""
 
 
+class DeviceTimeoutError(Exception):
+    """A device took longer than its time limit; its connection was closed."""
+
+
 @dataclass
 class DeviceOutcome:
     """What happened on one device."""
@@ -30,10 +36,11 @@ class DeviceOutcome:
     device: str
     address: str
     result: str = "pending"  # activated | unchanged | staged | enrolled | refused | rolled_back
-    #                          | unhealthy | host_key | unreachable | error
-    stage: str = "connect"  # connect | trust | upload | activate | enroll
+    #                          | unhealthy | host_key | unreachable | timeout | error
+    stage: str = "connect"  # connect | trust | upload | activate | enroll | rollback | health
     message: str = ""
     version: int | None = None  # the version active on the device afterwards
+    from_version: int | None = None  # the version active on the device before
     refusal: str | None = None  # the agent's refusal code
     health: dict[str, Any] | None = None
     bytes_sent: int = 0  # bytes that travelled over SSH for bundle files
@@ -93,34 +100,43 @@ class RolloutResult:
         }
 
 
+def run_device(
+    device: DeviceConfig, work: Callable[[DeviceConfig, DeviceOutcome], None]
+) -> DeviceOutcome:
+    """Run ``work`` for one device; whatever goes wrong becomes its outcome, never an exception."""
+    outcome = DeviceOutcome(device.name, f"{device.address}:{device.port}")
+    start = time.perf_counter()
+    try:
+        work(device, outcome)
+    except DeviceDone:
+        pass
+    except HostKeyError as exc:
+        outcome.result, outcome.message = "host_key", str(exc).removeprefix("error: ")
+    except DeviceUnreachableError as exc:
+        outcome.result, outcome.message = "unreachable", str(exc)
+    except DeviceTimeoutError as exc:
+        outcome.result, outcome.message = "timeout", str(exc)
+    except EdgeshipError as exc:
+        outcome.result, outcome.message = "error", str(exc).removeprefix("error: ")
+    except (TimeoutError, EOFError, ConnectionError, paramiko.SSHException) as exc:
+        log.debug("device %s: connection lost", device.name, exc_info=True)
+        outcome.result = "unreachable"
+        outcome.message = f"connection lost during {outcome.stage}: {type(exc).__name__}: {exc}"
+    except Exception as exc:
+        log.debug("device %s failed", device.name, exc_info=True)
+        outcome.result, outcome.message = "error", f"{type(exc).__name__}: {exc}"
+    outcome.seconds = time.perf_counter() - start
+    log.info("%s: %s", device.name, outcome.summary())
+    return outcome
+
+
 def run_per_device(
     devices: list[DeviceConfig],
     work: Callable[[DeviceConfig, DeviceOutcome], None],
     parallel: int,
 ) -> list[DeviceOutcome]:
     """Run ``work`` for every device (``parallel`` at a time); each failure is its outcome."""
-
-    def one(device: DeviceConfig) -> DeviceOutcome:
-        outcome = DeviceOutcome(device.name, f"{device.address}:{device.port}")
-        start = time.perf_counter()
-        try:
-            work(device, outcome)
-        except DeviceDone:
-            pass
-        except HostKeyError as exc:
-            outcome.result, outcome.message = "host_key", str(exc).removeprefix("error: ")
-        except DeviceUnreachableError as exc:
-            outcome.result, outcome.message = "unreachable", str(exc)
-        except EdgeshipError as exc:
-            outcome.result, outcome.message = "error", str(exc).removeprefix("error: ")
-        except Exception as exc:
-            log.debug("device %s failed", device.name, exc_info=True)
-            outcome.result, outcome.message = "error", f"{type(exc).__name__}: {exc}"
-        outcome.seconds = time.perf_counter() - start
-        log.info("%s: %s", device.name, outcome.summary())
-        return outcome
-
     if parallel <= 1 or len(devices) <= 1:
-        return [one(d) for d in devices]
+        return [run_device(d, work) for d in devices]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return list(pool.map(one, devices))
+        return list(pool.map(lambda d: run_device(d, work), devices))

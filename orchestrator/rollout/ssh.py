@@ -153,6 +153,19 @@ class DeviceSession:
         self.device = device
         self.connection = connection
         self._sftp: paramiko.SFTPClient | None = None
+        self.aborted = False  # set by abort(): the connection was closed on purpose
+
+    def abort(self) -> None:
+        """Close the connection from another thread (a device past its time limit).
+
+        Whatever the device's worker is blocked in (an upload, a remote command)
+        fails at once; the device itself finishes or recovers on its own (the agent's
+        activation is atomic and resumable).
+        """
+        self.aborted = True
+        transport = self.connection.transport
+        if transport is not None:
+            transport.close()
 
     @property
     def root(self) -> str:

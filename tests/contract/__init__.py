@@ -1,0 +1,1 @@
+"""Contract suites every plug-in (target family) must pass."""

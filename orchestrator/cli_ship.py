@@ -280,6 +280,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     opts = _pairs(args.overrides, ("fleet", "device", "group"), ("fleet",))
     fleet, devices = _fleet_and_devices(opts)
     store = _store()
+    if fleet.feed is not None:
+        from orchestrator.rollout.feed import enroll_feed
+
+        host = fleet.feed_host()
+        note = enroll_feed(fleet, repin=args.repin)
+        print(
+            f"feed host {host.address}:{host.port} of fleet {fleet.name}: host key {note}; "
+            f"feed folder {fleet.feed.path}"
+        )
+        if not devices:
+            return 0
     print(f"enroll {len(devices)} device(s) of fleet {fleet.name} (host keys: {fleet.known_hosts})")
     try:
         result = enroll(

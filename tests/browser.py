@@ -31,7 +31,7 @@ def chromium() -> str:
     if path:
         return path
     if os.environ.get("CI"):
-        pytest.fail("chromium is missing: tools/system-deps.sh installs it (apt-get install chromium)")
+        pytest.fail("chromium is missing; tools/system-deps.sh installs it with apt-get")
     pytest.skip("chromium is not installed (apt-get install chromium)")
 
 

@@ -151,3 +151,29 @@ def lab(tmp_path: Path, ssh_devices: list, built_artifact: Path):
     from tests.sshd import ShipLab
 
     return ShipLab(tmp_path / "lab", ssh_devices, built_artifact)
+
+
+# -- phones: a built posture_phone artifact (tests/integration/test_phone_channel.py) ------------
+
+
+@pytest.fixture(scope="session")
+def built_phone_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One passing posture_phone artifact (.ort, ONNX Runtime Mobile) per session, no MLflow."""
+    from orchestrator import reference
+    from orchestrator.build import run_build
+    from orchestrator.config.loader import compose, load_option
+
+    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
+    base = tmp_path_factory.mktemp("phone-build")
+    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
+    os.environ["EDGESHIP_ROOT"] = str(ROOT)
+    os.environ["EDGESHIP_ARTIFACTS"] = str(base / "artifacts")
+    try:
+        result = run_build(compose(["deployment=posture_phone"], ROOT), record=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return result.artifact_dir

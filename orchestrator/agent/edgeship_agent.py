@@ -1358,7 +1358,10 @@ def main(argv: list | None = None) -> int:
         agent.lock(wait=False)  # busy: answer without repairing anything
     try:
         if args.command == "health-run":
-            result = health_run(args.folder)
+            try:
+                result = health_run(args.folder)
+            except Exception as exc:  # the runtime refused the model: report it as the reason
+                result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
             emit(result)
             return EXIT_OK if result["result"] == "pass" else EXIT_UNHEALTHY
         if args.command == "verify":

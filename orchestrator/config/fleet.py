@@ -126,9 +126,12 @@ class FleetConfig:
         labels: dict[str, list[str]] | None = None,
         source: str = CLI,
     ) -> list[DeviceConfig]:
-        """Devices named in ``names`` or in one of ``groups`` (every device when both are
-        empty), and among those the ones whose labels match every key of ``labels`` (one of
-        its values). Fleet order is kept."""
+        """Devices chosen by name, group and labels, in fleet order.
+
+        A device is chosen when it is named in ``names`` or is in one of ``groups`` (every
+        device when both are empty), and its label ``key`` is one of ``labels[key]`` for
+        every key given.
+        """
         problems = [
             Problem(source, "device", unknown_name_message("device", n, self.names()))
             for n in names or []

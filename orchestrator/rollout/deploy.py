@@ -46,7 +46,12 @@ from orchestrator.rollout.results import (
     RolloutResult,
     run_per_device,
 )
-from orchestrator.rollout.ssh import CONNECT_TIMEOUT, DeviceSession, connect
+from orchestrator.rollout.ssh import (
+    CONNECT_TIMEOUT,
+    DeviceSession,
+    DeviceUnreachableError,
+    connect,
+)
 from registry.bundle import ENVELOPE, Bundle
 from registry.keys import KeyStore
 
@@ -76,7 +81,9 @@ class DeployOptions:
     device_timeout: float | None = None  # seconds for one device in all (None: no limit)
 
 
-class _Throttle:
+class Throttle:
+    """Sleeps as needed to keep an upload under ``rate`` bytes per second (None: no limit)."""
+
     def __init__(self, rate: int | None) -> None:
         self.rate = rate
         self.start = time.monotonic()
@@ -122,7 +129,7 @@ def upload_resumable(
     local: Path,
     remote: str,
     size: int,
-    throttle: _Throttle,
+    throttle: Throttle,
     outcome: DeviceOutcome,
 ) -> None:
     """Upload ``local`` to ``remote`` through ``remote.part``, resuming a partial upload."""
@@ -143,10 +150,14 @@ def upload_resumable(
             throttle(len(block))
     outcome.bytes_resumed += offset
     outcome.files_sent += 1
+    # pipelined SFTP writes can fail without an error (a full disk): check what arrived
+    arrived = int(sftp.stat(part).st_size or 0)
+    if arrived != size:
+        raise OSError(f"{remote}: {arrived} of {size} bytes arrived")
     sftp.posix_rename(part, remote)
 
 
-def _hash_mismatches(
+def hash_mismatches(
     session: DeviceSession, folder: str, entries: list[dict[str, Any]]
 ) -> list[str]:
     """Paths whose SHA-256 on the device (``sha256sum``) differs from the manifest."""
@@ -173,8 +184,8 @@ def _disk_full(session: DeviceSession, folder: str, needed: int) -> str | None:
         return None
     session.run(f"rm -rf {shlex.quote(folder)}", timeout=60)
     return (
-        f"no space left on the device: {free_kb} kB free under {session.root} while the "
-        f"upload needed {needed / 1000:.1f} kB; the staged files were removed, the active "
+        f"no space left on the device: {free_kb} kB free under {session.root} when the "
+        f"upload of {needed / 1000:.1f} kB stopped; the staged files were removed, the active "
         "version is untouched"
     )
 
@@ -195,10 +206,17 @@ def stage_bundle(
     entries = bundle.files()
     expected = {e["path"]: e for e in entries}
     envelope = sorted(n for n in ENVELOPE if (bundle.path / n).is_file())
-    _mkdirs(session, folder, list(expected))
     sftp = session.sftp()
-    for env_name in envelope:
-        session.put_bytes((bundle.path / env_name).read_bytes(), f"{folder}/{env_name}")
+    try:
+        _mkdirs(session, folder, list(expected))
+        for env_name in envelope:
+            session.put_bytes((bundle.path / env_name).read_bytes(), f"{folder}/{env_name}")
+    except OSError as exc:
+        needed = sum(int(e["size"]) for e in entries)
+        full = None if session.aborted else _disk_full(session, folder, needed)
+        if full is None:
+            raise
+        raise DeviceDiskFullError(full) from exc
     # the device judges the signed manifest before any file travels
     check = session.agent(f"verify --manifest-only {shlex.quote(folder)}")
     if check.code != 0:
@@ -228,7 +246,7 @@ def stage_bundle(
         outcome.files_linked = len(to_link) - len(missing)
         complete |= {e["path"] for e in to_link if f"staging/{name}/{e['path']}" not in missing}
     outcome.files_present = len([p for p in complete if p in present])
-    throttle = _Throttle(options.limit_rate)
+    throttle = Throttle(options.limit_rate)
     linked = {e["path"] for e in to_link} & complete
     try:
         for entry in entries:
@@ -248,7 +266,7 @@ def stage_bundle(
             raise
         raise DeviceDiskFullError(full) from exc
     # files hard-linked from installed versions were verified when installed
-    bad = _hash_mismatches(session, folder, [e for e in entries if e["path"] not in linked])
+    bad = hash_mismatches(session, folder, [e for e in entries if e["path"] not in linked])
     if bad:
         outcome.notes.append("re-sent after a hash mismatch: " + ", ".join(bad))
         session.run("rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in bad))
@@ -262,7 +280,7 @@ def stage_bundle(
                     throttle,
                     outcome,
                 )
-        still = _hash_mismatches(session, folder, [e for e in entries if e["path"] in bad])
+        still = hash_mismatches(session, folder, [e for e in entries if e["path"] in bad])
         if still:
             # the local bundle itself differs from its manifest: the agent refuses it and says so
             outcome.notes.append("still differ after re-sending: " + ", ".join(still))
@@ -279,7 +297,12 @@ def _activate(
     outcome.agent = answer
     if answer is None:
         outcome.result = "error"
-        outcome.message = f"agent exited with {res.code}: {res.stderr.strip()[-500:]}"
+        tail = res.stderr.strip()[-500:]
+        outcome.message = f"agent exited with {res.code} without an answer" + (
+            f": {tail}"
+            if tail
+            else " (it stopped mid-activation; the device recovers on the next agent command)"
+        )
         return
     outcome.result = AGENT_RESULTS.get(res.code, "error")
     if res.code == 0 and answer.get("result") == "unchanged":
@@ -329,6 +352,13 @@ def deploy_device(
                 raise DeviceTimeoutError(
                     f"no result within {options.device_timeout:g}s (during {outcome.stage}); "
                     "the connection was closed"
+                ) from exc
+            transport = session.connection.transport
+            if not isinstance(exc, EdgeshipError) and (
+                transport is None or not transport.is_active()
+            ):
+                raise DeviceUnreachableError(
+                    f"connection lost during {outcome.stage}: {type(exc).__name__}: {exc}"
                 ) from exc
             raise
         finally:

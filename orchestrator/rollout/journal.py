@@ -135,6 +135,7 @@ class RolloutState:
     rollback_done: dict[str, Any] | None = None
     rolled_back: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> entry
     from_versions: dict[str, int | None] = field(default_factory=dict)  # device -> version before
+    activating: set[str] = field(default_factory=set)  # devices asked to activate the bundle
     mlflow: dict[str, Any] = field(default_factory=dict)  # what the mlflow entries recorded
     superseded_by: str | None = None
     last_pid: int | None = None
@@ -179,6 +180,8 @@ def apply(state: RolloutState, e: dict[str, Any]) -> None:
     elif kind == "device_step":
         if e.get("step") == "connected":
             state.from_versions[e["device"]] = e.get("from_version")
+        elif e.get("step") == "activate":
+            state.activating.add(e["device"])
     elif kind == "device_done":
         state.done[e["device"]] = e
         state.in_flight.discard(e["device"])

@@ -129,7 +129,9 @@ class DeviceLocks:
             for dev in devices:
                 path = self.folder / device_key(dev)
                 holder = self.read(path) if path.exists() else None
-                if holder is None or holder.pid == self.holder.pid == os.getpid():
+                if holder is None or (
+                    holder.rollout_id == self.holder.rollout_id and holder.pid == self.holder.pid
+                ):
                     continue
                 if holder.alive():
                     busy[dev.name] = holder  # another process, even of this same rollout

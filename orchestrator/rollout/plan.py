@@ -113,6 +113,19 @@ def plan_rollout(
     }
     devices = [d.name for d in chosen if d.family == family]
     if not devices:
+        if fleet.feed is not None and not fleet.devices:
+            raise SpecError(
+                [
+                    Problem(
+                        "command line",
+                        "fleet",
+                        f"fleet {fleet.name} is phones polling a feed (no SSH devices); "
+                        f"publish to it with: edgeship publish deployment=NAME "
+                        f"fleet={fleet.name} channel=CHANNEL",
+                    )
+                ],
+                title="nothing to roll out",
+            )
         why = f" ({len(excluded)} left out for their target family)" if excluded else ""
         raise SpecError(
             [
@@ -166,7 +179,11 @@ def plan_rollout(
             else:
                 target = min(math.ceil((wave.fraction or 0.0) * total - 1e-9), total)
             soak = strategy.soak_seconds if wave.soak_seconds is None else wave.soak_seconds
-            name = f"{wave.count} device(s)" if wave.count is not None else f"{wave.fraction:.0%}"
+            name = (
+                f"up to {wave.count} device(s)"
+                if wave.count is not None
+                else f"up to {wave.fraction:.0%}"
+            )
             if target > done:
                 add(name, devices[done:target], soak)
                 done = target

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -276,8 +277,10 @@ def run_selection(
     out_root = artifacts_root(spec.root)
     out_root.mkdir(parents=True, exist_ok=True)
     recover(out_root)
+    _drop_dead_scratch(out_root / ".auto")
     scratch = out_root / ".auto" / f"{name}.{uuid.uuid4().hex[:12]}"
     scratch.mkdir(parents=True)
+    (scratch / ".pid").write_text(str(os.getpid()))
     tracker = None
     if record:
         from registry.tracking import Tracker
@@ -300,6 +303,7 @@ def run_selection(
         if result.winner is None:
             failed_home = out_root / ".failed" / f"{name}.auto"
             failed_home.parent.mkdir(parents=True, exist_ok=True)
+            (scratch / ".pid").unlink(missing_ok=True)
             install_dir(scratch, failed_home)
             result.report_files = [failed_home / "selection" / p.name for p in result.report_files]
             raise NoCandidatePassedError(result)
@@ -307,6 +311,30 @@ def run_selection(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _drop_dead_scratch(folder: Path) -> None:
+    """Remove candidate folders a killed selection left behind (its process is gone)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        pid_file = entry / ".pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _build_candidates(

@@ -107,6 +107,8 @@ class ProgressPrinter:
         before, after = e.get("from_version"), e.get("version")
         if e["result"] == "rolled_back":
             line += f" {_v(before)} -> v{self.version} -> {_v(after)}"
+        elif e["result"] == "unchanged":
+            line += f" {_v(after)}"
         elif after is not None or before is not None:
             line += f" {_v(before)} -> {_v(after)}"
         if e.get("refusal"):
@@ -166,6 +168,11 @@ class ProgressPrinter:
             _out(f"mlflow: {e['error']}")
         elif e.get("alias"):
             _out(f"mlflow: {e['model']} version {e['model_version']} is now alias {e['alias']}")
+        elif e.get("alias_kept") and e.get("status") == "completed":
+            _out(
+                f"mlflow: rollout recorded as completed; alias {e['alias_kept']} not moved "
+                "(the rollout covered part of the fleet)"
+            )
         elif e.get("status") and e.get("status") != "running":
             _out(f"mlflow: rollout recorded as {e['status']}")
 

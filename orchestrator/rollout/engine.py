@@ -380,7 +380,10 @@ class Rollout:
                 device=name,
                 reason=f"the wave's failures exceeded its budget of {wave.allowed_failures}",
             )
-        if self._failures(wave) <= wave.allowed_failures and wave.soak_seconds > 0:
+        changed = any(
+            (self.state.done.get(d) or {}).get("result") == "activated" for d in wave.devices
+        )
+        if self._failures(wave) <= wave.allowed_failures and wave.soak_seconds > 0 and changed:
             self._soak(wave)
         failed = self.state.failed_in(wave.devices)
         halted = len(failed) > wave.allowed_failures
@@ -540,7 +543,13 @@ class Rollout:
                     build_run, self.fleet.name, self.journal.id, status, self.bundle.version
                 )
             promoted = None
-            if status == "completed" and mlflow.get("model_name") and mlflow.get("model_version"):
+            whole = self.state.started.get("covers_fleet", True)
+            if (
+                status == "completed"
+                and whole
+                and mlflow.get("model_name")
+                and mlflow.get("model_version")
+            ):
                 self.tracker.promote(str(mlflow["model_name"]), str(mlflow["model_version"]), alias)
                 promoted = alias
             self.record(
@@ -549,6 +558,7 @@ class Rollout:
                 alias=promoted,
                 model=mlflow.get("model_name"),
                 model_version=mlflow.get("model_version"),
+                alias_kept=None if whole else alias,
             )
         except TrackingError as exc:
             self.record("mlflow", error=str(exc))
@@ -636,6 +646,8 @@ def start_rollout(
             },
             selection=(selection or Selection()).describe(),
             plan=plan.to_json(),
+            # the fleet's alias moves only when every device of the bundle's family is in it
+            covers_fleet=set(plan.devices) == {d.name for d in fleet.devices if d.family == family},
             pid=os.getpid(),
             host=this_host(),
             user=os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),

@@ -130,7 +130,7 @@ def _rollouts_for(project: Path, device: str, version: int | None) -> list[dict[
                     {
                         "rollout": path.stem,
                         "at": e.get("ts"),
-                        "result": f"rollback: {e.get('result')}",
+                        "result": "rollback",
                         "version": e.get("version") or e.get("to_version"),
                         "from_version": e.get("from_version"),
                         "bundle_version": started["bundle"]["version"],
@@ -142,7 +142,7 @@ def _rollouts_for(project: Path, device: str, version: int | None) -> list[dict[
                         "change": (
                             f"{_v(e.get('from_version'))} -> {_v(e.get('version'))}"
                             if e.get("result") == "rolled_back"
-                            else f"stayed {_v(e.get('version') or e.get('to_version'))}"
+                            else f"{e.get('result')}: {_v(e.get('version') or e.get('to_version'))}"
                         ),
                         "current": False,
                     }

@@ -99,7 +99,7 @@ def test_no_passing_candidate_lists_every_failure_and_exits_4() -> None:
         Candidate("a", "failed", {"p50_ms": 1.0}, ["p95_ms <= 1: FAIL (measured 3)"]),
         Candidate("b", "error", message="recipe.passes[0] (onnx_fp16) failed: boom"),
         Candidate("c", "skipped", message="tensorrt is not available"),
-        Candidate("d", "n/a", message="pass 'ov_convert' makes a model for openvino"),
+        Candidate("foreign", "n/a", message="pass 'ov_convert' makes a model for openvino"),
     )
     _choose(result)
     assert result.winner is None
@@ -109,4 +109,4 @@ def test_no_passing_candidate_lists_every_failure_and_exits_4() -> None:
     assert "a: p95_ms <= 1: FAIL (measured 3)" in text
     assert "b: error: recipe.passes[0] (onnx_fp16) failed: boom" in text
     assert "c: skipped: tensorrt is not available" in text
-    assert "d:" not in text  # recipes the target cannot run were never candidates
+    assert "foreign" not in text  # recipes the target cannot run were never candidates

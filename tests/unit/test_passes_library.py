@@ -181,6 +181,12 @@ def test_evaluation_scores_classification_against_labels_or_reference() -> None:
     assert unlabelled.metric == "agreement"
     metric, per_item = unlabelled.score(lambda s: [next(outputs)])
     assert metric == 1.0 and per_item == [1.0, 1.0, 1.0]
+    parity = make_evaluation("classification", samples, np.array([1, 0, 1]), reference, 2)
+    assert parity.against_reference().metric == "agreement"
+    outputs = iter(logits)
+    assert parity(lambda s: [next(outputs)]) == 0.0  # against the (disagreeing) labels
+    outputs = iter(logits)
+    assert parity.against_reference()(lambda s: [next(outputs)]) == 1.0
 
 
 def test_evaluation_scores_segmentation_by_foreground_dice_of_chosen_items() -> None:
@@ -223,14 +229,17 @@ def test_nncf_quantize_accuracy_keeps_the_metric_within_max_drop(tmp_path: Path)
     ov.save_model(ov.convert_model(str(tmp_path / "m.onnx")), str(ir))
     samples = _samples(24)
     reference = [[_run(tmp_path / "m.onnx", s)] for s in samples]
-    evaluation = make_evaluation("classification", samples, None, reference, 4)
+    labels = RNG.integers(0, 4, len(samples))  # unrelated to the model: accuracy is no guide
+    evaluation = make_evaluation("classification", samples, labels, reference, 4)
     cls = registered_passes()["nncf_quantize_accuracy"]
     work = tmp_path / "work"
     work.mkdir()
     ctx = PassContext(work, ["x"], lambda: samples, evaluate=evaluation)
-    out = cls().run(ModelFile(ir, "openvino_ir", "fp32"), cls.Options(max_drop=0.0), ctx)
+    options = cls.Options(max_drop=0.0, against="reference")
+    out = cls().run(ModelFile(ir, "openvino_ir", "fp32"), options, ctx)
     assert out.precision == "int8"
     compiled = ov.Core().compile_model(str(out.path), "CPU")
     request = compiled.create_infer_request()
-    metric = evaluation(lambda s: [np.asarray(request.infer(s)[compiled.outputs[0]])])
+    parity = evaluation.against_reference()
+    metric = parity(lambda s: [np.asarray(request.infer(s)[compiled.outputs[0]])])
     assert metric >= 1.0  # agreement with the FP32 model may not drop at all

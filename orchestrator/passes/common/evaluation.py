@@ -8,12 +8,15 @@ returns the model's metric on the evaluation data, higher is better:
   model's predictions when the data has no labels);
 - segmentation: mean foreground Dice against the labels (against the reference
   model's segmentation when the data has no labels), averaged over samples.
+
+``against_reference()`` scores the same samples against the reference model's own
+predictions instead: parity with the FP32 model, whatever its accuracy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +43,14 @@ class Evaluation:
     task: str  # "classification" | "segmentation"
     classes: int  # number of output classes
     metric: str  # what the score means, for logs and reports
+    reference_targets: list[np.ndarray] = field(default_factory=list)
+    # per sample: the reference model's own prediction (what parity is scored on)
+
+    def against_reference(self) -> Evaluation:
+        """The same samples scored against the reference model's predictions (parity)."""
+        metric = "agreement" if self.task == "classification" else "dice_vs_reference"
+        targets = self.reference_targets
+        return Evaluation(self.samples, targets, self.task, self.classes, metric, targets)
 
     def score_item(self, index: int, outputs: Sequence[np.ndarray]) -> float:
         """Score of one sample's outputs (the first output holds the logits)."""
@@ -71,11 +82,11 @@ def make_evaluation(
     classes: int,
 ) -> Evaluation:
     """An Evaluation scoring against ``labels``, or against the reference outputs without them."""
-    if labels is not None:
-        targets = [np.asarray(labels[i]) for i in range(len(samples))]
-        metric = "accuracy" if task == "classification" else "dice_vs_labels"
-    else:
-        axis = -1 if task == "classification" else 1
-        targets = [np.asarray(r[0]).argmax(axis)[0] for r in reference]
-        metric = "agreement" if task == "classification" else "dice_vs_reference"
-    return Evaluation(samples, targets, task, classes, metric)
+    axis = -1 if task == "classification" else 1
+    predicted = [np.asarray(r[0]).argmax(axis)[0] for r in reference]
+    parity = Evaluation(samples, predicted, task, classes, "", predicted).against_reference()
+    if labels is None:
+        return parity
+    targets = [np.asarray(labels[i]) for i in range(len(samples))]
+    metric = "accuracy" if task == "classification" else "dice_vs_labels"
+    return Evaluation(samples, targets, task, classes, metric, predicted)

@@ -1,9 +1,14 @@
 """NNCF INT8 quantization with accuracy control (``nncf.quantize_with_accuracy_control``).
 
-NNCF quantizes the IR, measures the model's own metric on the evaluation data
-(accuracy, or Dice for segmentation; see :mod:`orchestrator.passes.common.evaluation`),
-and reverts the layers that cost the most back to floating point until the drop
-from the FP32 model is at most ``max_drop``.
+NNCF quantizes the IR, measures a metric on the evaluation data (the model's own:
+accuracy, or Dice for segmentation; or, with ``against: reference``, parity with
+the FP32 reference model; see :mod:`orchestrator.passes.common.evaluation`), and
+reverts the layers that cost the most back to floating point until the drop from
+the FP32 model is at most ``max_drop``.
+
+The evaluation data steers which layers stay in floating point, and the
+deployment's gates are measured on the same data; held-out evidence comes from
+data the build never saw (a benchmark volume, the device's smoke test).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NncfAccuracyOptions:
-    max_drop: float = 0.01  # largest allowed drop of the model's metric vs the FP32 model
+    max_drop: float = 0.01  # largest allowed drop of the metric vs the FP32 model
+    against: str = field(default="labels", metadata={"choices": ("labels", "reference")})
+    # labels: the model's task metric on the evaluation data (accuracy, Dice vs labels);
+    # reference: parity with the FP32 reference model's predictions (agreement, Dice vs reference)
     drop_type: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
     preset: str = field(default="performance", metadata={"choices": ("performance", "mixed")})
     subset_size: int = 300  # calibration samples NNCF draws at most
@@ -57,6 +65,8 @@ class NncfQuantizeAccuracy(Pass):
                 "error: nncf_quantize_accuracy needs the model's evaluation data "
                 "(model.data.eval) to measure the metric it protects"
             )
+        if options.against == "reference":
+            evaluation = evaluation.against_reference()
         names = ctx.input_names
         samples = ctx.calibration()
         calibration = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})

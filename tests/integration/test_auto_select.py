@@ -100,7 +100,7 @@ def test_auto_without_a_passing_candidate_exits_4_listing_every_failure(
             "deployment=posture_server",
             "recipe=auto",
             "recipe.candidates=[ort_fp32,ort_slim]",
-            "deployment.gates=[p95_ms <= 0.000001]",
+            "deployment.gates=['p95_ms <= 0.000001']",
             "deployment.validation.latency_runs=5",
         ]
     )

@@ -86,7 +86,7 @@ def test_build_failing_gate_records_failed_run_and_keeps_last_good_artifact(
     before = _digest(good)
     candidate = _client().get_model_version_by_alias("posture_server", "candidate").version
 
-    code = main(["build", "deployment=posture_server", "deployment.gates=[p95_ms <= 0.000001]"])
+    code = main(["build", "deployment=posture_server", "deployment.gates=['p95_ms <= 0.000001']"])
     assert code == 4
     err = capsys.readouterr().err
     assert "p95_ms <= 1e-06: FAIL" in err

@@ -201,7 +201,7 @@ def test_publish_staged_rollout_and_reference_clients(
             "--trust",
             str(feed["store"].trust_path),
             "--install-id",
-            INSTALLS[0],
+            sorted(now_v2)[0],  # an installation the staged fraction includes
         ],
         capture_output=True,
         text=True,

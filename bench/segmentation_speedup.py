@@ -200,7 +200,7 @@ def train_full_size(args: argparse.Namespace) -> dict[str, Any]:
 
     from examples._io import deterministic, save_state_dict_atomic
     from examples.ct_seg.data import train_seeds
-    from examples.ct_seg.train import CE_CLASS_WEIGHTS, DEFAULT_LR, dice_ce_loss
+    from examples.ct_seg.train import CE_CLASS_WEIGHTS, dice_ce_loss
     from examples.ct_seg.unet import build
 
     shape = (args.volume[0], args.volume[1], args.volume[2])
@@ -210,7 +210,7 @@ def train_full_size(args: argparse.Namespace) -> dict[str, Any]:
     losses = []
     with deterministic(0, args.threads):
         net = build(in_channels=1, num_classes=CLASSES, preset="totalsegmentator")
-        opt = torch.optim.Adam(net.parameters(), lr=DEFAULT_LR)
+        opt = torch.optim.Adam(net.parameters(), lr=args.train_lr)
         steps = args.train_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / max(steps, 1)))
@@ -224,7 +224,11 @@ def train_full_size(args: argparse.Namespace) -> dict[str, Any]:
             ]
             x = torch.from_numpy(np.stack([b[0][None] for b in batch]).astype(np.float32))
             y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
-            loss = dice_ce_loss(net(x), y, weights)
+            # bf16 autocast runs the convolutions on the CPU's bf16 units (AMX/AVX-512 BF16)
+            # with FP32 master weights; the loss is computed in FP32
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.train_bf16):
+                logits = net(x)
+            loss = dice_ce_loss(logits.float(), y, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -240,7 +244,8 @@ def train_full_size(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.train_batch,
         "volumes": args.train_volumes,
         "volume_shape": list(shape),
-        "optimizer": f"Adam lr {DEFAULT_LR} cosine",
+        "optimizer": f"Adam lr {args.train_lr} cosine",
+        "precision": "bf16 autocast" if args.train_bf16 else "fp32",
         "loss_first": losses[0] if losses else None,
         "loss_last_10_mean": float(np.mean(losses[-10:])) if losses else None,
         "train_seconds": time.perf_counter() - t0,
@@ -375,7 +380,14 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=5, help="timed windows per build")
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--calibration-samples", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--train-steps", type=int, default=500)
+    parser.add_argument("--train-lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--train-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train under bf16 autocast (about 2x faster on CPUs with AMX or AVX-512 BF16)",
+    )
     parser.add_argument("--train-patch", type=int, default=64)
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--train-volumes", type=int, default=6)

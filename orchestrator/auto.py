@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.build import BuildResult, artifacts_root, run_build
+from orchestrator.build import BuildResult, artifacts_root, run_build, run_tags
 from orchestrator.config.loader import ComposedSpec, compose, list_options
 from orchestrator.config.rules import recipe_problems
 from orchestrator.errors import (
@@ -39,8 +39,13 @@ from orchestrator.errors import (
     Problem,
     SpecError,
 )
-from orchestrator.fsutil import copy_tree_atomic, install_dir, recover, write_json
-from orchestrator.provenance import git_info
+from orchestrator.fsutil import (
+    copy_tree_atomic,
+    drop_dead_folders,
+    install_dir,
+    recover,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +282,7 @@ def run_selection(
     out_root = artifacts_root(spec.root)
     out_root.mkdir(parents=True, exist_ok=True)
     recover(out_root)
-    _drop_dead_scratch(out_root / ".auto")
+    drop_dead_folders(out_root / ".auto")
     scratch = out_root / ".auto" / f"{name}.{uuid.uuid4().hex[:12]}"
     scratch.mkdir(parents=True)
     (scratch / ".pid").write_text(str(os.getpid()))
@@ -288,7 +293,9 @@ def run_selection(
         tracker = Tracker(spec.root)
     try:
         if tracker is not None:
-            with tracker.run(name, f"{name}-auto", _tags(spec, "running")) as parent:
+            with tracker.run(
+                name, f"{name}-auto", run_tags(spec, "running", selection="parent")
+            ) as parent:
                 result.parent_run_id = parent.info.run_id
                 _build_candidates(result, usable, scratch, on_step, record)
                 result.candidates += skipped
@@ -311,30 +318,6 @@ def run_selection(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
-
-
-def _drop_dead_scratch(folder: Path) -> None:
-    """Remove candidate folders a killed selection left behind (its process is gone)."""
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        pid_file = entry / ".pid"
-        try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            pid = None
-        if pid is None or not _alive(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _build_candidates(
@@ -456,23 +439,6 @@ def _plot(result: SelectionResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _tags(spec: ComposedSpec, status: str) -> dict[str, str]:
-    git = git_info(spec.root)
-    return {
-        "edgeship.deployment": spec.config.deployment.name,
-        "edgeship.model": spec.choices["model"],
-        "edgeship.recipe": spec.choices["recipe"],
-        "edgeship.target": spec.choices["target"],
-        "edgeship.target_family": spec.config.target.family,
-        "edgeship.status": status,
-        "edgeship.selection": "parent",
-        "edgeship.overrides": " ".join(spec.overrides),
-        "git.commit": str(git["commit"]),
-        "git.dirty": str(git["dirty"]).lower(),
-        "mlflow.source.git.commit": str(git["commit"]),
-    }
 
 
 def _record_parent(tracker: Any, result: SelectionResult, spec: ComposedSpec) -> None:

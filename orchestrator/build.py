@@ -175,7 +175,7 @@ def run_build(
             from registry.tracking import Tracker, flatten
 
             tracker = Tracker(spec.root)
-            tags = _tags(spec, status)
+            tags = run_tags(spec, status)
             with tracker.run(name, f"{name}-{cfg.recipe.name}", tags, parent=parent_run) as run:
                 run_id = run.info.run_id
                 write_json(staging / "build.json", _build_info(spec, run_id, None, status))
@@ -226,9 +226,11 @@ def _note_runtime_validation(target: Target, model: ModelFile, result: Validatio
             result.metrics[key] = float(value)
 
 
-def _tags(spec: ComposedSpec, status: str) -> dict[str, str]:
+def run_tags(spec: ComposedSpec, status: str, **extra: str) -> dict[str, str]:
+    """The MLflow tags of a build's run (``extra``: more ``edgeship.<key>`` tags)."""
     git = git_info(spec.root)
     return {
+        **{f"edgeship.{k}": v for k, v in extra.items()},
         "edgeship.deployment": spec.config.deployment.name,
         "edgeship.model": spec.choices["model"],
         "edgeship.recipe": spec.choices["recipe"],

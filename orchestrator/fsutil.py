@@ -92,20 +92,32 @@ def recover(artifacts: Path) -> None:
                 os.rename(entry, artifacts / name)
             else:
                 shutil.rmtree(entry, ignore_errors=True)
-    staging = artifacts / ".staging"
-    if staging.is_dir():
-        for entry in staging.iterdir():
-            pid_file = entry / ".pid"
-            pid = int(pid_file.read_text()) if pid_file.exists() else None
-            if pid is None or not _alive(pid):
-                shutil.rmtree(entry, ignore_errors=True)
+    drop_dead_folders(artifacts / ".staging")
 
 
-def _alive(pid: int) -> bool:
+def drop_dead_folders(folder: Path) -> None:
+    """Remove the work folders in ``folder`` whose owning process (``<entry>/.pid``) is gone."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        try:
+            pid: int | None = int((entry / ".pid").read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies count as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.fsutil import pid_alive
+
 log = logging.getLogger(__name__)
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
@@ -97,21 +99,6 @@ def host_key_line(device: SshDevice) -> str:
     """The device's host key as a known_hosts line (``[addr]:port type base64``)."""
     kind, blob = device.host_public_key().split()[:2]
     return f"[{device.address}]:{device.port} {kind} {blob}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (zombies count as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def descendants(pid: int) -> list[int]:

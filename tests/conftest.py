@@ -108,21 +108,19 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # -- shipping: a built artifact and simulated SSH devices (tests/sshd.py) -------------------------
 
 
-@pytest.fixture(scope="session")
-def built_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One passing posture_server artifact per session (built without MLflow)."""
+def build_once(deployment: str, folder: Path) -> Path:
+    """Build ``deployment`` into ``folder/artifacts`` without MLflow; the artifact folder."""
     from orchestrator import reference
     from orchestrator.build import run_build
-    from orchestrator.config.loader import compose, load_option
+    from orchestrator.config.loader import compose
 
-    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
-
-    base = tmp_path_factory.mktemp("shipping-build")
+    spec = compose([f"deployment={deployment}"], ROOT)
+    reference.ensure_weights(spec.config.model, ROOT)
     saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
     os.environ["EDGESHIP_ROOT"] = str(ROOT)
-    os.environ["EDGESHIP_ARTIFACTS"] = str(base / "artifacts")
+    os.environ["EDGESHIP_ARTIFACTS"] = str(folder / "artifacts")
     try:
-        result = run_build(compose(["deployment=posture_server"], ROOT), record=False)
+        result = run_build(spec, record=False)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -130,6 +128,12 @@ def built_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
             else:
                 os.environ[key] = value
     return result.artifact_dir
+
+
+@pytest.fixture(scope="session")
+def built_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One passing posture_server artifact per session (built without MLflow)."""
+    return build_once("posture_server", tmp_path_factory.mktemp("shipping-build"))
 
 
 @pytest.fixture(scope="session")
@@ -159,21 +163,4 @@ def lab(tmp_path: Path, ssh_devices: list, built_artifact: Path):
 @pytest.fixture(scope="session")
 def built_phone_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One passing posture_phone artifact (.ort, ONNX Runtime Mobile) per session, no MLflow."""
-    from orchestrator import reference
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import compose, load_option
-
-    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
-    base = tmp_path_factory.mktemp("phone-build")
-    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
-    os.environ["EDGESHIP_ROOT"] = str(ROOT)
-    os.environ["EDGESHIP_ARTIFACTS"] = str(base / "artifacts")
-    try:
-        result = run_build(compose(["deployment=posture_phone"], ROOT), record=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return result.artifact_dir
+    return build_once("posture_phone", tmp_path_factory.mktemp("phone-build"))

@@ -104,4 +104,3 @@ def test_dvc_repro_builds_then_noop_then_only_what_changed(repo: Path) -> None:
 
     metrics = _run(repo, str(BIN / "dvc"), "metrics", "show")
     assert "reports/posture_server/metrics.json" in metrics and "agreement" in metrics
-

@@ -13,7 +13,14 @@ from orchestrator.config.typecheck import check_dataclass, closest
 from orchestrator.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("posture_server", "posture_nuc", "ct_seg_server", "ct_seg_nuc")
+SHIPPED = (
+    "posture_server",
+    "posture_nuc",
+    "posture_phone",
+    "ct_seg_server",
+    "ct_seg_nuc",
+    "ct_seg_jetson",
+)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.model_file import ModelFile
-from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
-from orchestrator.passes.onnxruntime.prep import preprocess_for_quantization
-from orchestrator.runtime_imports import require
+from orchestrator.passes.base import Pass, PassContext, register_pass
+from orchestrator.passes.onnxruntime.prep import quantize_static_qdq
 
 
 @dataclass
@@ -29,19 +28,6 @@ class QuantizeStaticOptions:
     op_types: list[str] = field(default_factory=list)  # quantize only these ops (empty = all)
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader over a list of samples."""
-
-    def __init__(self, samples: list[Inputs]) -> None:
-        self._it = iter(samples)
-
-    def get_next(self) -> Inputs | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
-        pass
-
-
 @register_pass
 class OrtQuantizeStatic(Pass):
     name = "ort_quantize_static"
@@ -55,32 +41,11 @@ class OrtQuantizeStatic(Pass):
         return "int8"
 
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
-        q = require("onnxruntime.quantization", "onnxruntime")
-        source = model.path
-        if options.preprocess:
-            source = preprocess_for_quantization(source, ctx.workdir)
-        samples = ctx.calibration()
-        if options.samples:
-            samples = samples[: options.samples]
-        methods = {
-            "minmax": q.CalibrationMethod.MinMax,
-            "entropy": q.CalibrationMethod.Entropy,
-            "percentile": q.CalibrationMethod.Percentile,
-        }
-        types = {"qint8": q.QuantType.QInt8, "quint8": q.QuantType.QUInt8}
-        out = ctx.workdir / "model.onnx"
-        q.quantize_static(
-            str(source),
-            str(out),
-            _Reader(samples),
-            quant_format=q.QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            activation_type=types[options.activation_type],
-            weight_type=types[options.weight_type],
-            calibrate_method=methods[options.calibration_method],
-            op_types_to_quantize=list(options.op_types) or None,
+        return quantize_static_qdq(
+            model,
+            options,
+            ctx,
+            activation_type=options.activation_type,
+            weight_type=options.weight_type,
             extra_options={"ActivationSymmetric": options.activation_type == "qint8"},
         )
-        if source != model.path:
-            source.unlink(missing_ok=True)
-        return ModelFile(out, "onnx", "int8")

@@ -24,22 +24,25 @@ from orchestrator.errors import BuildError
 from orchestrator.model_file import ModelFile
 from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
 from orchestrator.passes.common.evaluation import Evaluation
+from orchestrator.passes.openvino.nncf_quantize import (
+    NncfQuantizeOptions,
+    calibration_dataset,
+    quantization_preset,
+    save_int8,
+)
 from orchestrator.runtime_imports import require
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class NncfAccuracyOptions:
+class NncfAccuracyOptions(NncfQuantizeOptions):
     max_drop: float = 0.01  # largest allowed drop of the metric vs the FP32 model
     against: str = field(default="labels", metadata={"choices": ("labels", "reference")})
     # labels: the model's task metric on the evaluation data (accuracy, Dice vs labels);
     # reference: parity with the FP32 reference model's predictions (agreement, Dice vs reference)
     drop_type: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
-    preset: str = field(default="performance", metadata={"choices": ("performance", "mixed")})
-    subset_size: int = 300  # calibration samples NNCF draws at most
     max_reverted_layers: int = 0  # stop after reverting this many layers (0 = no limit)
-    fast_bias_correction: bool = True  # False runs the slower, more exact bias correction
 
 
 @register_pass
@@ -67,9 +70,7 @@ class NncfQuantizeAccuracy(Pass):
             )
         if options.against == "reference":
             evaluation = evaluation.against_reference()
-        names = ctx.input_names
-        samples = ctx.calibration()
-        calibration = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
+        calibration, count = calibration_dataset(nncf, ctx)
         # items are sample indices, so the validation function can score each one
         validation = nncf.Dataset(
             list(range(len(evaluation))), lambda i: dict(evaluation.samples[i])
@@ -88,10 +89,6 @@ class NncfQuantizeAccuracy(Pass):
         advanced = nncf.quantization.advanced_parameters.AdvancedAccuracyRestorerParameters()
         if options.max_reverted_layers:
             advanced.max_num_iterations = options.max_reverted_layers
-        preset = {
-            "performance": nncf.QuantizationPreset.PERFORMANCE,
-            "mixed": nncf.QuantizationPreset.MIXED,
-        }[options.preset]
         drop_type = {"absolute": nncf.DropType.ABSOLUTE, "relative": nncf.DropType.RELATIVE}[
             options.drop_type
         ]
@@ -102,12 +99,10 @@ class NncfQuantizeAccuracy(Pass):
             validate,
             max_drop=options.max_drop,
             drop_type=drop_type,
-            preset=preset,
-            subset_size=min(options.subset_size, len(samples)),
+            preset=quantization_preset(nncf, options.preset),
+            subset_size=min(options.subset_size, count),
             fast_bias_correction=options.fast_bias_correction,
             advanced_accuracy_restorer_parameters=advanced,
         )
-        out = ctx.workdir / "model.xml"
-        ov.save_model(quantized, str(out), compress_to_fp16=False)
         log.info("nncf accuracy control on %s (max drop %s)", evaluation.metric, options.max_drop)
-        return ModelFile(out, "openvino_ir", "int8")
+        return save_int8(ov, quantized, ctx)

@@ -12,10 +12,33 @@ from orchestrator.runtime_imports import require
 
 @dataclass
 class NncfQuantizeOptions:
+    """The options of NNCF post-training quantization (the accuracy-control pass adds its own)."""
+
     preset: str = field(default="performance", metadata={"choices": ("performance", "mixed")})
     # performance: symmetric activations; mixed: asymmetric activations (better for ReLU-free nets)
     subset_size: int = 300  # calibration samples NNCF draws at most
     fast_bias_correction: bool = True  # False runs the slower, more exact bias correction
+
+
+def calibration_dataset(nncf: Any, ctx: PassContext) -> tuple[Any, int]:
+    """The model's calibration samples as an ``nncf.Dataset``, and how many there are."""
+    samples = ctx.calibration()
+    names = ctx.input_names
+    return nncf.Dataset(samples, lambda s: {n: s[n] for n in names}), len(samples)
+
+
+def quantization_preset(nncf: Any, name: str) -> Any:
+    return {
+        "performance": nncf.QuantizationPreset.PERFORMANCE,
+        "mixed": nncf.QuantizationPreset.MIXED,
+    }[name]
+
+
+def save_int8(ov: Any, quantized: Any, ctx: PassContext) -> ModelFile:
+    """The quantized IR, written uncompressed into the pass's work folder."""
+    out = ctx.workdir / "model.xml"
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return ModelFile(out, "openvino_ir", "int8")
 
 
 @register_pass
@@ -35,21 +58,12 @@ class NncfQuantize(Pass):
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         ov = require("openvino")
         nncf = require("nncf")
-        ov_model = ov.Core().read_model(str(model.path))
-        samples = ctx.calibration()
-        names = ctx.input_names
-        dataset = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
-        preset = {
-            "performance": nncf.QuantizationPreset.PERFORMANCE,
-            "mixed": nncf.QuantizationPreset.MIXED,
-        }[options.preset]
+        dataset, count = calibration_dataset(nncf, ctx)
         quantized = nncf.quantize(
-            ov_model,
+            ov.Core().read_model(str(model.path)),
             dataset,
-            preset=preset,
-            subset_size=min(options.subset_size, len(samples)),
+            preset=quantization_preset(nncf, options.preset),
+            subset_size=min(options.subset_size, count),
             fast_bias_correction=options.fast_bias_correction,
         )
-        out = ctx.workdir / "model.xml"
-        ov.save_model(quantized, str(out), compress_to_fp16=False)
-        return ModelFile(out, "openvino_ir", "int8")
+        return save_int8(ov, quantized, ctx)

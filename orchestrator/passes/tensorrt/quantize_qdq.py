@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.model_file import ModelFile
-from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
-from orchestrator.passes.onnxruntime.prep import preprocess_for_quantization
-from orchestrator.runtime_imports import require
+from orchestrator.passes.base import Pass, PassContext, register_pass
+from orchestrator.passes.onnxruntime.prep import quantize_static_qdq
 
 # operators whose inputs TensorRT fuses with Q/DQ into INT8 kernels
 TENSORRT_INT8_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
@@ -33,16 +32,6 @@ class QuantizeQdqOptions:
     preprocess: bool = True  # shape inference + graph clean-up before quantizing
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader over a list of samples."""
-
-    def __init__(self, samples: list[Inputs]) -> None:
-        self._it = iter(samples)
-
-    def get_next(self) -> Inputs | None:
-        return next(self._it, None)
-
-
 @register_pass
 class TensorRtQuantizeQdq(Pass):
     name = "trt_quantize_qdq"
@@ -56,35 +45,15 @@ class TensorRtQuantizeQdq(Pass):
         return "int8"
 
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
-        q = require("onnxruntime.quantization", "onnxruntime")
-        source = model.path
-        if options.preprocess:
-            source = preprocess_for_quantization(source, ctx.workdir)
-        samples = ctx.calibration()
-        if options.samples:
-            samples = samples[: options.samples]
-        methods = {
-            "minmax": q.CalibrationMethod.MinMax,
-            "entropy": q.CalibrationMethod.Entropy,
-            "percentile": q.CalibrationMethod.Percentile,
-        }
-        out = ctx.workdir / "model.onnx"
-        q.quantize_static(
-            str(source),
-            str(out),
-            _Reader(samples),
-            quant_format=q.QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            activation_type=q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8,
-            calibrate_method=methods[options.calibration_method],
-            op_types_to_quantize=list(options.op_types) or None,
+        return quantize_static_qdq(
+            model,
+            options,
+            ctx,
+            activation_type="qint8",
+            weight_type="qint8",
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "QuantizeBias": False,
             },
         )
-        if source != model.path:
-            source.unlink(missing_ok=True)
-        return ModelFile(out, "onnx", "int8")

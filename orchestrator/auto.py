@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.build import BuildResult, artifacts_root, run_build, run_tags
+from orchestrator.build import BuildResult, artifacts_root, copy_reports, run_build, run_tags
 from orchestrator.config.loader import ComposedSpec, compose, list_options
 from orchestrator.config.rules import recipe_problems
 from orchestrator.errors import (
@@ -40,7 +40,6 @@ from orchestrator.errors import (
     SpecError,
 )
 from orchestrator.fsutil import (
-    copy_tree_atomic,
     drop_dead_folders,
     install_dir,
     recover,
@@ -496,10 +495,4 @@ def _install_winner(
     result.artifact_dir = dest
     result.report_files = [dest / "selection" / p.name for p in result.report_files]
     if report_dir is not None:
-        reports = {
-            "metrics.json": dest / "metrics.json",
-            "validation.json": dest / "validation.json",
-        }
-        for plot in sorted((dest / "plots").glob("*.json")):
-            reports[f"plots/{plot.name}"] = plot
-        copy_tree_atomic(reports, report_dir)
+        copy_reports(dest, report_dir)

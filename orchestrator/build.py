@@ -197,13 +197,7 @@ def run_build(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if report_dir is not None:
-        reports = {
-            "metrics.json": dest / "metrics.json",
-            "validation.json": dest / "validation.json",
-        }
-        for plot in sorted((dest / "plots").glob("*.json")):
-            reports[f"plots/{plot.name}"] = plot
-        copy_tree_atomic(reports, report_dir)
+        copy_reports(dest, report_dir)
     build = BuildResult(name, dest, result, run_id, version, time.perf_counter() - t0, steps.done)
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
@@ -224,6 +218,18 @@ def _note_runtime_validation(target: Target, model: ModelFile, result: Validatio
     for key, value in note.items():
         if isinstance(value, bool):
             result.metrics[key] = float(value)
+
+
+def copy_reports(artifact_dir: Path, report_dir: Path) -> None:
+    """The DVC metrics and plot data of an artifact (``metrics.json``, ``validation.json``,
+    ``plots/*.json``), replaced as a whole in ``report_dir``."""
+    reports = {
+        "metrics.json": artifact_dir / "metrics.json",
+        "validation.json": artifact_dir / "validation.json",
+    }
+    for plot in sorted((artifact_dir / "plots").glob("*.json")):
+        reports[f"plots/{plot.name}"] = plot
+    copy_tree_atomic(reports, report_dir)
 
 
 def run_tags(spec: ComposedSpec, status: str, **extra: str) -> dict[str, str]:

@@ -108,13 +108,16 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # -- shipping: a built artifact and simulated SSH devices (tests/sshd.py) -------------------------
 
 
-def build_once(deployment: str, folder: Path) -> Path:
-    """Build ``deployment`` into ``folder/artifacts`` without MLflow; the artifact folder."""
+def build_once(overrides: list[str], folder: Path) -> Path:
+    """Build the spec of ``overrides`` into ``folder/artifacts`` without MLflow.
+
+    Returns the artifact folder; the environment is restored afterwards.
+    """
     from orchestrator import reference
     from orchestrator.build import run_build
     from orchestrator.config.loader import compose
 
-    spec = compose([f"deployment={deployment}"], ROOT)
+    spec = compose(overrides, ROOT)
     reference.ensure_weights(spec.config.model, ROOT)
     saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
     os.environ["EDGESHIP_ROOT"] = str(ROOT)
@@ -133,7 +136,7 @@ def build_once(deployment: str, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def built_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One passing posture_server artifact per session (built without MLflow)."""
-    return build_once("posture_server", tmp_path_factory.mktemp("shipping-build"))
+    return build_once(["deployment=posture_server"], tmp_path_factory.mktemp("shipping-build"))
 
 
 @pytest.fixture(scope="session")
@@ -163,4 +166,4 @@ def lab(tmp_path: Path, ssh_devices: list, built_artifact: Path):
 @pytest.fixture(scope="session")
 def built_phone_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One passing posture_phone artifact (.ort, ONNX Runtime Mobile) per session, no MLflow."""
-    return build_once("posture_phone", tmp_path_factory.mktemp("phone-build"))
+    return build_once(["deployment=posture_phone"], tmp_path_factory.mktemp("phone-build"))

@@ -8,7 +8,6 @@ NVIDIA's package index); the tests that need it skip with that reason.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from orchestrator.config.loader import compose
 from orchestrator.config.schema import TargetConfig
 from orchestrator.errors import BuildError
 from orchestrator.model_file import ModelFile
 from orchestrator.target_api import registered_targets
+from tests.conftest import build_once
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_SCRIPT = ROOT / "targets" / "tensorrt_engine.py"
@@ -47,34 +46,18 @@ def _has_tensorrt() -> bool:
 @pytest.fixture(scope="module")
 def jetson_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """posture_cnn built for jetson_orin with the FP16 and the INT8 Q/DQ recipe (no MLflow)."""
-    from orchestrator import reference
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import load_option
-
-    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
-    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
-    os.environ["EDGESHIP_ROOT"] = str(ROOT)
-    out = {}
-    try:
-        for recipe in ("trt_fp16", "trt_int8_qdq"):
-            os.environ["EDGESHIP_ARTIFACTS"] = str(tmp_path_factory.mktemp(recipe))
-            spec = compose(
-                [
-                    "deployment=posture_server",
-                    "target=jetson_orin",
-                    f"recipe={recipe}",
-                    "deployment.validation.latency_runs=10",
-                ],
-                ROOT,
-            )
-            out[recipe] = run_build(spec, record=False).artifact_dir
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return out
+    return {
+        recipe: build_once(
+            [
+                "deployment=posture_server",
+                "target=jetson_orin",
+                f"recipe={recipe}",
+                "deployment.validation.latency_runs=10",
+            ],
+            tmp_path_factory.mktemp(recipe),
+        )
+        for recipe in ("trt_fp16", "trt_int8_qdq")
+    }
 
 
 @pytest.mark.integration

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def phone_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """posture_phone built once for this module (no MLflow)."""
-    from orchestrator import reference
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import load_option
-
-    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
-    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
-    os.environ["EDGESHIP_ROOT"] = str(ROOT)
-    os.environ["EDGESHIP_ARTIFACTS"] = str(tmp_path_factory.mktemp("phone") / "artifacts")
-    try:
-        return run_build(compose(["deployment=posture_phone"], ROOT), record=False).artifact_dir
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def phone_artifact(built_phone_artifact: Path) -> Path:
+    """posture_phone, built once per session (no MLflow)."""
+    return built_phone_artifact
 
 
 def test_posture_phone_ships_int8_ort_model_with_operators_config(phone_artifact: Path) -> None:

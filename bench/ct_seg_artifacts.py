@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 # (deployment, extra overrides, label)
 CANDIDATES = [
-    ("ct_seg_server", ["recipe=ort_fp32"], "server / ort_fp32 (what recipe=auto ships)"),
+    ("ct_seg_server", ["recipe=ort_fp32"], "server / ort_fp32"),
     ("ct_seg_server", ["recipe=ort_int8_static"], "server / ort_int8_static"),
     ("ct_seg_nuc", [], "intel_nuc / int8_nncf (shipped)"),
     ("ct_seg_nuc", ["recipe=ov_fp32"], "intel_nuc / ov_fp32"),

@@ -189,6 +189,11 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _more(n: int) -> str:
+    """How many further problems a one-line reason leaves out."""
+    return f" (+{n} more problem{'s' if n > 1 else ''})" if n > 0 else ""
+
+
 def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candidate]]:
     """The composed spec of every candidate recipe, and the recipes that cannot run here.
 
@@ -217,7 +222,7 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
                 continue
             problems = recipe_problems(spec.data, data, model_file)
             if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                more = _more(len(problems) - 1)
                 skipped.append(Candidate(name, "n/a", message=problems[0] + more))
                 continue
         try:
@@ -225,7 +230,7 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
         except SpecError as exc:
             reason = exc.problems[0].message if exc.problems else str(exc)
             if len(exc.problems) > 1:
-                reason += f" (and {len(exc.problems) - 1} more)"
+                reason += _more(len(exc.problems) - 1)
             skipped.append(Candidate(name, "n/a", message=reason))
             continue
         if candidate.config.recipe.select:

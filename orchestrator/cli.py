@@ -134,6 +134,7 @@ def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None)
     """recipe=auto: build every candidate, print the comparison, return the winner's build."""
     from orchestrator.auto import NoCandidatePassedError, run_selection
 
+    t0 = time.perf_counter()
     try:
         selection = run_selection(
             spec,
@@ -147,7 +148,9 @@ def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None)
     print(selection.markdown())
     if selection.parent_run_id:
         print(f"  selection run: {selection.parent_run_id}")
-    return selection.winner_build()
+    build = selection.winner_build()
+    build.seconds = time.perf_counter() - t0  # the whole selection, every candidate
+    return build
 
 
 def _print_result(result: object) -> None:

@@ -22,7 +22,6 @@ re-enrolment; a device several serials behind is sent the chain in order.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from orchestrator.fsutil import exclusive_lock
 from orchestrator.rollout.errors import KeyStoreError
 from registry.signing import canonical_json, key_id, load_public_pem, public_pem, sign, verify
 
@@ -211,13 +211,8 @@ class KeyStore:
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path, 0o700)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.path / ".lock", 0o600):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     # -- keys ------------------------------------------------------------------------------
 

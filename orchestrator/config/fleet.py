@@ -297,6 +297,22 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
             report("feed.index_valid_days", f"expected a positive number, found {days}")
 
 
+def read_yaml(path: Path, source: str, title: str = "invalid spec") -> Any:
+    """The YAML document in ``path``; a file that cannot be read or parsed is a SpecError
+    naming ``source`` (and the line and column of a syntax error)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(
+            [Problem(source, "", f"{where}invalid YAML ({getattr(exc, 'problem', exc)})")],
+            title=title,
+        ) from exc
+    except OSError as exc:
+        raise SpecError([Problem(source, "", f"cannot read: {exc.strerror}")]) from exc
+
+
 def load_fleet(name: str, root: Path) -> FleetConfig:
     """Load, check and resolve ``conf/fleet/<name>.yaml`` (every problem reported at once).
 
@@ -330,16 +346,7 @@ def load_fleet_file(
     def report(key: str, message: str) -> None:
         problems.append(Problem(source, key, message))
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(
-            [Problem(source, "", f"{where}invalid YAML ({getattr(exc, 'problem', exc)})")]
-        ) from exc
-    except OSError as exc:
-        raise SpecError([Problem(source, "", f"cannot read: {exc.strerror}")]) from exc
+    data = read_yaml(path, source)
     if not isinstance(data, dict):
         raise SpecError(
             [Problem(source, "", "expected a mapping at the top")], title="invalid fleet"

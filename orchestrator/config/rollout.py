@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TypeGuard
 
-import yaml
 from omegaconf import MISSING, OmegaConf
 
-from orchestrator.config.fleet import LABEL_KEYS
+from orchestrator.config.fleet import LABEL_KEYS, read_yaml
 from orchestrator.config.typecheck import Report, check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
 
@@ -242,17 +241,7 @@ def check_rollout_data(data: Any, source: str, expected_name: str | None = None)
 def load_rollout_file(path: Path, source: str | None = None) -> RolloutConfig:
     """Load and check one strategy file (any path); ``source`` is how problems name it."""
     source = source or str(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(
-            [Problem(source, "", f"{where}invalid YAML ({getattr(exc, 'problem', exc)})")],
-            title="invalid rollout",
-        ) from exc
-    except OSError as exc:
-        raise SpecError([Problem(source, "", f"cannot read: {exc.strerror}")]) from exc
+    data = read_yaml(path, source, title="invalid rollout")
     return check_rollout_data(data, source, path.stem)
 
 

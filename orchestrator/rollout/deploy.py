@@ -248,17 +248,21 @@ def stage_bundle(
     outcome.files_present = len([p for p in complete if p in present])
     throttle = Throttle(options.limit_rate)
     linked = {e["path"] for e in to_link} & complete
+
+    def send(entry: dict[str, Any]) -> None:
+        upload_resumable(
+            sftp,
+            bundle.path / entry["path"],
+            f"{folder}/{entry['path']}",
+            int(entry["size"]),
+            throttle,
+            outcome,
+        )
+
     try:
         for entry in entries:
             if entry["path"] not in complete:
-                upload_resumable(
-                    sftp,
-                    bundle.path / entry["path"],
-                    f"{folder}/{entry['path']}",
-                    int(entry["size"]),
-                    throttle,
-                    outcome,
-                )
+                send(entry)
     except OSError as exc:
         needed = sum(int(e["size"]) for e in entries if e["path"] not in complete)
         full = None if session.aborted else _disk_full(session, folder, needed)
@@ -272,14 +276,7 @@ def stage_bundle(
         session.run("rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in bad))
         for entry in entries:
             if entry["path"] in bad:
-                upload_resumable(
-                    sftp,
-                    bundle.path / entry["path"],
-                    f"{folder}/{entry['path']}",
-                    int(entry["size"]),
-                    throttle,
-                    outcome,
-                )
+                send(entry)
         still = hash_mismatches(session, folder, [e for e in entries if e["path"] in bad])
         if still:
             # the local bundle itself differs from its manifest: the agent refuses it and says so

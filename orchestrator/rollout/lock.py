@@ -14,7 +14,6 @@ A lock held from another host is never guessed stale.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from orchestrator.config.fleet import DeviceConfig
 from orchestrator.errors import EdgeshipError
+from orchestrator.fsutil import exclusive_lock
 from orchestrator.rollout.journal import now_iso, this_host
 
 
@@ -101,13 +101,8 @@ class DeviceLocks:
     @contextlib.contextmanager
     def _mutex(self) -> Iterator[None]:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".mutex", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.folder / ".mutex"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     @staticmethod
     def read(path: Path) -> LockHolder | None:

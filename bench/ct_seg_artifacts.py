@@ -61,12 +61,11 @@ def main() -> int:
 
     import torch
 
-    from orchestrator import reference
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import compose
+    from orchestrator.build import reference, run_build
+    from orchestrator.core.model_file import ModelFile
     from orchestrator.errors import GateFailure
-    from orchestrator.model_file import ModelFile
-    from orchestrator.target_api import get_target
+    from orchestrator.spec.compose import compose
+    from targets.base import get_target
 
     torch.set_num_threads(args.threads)
     base = compose(["deployment=ct_seg_server"], ROOT)

@@ -1,6 +1,6 @@
 """Benchmark: a signed ~50 MB bundle to a simulated fleet, edgeship rollout vs Ansible, in one run.
 
-The same fleet of real sshd devices on loopback (``orchestrator.sim``), the same signed
+The same fleet of real sshd devices on loopback (``orchestrator.sim.simulator``), the same signed
 bundle, the same device agent doing the same verification, activation and health
 check at the end; what differs is how the files travel:
 
@@ -76,8 +76,8 @@ def lo_bytes() -> int:
 
 def make_artifacts(work: Path, payload_mb: int) -> tuple[Path, Path]:
     """posture_server's artifact + a random weights file; and the same with a config change."""
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import compose
+    from orchestrator.build.pipeline import run_build
+    from orchestrator.spec.compose import compose
 
     source = ROOT / "artifacts" / "posture_server"
     if not (source / "runtime.json").is_file():
@@ -102,9 +102,9 @@ def make_artifacts(work: Path, payload_mb: int) -> tuple[Path, Path]:
 
 def fresh_fleet(work: Path, devices: list[Any], name: str, store: Any) -> Any:
     """A fleet file with fresh install roots for ``devices``, enrolled (not timed)."""
-    from orchestrator.config.fleet import load_fleet_file
-    from orchestrator.rollout.enroll import enroll
-    from orchestrator.sim import write_fleet
+    from orchestrator.ship.enroll import enroll
+    from orchestrator.sim.simulator import write_fleet
+    from orchestrator.spec.fleet import load_fleet_file
 
     roots = {d.name: work / name / d.name for d in devices}
     for root in roots.values():
@@ -119,8 +119,8 @@ def fresh_fleet(work: Path, devices: list[Any], name: str, store: Any) -> Any:
 
 
 def edgeship_round(work: Path, fleet: Any, bundle: Any, store: Any, label: str) -> dict[str, Any]:
-    from orchestrator.config.rollout import check_rollout_data
-    from orchestrator.rollout.engine import start_rollout
+    from orchestrator.ship.rollout.engine import start_rollout
+    from orchestrator.spec.strategy import check_rollout_data
 
     strategy = check_rollout_data(
         {
@@ -224,7 +224,7 @@ def ansible_round(work: Path, fleet: Any, bundle: Any, label: str, forks: int) -
 
 def check_devices(fleet: Any, version: int) -> None:
     """Every device runs ``version`` with a passing health check (after either tool)."""
-    from orchestrator.rollout.status import fleet_status
+    from orchestrator.ship.status import fleet_status
 
     rows = fleet_status(fleet, fleet.devices, timeout=60, parallel=8)
     bad = [(r.device, r.version, r.health) for r in rows if r.version != version or not r.ok]
@@ -244,7 +244,7 @@ def main() -> int:
         print("needs ssh and ansible-core: pip install -c constraints.txt -e '.[bench]'")
         return 2
 
-    from orchestrator.sim import start_devices, stop_devices
+    from orchestrator.sim.simulator import start_devices, stop_devices
     from registry.bundle import make_bundle
     from registry.keys import KeyStore
 

@@ -27,7 +27,7 @@ What it does, in one run:
    held-out 128^3 windows of full-size phantoms (evaluation and calibration seeds
    disjoint from training and from the benchmark volume) against the deployment's
    gates and timed per window; the fastest passing artifact wins (see
-   orchestrator/auto.py).
+   orchestrator/build/select.py).
 4. A whole synthetic CT volume (``examples/ct_seg/phantoms.make_volume``) is
    segmented end to end by each backend with the same code: HU normalisation,
    nnU-Net sliding-window inference (128^3 windows, 50 % overlap, Gaussian
@@ -291,8 +291,8 @@ def select(target: str, args: argparse.Namespace) -> Selected:
         table = (art / "selection" / "comparison.md").read_text()
         return Selected(target, info["selection"]["winner"], art, table, rows)
 
-    from orchestrator.auto import NoCandidatePassedError, run_selection
-    from orchestrator.config.loader import compose
+    from orchestrator.build.select import NoCandidatePassedError, run_selection
+    from orchestrator.spec.compose import compose
 
     candidates = args.nuc_candidates if target == "intel_nuc" else args.server_candidates
     overrides = [f"deployment={name}", f"target.threads={args.threads}"]
@@ -316,9 +316,9 @@ def select(target: str, args: argparse.Namespace) -> Selected:
 
 def load_winner(selected: Selected, threads: int) -> Any:
     """A session of the installed winner artifact, loaded by its target."""
-    from orchestrator.config.schema import TargetConfig
-    from orchestrator.model_file import ModelFile
-    from orchestrator.target_api import get_target
+    from orchestrator.core.model_file import ModelFile
+    from orchestrator.core.schema import TargetConfig
+    from targets.base import get_target
 
     art = selected.artifact_dir
     assert art is not None

@@ -1,18 +1,73 @@
-"""The exceptions edgeship raises. Every one derives from :class:`EdgeshipError`.
+"""Every error edgeship raises on purpose, and the one table of exit codes.
 
-The CLI prints ``str(error)`` and exits with ``error.exit_code``; with ``-v`` (or
-``EDGESHIP_FULL_ERROR=1``) it shows the traceback too.
+Each error derives from :class:`EdgeshipError` and carries one code of
+:class:`ExitCode`. The CLI prints ``str(error)`` and exits with ``error.exit_code``;
+with ``-v`` (or ``EDGESHIP_FULL_ERROR=1``) it shows the traceback too. The same
+table is printed by ``edgeship --help`` and in the README (a unit test keeps
+the README's copy in step with this one).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class ExitCode(IntEnum):
+    """What ``edgeship`` exits with. Scripts may rely on these numbers."""
+
+    OK = 0
+    FAILED = 1  # a build step failed, or an unexpected error
+    INVALID_SPEC = 2  # a spec (YAML under conf/ or a Hydra override) is invalid
+    MISSING_DEPENDENCY = 3  # a runtime or SDK a step needs is not installed
+    GATES_FAILED = 4  # an artifact was built and validated but missed its gates
+    TRACKING = 5  # MLflow could not be reached or refused a write
+    KEY_STORE = 6  # the signing key store is missing, unsafe or has no such key
+    BUNDLE = 7  # a bundle cannot be made, read or verified
+    HOST_KEY = 8  # a device's SSH host key is unknown or changed
+    DEVICES_FAILED = 9  # one or more devices refused, failed or rolled back
+    LOCKED = 10  # devices are held by another rollout (a lock was refused)
+    SIMULATOR = 11  # the device simulator cannot start, find or stop its devices
+    FEED = 12  # a phone update feed cannot be read or refuses what was asked
+    UNREACHABLE = 13  # one or more devices did not answer (status, trace)
+    ROLLOUT_HALTED = 14  # a rollout's failure budget was exceeded: halted, rolled back
+    ROLLOUT_STATE = 15  # a rollout cannot be started or resumed as asked (journal, id)
+    USAGE = 64  # a bad command line: unknown verb, flag or KEY=VALUE word
+    INTERRUPTED = 130  # Ctrl-C: nothing half-written was kept
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "a build step failed, or an unexpected error",
+    ExitCode.INVALID_SPEC: "invalid spec (YAML under conf/ or an override)",
+    ExitCode.MISSING_DEPENDENCY: "a runtime or SDK a step needs is not installed",
+    ExitCode.GATES_FAILED: "built and validated, but an acceptance gate failed",
+    ExitCode.TRACKING: "MLflow could not be reached or refused a write",
+    ExitCode.KEY_STORE: "signing key store missing, unsafe, or no such key",
+    ExitCode.BUNDLE: "a bundle cannot be made, read or verified",
+    ExitCode.HOST_KEY: "a device's SSH host key is unknown or changed",
+    ExitCode.DEVICES_FAILED: "one or more devices refused, failed or rolled back",
+    ExitCode.LOCKED: "devices are locked by another running rollout",
+    ExitCode.SIMULATOR: "the device simulator cannot start, find or stop devices",
+    ExitCode.FEED: "a phone update feed cannot be read or refuses the request",
+    ExitCode.UNREACHABLE: "one or more devices did not answer",
+    ExitCode.ROLLOUT_HALTED: "a rollout halted (failure budget exceeded) and rolled back",
+    ExitCode.ROLLOUT_STATE: "a rollout cannot be started or resumed as asked",
+    ExitCode.USAGE: "bad command line (unknown verb, flag or KEY=VALUE word)",
+    ExitCode.INTERRUPTED: "interrupted; nothing half-written was kept",
+}
+
+
+def exit_code_table() -> str:
+    """The table as plain text, for ``edgeship --help``."""
+    return "\n".join(f"  {int(c):>3}  {EXIT_CODE_MEANINGS[c]}" for c in ExitCode)
 
 
 class EdgeshipError(Exception):
     """Root of every error edgeship raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 @dataclass(frozen=True)
@@ -34,7 +89,7 @@ class SpecError(EdgeshipError):
     Carries every problem found, so the user fixes them all in one go.
     """
 
-    exit_code = 2
+    exit_code = ExitCode.INVALID_SPEC
 
     def __init__(self, problems: list[Problem], title: str = "invalid spec") -> None:
         self.problems = list(problems)
@@ -46,10 +101,19 @@ class SpecError(EdgeshipError):
         super().__init__("\n".join(lines))
 
 
+class UsageError(SpecError):
+    """The command line itself is wrong (a verb's KEY=VALUE words, a missing argument)."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, problems: list[Problem], title: str = "invalid arguments") -> None:
+        super().__init__(problems, title)
+
+
 class MissingDependencyError(EdgeshipError):
     """A runtime or SDK a step needs is not installed; the message says how to get it."""
 
-    exit_code = 3
+    exit_code = ExitCode.MISSING_DEPENDENCY
 
     def __init__(self, what: str, install: str, reason: str = "") -> None:
         self.what = what
@@ -64,13 +128,13 @@ class MissingDependencyError(EdgeshipError):
 class BuildError(EdgeshipError):
     """A pass or an export failed while building an artifact."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class GateFailure(EdgeshipError):
     """An artifact was built and validated but missed one or more acceptance gates."""
 
-    exit_code = 4
+    exit_code = ExitCode.GATES_FAILED
 
     def __init__(self, deployment: str, failed: list[str], run_id: str | None) -> None:
         self.deployment = deployment
@@ -86,4 +150,114 @@ class GateFailure(EdgeshipError):
 class TrackingError(EdgeshipError):
     """MLflow could not be reached or refused a write."""
 
-    exit_code = 5
+    exit_code = ExitCode.TRACKING
+
+
+class KeyStoreError(EdgeshipError):
+    """The signing key store is missing, unreadable, unsafe, or has no such key."""
+
+    exit_code = ExitCode.KEY_STORE
+
+
+class BundleError(EdgeshipError):
+    """A bundle cannot be made, read or verified."""
+
+    exit_code = ExitCode.BUNDLE
+
+
+class HostKeyError(EdgeshipError):
+    """A device's SSH host key is unknown or differs from the pinned one."""
+
+    exit_code = ExitCode.HOST_KEY
+
+
+class DeviceUnreachableError(EdgeshipError):
+    """The device did not answer or refused the login (not a host-key problem)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class DeviceTimeoutError(EdgeshipError):
+    """A device took longer than its time limit; its connection was closed."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class DeviceDiskFullError(EdgeshipError):
+    """The device has no room for the bundle; what was staged is removed again."""
+
+    exit_code = ExitCode.DEVICES_FAILED
+
+
+class RolloutError(EdgeshipError):
+    """One or more devices failed; carries every device's outcome (like Fabric's GroupException).
+
+    ``result`` is the whole picture: which devices succeeded, which failed and why.
+    """
+
+    exit_code = ExitCode.DEVICES_FAILED
+
+    def __init__(self, verb: str, result: Any) -> None:
+        self.result = result
+        failed = result.failed
+        lines = [f"error: {verb}: {len(failed)} of {len(result.outcomes)} device(s) failed"]
+        lines += [f"  {o.device}: {o.summary()}" for o in failed]
+        super().__init__("\n".join(lines))
+
+
+class RolloutLockedError(EdgeshipError):
+    """Devices of this rollout are held by another rollout that is still running.
+
+    ``held`` maps each device to its lock holder (anything with ``describe()``).
+    """
+
+    exit_code = ExitCode.LOCKED
+
+    def __init__(self, held: dict[str, Any]) -> None:
+        self.held = held
+        owners: dict[str, list[str]] = {}
+        for device, holder in held.items():
+            owners.setdefault(holder.describe(), []).append(device)
+        lines = [f"error: {len(held)} device(s) are locked by a running rollout"]
+        for who, devices in owners.items():
+            lines.append(f"  {who}")
+            lines.append(f"    devices: {', '.join(sorted(devices))}")
+        lines.append("  wait for it to finish, or select other devices")
+        super().__init__("\n".join(lines))
+
+
+class RolloutStateError(EdgeshipError):
+    """A rollout cannot be started or resumed as asked (unknown id, changed bundle, journal)."""
+
+    exit_code = ExitCode.ROLLOUT_STATE
+
+
+class RolloutHaltedError(EdgeshipError):
+    """The failure budget of a wave was exceeded; carries the whole report.
+
+    ``report`` is the rollout's report (its ``halt_message()`` is the error text).
+    """
+
+    exit_code = ExitCode.ROLLOUT_HALTED
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        super().__init__(report.halt_message())
+
+
+class TraceError(EdgeshipError):
+    """Nothing runs on the device, and no journal says what did."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class FeedError(EdgeshipError):
+    """The feed cannot be read, or refuses what was asked."""
+
+    exit_code = ExitCode.FEED
+
+
+class SimError(EdgeshipError):
+    """The simulator cannot start, find or stop its devices."""
+
+    exit_code = ExitCode.SIMULATOR

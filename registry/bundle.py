@@ -33,9 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestrator.fsutil import write_json
-from orchestrator.model_file import sha256_file
-from orchestrator.rollout.errors import BundleError
+from orchestrator import project
+from orchestrator.core.fsutil import write_json
+from orchestrator.core.model_file import sha256_file
+from orchestrator.errors import BundleError
 from registry.keys import KeyStore, TrustSet
 from registry.signing import (
     SIG_SUFFIX,
@@ -55,18 +56,13 @@ ENVELOPE = frozenset({MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX})
 MANIFEST_KIND = "edgeship.bundle"
 ROLLBACK_KIND = "edgeship.rollback"
 DEFAULT_VALID_DAYS = 90
-ENV_BUNDLES = "EDGESHIP_BUNDLES"
+ENV_BUNDLES = project.ENV_BUNDLES
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def bundles_root(project: Path) -> Path:
+def bundles_root(root: Path) -> Path:
     """``$EDGESHIP_BUNDLES``, else the ``bundles`` folder beside the artifacts folder."""
-    env = os.environ.get(ENV_BUNDLES)
-    if env:
-        return Path(env)
-    from orchestrator.build import artifacts_root
-
-    return artifacts_root(project).parent / "bundles"
+    return project.bundles_root(root)
 
 
 def _iso(moment: datetime) -> str:

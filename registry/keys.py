@@ -36,30 +36,27 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from orchestrator.fsutil import exclusive_lock
-from orchestrator.rollout.errors import KeyStoreError
+from orchestrator import project
+from orchestrator.core.fsutil import exclusive_lock
+from orchestrator.errors import KeyStoreError
 from registry.signing import canonical_json, key_id, load_public_pem, public_pem, sign, verify
 
 log = logging.getLogger(__name__)
 
-ENV_DIR = "EDGESHIP_KEYS_DIR"
-ENV_PASSPHRASE = "EDGESHIP_KEY_PASSPHRASE"
+ENV_DIR = project.ENV_KEYS_DIR
+ENV_PASSPHRASE = project.ENV_KEY_PASSPHRASE
 TRUST_FILE = "trust.json"
 TRUST_KIND = "edgeship.trust"
 
 
 def default_keys_dir() -> Path:
     """``$EDGESHIP_KEYS_DIR``, else ``~/.config/edgeship/keys``."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".config" / "edgeship" / "keys"
+    return project.keys_dir()
 
 
 def env_passphrase() -> bytes | None:
     """``$EDGESHIP_KEY_PASSPHRASE`` as bytes, or None when unset or empty."""
-    value = os.environ.get(ENV_PASSPHRASE)
-    return value.encode() if value else None
+    return project.key_passphrase()
 
 
 def now_iso() -> str:

@@ -8,12 +8,12 @@ artifacts under ``mlartifacts/``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator import project
 from orchestrator.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ CANDIDATE_ALIAS = "candidate"
 
 
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    return project.tracking_uri(root)
 
 
 def _is_local(uri: str) -> bool:

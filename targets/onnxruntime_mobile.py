@@ -16,10 +16,10 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.errors import MissingDependencyError
-from orchestrator.model_file import ModelFile
-from orchestrator.runtime_imports import require
-from orchestrator.target_api import Session, Target, register_target
+from targets.base import Session, Target, register_target
 from targets.onnxruntime_server import OrtSession
 
 # onnxruntime's converter marks models with saved runtime optimizations by this infix

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.model_file import ModelFile
-from orchestrator.runtime_imports import require
-from orchestrator.target_api import Session, Target, register_target
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
+from targets.base import Session, Target, register_target
 
 log = logging.getLogger(__name__)
 

@@ -89,8 +89,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def trained_models() -> Path:
     """Train the reference models once (deterministic; reused if already present)."""
-    from orchestrator import reference
-    from orchestrator.config.loader import load_option
+    from orchestrator.build import reference
+    from orchestrator.spec.compose import load_option
 
     for name in ("posture_cnn", "ct_seg"):
         reference.ensure_weights(load_option("model", name, ROOT), ROOT)
@@ -113,9 +113,8 @@ def build_once(overrides: list[str], folder: Path) -> Path:
 
     Returns the artifact folder; the environment is restored afterwards.
     """
-    from orchestrator import reference
-    from orchestrator.build import run_build
-    from orchestrator.config.loader import compose
+    from orchestrator.build import reference, run_build
+    from orchestrator.spec.compose import compose
 
     spec = compose(overrides, ROOT)
     reference.ensure_weights(spec.config.model, ROOT)

@@ -1,6 +1,6 @@
 """Real OpenSSH devices on loopback for integration tests (and the fleet simulator).
 
-The devices themselves live in :mod:`orchestrator.sim` (``edgeship sim`` uses the same
+The devices themselves live in :mod:`orchestrator.sim.simulator` (``edgeship sim`` uses the same
 code); this module re-exports them and adds what only tests need: :func:`require_sshd`
 and :class:`ShipLab`.
 
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.sim import (
+from orchestrator.sim.simulator import (
     DEVICE_PATH,
     INSTALL_HINT,
     SSHD_CANDIDATES,
@@ -104,7 +104,7 @@ class ShipLab:
 
     @property
     def fleet(self):
-        from orchestrator.config.fleet import load_fleet_file
+        from orchestrator.spec.fleet import load_fleet_file
 
         return load_fleet_file(self.fleet_path, self.base)
 
@@ -120,8 +120,8 @@ class ShipLab:
 
     def enroll(self, names: list[str] | None = None, **kwargs):
         """Enrol devices; returns the RolloutResult (also when some failed)."""
-        from orchestrator.rollout.enroll import enroll
-        from orchestrator.rollout.errors import RolloutError
+        from orchestrator.errors import RolloutError
+        from orchestrator.ship.enroll import enroll
 
         try:
             return enroll(self.fleet, self.select(names), self.store, **kwargs)
@@ -130,8 +130,8 @@ class ShipLab:
 
     def deploy(self, bundle, names: list[str] | None = None, store=..., **options):
         """Deploy a bundle; returns the RolloutResult (also when some failed)."""
-        from orchestrator.rollout.deploy import DeployOptions, deploy
-        from orchestrator.rollout.errors import RolloutError
+        from orchestrator.errors import RolloutError
+        from orchestrator.ship.deploy import DeployOptions, deploy
 
         try:
             return deploy(
@@ -145,7 +145,7 @@ class ShipLab:
             return exc.result
 
     def session(self, name: str):
-        from orchestrator.rollout.ssh import connect
+        from orchestrator.ship.ssh import connect
 
         fleet = self.fleet
         return connect(fleet.device(name), Path(fleet.known_hosts))
@@ -172,9 +172,9 @@ class ShipLab:
 
 
 def simulate_fleet(fleet_name: str, state: Path | None = None) -> list[SshDevice]:
-    """Start one sshd per device of a loopback fleet (:func:`orchestrator.sim.simulate_fleet`)."""
-    from orchestrator.config.loader import project_root
-    from orchestrator.sim import simulate_fleet as simulate
+    """Start one sshd per device of a loopback fleet (``simulate_fleet`` of the simulator)."""
+    from orchestrator.project import project_root
+    from orchestrator.sim.simulator import simulate_fleet as simulate
 
     return simulate(fleet_name, project_root(), state)
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchestrator.model_file import ModelFile
+from orchestrator.core.model_file import ModelFile
 
 Inputs = dict[str, np.ndarray]
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.config.loader import ComposedSpec, compose
+from orchestrator.core.model_file import ModelFile
 from orchestrator.errors import SpecError
-from orchestrator.model_file import ModelFile
-from orchestrator.target_api import registered_targets
+from orchestrator.spec.compose import ComposedSpec, compose
+from targets.base import registered_targets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ def _candidates(target: str) -> tuple[list[str], dict[str, str]]:
 
     Simplest: ends in the target's preferred format, then fewest passes, then by name.
     """
-    from orchestrator.auto import candidate_specs
+    from orchestrator.build.select import candidate_specs
     from orchestrator.passes.base import registered_passes
 
     spec = compose([f"deployment={DEPLOYMENT}", f"target={target}", "recipe=auto"], ROOT)
@@ -61,8 +61,8 @@ def _candidates(target: str) -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def posture_weights() -> None:
-    from orchestrator import reference
-    from orchestrator.config.loader import load_option
+    from orchestrator.build import reference
+    from orchestrator.spec.compose import load_option
 
     reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
 
@@ -90,7 +90,7 @@ def test_target_reports_capabilities_matching_its_yaml(family: str) -> None:
 def test_target_builds_loads_its_artifact_and_reproduces_the_smoke_output(
     family: str, posture_weights: None, isolated: Path
 ) -> None:
-    from orchestrator.build import run_build
+    from orchestrator.build.pipeline import run_build
 
     cls = registered_targets()[family]
     target_name = _target_yaml(family)
@@ -155,7 +155,7 @@ def test_tensorrt_target_builds_and_runs_its_engine(
         reason="TensorRT is not installable here: no NVIDIA GPU, and its wheels come from "
         "NVIDIA's package index; the engine is built and validated on the device",
     )
-    from orchestrator.build import run_build
+    from orchestrator.build.pipeline import run_build
 
     target_name = _target_yaml(family)
     usable, _ = _candidates(target_name)

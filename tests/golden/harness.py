@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

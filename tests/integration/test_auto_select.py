@@ -11,15 +11,15 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
 def tracked(isolated: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from orchestrator import reference
-    from orchestrator.config.loader import load_option
+    from orchestrator.build import reference
+    from orchestrator.spec.compose import load_option
 
     root = Path(os.environ["EDGESHIP_ROOT"])
     reference.ensure_weights(load_option("model", "posture_cnn", root), root)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
-from orchestrator.model_file import sha256_file
+from orchestrator.cli.main import main
+from orchestrator.core.model_file import sha256_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -104,7 +104,7 @@ def test_build_interrupted_leaves_last_good_artifact_and_no_staging(tracked: Pat
     good = tracked / "artifacts" / "posture_nuc"
     before = _digest(good)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "build", "deployment=posture_nuc"],
+        [sys.executable, "-m", "orchestrator.cli.main", "build", "deployment=posture_nuc"],
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),

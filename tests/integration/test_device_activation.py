@@ -14,7 +14,9 @@ from tests.sshd import ShipLab
 
 pytestmark = pytest.mark.integration
 
-AGENT = Path(__file__).resolve().parents[2] / "orchestrator" / "agent" / "edgeship_agent.py"
+AGENT = (
+    Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent" / "edgeship_agent.py"
+)
 
 
 def _steps() -> tuple[str, ...]:

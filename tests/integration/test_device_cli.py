@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
+from orchestrator.errors import ExitCode
 from tests.sshd import write_fleet
 
 pytestmark = pytest.mark.integration
@@ -97,7 +98,7 @@ def test_cli_selection_errors_name_the_device_and_options(
                 "grup=x",
             ]
         )
-        == 2
+        == ExitCode.USAGE
     )
     err = capsys.readouterr().err
     assert (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.rollout.errors import HostKeyError
+from orchestrator.errors import HostKeyError
 from registry.keys import KeyStore
 from tests.sshd import ShipLab, SshDevice, keygen
 

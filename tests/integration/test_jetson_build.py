@@ -17,14 +17,14 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from orchestrator.config.schema import TargetConfig
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.schema import TargetConfig
 from orchestrator.errors import BuildError
-from orchestrator.model_file import ModelFile
-from orchestrator.target_api import registered_targets
+from targets.base import registered_targets
 from tests.conftest import build_once
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE_SCRIPT = ROOT / "targets" / "tensorrt_engine.py"
+ENGINE_SCRIPT = ROOT / "orchestrator" / "device" / "tensorrt_engine.py"
 NO_TENSORRT = (
     "TensorRT is not installable here: no NVIDIA GPU, and its wheels come from NVIDIA's "
     "package index; the engine is built and validated on the device"
@@ -33,7 +33,7 @@ NO_TENSORRT = (
 
 def _engine_module():  # the registry first, so every target family is discovered
     registered_targets()
-    from targets import tensorrt_engine
+    from orchestrator.device import tensorrt_engine
 
     return tensorrt_engine
 

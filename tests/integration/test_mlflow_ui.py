@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.browser import page_text, screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from orchestrator.config.loader import compose
-from orchestrator.model_file import ModelFile
-from orchestrator.target_api import get_target
+from orchestrator.core.model_file import ModelFile
+from orchestrator.spec.compose import compose
+from targets.base import get_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.phone_client import PhoneClient
-from orchestrator.rollout.feed import bucket
+from orchestrator.cli.main import main
+from orchestrator.device.phone_client import PhoneClient
+from orchestrator.ship.feed import bucket
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
 from tests.sshd import require_sshd, start_devices, stop_devices
@@ -191,7 +191,7 @@ def test_publish_staged_rollout_and_reference_clients(
         [
             sys.executable,
             "-m",
-            "orchestrator.phone_client",
+            "orchestrator.device.phone_client",
             "--feed",
             feed["url"],
             "--channel",

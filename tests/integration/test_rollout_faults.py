@@ -35,12 +35,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config.fleet import FleetConfig, load_fleet_file
-from orchestrator.config.rollout import load_rollout_file
-from orchestrator.rollout.engine import RolloutHaltedError, start_rollout
-from orchestrator.rollout.journal import Journal
-from orchestrator.rollout.ssh import RemoteResult, connect
-from orchestrator.sim import MINIMAL_RUNTIME_GROUP, SshDevice, profile_env
+from orchestrator.ship.rollout.engine import RolloutHaltedError, start_rollout
+from orchestrator.ship.rollout.journal import Journal
+from orchestrator.ship.ssh import RemoteResult, connect
+from orchestrator.sim.simulator import MINIMAL_RUNTIME_GROUP, SshDevice, profile_env
+from orchestrator.spec.fleet import FleetConfig, load_fleet_file
+from orchestrator.spec.strategy import load_rollout_file
 from registry.bundle import Bundle, make_bundle
 from registry.keys import KeyStore
 from tests.sshd import require_sshd, start_devices, stop_devices, write_fleet
@@ -105,7 +105,7 @@ def _variant(artifact: Path, dest: Path, opset: int | None = None, tag: str = ""
     """The artifact with its model file changed: re-stamped at ``opset``, or re-tagged."""
     import onnx
 
-    from orchestrator.model_file import sha256_file
+    from orchestrator.core.model_file import sha256_file
 
     shutil.copytree(artifact, dest)
     model_path = dest / "model" / "model.onnx"
@@ -174,7 +174,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, built_artifact: Path) -> Iter
             device_groups={n: [MINIMAL_RUNTIME_GROUP] for n in MINIMAL_RUNTIME},
         )
         fleet = load_fleet_file(fleet_path, base)
-        from orchestrator.rollout.enroll import enroll
+        from orchestrator.ship.enroll import enroll
 
         enroll(fleet, fleet.devices, store, parallel=8)
         bundles = base / "bundles"
@@ -508,6 +508,6 @@ def test_device_past_its_time_limit_fails_and_keeps_its_version(pool: Pool, tmp_
 
 
 def _only(name: str) -> Any:
-    from orchestrator.rollout.plan import Selection
+    from orchestrator.ship.rollout.plan import Selection
 
     return Selection(devices=[name])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.sim import Simulator, pid_alive
+from orchestrator.cli.main import main
+from orchestrator.sim.simulator import Simulator, pid_alive
 from tests.sshd import require_sshd
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.sim import MINIMAL_RUNTIME_GROUP, SshDevice, profile_env
+from orchestrator.cli.main import main
+from orchestrator.errors import ExitCode
+from orchestrator.sim.simulator import MINIMAL_RUNTIME_GROUP, SshDevice, profile_env
 from tests.sshd import require_sshd, start_devices, stop_devices, write_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,9 +47,8 @@ def ward(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterat
         4, base / "devices", first_octet=70, names=NAMES, env={"bed-03": profile}
     )
     try:
-        from orchestrator import reference
-        from orchestrator.build import run_build
-        from orchestrator.config.loader import compose, load_option
+        from orchestrator.build import reference, run_build
+        from orchestrator.spec.compose import compose, load_option
 
         reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
         build = run_build(compose(["deployment=posture_server"], ROOT), record=True)
@@ -93,7 +93,7 @@ def _opset21(ward: dict[str, Any]) -> Path:
     """A second build of the model at opset 21, recorded as its own MLflow run and version."""
     import onnx
 
-    from orchestrator.model_file import sha256_file
+    from orchestrator.core.model_file import sha256_file
     from registry.tracking import Tracker
 
     source = ward["build"].artifact_dir
@@ -180,7 +180,7 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     )
     code = main(["rollout", "deployment=posture_server", fleet, "rollout=all_at_once"])
     captured = capsys.readouterr()
-    assert code == 9
+    assert code == ExitCode.ROLLOUT_HALTED
     assert "HALTED in wave 1" in captured.out and "rollout halted" in captured.out
     assert "bed-03: rolled_back - health check of version 2 failed" in captured.err
     assert "opset 21" in captured.err
@@ -199,7 +199,7 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     # status: every device, the one that does not answer too
     ward["devices"]["bed-04"].stop()
     try:
-        assert main(["status", fleet]) == 9
+        assert main(["status", fleet]) == ExitCode.UNREACHABLE
         out = capsys.readouterr().out
         rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
         assert set(rows) == set(NAMES)
@@ -211,7 +211,7 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
         assert out.splitlines()[-1].startswith("fleet north: 4 device(s): 3 healthy, 1 unreachable")
 
         # trace of an unreachable device: from the last journal that reached it
-        assert main(["trace", "bed-04", fleet, "--format", "json"]) == 9
+        assert main(["trace", "bed-04", fleet, "--format", "json"]) == ExitCode.UNREACHABLE
         unreachable = json.loads(capsys.readouterr().out)
         assert unreachable["source"] == "journal" and unreachable["running"]["version"] == 1
     finally:
@@ -265,7 +265,7 @@ def test_trace_reports_a_tampered_device_copy(
     target.chmod(0o644)
     target.write_bytes(original.replace(b'"version": 1', b'"version": 1 '))
     try:
-        assert main(["trace", "bed-01", f"fleet={ward['fleet']}"]) == 9
+        assert main(["trace", "bed-01", f"fleet={ward['fleet']}"]) == ExitCode.DEVICES_FAILED
         out = capsys.readouterr().out
         assert "FAIL manifest on the device" in out
     finally:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.auto import (
+from orchestrator.build.select import (
     Candidate,
     NoCandidatePassedError,
     SelectionResult,
     _choose,
     candidate_specs,
 )
-from orchestrator.config.loader import compose
+from orchestrator.spec.compose import compose
 
 ROOT = Path(__file__).resolve().parents[2]
 

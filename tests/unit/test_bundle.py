@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.model_file import sha256_file
-from orchestrator.rollout.errors import BundleError
+from orchestrator.core.model_file import sha256_file
+from orchestrator.errors import BundleError
 from registry.bundle import (
     MANIFEST,
     SIGNATURE,

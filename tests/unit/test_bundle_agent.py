@@ -17,7 +17,9 @@ from registry.keys import KeyStore
 from registry.signing import key_id, load_public_pem
 from tests.unit.test_bundle import make_artifact
 
-AGENT = Path(__file__).resolve().parents[2] / "orchestrator" / "agent" / "edgeship_agent.py"
+AGENT = (
+    Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent" / "edgeship_agent.py"
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config.loader import compose, list_options, load_option, split_sweeps
-from orchestrator.config.schema import ModelConfig
-from orchestrator.config.typecheck import check_dataclass, closest
+from orchestrator.core.schema import ModelConfig
+from orchestrator.core.typecheck import check_dataclass, closest
 from orchestrator.errors import SpecError
+from orchestrator.spec.compose import compose, list_options, load_option, split_sweeps
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config.fleet import load_fleet, load_fleet_file
 from orchestrator.errors import SpecError
+from orchestrator.spec.fleet import load_fleet, load_fleet_file
 
 ROOT = Path(__file__).resolve().parents[2]
 F = "  conf/fleet/ward.yaml: "

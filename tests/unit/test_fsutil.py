@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.fsutil import install_dir, recover, write_json
+from orchestrator.core.fsutil import install_dir, recover, write_json
 
 
 def _make(folder: Path, content: str) -> Path:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from orchestrator.gates import GateSyntaxError, evaluate_gates, measured_metrics, parse_gate
+from orchestrator.spec.gates import GateSyntaxError, evaluate_gates, measured_metrics, parse_gate
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator.rollout.errors import KeyStoreError
+from orchestrator.errors import KeyStoreError
 from registry.keys import KeyStore, TrustSet, default_keys_dir
 from registry.signing import load_public_pem, verify
 

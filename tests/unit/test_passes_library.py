@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from orchestrator.core.model_file import ModelFile
 from orchestrator.errors import BuildError
-from orchestrator.model_file import ModelFile
 from orchestrator.passes.base import PassContext, registered_passes
 from orchestrator.passes.common.evaluation import make_evaluation
 from orchestrator.passes.onnxruntime.float16 import topological_sort

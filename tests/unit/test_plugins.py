@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.passes.base import registered_passes
-from orchestrator.target_api import registered_targets
+from targets.base import registered_targets
 
 
 def test_registered_passes_have_dataclass_options_and_descriptions() -> None:

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config.fleet import load_fleet_file
-from orchestrator.config.rollout import check_rollout_data, load_rollout, load_rollout_file
 from orchestrator.errors import SpecError
-from orchestrator.rollout import engine
-from orchestrator.rollout.journal import Journal, read_state, replay
-from orchestrator.rollout.lock import DeviceLocks, LockHolder, RolloutLockedError
-from orchestrator.rollout.plan import Selection, plan_rollout
-from orchestrator.rollout.results import DeviceOutcome
+from orchestrator.ship.rollout import engine
+from orchestrator.ship.results import DeviceOutcome
+from orchestrator.ship.rollout.journal import Journal, read_state, replay
+from orchestrator.ship.rollout.lock import DeviceLocks, LockHolder, RolloutLockedError
+from orchestrator.ship.rollout.plan import Selection, plan_rollout
+from orchestrator.spec.fleet import load_fleet_file
+from orchestrator.spec.strategy import check_rollout_data, load_rollout, load_rollout_file
 from registry.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[2]

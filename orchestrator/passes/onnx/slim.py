@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
-from orchestrator.model_file import ModelFile
 from orchestrator.passes.base import Pass, PassContext, register_pass
-from orchestrator.runtime_imports import require
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
-from orchestrator.model_file import ModelFile
 from orchestrator.passes.base import Pass, PassContext, register_pass
-from orchestrator.runtime_imports import require
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from orchestrator.model_file import ModelFile
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.passes.base import Inputs, PassContext
-from orchestrator.runtime_imports import require
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.model_file import ModelFile
+from orchestrator.core.model_file import ModelFile
 from orchestrator.passes.base import Pass, PassContext, register_pass
 from orchestrator.passes.onnxruntime.prep import quantize_static_qdq
 

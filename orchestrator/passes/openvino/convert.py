@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.model_file import ModelFile
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.passes.base import Pass, PassContext, register_pass
-from orchestrator.runtime_imports import require
 
 
 @dataclass

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
-from orchestrator.model_file import ModelFile
 from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
 from orchestrator.passes.common.evaluation import Evaluation
 from orchestrator.passes.openvino.nncf_quantize import (
@@ -30,7 +31,6 @@ from orchestrator.passes.openvino.nncf_quantize import (
     quantization_preset,
     save_int8,
 )
-from orchestrator.runtime_imports import require
 
 log = logging.getLogger(__name__)
 

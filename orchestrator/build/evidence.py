@@ -1,0 +1,150 @@
+"""Evidence a reviewer would rather look at than read: plots and the model card.
+
+Written into the artifact folder (and so into its MLflow run): ``plots/*.png``,
+plot data as JSON for ``dvc plots`` (``plots/*.json``), and ``model_card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from orchestrator.build.validate import Validation
+from orchestrator.spec.compose import ComposedSpec
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(
+    folder: Path,
+    spec: ComposedSpec,
+    result: Validation,
+    reference: list[list[np.ndarray]],
+) -> list[str]:
+    """Latency histogram, parity scatter, and confusion matrix or per-class Dice."""
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = spec.config.deployment.name
+    written = []
+
+    latencies = result.details.get("latency_samples_ms", [])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(latencies, bins=min(30, max(5, len(latencies) // 2)), color="#3b75af")
+    for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+        ax.axvline(
+            result.metrics[q],
+            color="k",
+            linestyle=style,
+            label=f"{q[:-3]} {result.metrics[q]:.2f} ms",
+        )
+    ax.set(xlabel="latency (ms)", ylabel="runs", title=f"{name}: latency, batch 1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "latency_histogram.png", dpi=100)
+    plt.close(fig)
+    written.append("latency_histogram.png")
+    (folder / "latency.json").write_text(
+        json.dumps([{"run": i, "latency_ms": t} for i, t in enumerate(latencies)])
+    )
+
+    out = np.concatenate([o[0] for o in result.outputs]).ravel()
+    ref = np.concatenate([r[0] for r in reference]).ravel()
+    if out.size > 20000:
+        idx = np.random.default_rng(0).choice(out.size, 20000, replace=False)
+        out, ref = out[idx], ref[idx]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(ref, out, s=2, alpha=0.4, color="#c44e52")
+    lo, hi = float(min(ref.min(), out.min())), float(max(ref.max(), out.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=1)
+    ax.set(
+        xlabel="reference output (PyTorch)",
+        ylabel="artifact output",
+        title=f"parity, max |error| {result.metrics['max_abs_error']:.3g}",
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "parity_scatter.png", dpi=100)
+    plt.close(fig)
+    written.append("parity_scatter.png")
+
+    confusion = result.details.get("confusion_matrix")
+    if confusion:
+        labels = confusion["labels"]
+        matrix = np.array(confusion["rows_true_cols_pred"])
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center")
+        ax.set(xlabel="artifact prediction", ylabel="true label", title="confusion matrix")
+        fig.tight_layout()
+        fig.savefig(folder / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+        written.append("confusion_matrix.png")
+        rows = [
+            {"actual": labels[i], "predicted": labels[j]}
+            for i, row in enumerate(matrix)
+            for j, count in enumerate(row)
+            for _ in range(int(count))
+        ]
+        (folder / "confusion.json").write_text(json.dumps(rows))
+    if spec.config.model.task == "segmentation":
+        classes = list(spec.config.model.labels)[1:]
+        vs_ref = [result.metrics[f"dice_vs_reference.{c}"] for c in classes]
+        vs_lab = [result.metrics.get(f"dice_vs_labels.{c}", float("nan")) for c in classes]
+        x = np.arange(len(classes))
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(x - 0.2, vs_ref, 0.4, label="vs reference output")
+        ax.bar(x + 0.2, vs_lab, 0.4, label="vs labels")
+        ax.set_xticks(x, classes, rotation=30, ha="right")
+        ax.set(ylim=(0, 1.05), ylabel="Dice", title=f"{name}: Dice per class")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(folder / "dice_per_class.png", dpi=100)
+        plt.close(fig)
+        written.append("dice_per_class.png")
+        (folder / "dice.json").write_text(
+            json.dumps(
+                [
+                    {"class": c, "dice_vs_reference": r, "dice_vs_labels": lab}
+                    for c, r, lab in zip(classes, vs_ref, vs_lab, strict=True)
+                ]
+            )
+        )
+    return written
+
+
+def render_model_card(
+    spec: ComposedSpec,
+    runtime: dict[str, Any],
+    result: Validation,
+    data: dict[str, Any],
+    provenance: dict[str, Any],
+) -> str:
+    env = Environment(
+        loader=PackageLoader("orchestrator.build", "templates"),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.4g}"
+    return env.get_template("model_card.md.j2").render(
+        spec=spec.config,
+        choices=spec.choices,
+        runtime=runtime,
+        result=result,
+        data=data,
+        provenance=provenance,
+    )

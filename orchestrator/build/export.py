@@ -1,0 +1,97 @@
+"""Export the reference model to one self-contained ONNX file."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.runtime_imports import require
+from orchestrator.core.schema import ModelConfig
+from orchestrator.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(net: Any, model: ModelConfig, root: Path, out: Path) -> ModelFile:
+    """Write ``out`` (a single .onnx, weights inside) from the spec's model source."""
+    onnx = require("onnx")
+    if model.source.kind == "onnx":
+        assert model.source.onnx is not None
+        src = root / model.source.onnx
+        if not src.is_file():
+            raise BuildError(f"error: model.source.onnx: file {src} does not exist")
+        proto = onnx.load(str(src))  # pulls in external data if the file has any
+    else:
+        torch = require("torch")
+        args = tuple(torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs)
+        tmp = out.with_suffix(".export.onnx")
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.onnx.export(
+                    net,
+                    args,
+                    dynamo=True,
+                    input_names=[t.name for t in model.inputs],
+                    output_names=[t.name for t in model.outputs],
+                    opset_version=model.source.opset,
+                    optimize=True,
+                    verbose=False,
+                )
+                program.save(str(tmp), external_data=False)
+            except Exception as exc:
+                raise BuildError(f"error: export to ONNX failed: {exc}") from exc
+            finally:
+                quiet.setLevel(level)
+        proto = onnx.load(str(tmp))
+        for p in tmp.parent.glob(tmp.name + "*"):
+            p.unlink()
+    # value_info written by exporters can disagree with what shape inference derives after
+    # their graph rewrites; drop it and infer afresh so downstream tools see one truth
+    del proto.graph.value_info[:]
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(out), save_as_external_data=False)
+    for stray in out.parent.glob(out.name + ".data"):
+        stray.unlink()
+    _check_signature(onnx.load(str(out), load_external_data=False), model, out)
+    return ModelFile(out, "onnx", "fp32")
+
+
+def _check_signature(proto: Any, model: ModelConfig, path: Path) -> None:
+    got_in = [i.name for i in proto.graph.input]
+    got_out = [o.name for o in proto.graph.output]
+    want_in = [t.name for t in model.inputs]
+    want_out = [t.name for t in model.outputs]
+    if got_in != want_in or got_out != want_out:
+        raise BuildError(
+            f"error: {path.name}: graph inputs {got_in} / outputs {got_out} do not match "
+            f"model.inputs {want_in} / model.outputs {want_out}"
+        )
+
+
+def copy_model(model: ModelFile, dest_dir: Path, stem: str = "model") -> ModelFile:
+    """Copy a model's files into ``dest_dir`` under a fixed stem; returns the copy."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    primary = dest_dir / f"{stem}{model.path.suffix}"
+    shutil.copy2(model.path, primary)
+    if model.format == "openvino_ir":
+        shutil.copy2(model.path.with_suffix(".bin"), primary.with_suffix(".bin"))
+    extra = []
+    for e in model.extra:
+        shutil.copy2(e, dest_dir / e.name)
+        extra.append(dest_dir / e.name)
+    return ModelFile(primary, model.format, model.precision, tuple(extra))
+
+
+def zeros_like_inputs(model: ModelConfig, batch: int = 1) -> dict[str, np.ndarray]:
+    return {t.name: np.zeros([batch, *t.shape[1:]], dtype=np.dtype(t.dtype)) for t in model.inputs}

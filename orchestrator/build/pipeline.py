@@ -1,0 +1,345 @@
+"""``edgeship build``: export -> recipe passes -> validate -> record, atomically.
+
+The artifact is assembled in ``artifacts/.staging/``; only a build that passes
+its gates replaces ``artifacts/<deployment>/`` (in one atomic swap). A build that
+fails its gates lands in ``artifacts/.failed/<deployment>/`` and is recorded in
+MLflow as failed, never registered as a candidate. An error or Ctrl-C removes the
+staging directory and leaves the last good artifact untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.build import reference as ref
+from orchestrator.build.evidence import render_model_card, write_plots
+from orchestrator.build.export import copy_model, export_onnx
+from orchestrator.build.provenance import environment, git_info
+from orchestrator.build.report import render_report
+from orchestrator.build.validate import Validation, validate
+from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
+from orchestrator.core.model_file import ModelFile, sha256_file
+from orchestrator.core.runtime_imports import require
+from orchestrator.errors import BuildError, EdgeshipError, GateFailure, MissingDependencyError
+from orchestrator.passes.base import PassContext, make_options, registered_passes
+from orchestrator.passes.common.evaluation import make_evaluation
+from orchestrator.project import artifacts_root
+from orchestrator.spec.compose import ComposedSpec
+from targets.base import Target, get_target
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    deployment: str
+    artifact_dir: Path
+    validation: Validation
+    run_id: str | None
+    model_version: str | None
+    seconds: float
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.validation.passed
+
+
+def _check_available(target: Target, spec: ComposedSpec) -> None:
+    reason = target.unavailable_reason()
+    if reason:
+        raise MissingDependencyError(
+            f"{target.runtime} ({target.family})", target.install_hint, reason
+        )
+    passes = registered_passes()
+    for p in spec.config.recipe.passes:
+        require(passes[p.name].backend)
+
+
+class _Steps:
+    def __init__(self, on_step: Step | None) -> None:
+        self.on_step = on_step
+        self.done: list[tuple[str, float]] = []
+        self._start = time.perf_counter()
+        self._name: str | None = None
+
+    def __call__(self, name: str) -> None:
+        self.finish()
+        self._name, self._start = name, time.perf_counter()
+        if self.on_step:
+            self.on_step(name)
+        log.info("%s", name)
+
+    def finish(self) -> None:
+        if self._name is not None:
+            self.done.append((self._name, time.perf_counter() - self._start))
+            self._name = None
+
+
+def run_build(
+    spec: ComposedSpec,
+    on_step: Step | None = None,
+    record: bool = True,
+    report_dir: Path | None = None,
+    *,
+    artifacts_dir: Path | None = None,
+    parent_run: str | None = None,
+    register: bool = True,
+) -> BuildResult:
+    """Build, validate and record one deployment. Raises GateFailure when a gate fails.
+
+    ``report_dir`` receives copies of metrics.json, validation.json and the plot data,
+    whether the gates passed or not (DVC tracks them as metrics and plots).
+    ``artifacts_dir`` replaces the artifacts root, ``parent_run`` nests the MLflow run
+    under another, and ``register=False`` records a passing build without registering
+    it (recipe selection builds its candidates this way; see orchestrator/auto.py).
+    """
+    t0 = time.perf_counter()
+    cfg = spec.config
+    name = cfg.deployment.name
+    target = get_target(cfg.target)
+    _check_available(target, spec)
+    out_root = artifacts_dir or artifacts_root(spec.root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    recover(out_root)
+    staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    (staging / ".pid").write_text(str(os.getpid()))
+    steps = _Steps(on_step)
+    tracker = None
+    try:
+        work = staging / ".work"
+        steps("load reference and evaluation data")
+        net = ref.load_reference(cfg.model, spec.root)
+        data = ref.load_eval(cfg.model)
+        input_names = [t.name for t in cfg.model.inputs]
+        reference_out = ref.run_reference(net, data.samples, input_names)
+
+        steps("export to ONNX")
+        (work / "export").mkdir(parents=True)
+        model = export_onnx(net, cfg.model, spec.root, work / "export" / "model.onnx")
+        calibration: list[Any] = []
+
+        def calib() -> list[Any]:
+            if not calibration:
+                calibration.extend(ref.load_calibration(cfg.model))
+            return calibration
+
+        passes = registered_passes()
+        evaluation = make_evaluation(
+            cfg.model.task, data.samples, data.labels, reference_out, len(cfg.model.labels)
+        )
+        for i, p in enumerate(cfg.recipe.passes, start=1):
+            steps(f"pass {i}/{len(cfg.recipe.passes)}: {p.name}")
+            cls = passes[p.name]
+            wd = work / f"{i:02d}-{p.name}"
+            wd.mkdir(parents=True)
+            ctx = PassContext(
+                wd, input_names, calib, threads=cfg.target.threads, evaluate=evaluation
+            )
+            try:
+                model = cls().run(model, make_options(cls, dict(p.options)), ctx)
+            except EdgeshipError:
+                raise
+            except Exception as exc:
+                raise BuildError(f"error: recipe.passes[{i - 1}] ({p.name}) failed: {exc}") from exc
+
+        final = copy_model(model, staging / "model")
+        steps("validate (parity, latency, size, memory)")
+        result = validate(cfg, target, final, data, reference_out)
+        _note_runtime_validation(target, final, result)
+
+        steps("write artifact")
+        _write_artifact(staging, spec, target, final, result, data, reference_out, net)
+        shutil.rmtree(work)
+        status = "passed" if result.passed else "failed"
+        run_id = version = None
+        if record:
+            steps("record in MLflow")
+            from registry.tracking import Tracker, flatten
+
+            tracker = Tracker(spec.root)
+            tags = run_tags(spec, status)
+            with tracker.run(name, f"{name}-{cfg.recipe.name}", tags, parent=parent_run) as run:
+                run_id = run.info.run_id
+                write_json(staging / "build.json", _build_info(spec, run_id, None, status))
+                params = {
+                    **flatten(spec.data),
+                    **{f"choice.{k}": v for k, v in spec.choices.items()},
+                }
+                tracker.log_build(run_id, params, result.metrics, staging, {})
+                if result.passed and register:
+                    version = tracker.register(name, run_id)
+                    tracker.set_tags(run_id, {"edgeship.model_version": version})
+        write_json(staging / "build.json", _build_info(spec, run_id, version, status))
+        steps.finish()
+        (staging / ".pid").unlink()
+        dest = out_root / name if result.passed else out_root / ".failed" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        install_dir(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if report_dir is not None:
+        copy_reports(dest, report_dir)
+    build = BuildResult(name, dest, result, run_id, version, time.perf_counter() - t0, steps.done)
+    if not result.passed:
+        raise GateFailure(name, result.failed_gates(), run_id)
+    return build
+
+
+def _note_runtime_validation(target: Target, model: ModelFile, result: Validation) -> None:
+    """Record what the validation here could not cover (a target's ``settings.validation``).
+
+    A target whose runtime cannot run on the build machine (TensorRT without a GPU)
+    validates a stand-in and says so; the note lands in validation.json, and each
+    boolean in it also as a 0/1 metric (e.g. ``engine_validated``).
+    """
+    note = target.runtime_settings(model).get("validation")
+    if not isinstance(note, dict):
+        return
+    result.details["runtime_validation"] = note
+    for key, value in note.items():
+        if isinstance(value, bool):
+            result.metrics[key] = float(value)
+
+
+def copy_reports(artifact_dir: Path, report_dir: Path) -> None:
+    """The DVC metrics and plot data of an artifact (``metrics.json``, ``validation.json``,
+    ``plots/*.json``), replaced as a whole in ``report_dir``."""
+    reports = {
+        "metrics.json": artifact_dir / "metrics.json",
+        "validation.json": artifact_dir / "validation.json",
+    }
+    for plot in sorted((artifact_dir / "plots").glob("*.json")):
+        reports[f"plots/{plot.name}"] = plot
+    copy_tree_atomic(reports, report_dir)
+
+
+def run_tags(spec: ComposedSpec, status: str, **extra: str) -> dict[str, str]:
+    """The MLflow tags of a build's run (``extra``: more ``edgeship.<key>`` tags)."""
+    git = git_info(spec.root)
+    return {
+        **{f"edgeship.{k}": v for k, v in extra.items()},
+        "edgeship.deployment": spec.config.deployment.name,
+        "edgeship.model": spec.choices["model"],
+        "edgeship.recipe": spec.choices["recipe"],
+        "edgeship.target": spec.choices["target"],
+        "edgeship.target_family": spec.config.target.family,
+        "edgeship.status": status,
+        "edgeship.overrides": " ".join(spec.overrides),
+        "git.commit": str(git["commit"]),
+        "git.dirty": str(git["dirty"]).lower(),
+        "mlflow.source.git.commit": str(git["commit"]),
+    }
+
+
+def _build_info(
+    spec: ComposedSpec, run_id: str | None, version: str | None, status: str
+) -> dict[str, Any]:
+    return {
+        "deployment": spec.config.deployment.name,
+        "status": status,
+        "choices": spec.choices,
+        "overrides": spec.overrides,
+        "mlflow": {
+            "run_id": run_id,
+            "model_version": version,
+            "model_name": spec.config.deployment.name,
+        },
+        "git": git_info(spec.root),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
+    }
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _write_artifact(
+    staging: Path,
+    spec: ComposedSpec,
+    target: Target,
+    model: ModelFile,
+    result: Validation,
+    data: ref.Dataset,
+    reference_out: list[list[np.ndarray]],
+    net: Any,
+) -> None:
+    cfg = spec.config
+    weights = ref.weights_path(cfg.model, spec.root)
+    runtime = {
+        "schema": 1,
+        "deployment": cfg.deployment.name,
+        "task": cfg.model.task,
+        "target": {
+            "name": cfg.target.name,
+            "family": cfg.target.family,
+            "runtime": target.runtime,
+            "device": cfg.target.device,
+            "threads": cfg.target.threads,
+        },
+        "runtime_version_built_with": target.runtime_version(),
+        "runtime_requirement": cfg.target.runtime_version,
+        "model": {
+            "file": str(model.path.relative_to(staging)),
+            "files": [str(p.relative_to(staging)) for p in model.files()],
+            "format": model.format,
+            "precision": model.precision,
+            "sha256": sha256_file(model.path),
+        },
+        "inputs": [vars(t) | {"shape": list(t.shape)} for t in cfg.model.inputs],
+        "outputs": [vars(t) | {"shape": list(t.shape)} for t in cfg.model.outputs],
+        "labels": list(cfg.model.labels),
+        "preprocessing": ref.preprocessing(cfg.model),
+        "settings": target.runtime_settings(model),
+    }
+    write_json(staging / "runtime.json", runtime)
+    write_json(staging / "metrics.json", result.metrics)
+    data_info = {
+        "eval_data_sha256": data.sha256,
+        "eval_samples": len(data),
+        "weights_sha256": sha256_file(weights) if weights and weights.exists() else None,
+    }
+    write_json(staging / "validation.json", result.to_json() | {"data": data_info})
+    (staging / "spec.yaml").write_text(spec.to_yaml())
+    # smoke test: the first evaluation sample, the artifact's own output and the reference's
+    smoke = staging / "smoke"
+    smoke.mkdir()
+    _save_npz(smoke / "input.npz", data.samples[0])
+    out_names = [t.name for t in cfg.model.outputs]
+    _save_npz(smoke / "expected.npz", dict(zip(out_names, result.outputs[0], strict=False)))
+    _save_npz(smoke / "reference.npz", dict(zip(out_names, reference_out[0], strict=False)))
+    scale = float(np.abs(result.outputs[0][0]).max()) or 1.0
+    write_json(
+        smoke / "smoke.json",
+        {
+            "input": "input.npz",
+            "expected": "expected.npz",
+            "atol": max(1e-3, 0.05 * scale),
+            "rtol": 0.0,
+            "min_argmax_agreement": 0.999 if cfg.model.task == "segmentation" else 1.0,
+            "argmax_axis": 1 if cfg.model.task == "segmentation" else -1,
+        },
+    )
+    (staging / "report.md").write_text(render_report(spec, runtime, result, data_info))
+    write_plots(staging / "plots", spec, result, reference_out)
+    status = "passed" if result.passed else "failed"
+    provenance = _build_info(spec, None, None, status)
+    (staging / "model_card.md").write_text(
+        render_model_card(spec, runtime, result, data_info, provenance)
+    )

@@ -1,0 +1,38 @@
+"""Human-readable validation report of an artifact (Markdown, rendered with Jinja2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from orchestrator.build.validate import Validation
+from orchestrator.spec.compose import ComposedSpec
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("orchestrator.build", "templates"),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.4g}"
+    return env
+
+
+def render_report(
+    spec: ComposedSpec, runtime: dict[str, Any], result: Validation, data: dict[str, Any]
+) -> str:
+    return (
+        _env()
+        .get_template("report.md.j2")
+        .render(
+            spec=spec.config,
+            choices=spec.choices,
+            runtime=runtime,
+            result=result,
+            data=data,
+        )
+    )

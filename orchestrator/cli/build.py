@@ -1,0 +1,197 @@
+"""CLI verbs of the build half: ``list``, ``show``, ``train``, ``build``.
+
+Parsing and printing only: the logic lives in :mod:`orchestrator.spec` and
+:mod:`orchestrator.build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import GateFailure, SpecError
+from orchestrator.project import project_root
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from orchestrator.passes.base import registered_passes
+    from orchestrator.spec.compose import list_options
+    from targets.base import registered_targets
+
+    root = project_root()
+    for group in ("deployment", "model", "recipe", "target", "fleet", "rollout"):
+        options = list_options(root, group)
+        print(f"{group}s ({len(options)}):")
+        for o in options:
+            print(f"  {o}")
+    print("target families:")
+    for fam, cls in sorted(registered_targets().items()):
+        print(f"  {fam:<14} {cls.runtime:<12} {cls.description}")
+    print("passes:")
+    for name, pcls in sorted(registered_passes().items()):
+        print(f"  {name:<22} {pcls.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.spec.compose import compose
+
+    spec = compose(args.overrides)
+    text = f"# deployment {spec.name}: " + ", ".join(f"{k}={v}" for k, v in spec.choices.items())
+    text += "\n" + spec.to_yaml()
+    if args.output:
+        from pathlib import Path
+
+        from orchestrator.core.fsutil import write_text
+
+        write_text(Path(args.output), text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrator.build import reference
+    from orchestrator.spec.compose import load_option
+
+    root = project_root()
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
+    if not names:
+        raise SpecError([], title="edgeship train needs model=NAME")
+    for name in names[0].split(","):
+        model = load_option("model", name, root)
+        path = reference.weights_path(model, root)
+        if path is not None and path.exists() and args.force:
+            path.unlink()
+        t0 = time.perf_counter()
+        reference.ensure_weights(model, root)
+        print(f"{name}: weights at {path} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _step_printer(prefix: str) -> Callable[[str], None]:
+    def show(step: str) -> None:
+        _err(f"[{prefix}] {step}")
+
+    return show
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from orchestrator.build.pipeline import run_build
+    from orchestrator.spec.compose import compose, split_sweeps
+
+    jobs = split_sweeps(args.overrides) if args.multirun else [args.overrides]
+    specs = []
+    problems = []
+    for job in jobs:
+        try:
+            specs.append(compose(job))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    failures = 0
+    for spec in specs:
+        report_dir = None
+        if args.report_dir:
+            report_dir = (
+                Path(args.report_dir) / spec.name if args.multirun else Path(args.report_dir)
+            )
+        try:
+            if spec.config.recipe.select:
+                result = _run_selection(spec, args, report_dir)
+            else:
+                result = run_build(
+                    spec,
+                    on_step=_step_printer(spec.name),
+                    record=not args.no_record,
+                    report_dir=report_dir,
+                )
+        except GateFailure as exc:
+            failures += 1
+            _err(str(exc))
+            continue
+        _print_result(result)
+    if failures:
+        _err(f"{failures} of {len(specs)} build(s) failed their gates")
+        return GateFailure.exit_code
+    return 0
+
+
+def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None) -> object:
+    """recipe=auto: build every candidate, print the comparison, return the winner's build."""
+    from orchestrator.build.select import NoCandidatePassedError, run_selection
+
+    t0 = time.perf_counter()
+    try:
+        selection = run_selection(
+            spec,
+            on_step=_step_printer(spec.name),
+            record=not args.no_record,
+            report_dir=report_dir,
+        )
+    except NoCandidatePassedError as exc:
+        print(exc.result.markdown())
+        raise
+    print(selection.markdown())
+    if selection.parent_run_id:
+        print(f"  selection run: {selection.parent_run_id}")
+    build = selection.winner_build()
+    build.seconds = time.perf_counter() - t0  # the whole selection, every candidate
+    return build
+
+
+def _print_result(result: object) -> None:
+    from orchestrator.build.pipeline import BuildResult
+
+    assert isinstance(result, BuildResult)
+    v = result.validation
+    print(f"{result.deployment}: {'PASSED' if v.passed else 'FAILED'} in {result.seconds:.1f}s")
+    print(f"  artifact:    {result.artifact_dir}")
+    if result.run_id:
+        print(f"  mlflow run:  {result.run_id}")
+    if result.model_version:
+        print(
+            f"  registered:  {result.deployment} version {result.model_version} (alias candidate)"
+        )
+    width = max((len(str(g.gate)) for g in v.gates), default=10)
+    for g in v.gates:
+        shown = "n/a" if g.value is None else f"{g.value:.4g}"
+        print(f"  {g.gate!s:<{width}}  {shown:>10}  {'pass' if g.passed else 'FAIL'}")
+
+
+def register(sub: Any) -> None:
+    """Add the build verbs to the ``edgeship`` parser."""
+    p = sub.add_parser("list", help="deployments, models, recipes, targets, fleets, passes")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="print the composed, validated spec as YAML")
+    p.add_argument("-o", "--output", help="write the YAML to this file (atomically)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("build", help="export -> optimise -> validate -> record")
+    p.add_argument(
+        "-m", "--multirun", action="store_true", help="sweep: deployment=a,b builds both"
+    )
+    p.add_argument("--no-record", action="store_true", help="do not write to MLflow")
+    p.add_argument(
+        "--report-dir",
+        help="also copy metrics.json and plot data here (for dvc metrics / dvc plots); "
+        "with -m, one sub-folder per deployment",
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("train", help="train a reference model (model=NAME)")
+    p.add_argument("--force", action="store_true", help="retrain even when weights exist")
+    p.add_argument("overrides", nargs="*", help="model=NAME")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,87 @@
+"""The ``edgeship`` command line: a thin layer over the verbs' modules.
+
+Every module of this package with a ``register(sub)`` function adds its verbs;
+a new verb family is one module here (parsing and printing) over one module of
+logic in its room. Only the CLI prints. Errors print their short message and
+exit with their code from :class:`orchestrator.errors.ExitCode`; ``-v`` or
+``EDGESHIP_FULL_ERROR=1`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from orchestrator.errors import EdgeshipError, ExitCode, exit_code_table
+from orchestrator.project import full_errors
+
+log = logging.getLogger("edgeship")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with :attr:`ExitCode.USAGE` (not 2, which means an invalid spec)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edgeship",
+        description="Build, validate, record and ship AI models to edge devices.",
+        epilog="exit codes:\n" + exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log steps and show tracebacks"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in verb_modules():
+        module.register(sub)
+    return parser
+
+
+def verb_modules() -> list[Any]:
+    """Every module of :mod:`orchestrator.cli` that registers verbs (``register(sub)``)."""
+    import orchestrator.cli as pkg
+
+    modules = [
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(pkg.__path__)
+    ]
+    return [m for m in modules if callable(getattr(m, "register", None))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose or full_errors()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except EdgeshipError as exc:
+        if verbose:
+            traceback.print_exc()
+        _err(str(exc))
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; nothing half-written was kept")
+        return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""CLI verbs for fleets: ``rollout``, ``status``, ``trace``.
+
+A thin layer over :mod:`orchestrator.ship.rollout.engine`, ``.status`` and ``.trace``:
+it parses ``key=value`` words (labels such as ``site=north`` select devices),
+prints progress as the rollout's journal grows, and prints tables. It is
+discovered by :func:`orchestrator.cli.main.verb_modules`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.common import (
+    CLI,
+    LABELS,
+    human_size,
+    key_store,
+    pairs,
+    project_dir,
+    split_list,
+)
+from orchestrator.errors import ExitCode, Problem, SpecError, UsageError
+
+_print_lock = threading.Lock()
+
+
+def _out(line: str = "") -> None:
+    with _print_lock:
+        print(line, flush=True)
+
+
+def _v(version: Any) -> str:
+    return "-" if version is None else f"v{version}"
+
+
+def _selection(opts: dict[str, str]) -> Any:
+    from orchestrator.ship.rollout.plan import Selection
+
+    return Selection(
+        devices=split_list(opts.get("device")),
+        groups=split_list(opts.get("group")),
+        labels={k: split_list(opts[k]) for k in LABELS if k in opts},
+    )
+
+
+# -- rollout -------------------------------------------------------------------------------------
+
+
+class ProgressPrinter:
+    """Prints a rollout's journal entries as they are written: waves, devices, verdicts."""
+
+    def __init__(self, journal_dir: Path | None = None) -> None:
+        self.journal_dir = journal_dir or Path(".edgeship/rollouts")
+        self.waves = 0
+        self.width = 8
+        self.version: int | None = None
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        handler = getattr(self, "on_" + str(e.get("event")), None)
+        if handler is not None:
+            handler(e)
+
+    def on_rollout_started(self, e: dict[str, Any]) -> None:
+        b = e["bundle"]
+        plan = e["plan"]
+        self.waves = len(plan["waves"])
+        self.version = int(b["version"])
+        names = [d for w in plan["waves"] for d in w["devices"]]
+        self.width = max([len(n) for n in names] + [6])
+        strategy = e["strategy"]
+        _out(f"rollout {e['id']}")
+        _out(
+            f"  {e['deployment']} v{b['version']} ({b['digest'][:12]}) to {len(names)} device(s) "
+            f"of fleet {e['fleet']['name']}, strategy {strategy['name']} ({strategy['source']})"
+        )
+        config = strategy["config"]
+        budget = config["failure_budget"]
+        budget_text = (
+            f"{budget['max_fraction']:.0%} of a wave"
+            if budget.get("max_fraction") is not None
+            else f"{budget.get('max_failures') or 0} per wave"
+        )
+        _out(
+            f"  max {config['max_parallel']} at a time, failure budget {budget_text}, "
+            f"on failure: {config['on_failure']}"
+        )
+        _out(f"  journal: {self.journal_dir}/{e['id']}.jsonl")
+        for device, why in plan.get("excluded", {}).items():
+            _out(f"  left out: {device} ({why})")
+
+    def on_resumed(self, e: dict[str, Any]) -> None:
+        _out(
+            f"resumed by pid {e['pid']} on {e['host']}: {len(e.get('done') or [])} device(s) "
+            f"already done, redoing {', '.join(e.get('in_flight') or []) or 'none'} "
+            "(in flight when it stopped)"
+        )
+
+    def on_wave_started(self, e: dict[str, Any]) -> None:
+        _out(
+            f"wave {e['wave']}/{self.waves} ({e['name']}): {len(e['devices'])} device(s), "
+            f"tolerates {e['allowed_failures']} failure(s)"
+        )
+
+    def on_device_done(self, e: dict[str, Any]) -> None:
+        w = self.width
+        line = f"  {e['device']:<{w}}  {e.get('address', ''):<21} {e['result']:<11}"
+        before, after = e.get("from_version"), e.get("version")
+        if e["result"] == "rolled_back":
+            line += f" {_v(before)} -> v{self.version} -> {_v(after)}"
+        elif e["result"] == "unchanged":
+            line += f" {_v(after)}"
+        elif after is not None or before is not None:
+            line += f" {_v(before)} -> {_v(after)}"
+        if e.get("refusal"):
+            line += f" refusal={e['refusal']}"
+        health = e.get("health") or {}
+        if health.get("result"):
+            latency = health.get("latency_ms")
+            line += f"  health {health['result']}" + (f" {latency:.2f} ms" if latency else "")
+        if e.get("files_sent") or e.get("files_linked"):
+            line += f"  sent {human_size(int(e.get('bytes_sent') or 0))}" + (
+                f" ({human_size(int(e['bytes_resumed']))} resumed)"
+                if e.get("bytes_resumed")
+                else ""
+            )
+        line += f"  {float(e.get('seconds') or 0):.1f}s"
+        _out(line)
+        if not e.get("ok") and e.get("message"):
+            _out(f"  {'':<{w}}  {e['message']}")
+
+    def on_device_skipped(self, e: dict[str, Any]) -> None:
+        _out(f"  {e['device']:<{self.width}}  not started: {e['reason']}")
+
+    def on_soak_started(self, e: dict[str, Any]) -> None:
+        _out(f"  soak {float(e['seconds']):g}s, then health checks of the wave's devices")
+
+    def on_soak_check(self, e: dict[str, Any]) -> None:
+        reason = f" ({e['reason']})" if e.get("reason") else ""
+        _out(f"  {e['device']:<{self.width}}  health after soak: {e['result']}{reason}")
+
+    def on_wave_done(self, e: dict[str, Any]) -> None:
+        failed = e.get("failed") or []
+        verdict = "HALT: over budget" if e.get("halted") else "ok"
+        _out(
+            f"wave {e['wave']}/{self.waves}: {len(e.get('succeeded') or [])} succeeded, "
+            f"{len(failed)} failed{' (' + ', '.join(failed) + ')' if failed else ''}"
+            f"{', ' + str(len(e['skipped'])) + ' not started' if e.get('skipped') else ''}"
+            f"; budget {e['allowed_failures']} -> {verdict}"
+        )
+
+    def on_rollout_halted(self, e: dict[str, Any]) -> None:
+        _out(f"HALTED in wave {e['wave']}: {e['reason']}; on failure: {e['on_failure']}")
+
+    def on_rollback_started(self, e: dict[str, Any]) -> None:
+        _out(f"rolling back the {len(e['devices'])} device(s) this rollout touched")
+
+    def on_device_rollback(self, e: dict[str, Any]) -> None:
+        line = f"  {e['device']:<{self.width}}  {e['result']:<11}"
+        if e.get("to_version") is not None:
+            line += f" -> v{e['to_version']}"
+        health = e.get("health") or {}
+        if health.get("result"):
+            line += f"  health {health['result']}"
+        if e.get("message"):
+            line += f"  {e['message']}"
+        _out(line)
+
+    def on_mlflow(self, e: dict[str, Any]) -> None:
+        if e.get("error"):
+            _out(f"mlflow: {e['error']}")
+        elif e.get("alias"):
+            _out(f"mlflow: {e['model']} version {e['model_version']} is now alias {e['alias']}")
+        elif e.get("alias_kept") and e.get("status") == "completed":
+            _out(
+                f"mlflow: rollout recorded as completed; alias {e['alias_kept']} not moved "
+                "(the rollout covered part of the fleet)"
+            )
+        elif e.get("status") and e.get("status") != "running":
+            _out(f"mlflow: rollout recorded as {e['status']}")
+
+    def on_rollout_finished(self, e: dict[str, Any]) -> None:
+        failed = e.get("failed") or []
+        counts: dict[str, int] = {}
+        for version in (e.get("running") or {}).values():
+            key = _v(version)
+            counts[key] = counts.get(key, 0) + 1
+        now = ", ".join(f"{v} on {n}" for v, n in sorted(counts.items())) or "nothing"
+        _out(
+            f"rollout {e['status']} in {float(e.get('seconds') or 0):.1f}s: now {now} device(s)"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+            + (f"; not reached: {', '.join(e['not_reached'])}" if e.get("not_reached") else "")
+        )
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from orchestrator.cli.ship import bundle_from
+    from orchestrator.ship.rollout.engine import (
+        RolloutHaltedError,
+        report_of,
+        resume_rollout,
+        start_rollout,
+    )
+    from orchestrator.spec.fleet import load_fleet
+    from orchestrator.spec.strategy import load_rollout
+
+    root = project_dir()
+    if args.list:
+        return _list_rollouts(root)
+    from orchestrator.ship.rollout.journal import rollouts_dir
+
+    printer = ProgressPrinter(rollouts_dir(root))
+    store = key_store()
+    store = store if store.exists() else None
+    if args.resume is not None:
+        if args.overrides:
+            raise UsageError(
+                [Problem(CLI, "resume", "takes no KEY=VALUE words; the journal has them all")]
+            )
+        report = resume_rollout(root, args.resume or None, store, listeners=[printer])
+        for note in report.notes:
+            _out(f"note: {note}")
+        return 0 if report.status == "completed" else 9
+    if args.show:
+        report = report_of(root, args.show)
+        return _show(report, args.json)
+    allowed = ("deployment", "fleet", "rollout", "version", "device", "group", *LABELS)
+    opts = pairs(args.overrides, allowed, ("deployment", "fleet", "rollout"))
+    if "version" in opts and not opts["version"].isdigit():
+        raise UsageError(
+            [Problem(CLI, "version", f"expected an integer, found '{opts['version']}'")]
+        )
+    fleet = load_fleet(opts["fleet"], root)
+    strategy = load_rollout(opts["rollout"], root)
+    source = (
+        f"conf/rollout/{opts['rollout']}.yaml"
+        if not opts["rollout"].endswith((".yaml", ".yml")) and "/" not in opts["rollout"]
+        else opts["rollout"]
+    )
+    printer_list: list[Callable[[dict[str, Any]], None]] = [printer] if not args.json else []
+    with bundle_from(args, opts) as bundle:
+        try:
+            report = start_rollout(
+                root,
+                fleet,
+                opts["fleet"],
+                bundle,
+                strategy,
+                source,
+                _selection(opts),
+                store,
+                record=not args.no_record,
+                listeners=printer_list,
+            )
+        except RolloutHaltedError as exc:
+            if args.json:
+                _show(exc.report, True)
+            raise
+        except KeyboardInterrupt:
+            print(
+                "interrupted: the journal keeps every step; carry on with: "
+                "edgeship rollout --resume",
+                file=sys.stderr,
+            )
+            raise
+    for note in report.notes:
+        _out(f"note: {note}")
+    if args.json:
+        _show(report, True)
+    return 0
+
+
+def _show(report: Any, as_json: bool) -> int:
+    s = report.state
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "id": report.id,
+                    "status": report.status,
+                    "journal": str(report.journal),
+                    "succeeded": report.succeeded,
+                    "failed": report.failed,
+                    "halted": s.halted,
+                    "devices": s.done,
+                    "rollback": s.rolled_back,
+                    "mlflow": s.mlflow,
+                },
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
+        return 0
+    print(report.summary())
+    print(f"  journal: {report.journal}")
+    for device, e in s.done.items():
+        print(
+            f"  {device:<10} {e['result']:<11} v{e.get('from_version')} -> v{e.get('version')}  "
+            f"{e.get('message') or ''}".rstrip()
+        )
+    return 0
+
+
+def _list_rollouts(root: Path) -> int:
+    from orchestrator.ship.rollout.journal import journals, read_state, rollouts_dir
+
+    folder = rollouts_dir(root)
+    paths = journals(folder)
+    print(f"{len(paths)} rollout(s) in {folder}")
+    for path in paths:
+        try:
+            s = read_state(path)
+        except (ValueError, OSError) as exc:
+            print(f"  {path.stem}  unreadable: {exc}")
+            continue
+        b = s.started["bundle"]
+        devices = sum(len(w["devices"]) for w in s.started["plan"]["waves"])
+        failed = len(s.failed_in(list(s.done)))
+        print(
+            f"  {path.stem}  {s.status:<10} {s.started['deployment']} v{b['version']} "
+            f"-> {s.started['fleet']['name']} ({s.started['strategy']['name']}): "
+            f"{len(s.done)}/{devices} device(s) done, {failed} failed"
+        )
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.ship.status import fleet_status
+    from orchestrator.spec.fleet import load_fleet
+
+    opts = pairs(args.overrides, ("fleet", "device", "group", *LABELS), ("fleet",))
+    fleet = load_fleet(opts["fleet"], project_dir())
+    if fleet.feed is not None and not fleet.devices:
+        print(
+            f"fleet {fleet.name} is phones polling the feed {fleet.feed.base_url}; see what it "
+            f"offers with: edgeship publish fleet={opts['fleet']} --show"
+        )
+        return 0
+    sel = _selection(opts)
+    devices = fleet.select(sel.devices or None, sel.groups or None, sel.labels)
+    rows = fleet_status(fleet, devices, timeout=args.timeout, parallel=args.parallel)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2, sort_keys=True, default=str))
+    else:
+        _status_table(fleet.name, rows)
+    bad = [r for r in rows if not r.ok]
+    if any(r.state == "unreachable" for r in bad):
+        return ExitCode.UNREACHABLE
+    return ExitCode.DEVICES_FAILED if bad else ExitCode.OK
+
+
+def _status_table(fleet: str, rows: list[Any]) -> None:
+    table = [("device", "address", "labels", "deployment", "version", "health", "last change")]
+    for r in rows:
+        labels = " ".join(f"{k}={v}" for k, v in r.labels.items()) or "-"
+        if r.state in ("running", "idle", "not_enrolled"):
+            health = r.health or "-"
+            if r.health == "pass" and r.latency_ms:
+                health = f"pass {r.latency_ms:.2f} ms"
+            elif r.health == "fail" and r.health_reason:
+                health = f"FAIL: {r.health_reason[:40]}"
+            change = f"{r.last_change} {r.last_event}" if r.last_change else "-"
+            version = f"v{r.version}" if r.version is not None else "-"
+            if r.state == "not_enrolled":
+                version, health, change = "-", "-", "not enrolled"
+            table.append(
+                (r.device, r.address, labels, r.deployment or "-", version, health, change)
+            )
+        else:
+            message = r.message.split(": ", 1)[-1] if r.message else ""
+            table.append(
+                (r.device, r.address, labels, "-", "-", r.state.upper(), message[:60] or "-")
+            )
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    healthy = sum(1 for r in rows if r.ok and r.version is not None)
+    unreachable = sum(1 for r in rows if r.state == "unreachable")
+    other = len(rows) - healthy - unreachable
+    versions: dict[str, int] = {}
+    for r in rows:
+        if r.version is not None:
+            key = f"{r.deployment} v{r.version}"
+            versions[key] = versions.get(key, 0) + 1
+    running = ", ".join(f"{k} on {n}" for k, n in sorted(versions.items())) or "nothing"
+    print(
+        f"fleet {fleet}: {len(rows)} device(s): {healthy} healthy, {unreachable} unreachable, "
+        f"{other} other; running {running}"
+    )
+
+
+# -- trace ---------------------------------------------------------------------------------------
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from orchestrator.ship.trace import render_html, trace_device
+    from orchestrator.spec.fleet import fleet_options, load_fleet
+    from registry.bundle import bundles_root
+
+    root = project_dir()
+    opts = pairs(args.overrides, ("fleet",))
+    if "fleet" in opts:
+        fleet = load_fleet(opts["fleet"], root)
+    else:
+        holders = []
+        for name in fleet_options(root):
+            try:
+                candidate = load_fleet(name, root)
+            except SpecError:
+                continue
+            if args.device in candidate.names():
+                holders.append(candidate)
+        if len(holders) != 1:
+            found = ", ".join(f.name for f in holders) or "none"
+            raise SpecError(
+                [
+                    Problem(
+                        CLI,
+                        "fleet",
+                        f"device '{args.device}' is in {len(holders)} fleet(s) ({found}); "
+                        "name one with fleet=NAME",
+                    )
+                ]
+            )
+        fleet = holders[0]
+    store = key_store()
+    tracker = None
+    if not args.no_mlflow:
+        from registry.tracking import Tracker
+
+        tracker = Tracker(root)
+    trace = trace_device(
+        root,
+        fleet,
+        args.device,
+        store if store.exists() else None,
+        bundles_root(root),
+        tracker,
+        timeout=args.timeout,
+    )
+    if args.format == "json":
+        text = json.dumps(trace.to_json(), indent=2, sort_keys=True, default=str) + "\n"
+    elif args.format == "html":
+        text = render_html(trace)
+    else:
+        text = _trace_text(trace)
+    if args.output:
+        from orchestrator.core.fsutil import write_text
+
+        write_text(Path(args.output), text)
+        print(f"{args.device}: trace written to {args.output} ({'ok' if trace.ok else 'FAILED'})")
+    else:
+        print(text, end="")
+    if trace.ok:
+        return ExitCode.OK
+    return ExitCode.UNREACHABLE if trace.source == "journal" else ExitCode.DEVICES_FAILED
+
+
+def _trace_text(t: Any) -> str:
+    d, r, b, p = t.device, t.running, t.bundle, t.provenance
+    lines = []
+    labels = ", ".join(f"{k} {v}" for k, v in d["labels"].items())
+    lines.append(f"device      {d['name']} ({d['address']}), fleet {d['fleet']}; {labels}")
+    health = r.get("health") or "-"
+    if r.get("latency_ms"):
+        health += f" {r['latency_ms']:.2f} ms"
+    runtime = r.get("runtime") or {}
+    if runtime:
+        health += f" with {runtime.get('name')} {runtime.get('version')}"
+    lines.append(
+        f"running     {r['deployment']} v{r['version']}"
+        + (f" since {r['last_change']} ({r['last_event']})" if r.get("last_change") else "")
+        + f"; health {health}"
+    )
+    if t.source == "journal":
+        lines.append("            (the device did not answer: from the last rollout journal)")
+    lines.append(f"bundle      manifest sha256 {b.get('manifest_sha256')}")
+    if b.get("key_id"):
+        lines.append(
+            f"            signed {b.get('algorithm')} by key {b['key_id']}, created "
+            f"{b.get('created_at')}, expires {b.get('expires_at')}"
+        )
+    if b.get("issued"):
+        lines.append(f"            issued as {b['issued']['path']}")
+    ml = p.get("mlflow") or {}
+    run = (t.mlflow or {}).get("run") or {}
+    if ml.get("run_id"):
+        lines.append(
+            f"mlflow run  {ml['run_id']}"
+            + (f" (experiment {run['experiment']}, {run['status']})" if run else "")
+        )
+        mv = (t.mlflow or {}).get("model_version")
+        if ml.get("model_name"):
+            aliases = ", ".join(mv["aliases"]) if mv else "?"
+            lines.append(
+                f"            model {ml['model_name']} version {ml['model_version']}; "
+                f"aliases: {aliases or '-'}"
+            )
+    else:
+        lines.append("mlflow run  - (the build was not recorded)")
+    git = p.get("git") or {}
+    lines.append(
+        f"git         {git.get('commit') or '-'}"
+        + (f" ({git.get('branch')})" if git.get("branch") else "")
+        + (" with uncommitted changes at build time" if git.get("dirty") else "")
+    )
+    validation = p.get("validation") or {}
+    for k, v in (validation.get("data") or {}).items():
+        lines.append(f"data        {k} {v}")
+    lines.append(
+        f"validation  {'passed' if validation.get('passed') else 'NOT passed'}; built "
+        f"{p.get('built_at') or '-'}"
+    )
+    for g in validation.get("gates") or []:
+        value = g.get("value")
+        shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
+        lines.append(
+            f"            {g['gate']:<26} {shown:>10}  {'pass' if g.get('passed') else 'FAIL'}"
+        )
+    for ro in t.rollouts:
+        lines.append(
+            f"rollout     {ro['at']} {ro['rollout']} ({ro['strategy']}): {ro['result']} "
+            f"{ro['change']}; rollout {ro['rollout_status']}"
+        )
+    lines.append("checks")
+    for c in t.checks:
+        mark = "ok  " if c.ok else ("--  " if c.ok is None else "FAIL")
+        lines.append(f"  {mark} {c.name}: {c.detail}")
+    return "\n".join(lines) + "\n"
+
+
+def register(sub: Any) -> None:
+    """Add the fleet verbs to the ``edgeship`` parser."""
+    p = sub.add_parser(
+        "rollout",
+        help="roll a bundle out to a fleet in waves (canary, failure budget, rollback)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="deployment=NAME fleet=NAME rollout=STRATEGY [version=N] [device=a,b] [group=g] "
+        "[site=..] [ward=..] [bed=..]",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ID",
+        help="carry on an interrupted rollout (default: the newest unfinished one)",
+    )
+    p.add_argument("--list", action="store_true", help="list the rollouts in the journal folder")
+    p.add_argument("--show", metavar="ID", help="show one rollout from its journal")
+    p.add_argument(
+        "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
+    )
+    p.add_argument("--no-record", action="store_true", help="do not record the rollout in MLflow")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("status", help="what every device of a fleet runs (a table, in parallel)")
+    p.add_argument(
+        "overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g] [site=..] [ward=..]"
+    )
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds per device")
+    p.add_argument("--parallel", type=int, default=16, help="devices asked at a time")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "trace", help="what runs on a device, back to bundle, MLflow run, commit, data, gates"
+    )
+    p.add_argument("device", help="device name")
+    p.add_argument("overrides", nargs="*", help="[fleet=NAME] (needed when several fleets have it)")
+    p.add_argument("--format", choices=("text", "html", "json"), default="text")
+    p.add_argument("-o", "--output", help="write the report to this file")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds for the device to answer")
+    p.add_argument("--no-mlflow", action="store_true", help="do not consult MLflow")
+    p.set_defaults(func=cmd_trace)

@@ -1,0 +1,350 @@
+"""CLI verbs that ship: ``keys``, ``bundle``, ``enroll``, ``deploy``, ``device-status``.
+
+A thin layer: the logic lives in :mod:`registry.keys`, :mod:`registry.bundle` and
+:mod:`orchestrator.ship`; this module parses ``key=value`` words, calls it and
+prints. It is discovered by :func:`orchestrator.cli.main.verb_modules`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.common import human_size, integer, key_store, pairs, project_dir, split_list
+from orchestrator.errors import BundleError, KeyStoreError, RolloutError
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    store = key_store()
+    if args.action == "init":
+        info = store.init()
+        print(f"created signing key {info.key_id} (active) in {store.path}")
+        print(f"  trust set serial 1: {store.trust_path}")
+        print("  private keys stay in this folder (mode 0600); back it up somewhere safe")
+        if not store.passphrase:
+            print("  not encrypted: set EDGESHIP_KEY_PASSPHRASE before 'keys init' to encrypt keys")
+        return 0
+    if args.action == "list":
+        trust = store.trust()
+        print(
+            f"key store {store.path}  (trust set serial {trust.serial}, "
+            f"signed by {trust.signed_by})"
+        )
+        for k in store.list_keys():
+            private = "private+public" if k.has_private else "public only"
+            print(f"  {k.key_id}  {k.status:<8} {private:<15} created {k.created_at}")
+        return 0
+    if args.action == "rotate":
+        info, trust = store.rotate()
+        print(
+            f"new active key {info.key_id}; trust set serial {trust.serial} "
+            f"signed by {trust.signed_by}"
+        )
+        print(
+            "  still trusted: "
+            + (", ".join(k for k in sorted(trust.keys) if k != info.key_id) or "-")
+        )
+        print(
+            "  devices receive the new trust set with the next 'edgeship deploy' (no re-enrolment)"
+        )
+        return 0
+    if args.action == "revoke":
+        if not args.key_id:
+            raise KeyStoreError("error: keys revoke needs a KEYID (see 'edgeship keys list')")
+        trust = store.revoke(args.key_id)
+        print(f"revoked {args.key_id}; trust set serial {trust.serial} signed by {trust.signed_by}")
+        print(
+            "  devices refuse bundles signed by it once they receive this trust set (next deploy)"
+        )
+        return 0
+    raise AssertionError(args.action)
+
+
+# -- bundle ------------------------------------------------------------------------------------
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from orchestrator.ship import bundling
+
+    opts = pairs(args.overrides, ("deployment",), ("deployment",))
+    name = opts["deployment"]
+    here = project_dir()
+    if args.list:
+        folder, entries = bundling.issued(here, name)
+        print(f"{name}: {len(entries)} bundle(s) in {folder}")
+        for e in entries:
+            print(
+                f"  v{e['version']:<4} {e['created_at']}  expires {e['expires_at']}  "
+                f"key {e['key_id']}  "
+                f"manifest {e['manifest_sha256'][:16]}"
+            )
+        return 0
+    store = key_store()
+    if args.rollback_to is not None:
+        bundle, path = bundling.rollback_order(
+            here, name, args.rollback_to, store, args.valid_days or 7
+        )
+        print(f"{name}: signed rollback order for version {bundle.version}: {path}")
+        print(
+            f"  deploy it with: edgeship deploy deployment={name} version={bundle.version} "
+            "fleet=NAME"
+        )
+        return 0
+    if args.version is not None:
+        if not args.export:
+            raise BundleError(
+                "error: --version selects an issued bundle to --export; add --export FILE"
+            )
+        bundle = bundling.find_issued(here, name, args.version)
+        print(f"{name}: bundle version {bundle.version} ({bundle.path})")
+    else:
+        made = bundling.bundle_artifact(
+            here, name, store, args.valid_days or 90, record=not args.no_record
+        )
+        bundle = made.bundle
+        _print_bundle(bundle, made, store)
+    if args.export:
+        from registry.bundle import export_bundle
+
+        dest = export_bundle(bundle, Path(args.export), store.trust_chain(0))
+        print(
+            f"  exported:   {dest} ({human_size(dest.stat().st_size)}); on the device: "
+            f"edgeship-agent activate {dest.name}"
+        )
+    return 0
+
+
+def _print_bundle(bundle: Any, made: Any, store: Any) -> None:
+    m = bundle.manifest
+    size = sum(int(e["size"]) for e in m["files"])
+    print(f"{bundle.deployment}: bundle version {bundle.version}")
+    print(f"  folder:     {bundle.path}")
+    print(f"  manifest:   sha256 {bundle.digest}")
+    print(f"  signed by:  {bundle.key_id} (ed25519)")
+    print(f"  files:      {len(m['files'])} ({human_size(size)})")
+    print(
+        f"  target:     {m['target']['family']} / {m['target']['runtime']} "
+        f"{m['target']['runtime_requirement']}"
+    )
+    print(f"  expires:    {m['expires_at']}")
+    if made.recorded:
+        print(
+            f"  mlflow run: {made.run_id} "
+            f"(tags edgeship.bundle.*, artifact bundle/{bundle.version}/)"
+        )
+    else:
+        print(
+            "  mlflow:     not recorded (the build has no MLflow run)"
+            if not made.run_id
+            else "  mlflow:     skipped"
+        )
+    pub = store.pub_path(bundle.key_id)
+    print(
+        f"  check:      openssl pkeyutl -verify -pubin -inkey {pub} -rawin "
+        f"-in {bundle.path / 'manifest.json'} -sigfile {bundle.path / 'manifest.json.sig'}"
+    )
+
+
+# -- fleet verbs ---------------------------------------------------------------------------------
+
+
+def _fleet_and_devices(opts: dict[str, str]) -> tuple[Any, list[Any]]:
+    from orchestrator.spec.fleet import load_fleet
+
+    fleet = load_fleet(opts["fleet"], project_dir())
+    return fleet, fleet.select(split_list(opts.get("device")), split_list(opts.get("group")))
+
+
+def _print_outcomes(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
+        return
+    width = max((len(o.device) for o in result.outcomes), default=6)
+    for o in result.outcomes:
+        line = f"  {o.device:<{width}}  {o.address:<21} {o.result:<11}"
+        if o.version is not None:
+            line += f" v{o.version}"
+        if o.refusal:
+            line += f" refusal={o.refusal}"
+        if o.health:
+            h = o.health
+            latency = h.get("latency_ms")
+            line += f"  health {h.get('result')}" + (
+                f" {latency:.2f} ms" if latency is not None else ""
+            )
+        if result.verb == "deploy" and (o.files_sent or o.files_linked or o.files_present):
+            line += (
+                f"  sent {human_size(o.bytes_sent)} in {o.files_sent} file(s), "
+                f"{o.files_linked} linked"
+                + (f", {human_size(o.bytes_resumed)} resumed" if o.bytes_resumed else "")
+            )
+        line += f"  {o.seconds:.1f}s"
+        print(line)
+        if o.message and not o.ok:
+            print(f"  {'':<{width}}  {o.message}")
+        for note in o.notes:
+            print(f"  {'':<{width}}  note: {note}")
+    print(f"{len(result.succeeded)} succeeded, {len(result.failed)} failed")
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from orchestrator.ship.enroll import enroll
+
+    opts = pairs(args.overrides, ("fleet", "device", "group"), ("fleet",))
+    fleet, devices = _fleet_and_devices(opts)
+    store = key_store()
+    if fleet.feed is not None:
+        from orchestrator.ship.feed import enroll_feed
+
+        host = fleet.feed_host()
+        note = enroll_feed(fleet, repin=args.repin)
+        print(
+            f"feed host {host.address}:{host.port} of fleet {fleet.name}: host key {note}; "
+            f"feed folder {fleet.feed.path}"
+        )
+        if not devices:
+            return 0
+    print(f"enroll {len(devices)} device(s) of fleet {fleet.name} (host keys: {fleet.known_hosts})")
+    try:
+        result = enroll(
+            fleet,
+            devices,
+            store,
+            repin=args.repin,
+            reset_trust=args.reset_trust,
+            parallel=args.parallel,
+        )
+    except RolloutError as exc:
+        _print_outcomes(exc.result, args.json)
+        raise
+    _print_outcomes(result, args.json)
+    return 0
+
+
+def bundle_from(args: argparse.Namespace, opts: dict[str, str]) -> Any:
+    """The bundle named by ``--bundle PATH`` or ``deployment=NAME [version=N]`` (a context)."""
+    from orchestrator.ship.bundling import open_bundle
+
+    return open_bundle(
+        project_dir(),
+        Path(args.bundle) if args.bundle else None,
+        opts.get("deployment"),
+        integer(opts, "version"),
+    )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from orchestrator.ship.deploy import DeployOptions, deploy
+
+    opts = pairs(args.overrides, ("deployment", "fleet", "device", "group", "version"), ("fleet",))
+    integer(opts, "version")
+    fleet, devices = _fleet_and_devices(opts)
+    store = key_store()
+    options = DeployOptions(
+        limit_rate=int(args.limit_rate * 1000) if args.limit_rate else None,
+        stage_only=args.stage_only,
+        parallel=args.parallel,
+        health_timeout=args.health_timeout,
+    )
+    with bundle_from(args, opts) as bundle:
+        print(
+            f"deploy {bundle.deployment} v{bundle.version} ({bundle.digest[:12]}) "
+            f"to {len(devices)} "
+            f"device(s) of fleet {fleet.name}"
+        )
+        try:
+            result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
+        except RolloutError as exc:
+            _print_outcomes(exc.result, args.json)
+            raise
+    _print_outcomes(result, args.json)
+    return 0
+
+
+def cmd_device_status(args: argparse.Namespace) -> int:
+    from orchestrator.ship.status import agent_report
+
+    opts = pairs(args.overrides, ("fleet", "device", "group"), ("fleet",))
+    fleet, devices = _fleet_and_devices(opts)
+    result = agent_report(fleet, devices, args.parallel)
+    _print_outcomes(result, args.json)
+    return 0 if not result.failed else RolloutError.exit_code
+
+
+def register(sub: Any) -> None:
+    """Add the shipping verbs to the ``edgeship`` parser."""
+    p = sub.add_parser("keys", help="signing keys: init | list | rotate | revoke KEYID")
+    p.add_argument("action", choices=("init", "list", "rotate", "revoke"))
+    p.add_argument("key_id", nargs="?", help="key id to revoke")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("bundle", help="sign a passing artifact as the next bundle version")
+    p.add_argument("overrides", nargs="*", help="deployment=NAME")
+    p.add_argument(
+        "--valid-days", type=float, default=None, help="validity (default 90; rollback orders 7)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="FILE.tar",
+        help="also write the bundle as one file (air-gapped devices)",
+    )
+    p.add_argument(
+        "--version", type=int, default=None, help="with --export: export this issued version"
+    )
+    p.add_argument(
+        "--rollback-to",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="sign a rollback order allowing devices to go back to VERSION",
+    )
+    p.add_argument("--list", action="store_true", help="list issued bundle versions")
+    p.add_argument("--no-record", action="store_true", help="do not record the bundle in MLflow")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")
+    p.add_argument("overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g]")
+    p.add_argument(
+        "--repin", action="store_true", help="accept the devices' current host keys again"
+    )
+    p.add_argument(
+        "--reset-trust", action="store_true", help="replace the device's trust set outright"
+    )
+    p.add_argument("--parallel", type=int, default=4, help="devices at a time")
+    p.add_argument("--json", action="store_true", help="print the per-device outcomes as JSON")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("deploy", help="push a bundle to devices: verify, activate, health check")
+    p.add_argument(
+        "overrides", nargs="*", help="deployment=NAME fleet=NAME [device=a,b] [group=g] [version=N]"
+    )
+    p.add_argument(
+        "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
+    )
+    p.add_argument(
+        "--limit-rate", type=float, default=None, metavar="KB/S", help="upload rate per device"
+    )
+    p.add_argument(
+        "--stage-only", action="store_true", help="upload and check only; do not activate"
+    )
+    p.add_argument("--parallel", type=int, default=4, help="devices at a time")
+    p.add_argument(
+        "--health-timeout", type=float, default=300.0, help="seconds for the health check"
+    )
+    p.add_argument("--json", action="store_true", help="print the per-device outcomes as JSON")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("device-status", help="what each device of a fleet runs (agent status)")
+    p.add_argument("overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g]")
+    p.add_argument("--parallel", type=int, default=4, help="devices at a time")
+    p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    p.set_defaults(func=cmd_device_status)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run: edgeship keys|bundle|enroll|deploy|device-status")

@@ -1,0 +1,132 @@
+"""CLI verb ``sim``: a simulated fleet of real ``sshd`` devices on loopback (one machine).
+
+``edgeship sim up --devices 6`` starts six devices that keep running after the
+command returns and writes their fleet file (``conf/fleet/sim.yaml``); ``sim status``
+says which answer; ``sim down`` stops them. The logic lives in :mod:`orchestrator.sim.simulator`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.common import project_dir
+from orchestrator.errors import SimError
+from orchestrator.project import sim_state_dir
+
+
+def _simulator(args: argparse.Namespace) -> Any:
+    from orchestrator.sim.simulator import Simulator
+
+    state = Path(args.state) if args.state else None
+    return Simulator(project_dir(), args.name, state)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from orchestrator.sim.simulator import MINIMAL_RUNTIME_GROUP
+
+    sim = _simulator(args)
+    try:
+        if args.action == "up":
+            fleet_path, devices = sim.up(
+                args.devices,
+                Path(args.fleet_file).resolve() if args.fleet_file else None,
+                first_octet=args.first_octet,
+                minimal_runtime=args.minimal_runtime,
+                feed=args.feed,
+            )
+            state = sim.read_state() or {}
+            profiles = state.get("profiles") or {}
+            root = project_dir()
+            shown = fleet_path.relative_to(root) if fleet_path.is_relative_to(root) else fleet_path
+            print(f"simulation {sim.name}: {len(devices)} device(s) up; fleet file {shown}")
+            for d in devices:
+                extra = f"  ({profiles[d.name]})" if d.name in profiles else ""
+                print(f"  {d.name:<8} {d.address}:{d.port:<6} sshd pid {d.pid}{extra}")
+            feed = state.get("feed")
+            if feed:
+                print(
+                    f"  feed     {feed['url']} (web server pid {feed['http_pid']}); phone fleet "
+                    f"file {feed['fleet_file']}"
+                )
+            fleet_arg = fleet_path.stem if fleet_path.parent == root / "conf" / "fleet" else shown
+            print(f"next: edgeship enroll fleet={fleet_arg}")
+            if profiles:
+                print(
+                    f"  devices in group {MINIMAL_RUNTIME_GROUP} run an ONNX Runtime build with "
+                    "kernels up to opset 18 only"
+                )
+            print(f"stop them with: edgeship sim down{_name_flag(args)}")
+            return 0
+        if args.action == "down":
+            devices = sim.down(purge=args.purge)
+            print(
+                f"simulation {sim.name}: stopped {len(devices)} device(s)"
+                + ("; state and fleet file removed" if args.purge else "")
+            )
+            return 0
+        rows = sim.status()
+        state = sim.read_state() or {}
+        print(f"simulation {sim.name}: fleet file {state.get('fleet_file')}")
+        for r in rows:
+            where = f"{r.address}:{r.port}"
+            if r.answers:
+                what = f"up (sshd pid {r.pid})"
+            elif r.running:
+                what = "running, not answering"
+            else:
+                what = "down"
+            extra = f"  {r.profile}" if r.profile else ""
+            print(f"  {r.name:<8} {where:<22} {what}{extra}")
+        if state.get("feed"):
+            print(f"  feed web server {state['feed']['url']} (pid {state['feed']['http_pid']})")
+        up = sum(1 for r in rows if r.answers)
+        print(f"{up} of {len(rows)} device(s) up")
+        return 0 if up == len(rows) else SimError.exit_code
+    except SimError as exc:
+        raise SimError(f"error: {exc}") from exc
+
+
+def _name_flag(args: argparse.Namespace) -> str:
+    return "" if args.name == "sim" else f" --name {args.name}"
+
+
+def register(sub: Any) -> None:
+    """Add ``sim`` to the ``edgeship`` parser."""
+    p = sub.add_parser(
+        "sim", help="simulated devices on this machine (real sshd on loopback): up | down | status"
+    )
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--devices", type=int, default=6, help="up: how many devices (default 6)")
+    p.add_argument("--name", default="sim", help="simulation (and fleet) name (default sim)")
+    p.add_argument(
+        "--fleet-file",
+        metavar="PATH",
+        help="up: write the fleet file here (default conf/fleet/NAME.yaml)",
+    )
+    p.add_argument(
+        "--first-octet",
+        type=int,
+        default=2,
+        help="up: the first device listens on 127.0.0.N (default 2)",
+    )
+    p.add_argument(
+        "--minimal-runtime",
+        type=int,
+        default=None,
+        metavar="N",
+        help="up: devices with a minimal ONNX Runtime build (opset <= 18); default one in six",
+    )
+    p.add_argument(
+        "--feed",
+        action="store_true",
+        help="up: also a feed host for phones (sshd + web server) and its fleet NAME_phones",
+    )
+    p.add_argument(
+        "--state",
+        default=sim_state_dir(),
+        help="folder of simulations (default .edgeship/sim in the project)",
+    )
+    p.add_argument("--purge", action="store_true", help="down: also remove state and fleet file")
+    p.set_defaults(func=cmd_sim)

@@ -1,0 +1,458 @@
+"""Reference update client for phone apps: poll the signed feed, verify, activate, smoke-test.
+
+What an app does with an edgeship feed (see :mod:`orchestrator.ship.feed`), in
+the standard library plus the app's own platform crypto (here ``cryptography``'s
+Ed25519) and ONNX Runtime. It imports nothing else of edgeship, so it can be read
+(and ported) on its own::
+
+    python -m orchestrator.device.phone_client --feed http://127.0.0.1:8000/ --channel beta \\
+        --state ~/.posture-app --trust trust.json --family android_phone
+
+One poll:
+
+1. fetch ``index/latest`` and the signed ``index/<serial>.json``; verify the
+   Ed25519 signature with a key of the trust set the app holds (following newer
+   trust sets from ``trust/`` when the index is signed by a key it does not know
+   yet: each must be signed by a key already trusted); refuse a serial lower than
+   one seen before, an expired index, and a serial that differs from ``latest``;
+2. pick the channel's release: installations whose bucket (a hash of the release's
+   salt and this install id) is below ``rollout_fraction`` take it, the others the
+   channel's ``fallback``;
+3. download the bundle's manifest, check its digest against the index and its
+   signature against the trust set, its deployment and target family; download
+   every file and check its size and SHA-256; no file outside the manifest;
+4. install side by side, switch ``current`` atomically (keeping ``previous``), run
+   the bundle's smoke test with ONNX Runtime (the ``.ort`` or ``.onnx`` model, the
+   session options of ``runtime.json``), and switch back when it fails;
+5. print (and keep) a JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FEED_KIND = "edgeship.feed"
+TRUST_KIND = "edgeship.trust"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*$")
+PROVIDERS = {
+    "CPU": "CPUExecutionProvider",
+    "XNNPACK": "XnnpackExecutionProvider",
+    "NNAPI": "NnapiExecutionProvider",
+    "CoreML": "CoreMLExecutionProvider",
+    "COREML": "CoreMLExecutionProvider",
+}
+
+
+class UpdateRefused(Exception):
+    """The feed or a bundle failed a check; nothing was changed. ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verify(pem: str, data: bytes, signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        return False
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _key_id(pem: str) -> str:
+    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+    der = base64.b64decode(body)
+    return hashlib.sha256(der[-32:]).hexdigest()[:16]
+
+
+def bucket(salt: str, install_id: str) -> float:
+    """This installation's place in [0, 1) for a release (the feed's staged rollout)."""
+    digest = hashlib.sha256(f"{salt}:{install_id}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x100000000
+
+
+class PhoneClient:
+    """One app installation's update state under ``state``."""
+
+    def __init__(
+        self,
+        feed_url: str,
+        channel: str,
+        state: Path,
+        family: str,
+        trust_file: Path | None = None,
+        install_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.feed = feed_url.rstrip("/") + "/"
+        self.channel = channel
+        self.state = state
+        self.family = family
+        self.timeout = timeout
+        state.mkdir(parents=True, exist_ok=True)
+        id_file = state / "install_id"
+        if install_id:
+            id_file.write_text(install_id + "\n")
+        elif not id_file.is_file():
+            id_file.write_text(uuid.uuid4().hex + "\n")
+        self.install_id = id_file.read_text().strip()
+        trust_dir = state / "trust"
+        if not (trust_dir / "trust.json").is_file():
+            if trust_file is None:
+                raise UpdateRefused("no_trust", f"no trust set in {trust_dir}; pass --trust")
+            trust_dir.mkdir(parents=True, exist_ok=True)
+            data = trust_file.read_bytes()
+            self._check_trust_doc(data)
+            (trust_dir / "trust.json").write_bytes(data)
+
+    # -- http ----------------------------------------------------------------------------------
+
+    def _get(self, rel: str) -> bytes:
+        url = urllib.parse.urljoin(self.feed, rel)
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise UpdateRefused("unavailable", f"{url}: HTTP {exc.code}") from exc
+        except OSError as exc:
+            raise UpdateRefused("unavailable", f"{url}: {exc}") from exc
+
+    # -- trust ---------------------------------------------------------------------------------
+
+    def trust(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / "trust" / "trust.json").read_bytes())
+        return data
+
+    @staticmethod
+    def _check_trust_doc(data: bytes) -> dict[str, Any]:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("kind") != TRUST_KIND:
+            raise UpdateRefused("malformed_trust", "not an edgeship trust set")
+        for entry in doc["keys"]:
+            if _key_id(entry["public_key_pem"]) != entry["key_id"]:
+                raise UpdateRefused("malformed_trust", f"key {entry['key_id']} mismatches its id")
+        return doc
+
+    def _key(self, kid: str, trust: dict[str, Any] | None = None) -> str | None:
+        trust = trust or self.trust()
+        if kid in trust.get("revoked", []):
+            return None
+        for entry in trust["keys"]:
+            if entry["key_id"] == kid:
+                return str(entry["public_key_pem"])
+        return None
+
+    def follow_trust(self) -> int:
+        """Accept newer trust sets from the feed, each signed by a key trusted before it."""
+        trust = self.trust()
+        serial = int(trust["serial"])
+        while True:
+            name = f"trust/trust-{serial + 1:06d}.json"
+            try:
+                data = self._get(name)
+                sig = self._get(name + ".sig")
+            except UpdateRefused:
+                return serial
+            doc = self._check_trust_doc(data)
+            signer = self._key(str(doc["signed_by"]), trust)
+            if signer is None or not _verify(signer, data, sig) or int(doc["serial"]) <= serial:
+                raise UpdateRefused(
+                    "bad_trust", f"{name} is not signed by a key this app trusts; ignored"
+                )
+            (self.state / "trust" / "trust.json").write_bytes(data)
+            trust, serial = doc, int(doc["serial"])
+
+    # -- the index -----------------------------------------------------------------------------
+
+    def fetch_index(self) -> dict[str, Any]:
+        """The feed's newest index, its signature, serial and age checked."""
+        latest = int(self._get("index/latest").decode().strip())
+        seen_file = self.state / "feed.json"
+        seen = json.loads(seen_file.read_text()) if seen_file.is_file() else {"serial": 0}
+        if latest < int(seen["serial"]):
+            raise UpdateRefused(
+                "stale_index", f"the feed offers index {latest}; this app has seen {seen['serial']}"
+            )
+        data = self._get(f"index/{latest}.json")
+        sig = self._get(f"index/{latest}.json.sig")
+        doc = json.loads(data)
+        kid = str((doc.get("signing") or {}).get("key_id"))
+        if self._key(kid) is None:
+            self.follow_trust()
+        pem = self._key(kid)
+        if pem is None:
+            raise UpdateRefused("untrusted_key", f"index {latest} is signed by unknown key {kid}")
+        if not _verify(pem, data, sig):
+            raise UpdateRefused("bad_signature", f"index {latest}: the signature does not verify")
+        if doc.get("kind") != FEED_KIND or int(doc.get("serial", -1)) != latest:
+            raise UpdateRefused("malformed", f"index {latest} names serial {doc.get('serial')}")
+        if _parse_time(str(doc["expires_at"])) <= datetime.now(UTC):
+            raise UpdateRefused("expired", f"index {latest} expired at {doc['expires_at']}")
+        seen_file.write_text(json.dumps({"serial": latest}) + "\n")
+        return dict(doc)
+
+    # -- installing ----------------------------------------------------------------------------
+
+    def _link_version(self, name: str) -> tuple[str, int] | None:
+        link = self.state / name
+        if not link.is_symlink():
+            return None
+        target = Path(os.readlink(link))
+        return target.parent.name, int(target.name)
+
+    def _switch(self, name: str, rel: str | None) -> None:
+        link = self.state / name
+        if rel is None:
+            if link.is_symlink():
+                link.unlink()
+            return
+        tmp = self.state / f".{name}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(rel, tmp)
+        os.replace(tmp, link)
+
+    def download(self, target: dict[str, Any]) -> Path:
+        """Download and verify a bundle into versions/<deployment>/<version>/ (if not there)."""
+        deployment, version = str(target["deployment"]), int(target["version"])
+        dest = self.state / "versions" / deployment / str(version)
+        base = str(target["path"])
+        manifest_bytes = self._get(base + "manifest.json")
+        if _sha256(manifest_bytes) != target["manifest_sha256"]:
+            raise UpdateRefused(
+                "hash_mismatch", "the manifest differs from the one the index names"
+            )
+        if (dest / "manifest.json").is_file():
+            if (dest / "manifest.json").read_bytes() == manifest_bytes:
+                return dest
+            raise UpdateRefused(
+                "version_conflict", f"v{version} is installed with another manifest"
+            )
+        sig = self._get(base + "manifest.json.sig")
+        manifest = json.loads(manifest_bytes)
+        kid = str(manifest["signing"]["key_id"])
+        pem = self._key(kid)
+        if pem is None:
+            self.follow_trust()
+            pem = self._key(kid)
+        if pem is None or not _verify(pem, manifest_bytes, sig):
+            raise UpdateRefused(
+                "bad_signature", f"manifest of v{version} is not signed by a trusted key"
+            )
+        if manifest.get("deployment") != deployment or int(manifest["version"]) != version:
+            raise UpdateRefused("malformed", "the manifest names another deployment or version")
+        family = (manifest.get("target") or {}).get("family")
+        if family != self.family:
+            raise UpdateRefused(
+                "wrong_family", f"the bundle is for {family}; this app is {self.family}"
+            )
+        if _parse_time(str(manifest["expires_at"])) <= datetime.now(UTC):
+            raise UpdateRefused("expired", f"the bundle expired at {manifest['expires_at']}")
+        tmp = dest.with_name(f".{version}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            for entry in manifest["files"]:
+                rel = str(entry["path"])
+                if not SAFE_PATH.match(rel) or ".." in rel.split("/"):
+                    raise UpdateRefused("malformed", f"unsafe file name {rel!r}")
+                data = self._get(base + rel)
+                if len(data) != int(entry["size"]) or _sha256(data) != entry["sha256"]:
+                    raise UpdateRefused("hash_mismatch", f"{rel} differs from the manifest")
+                path = tmp / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            (tmp / "manifest.json").write_bytes(manifest_bytes)
+            (tmp / "manifest.json.sig").write_bytes(sig)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+    def poll(self) -> dict[str, Any]:
+        """One poll of the feed; returns the report (also kept in ``last_report.json``)."""
+        report: dict[str, Any] = {
+            "install_id": self.install_id,
+            "channel": self.channel,
+            "time": datetime.now(UTC).strftime(TIME_FORMAT),
+        }
+        current = self._link_version("current")
+        report["current_before"] = (
+            {"deployment": current[0], "version": current[1]} if current else None
+        )
+        try:
+            index = self.fetch_index()
+            report["feed_serial"] = index["serial"]
+            entry = (index.get("channels") or {}).get(self.channel)
+            if entry is None:
+                raise UpdateRefused(
+                    "no_release", f"the feed has no release on channel {self.channel}"
+                )
+            place = bucket(str(entry["bucket_salt"]), self.install_id)
+            report["bucket"] = round(place, 6)
+            report["rollout_fraction"] = entry["rollout_fraction"]
+            report["in_rollout"] = place < float(entry["rollout_fraction"])
+            target = entry if report["in_rollout"] else entry.get("fallback")
+            if target is None:
+                report.update(result="waiting", version=current[1] if current else None)
+                report["message"] = (
+                    f"not in the first {float(entry['rollout_fraction']):.0%} of installations "
+                    "and the channel has no earlier release"
+                )
+                return self._keep(report)
+            report["target"] = {"deployment": target["deployment"], "version": target["version"]}
+            if current == (str(target["deployment"]), int(target["version"])):
+                installed = self.state / "versions" / current[0] / str(current[1])
+                digest = _sha256((installed / "manifest.json").read_bytes())
+                if digest == target["manifest_sha256"]:
+                    report.update(result="unchanged", version=current[1])
+                    return self._keep(report)
+            folder = self.download(target)
+            rel = f"versions/{target['deployment']}/{target['version']}"
+            if current is not None:
+                self._switch("previous", f"versions/{current[0]}/{current[1]}")
+            self._switch("current", rel)
+            health = smoke_test(folder)
+            report["health"] = health
+            if health["result"] == "pass":
+                downgrade = current is not None and int(target["version"]) < current[1]
+                report.update(result="rolled_back" if downgrade else "activated")
+                report["version"] = int(target["version"])
+            else:
+                if current is not None:
+                    self._switch("current", f"versions/{current[0]}/{current[1]}")
+                else:
+                    self._switch("current", None)
+                report.update(result="unhealthy", version=current[1] if current else None)
+                report["message"] = f"smoke test failed: {health.get('reason')}"
+        except UpdateRefused as exc:
+            report.update(result="refused", refusal=exc.code, message=exc.message)
+            report["version"] = current[1] if current else None
+        return self._keep(report)
+
+    def _keep(self, report: dict[str, Any]) -> dict[str, Any]:
+        (self.state / "last_report.json").write_text(
+            json.dumps(report, indent=2, sort_keys=True) + "\n"
+        )
+        return report
+
+
+def smoke_test(folder: Path) -> dict[str, Any]:
+    """Run the bundle's smoke test with ONNX Runtime as the app would (its session options)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        runtime = json.loads((folder / "runtime.json").read_text())
+        smoke = json.loads((folder / "smoke" / "smoke.json").read_text())
+        settings = runtime.get("settings") or {}
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 1))
+        for key, value in (settings.get("session_config_entries") or {}).items():
+            so.add_session_config_entry(key, str(value))
+        available = set(ort.get_available_providers())
+        wanted = [PROVIDERS.get(p, p) for p in settings.get("execution_providers") or ["CPU"]]
+        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        session = ort.InferenceSession(
+            str(folder / runtime["model"]["file"]), so, providers=providers
+        )
+        in_names = [t["name"] for t in runtime["inputs"]]
+        out_names = [t["name"] for t in runtime["outputs"]]
+        with np.load(folder / "smoke" / smoke.get("input", "input.npz")) as npz:
+            inputs = {
+                n: np.asarray(npz[n]).astype(t.get("dtype", "float32"))
+                for n, t in zip(in_names, runtime["inputs"], strict=True)
+            }
+        with np.load(folder / "smoke" / smoke.get("expected", "expected.npz")) as npz:
+            expected = {n: np.asarray(npz[n]) for n in out_names}
+        start = time.perf_counter()
+        got = session.run(out_names, inputs)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+    except Exception as exc:
+        return {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
+    atol = float(smoke.get("atol", 1e-3))
+    rtol = float(smoke.get("rtol", 0.0))
+    failures = []
+    for name, value in zip(out_names, got, strict=True):
+        want = expected[name]
+        if value.shape != want.shape or not np.allclose(value, want, atol=atol, rtol=rtol):
+            diff = (
+                float(np.max(np.abs(value - want))) if value.shape == want.shape else float("inf")
+            )
+            failures.append(f"{name}: max |diff| {diff:.6g} > atol {atol:.6g}")
+    return {
+        "result": "fail" if failures else "pass",
+        "reason": "; ".join(failures) or None,
+        "latency_ms": round(latency_ms, 3),
+        "providers": providers,
+        "runtime": {"name": "onnxruntime", "version": ort.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Poll a feed once (or every ``--poll`` seconds) and print the JSON report."""
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.device.phone_client", description=main.__doc__
+    )
+    p.add_argument("--feed", required=True, help="the feed's base URL")
+    p.add_argument("--channel", default="stable")
+    p.add_argument("--state", required=True, type=Path, help="this installation's folder")
+    p.add_argument("--trust", type=Path, help="the trust set shipped with the app (first run)")
+    p.add_argument("--family", default="android_phone", help="this app's target family")
+    p.add_argument("--install-id", help="fix the install id (default: a random one, kept)")
+    p.add_argument("--poll", type=float, default=0.0, help="poll every N seconds (0: once)")
+    args = p.parse_args(argv)
+    try:
+        client = PhoneClient(
+            args.feed, args.channel, args.state, args.family, args.trust, args.install_id
+        )
+    except UpdateRefused as exc:
+        print(json.dumps({"result": "refused", "refusal": exc.code, "message": exc.message}))
+        return 10
+    while True:
+        report = client.poll()
+        print(json.dumps(report, sort_keys=True), flush=True)
+        if args.poll <= 0:
+            return (
+                0
+                if report["result"] in ("activated", "unchanged", "rolled_back", "waiting")
+                else 10
+            )
+        time.sleep(args.poll)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

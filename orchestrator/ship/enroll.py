@@ -1,0 +1,144 @@
+"""``edgeship enroll``: pin host keys, install the agent and the trust set on each device.
+
+Enrolment is the explicit trust-on-first-use moment: the device's host key is
+pinned into the fleet's known_hosts file (or taken from the fleet file), the
+agent is copied to ``<install root>/bin/``, and the current trust set becomes the
+device's first. Enrolling again is safe: it refreshes the agent, keeps the
+device's record of installed versions, and brings its trust set up to date
+through the signed chain of trust sets (no re-pinning, no reset) unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from orchestrator.device.agent import AGENT_FILE, WRAPPER, agent_source, wrapper_script
+from orchestrator.errors import RolloutError
+from orchestrator.ship.results import DeviceDone, DeviceOutcome, RolloutResult, run_per_device
+from orchestrator.ship.ssh import DeviceSession, connect, pin_host_key
+from orchestrator.spec.fleet import DeviceConfig, FleetConfig
+from registry.keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+
+def agent_status(session: DeviceSession, inventory: bool = False) -> dict | None:
+    """The agent's status JSON (with ``inventory``: sha256 -> path), None when no agent answers."""
+    res = session.agent("status --inventory" if inventory else "status")
+    if res.code != 0:
+        return None
+    try:
+        return res.json()
+    except ValueError:
+        return None
+
+
+def sync_trust(
+    session: DeviceSession, store: KeyStore, outcome: DeviceOutcome, status: dict
+) -> None:
+    """Send the device every trust set newer than the one it holds, in order.
+
+    Each one is signed by a key the one before it trusts, so the device accepts
+    the chain without re-enrolment; a refusal stops the chain and fails the device.
+    """
+    device_serial = int((status.get("trust") or {}).get("serial") or 0)
+    local = store.trust()
+    outcome.trust_serial = device_serial
+    if device_serial > local.serial:
+        outcome.notes.append(
+            f"device trust serial {device_serial} is newer than this key store's {local.serial}"
+        )
+        return
+    for serial, data, sig in store.trust_chain(device_serial):
+        remote = f"{session.root}/staging/trust-{serial:06d}.json"
+        session.put_bytes(data, remote)
+        session.put_bytes(sig, remote + ".sig")
+        res = session.agent(f"update-trust {shlex.quote(remote)}")
+        answer = res.json_or_none()
+        if res.code != 0:
+            outcome.result = "refused"
+            outcome.refusal = (answer or {}).get("refusal")
+            outcome.message = f"trust set {serial}: " + str(
+                (answer or {}).get("message") or res.stderr
+            )
+            outcome.agent = answer
+            raise DeviceDone()
+        outcome.trust_serial = serial
+        outcome.notes.append(f"trust set updated to serial {serial}")
+
+
+def install_agent(session: DeviceSession) -> None:
+    """Copy the agent and its wrapper to ``<root>/bin`` (atomically, mode 0755)."""
+    root = session.root
+    dev = session.device
+    for folder in ("bin", "staging", "log", "versions"):
+        session.makedirs(f"{root}/{folder}")
+    session.put_bytes(agent_source(), f"{root}/bin/{AGENT_FILE}", 0o755)
+    session.put_bytes(wrapper_script(dev.python, root).encode(), f"{root}/bin/{WRAPPER}", 0o755)
+
+
+def check_device_tools(session: DeviceSession) -> None:
+    """The device has openssl, sha256sum and a Python 3.8+ for the agent."""
+    py = shlex.quote(session.device.python)
+    res = session.run(
+        "command -v openssl >/dev/null || { echo 'openssl missing'; exit 3; }; "
+        "command -v sha256sum >/dev/null || { echo 'sha256sum missing'; exit 3; }; "
+        f"{py} -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 4)' "
+        f"|| {{ echo 'python {session.device.python} missing or older than 3.8'; exit 4; }}"
+    )
+    if res.code != 0:
+        raise RuntimeError(
+            f"device is missing a tool the agent needs: {res.stdout.strip() or res.stderr.strip()}"
+        )
+
+
+def enroll(
+    fleet: FleetConfig,
+    devices: list[DeviceConfig],
+    store: KeyStore,
+    repin: bool = False,
+    reset_trust: bool = False,
+    parallel: int = 4,
+) -> RolloutResult:
+    """Enrol ``devices``; raises RolloutError (carrying every outcome) when any fails."""
+    known_hosts = Path(fleet.known_hosts)
+    trust = store.trust()
+    trust_json, trust_sig = store.trust_files()
+
+    def work(device: DeviceConfig, outcome: DeviceOutcome) -> None:
+        outcome.notes.append("host key " + pin_host_key(device, known_hosts, repin))
+        with connect(device, known_hosts) as session:
+            outcome.stage = "enroll"
+            check_device_tools(session)
+            install_agent(session)
+            status = agent_status(session) or {}
+            if status.get("trust") and not reset_trust:
+                outcome.stage = "trust"
+                sync_trust(session, store, outcome, status)
+            remote = f"{session.root}/staging/trust-enroll.json"
+            session.put_bytes(trust_json, remote)
+            session.put_bytes(trust_sig, remote + ".sig")
+            args = (
+                f"init --name {shlex.quote(device.name)} --family {shlex.quote(device.family)} "
+                f"--trust {shlex.quote(remote)}"
+            )
+            if reset_trust or not status.get("trust"):
+                args += " --reset-trust"
+            res = session.agent(args)
+            answer = res.json_or_none()
+            outcome.agent = answer
+            if res.code != 0:
+                outcome.result = "refused" if res.code == 10 else "error"
+                outcome.refusal = (answer or {}).get("refusal")
+                outcome.message = str((answer or {}).get("message") or res.stderr.strip())
+                return
+            outcome.result = "enrolled"
+            outcome.trust_serial = trust.serial
+            outcome.version = (status or {}).get("current")
+
+    result = RolloutResult("enroll", run_per_device(devices, work, parallel))
+    if result.failed:
+        raise RolloutError("enroll", result)
+    return result

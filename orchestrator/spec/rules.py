@@ -1,0 +1,324 @@
+"""Cross-field rules of a composed deployment spec (run after the type check).
+
+Each rule reports problems through ``report(key, message)``; every rule runs, so
+one pass over a spec shows everything wrong with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
+from orchestrator.passes.base import registered_passes
+from orchestrator.spec.gates import GateSyntaxError, measured_metrics, parse_gate
+from targets.base import registered_targets
+
+Report = Callable[[str, str], None]
+
+
+def _get(data: Mapping[str, Any], *path: str) -> Any:
+    node: Any = data
+    for p in path:
+        if not isinstance(node, Mapping) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def check_model(model: Mapping[str, Any], report: Report) -> None:
+    source = _get(model, "source") or {}
+    kind = source.get("kind", "pytorch")
+    if kind == "pytorch" and not source.get("factory"):
+        report(
+            "model.source.factory", "missing; a pytorch source needs a factory (fn: module:func)"
+        )
+    if kind == "pytorch" and not source.get("weights") and not source.get("train"):
+        pass  # a factory may return a model with initialised weights; allowed
+    if kind == "onnx" and not source.get("onnx"):
+        report("model.source.onnx", "missing; an onnx source needs the path of the ONNX file")
+    for group in ("inputs", "outputs"):
+        tensors = model.get(group)
+        if isinstance(tensors, list) and not tensors:
+            report(f"model.{group}", "expected at least one tensor, found an empty list")
+        for i, t in enumerate(tensors if isinstance(tensors, list) else []):
+            shape = t.get("shape") if isinstance(t, Mapping) else None
+            if isinstance(shape, list) and any(
+                isinstance(d, int) and not isinstance(d, bool) and d <= 0 for d in shape
+            ):
+                report(f"model.{group}[{i}].shape", f"expected positive dimensions, found {shape}")
+    task = model.get("task")
+    labels = model.get("labels")
+    outputs = model.get("outputs")
+    if (
+        task in ("classification", "segmentation")
+        and isinstance(labels, list)
+        and isinstance(outputs, list)
+        and outputs
+        and isinstance(outputs[0], Mapping)
+    ):
+        shape = outputs[0].get("shape")
+        axis = -1 if task == "classification" else 1
+        if isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[axis], int):
+            classes = shape[axis]
+            if labels and len(labels) != classes:
+                report(
+                    "model.labels",
+                    f"expected {classes} labels (outputs[0].shape{[axis]} = {classes}), "
+                    f"found {len(labels)}",
+                )
+    if task == "segmentation" and isinstance(labels, list) and not labels:
+        report("model.labels", "expected the class names of a segmentation model, found none")
+
+
+def check_target(target: Mapping[str, Any], report: Report) -> None:
+    family = target.get("family")
+    known = registered_targets()
+    if isinstance(family, str) and family not in known:
+        report("target.family", unknown_name_message("target family", family, known))
+    threads = target.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads < 0:
+        report("target.threads", f"expected 0 (runtime default) or more, found {threads}")
+    if target.get("runtime_version"):
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            SpecifierSet(str(target["runtime_version"]))
+        except InvalidSpecifier:
+            report(
+                "target.runtime_version",
+                "expected a version specifier such as '>=1.20', "
+                f"found '{target['runtime_version']}'",
+            )
+
+
+def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> None:
+    """Pass names and options, the format chain, runtime and precision compatibility.
+
+    A selecting recipe (``select: true``) has no passes of its own: each of its
+    candidates is checked against the target instead.
+    """
+    recipe = _get(spec, "recipe")
+    if not isinstance(recipe, Mapping):
+        return
+    if recipe.get("select") is True:
+        _check_selection(spec, recipe, report, model_file)
+        return
+    if recipe.get("candidates"):
+        report(
+            "recipe.candidates",
+            "only a selecting recipe (select: true) has candidates; this recipe runs its passes",
+        )
+    passes = recipe.get("passes")
+    if isinstance(passes, list):
+        check_passes(spec, passes, report, model_file)
+
+
+def check_passes(
+    spec: Mapping[str, Any],
+    passes: list[Any],
+    report: Report,
+    model_file: str,
+    key_prefix: str = "recipe.passes",
+) -> None:
+    """Check one list of passes against the spec's target and model (see check_recipe)."""
+    target = _get(spec, "target") or {}
+    target_cls = registered_targets().get(str(target.get("family")))
+    known = registered_passes()
+    fmt, precision = "onnx", "fp32"
+    chain_ok = True
+    for i, p in enumerate(passes):
+        key = f"{key_prefix}[{i}]"
+        if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):
+            chain_ok = False
+            continue
+        name = p["name"]
+        cls = known.get(name)
+        if cls is None:
+            report(f"{key}.name", unknown_name_message("pass", name, known))
+            chain_ok = False
+            continue
+        options = p.get("options") or {}
+        if isinstance(options, Mapping):
+            before = _Counter(report)
+            check_dataclass(options, cls.Options, f"{key}.options", before)
+            opts = cls.Options(**options) if not before.count else None
+        else:
+            opts = None
+        if fmt not in cls.input_formats and chain_ok:
+            report(
+                f"{key}.name",
+                f"pass '{name}' takes {' or '.join(cls.input_formats)}, but the model is {fmt} "
+                "at this point of the recipe",
+            )
+            chain_ok = False
+        if target_cls is not None and target_cls.runtime not in cls.runtimes:
+            report(
+                f"{key}.name",
+                f"pass '{name}' makes a model for {', '.join(cls.runtimes)}; target family "
+                f"'{target_cls.family}' runs {target_cls.runtime}",
+            )
+        if cls.needs_calibration and not _get(spec, "model", "data", "calibration"):
+            report(
+                f"{key}.name",
+                f"pass '{name}' needs calibration data; set model.data.calibration in {model_file}",
+            )
+        fmt = cls.output_format
+        if opts is not None:
+            precision = cls().output_precision(opts, precision)
+    if target_cls is not None and chain_ok and fmt not in target_cls.formats:
+        report(
+            key_prefix,
+            f"the recipe ends with a model in {fmt} format; target family "
+            f"'{target_cls.family}' loads {' or '.join(target_cls.formats)}",
+        )
+    precisions = target.get("precisions")
+    if chain_ok and isinstance(precisions, list) and precision not in precisions:
+        report(
+            key_prefix,
+            f"the recipe makes a {precision} model; target '{target.get('name')}' runs "
+            f"{', '.join(map(str, precisions))} (target.precisions)",
+        )
+
+
+def _check_selection(
+    spec: Mapping[str, Any], recipe: Mapping[str, Any], report: Report, model_file: str
+) -> None:
+    """A selecting recipe: no passes of its own; every named candidate exists and fits."""
+    passes = recipe.get("passes")
+    if isinstance(passes, list) and passes:
+        report(
+            "recipe.passes",
+            f"a selecting recipe (select: true) names candidate recipes, not passes; "
+            f"found {len(passes)} pass(es)",
+        )
+    candidates = recipe.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return
+    root = _project_root()
+    if root is None:
+        return
+    from orchestrator.spec.compose import list_options
+
+    options = list_options(root, "recipe")
+    target = _get(spec, "target") or {}
+    for i, name in enumerate(candidates):
+        key = f"recipe.candidates[{i}]"
+        if not isinstance(name, str):
+            continue
+        if name not in options:
+            report(key, unknown_name_message("recipe", name, options))
+            continue
+        data = _read_yaml(root / "conf" / "recipe" / f"{name}.yaml")
+        if not isinstance(data, Mapping):
+            continue  # composing the candidate reports what is wrong with its file
+        if data.get("select") is True:
+            report(key, f"recipe '{name}' selects among recipes itself; name recipes with passes")
+            continue
+        found = recipe_problems(spec, data, model_file)
+        if found:
+            report(
+                key,
+                f"recipe '{name}' cannot run on target '{target.get('name')}': " + "; ".join(found),
+            )
+
+
+def recipe_problems(
+    spec: Mapping[str, Any], recipe: Mapping[str, Any], model_file: str
+) -> list[str]:
+    """Why another recipe's passes cannot run for this spec's model and target (empty: they can)."""
+    found: list[str] = []
+    passes = recipe.get("passes")
+    if isinstance(passes, list):
+        check_passes(spec, passes, _Collect(found), model_file, "passes")
+    return found
+
+
+class _Collect:
+    """A report that keeps only the messages."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def __call__(self, key: str, message: str) -> None:
+        self.into.append(message)
+
+
+def _project_root() -> Any:
+    from orchestrator.errors import SpecError
+    from orchestrator.spec.compose import project_root
+
+    try:
+        return project_root()
+    except SpecError:
+        return None
+
+
+def _read_yaml(path: Any) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+class _Counter:
+    """Forwards problems and counts them."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.count = 0
+
+    def __call__(self, key: str, message: str) -> None:
+        self.count += 1
+        self.report(key, message)
+
+
+def check_gates(spec: Mapping[str, Any], report: Report) -> None:
+    gates = _get(spec, "deployment", "gates")
+    task = _get(spec, "model", "task")
+    labels = _get(spec, "model", "labels") or []
+    if not isinstance(gates, list) or task not in ("classification", "segmentation"):
+        return
+    measured = measured_metrics(task, labels if isinstance(labels, list) else [])
+    for i, text in enumerate(gates):
+        if not isinstance(text, str):
+            continue
+        key = f"deployment.gates[{i}]"
+        try:
+            gate = parse_gate(text)
+        except GateSyntaxError as exc:
+            report(key, str(exc))
+            continue
+        if gate.metric not in measured:
+            msg = f"gate on '{gate.metric}', which is never measured for a {task} model"
+            near = closest(gate.metric, measured)
+            msg += f" (did you mean '{near}'?)" if near else f"; measured: {', '.join(measured)}"
+            report(key, msg)
+
+
+def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> None:
+    name = _get(spec, "deployment", "name")
+    if isinstance(name, str) and name != option:
+        report(
+            "deployment.name",
+            f"expected '{option}' (the file name, which names artifacts/{option}/), found '{name}'",
+        )
+    validation = _get(spec, "deployment", "validation") or {}
+    runs = validation.get("latency_runs") if isinstance(validation, Mapping) else None
+    if isinstance(runs, int) and not isinstance(runs, bool) and runs < 1:
+        report("deployment.validation.latency_runs", f"expected 1 or more, found {runs}")
+
+
+def check_spec(spec: Mapping[str, Any], report: Report, choices: Mapping[str, str]) -> None:
+    """Run every cross-field rule."""
+    model = spec.get("model")
+    if isinstance(model, Mapping):
+        check_model(model, report)
+    target = spec.get("target")
+    if isinstance(target, Mapping):
+        check_target(target, report)
+    check_recipe(spec, report, f"conf/model/{choices.get('model')}.yaml")
+    check_gates(spec, report)
+    check_deployment(spec, report, choices.get("deployment", ""))

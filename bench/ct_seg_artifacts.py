@@ -61,7 +61,8 @@ def main() -> int:
 
     import torch
 
-    from orchestrator.build import reference, run_build
+    from orchestrator.build import reference
+    from orchestrator.build.pipeline import run_build
     from orchestrator.core.model_file import ModelFile
     from orchestrator.errors import GateFailure
     from orchestrator.spec.compose import compose

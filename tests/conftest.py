@@ -113,13 +113,13 @@ def build_once(overrides: list[str], folder: Path) -> Path:
 
     Returns the artifact folder; the environment is restored afterwards.
     """
-    from orchestrator.build import reference, run_build
+    from orchestrator.build import reference
+    from orchestrator.build.pipeline import run_build
     from orchestrator.spec.compose import compose
 
     spec = compose(overrides, ROOT)
     reference.ensure_weights(spec.config.model, ROOT)
-    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ROOT", "EDGESHIP_ARTIFACTS")}
-    os.environ["EDGESHIP_ROOT"] = str(ROOT)
+    saved = {k: os.environ.get(k) for k in ("EDGESHIP_ARTIFACTS",)}
     os.environ["EDGESHIP_ARTIFACTS"] = str(folder / "artifacts")
     try:
         result = run_build(spec, record=False)

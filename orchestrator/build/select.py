@@ -49,7 +49,8 @@ from orchestrator.errors import (
     Problem,
     SpecError,
 )
-from orchestrator.spec.compose import ComposedSpec, compose, list_options
+from orchestrator.spec.compose import ComposedSpec, compose
+from orchestrator.spec.files import list_options, read_option
 from orchestrator.spec.rules import recipe_problems
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
         if name == spec.choices.get("recipe"):
             continue
         # the cheap check first: the same pass rules compose runs, without composing
-        data = _read_recipe(spec.root, name)
+        data = read_option(spec.root, "recipe", name)
         if data is not None:
             if data.get("select") is True:
                 continue
@@ -243,16 +244,6 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
             continue
         usable.append(candidate)
     return usable, skipped
-
-
-def _read_recipe(root: Path, name: str) -> dict[str, Any] | None:
-    import yaml
-
-    try:
-        data = yaml.safe_load((root / "conf" / "recipe" / f"{name}.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # composing the candidate reports what is wrong with the file
-    return data if isinstance(data, dict) else None
 
 
 def run_selection(

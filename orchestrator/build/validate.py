@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.build.reference import Dataset
+from orchestrator.core.metrics import dice
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import EdgeshipConfig
 from orchestrator.errors import BuildError
@@ -44,12 +45,6 @@ class Validation:
             ],
             "details": self.details,
         }
-
-
-def dice(pred: np.ndarray, ref: np.ndarray, cls: int) -> float:
-    a, b = pred == cls, ref == cls
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(a, b).sum() / denom)
 
 
 def classification_metrics(

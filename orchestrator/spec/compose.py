@@ -14,25 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 
 from orchestrator.core.schema import GROUP_SCHEMAS, EdgeshipConfig, register_schemas
 from orchestrator.core.typecheck import check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
 from orchestrator.project import project_root
+from orchestrator.spec.files import list_options, read_yaml_into
 from orchestrator.spec.rules import check_spec
 
 BUILD_GROUPS = ("model", "recipe", "target", "deployment")
 CLI = "command line"
-
-
-def list_options(root: Path, group: str) -> list[str]:
-    """The option names of a config group (its YAML files' stems)."""
-    folder = root / "conf" / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 @dataclass
@@ -114,22 +106,12 @@ class _Collector:
         self.problems.append(Problem(source, key, message))
 
 
-def _load_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problems.append(Problem(rel, "", f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"))
-        return None
-
-
 def _deployment_file(
     root: Path, option: str, problems: list[Problem]
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """The group choices a deployment file makes in its defaults list, and its content."""
     rel = f"conf/deployment/{option}.yaml"
-    data = _load_yaml(root / rel, rel, problems)
+    data = read_yaml_into(root / rel, rel, problems)
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -224,7 +206,7 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
     files = {g: f"conf/{g}/{c}.yaml" for g, c in choices.items()}
     for group, rel in files.items():
         if group != "deployment":
-            _load_yaml(root / rel, rel, problems)
+            read_yaml_into(root / rel, rel, problems)
     if problems:
         raise SpecError(problems)
 
@@ -245,7 +227,7 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
             collect(group, f"expected a mapping, found {type(node).__name__}")
             continue
         check_dataclass(node, schema, group, collect)
-    check_spec(container, collect, choices)
+    check_spec(container, collect, choices, root)
     if collect.problems:
         raise SpecError(collect.problems)
 
@@ -305,7 +287,7 @@ def load_option(group: str, option: str, root: Path | None = None) -> Any:
     problems: list[Problem] = []
     if option not in options:
         raise SpecError([Problem(CLI, group, unknown_name_message(group, option, options))])
-    data = _load_yaml(root / rel, rel, problems)
+    data = read_yaml_into(root / rel, rel, problems)
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "defaults"}
         collect = _Collector({group: rel}, {}, {})

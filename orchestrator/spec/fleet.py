@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 from omegaconf import MISSING, OmegaConf
 
 from orchestrator.core.typecheck import check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
+from orchestrator.spec.files import read_yaml
 
 DEFAULT_INSTALL_ROOT = "/opt/edgeship"
 CLI = "command line"
@@ -295,22 +295,6 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
         days = feed.get("index_valid_days")
         if isinstance(days, int | float) and not isinstance(days, bool) and days <= 0:
             report("feed.index_valid_days", f"expected a positive number, found {days}")
-
-
-def read_yaml(path: Path, source: str, title: str = "invalid spec") -> Any:
-    """The YAML document in ``path``; a file that cannot be read or parsed is a SpecError
-    naming ``source`` (and the line and column of a syntax error)."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(
-            [Problem(source, "", f"{where}invalid YAML ({getattr(exc, 'problem', exc)})")],
-            title=title,
-        ) from exc
-    except OSError as exc:
-        raise SpecError([Problem(source, "", f"cannot read: {exc.strerror}")]) from exc
 
 
 def load_fleet(name: str, root: Path) -> FleetConfig:

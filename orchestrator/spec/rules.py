@@ -7,10 +7,12 @@ one pass over a spec shows everything wrong with it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
 from orchestrator.passes.base import registered_passes
+from orchestrator.spec.files import list_options, read_option
 from orchestrator.spec.gates import GateSyntaxError, measured_metrics, parse_gate
 from targets.base import registered_targets
 
@@ -92,7 +94,7 @@ def check_target(target: Mapping[str, Any], report: Report) -> None:
             )
 
 
-def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> None:
+def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str, root: Path) -> None:
     """Pass names and options, the format chain, runtime and precision compatibility.
 
     A selecting recipe (``select: true``) has no passes of its own: each of its
@@ -102,7 +104,7 @@ def check_recipe(spec: Mapping[str, Any], report: Report, model_file: str) -> No
     if not isinstance(recipe, Mapping):
         return
     if recipe.get("select") is True:
-        _check_selection(spec, recipe, report, model_file)
+        _check_selection(spec, recipe, report, model_file, root)
         return
     if recipe.get("candidates"):
         report(
@@ -182,7 +184,11 @@ def check_passes(
 
 
 def _check_selection(
-    spec: Mapping[str, Any], recipe: Mapping[str, Any], report: Report, model_file: str
+    spec: Mapping[str, Any],
+    recipe: Mapping[str, Any],
+    report: Report,
+    model_file: str,
+    root: Path,
 ) -> None:
     """A selecting recipe: no passes of its own; every named candidate exists and fits."""
     passes = recipe.get("passes")
@@ -195,11 +201,6 @@ def _check_selection(
     candidates = recipe.get("candidates")
     if not isinstance(candidates, list) or not candidates:
         return
-    root = _project_root()
-    if root is None:
-        return
-    from orchestrator.spec.compose import list_options
-
     options = list_options(root, "recipe")
     target = _get(spec, "target") or {}
     for i, name in enumerate(candidates):
@@ -209,7 +210,7 @@ def _check_selection(
         if name not in options:
             report(key, unknown_name_message("recipe", name, options))
             continue
-        data = _read_yaml(root / "conf" / "recipe" / f"{name}.yaml")
+        data = read_option(root, "recipe", name)
         if not isinstance(data, Mapping):
             continue  # composing the candidate reports what is wrong with its file
         if data.get("select") is True:
@@ -242,25 +243,6 @@ class _Collect:
 
     def __call__(self, key: str, message: str) -> None:
         self.into.append(message)
-
-
-def _project_root() -> Any:
-    from orchestrator.errors import SpecError
-    from orchestrator.spec.compose import project_root
-
-    try:
-        return project_root()
-    except SpecError:
-        return None
-
-
-def _read_yaml(path: Any) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
 
 
 class _Counter:
@@ -311,14 +293,19 @@ def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> No
         report("deployment.validation.latency_runs", f"expected 1 or more, found {runs}")
 
 
-def check_spec(spec: Mapping[str, Any], report: Report, choices: Mapping[str, str]) -> None:
-    """Run every cross-field rule."""
+def check_spec(
+    spec: Mapping[str, Any], report: Report, choices: Mapping[str, str], root: Path
+) -> None:
+    """Run every cross-field rule on a composed spec of the project at ``root``.
+
+    Pure: everything a rule looks at is its arguments or a file under ``root``.
+    """
     model = spec.get("model")
     if isinstance(model, Mapping):
         check_model(model, report)
     target = spec.get("target")
     if isinstance(target, Mapping):
         check_target(target, report)
-    check_recipe(spec, report, f"conf/model/{choices.get('model')}.yaml")
+    check_recipe(spec, report, f"conf/model/{choices.get('model')}.yaml", root)
     check_gates(spec, report)
     check_deployment(spec, report, choices.get("deployment", ""))

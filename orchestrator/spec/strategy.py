@@ -30,7 +30,8 @@ from omegaconf import MISSING, OmegaConf
 
 from orchestrator.core.typecheck import Report, check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.fleet import LABEL_KEYS, read_yaml
+from orchestrator.spec.files import read_yaml
+from orchestrator.spec.fleet import LABEL_KEYS
 
 CLI = "command line"
 STRATEGIES = ("all_at_once", "canary", "waves")

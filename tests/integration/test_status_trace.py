@@ -47,7 +47,8 @@ def ward(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterat
         4, base / "devices", first_octet=70, names=NAMES, env={"bed-03": profile}
     )
     try:
-        from orchestrator.build import reference, run_build
+        from orchestrator.build import reference
+        from orchestrator.build.pipeline import run_build
         from orchestrator.spec.compose import compose, load_option
 
         reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)

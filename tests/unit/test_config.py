@@ -99,3 +99,21 @@ def test_check_dataclass_bool_is_not_an_int() -> None:
 def test_closest_suggests_only_near_names() -> None:
     assert closest("posture_srv", ["posture_server", "ct_seg_nuc"]) == "posture_server"
     assert closest("zzz", ["posture_server"]) is None
+
+
+def test_compose_checks_candidates_of_the_given_root_when_run_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "conf", project / "conf")
+    auto = project / "conf" / "recipe" / "auto.yaml"
+    auto.write_text(auto.read_text().replace("candidates: []", "candidates: [ort_fp32, nope]"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not inside any project, and no $EDGESHIP_ROOT
+    monkeypatch.delenv("EDGESHIP_ROOT", raising=False)
+    with pytest.raises(SpecError) as info:
+        compose(["deployment=ct_seg_server", "recipe=auto"], project)
+    assert "recipe.candidates[1]: unknown recipe 'nope'" in str(info.value)

@@ -47,7 +47,8 @@ def test_dvc_analytics_off() -> None:
 # imported only to add their parsers, and are left out here.
 _BUILD_IMPORTS = """
 import json, sys
-import orchestrator.cli.main, orchestrator.cli.build, orchestrator.build.pipeline, orchestrator.build.select
+import orchestrator.cli.main, orchestrator.cli.build
+import orchestrator.build.pipeline, orchestrator.build.select
 from orchestrator.passes.base import registered_passes
 from targets.base import registered_targets
 registered_passes(); registered_targets()

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.ship.rollout import engine
 from orchestrator.ship.results import DeviceOutcome
+from orchestrator.ship.rollout import engine
 from orchestrator.ship.rollout.journal import Journal, read_state, replay
 from orchestrator.ship.rollout.lock import DeviceLocks, LockHolder, RolloutLockedError
 from orchestrator.ship.rollout.plan import Selection, plan_rollout

@@ -20,18 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator.core.metrics import mean_foreground_dice
 from orchestrator.passes.base import Inputs
 
 Predict = Callable[[Inputs], Sequence[np.ndarray]]
-
-
-def _foreground_dice(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    scores = []
-    for c in range(1, classes):
-        a, b = pred == c, truth == c
-        denom = int(a.sum()) + int(b.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom)
-    return float(np.mean(scores)) if scores else 1.0
 
 
 @dataclass
@@ -57,7 +49,7 @@ class Evaluation:
         logits = np.asarray(outputs[0])
         if self.task == "classification":
             return float(int(logits.argmax(-1).ravel()[0]) == int(self.targets[index]))
-        return _foreground_dice(logits.argmax(1)[0], self.targets[index], self.classes)
+        return mean_foreground_dice(logits.argmax(1)[0], self.targets[index], self.classes)
 
     def score(
         self, predict: Predict, indices: Iterable[int] | None = None

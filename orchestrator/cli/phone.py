@@ -12,13 +12,13 @@ import argparse
 import json
 from typing import Any
 
-from orchestrator.cli.common import CLI, human_size, key_store, pairs, project_dir
+from orchestrator.cli.common import CLI, human_size, integer, key_store, pairs, project_dir
 from orchestrator.cli.ship import bundle_from
-from orchestrator.errors import Problem, TrackingError, UsageError
+from orchestrator.errors import Problem, UsageError
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from orchestrator.ship.feed import channel_alias, publish, show_index
+    from orchestrator.ship.feed import publish, record_publication, show_index
     from orchestrator.spec.fleet import load_fleet
 
     opts = pairs(args.overrides, ("deployment", "fleet", "channel", "version"), ("fleet",))
@@ -48,36 +48,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 0
     if "channel" not in opts:
         raise UsageError([Problem(CLI, "channel", "missing; expected channel=NAME")])
-    if "version" in opts and not opts["version"].isdigit():
-        raise UsageError(
-            [Problem(CLI, "version", f"expected an integer, found '{opts['version']}'")]
-        )
+    integer(opts, "version")
     with bundle_from(args, opts) as bundle:
         pub = publish(fleet, bundle, opts["channel"], args.fraction, store)
-        mlflow = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
-        if not args.no_record and mlflow.get("run_id"):
-            from registry.tracking import Tracker
-
-            tracker = Tracker(root)
-            prefix = f"edgeship.feed.{fleet.name}.{pub.channel}"
-            try:
-                tracker.set_tags(
-                    str(mlflow["run_id"]),
-                    {
-                        f"{prefix}.version": str(pub.version),
-                        f"{prefix}.fraction": str(pub.fraction),
-                        f"{prefix}.index_serial": str(pub.serial),
-                    },
-                )
-                if pub.fraction >= 1.0 and mlflow.get("model_version"):
-                    pub.alias = channel_alias(fleet, pub.channel)
-                    tracker.promote(
-                        str(mlflow["model_name"]), str(mlflow["model_version"]), pub.alias
-                    )
-            except TrackingError as exc:
-                pub.notes.append(f"MLflow: {exc}")
-            except Exception as exc:
-                pub.notes.append(f"MLflow: {type(exc).__name__}: {exc}")
+        if not args.no_record:
+            record_publication(root, fleet, bundle, pub)
     print(
         f"published {pub.deployment} v{pub.version} ({pub.digest[:12]}) on {pub.fleet}/"
         f"{pub.channel} to {pub.fraction:.0%} of installations"

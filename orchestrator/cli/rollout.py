@@ -20,6 +20,7 @@ from orchestrator.cli.common import (
     CLI,
     LABELS,
     human_size,
+    integer,
     key_store,
     pairs,
     project_dir,
@@ -225,16 +226,13 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         report = resume_rollout(root, args.resume or None, store, listeners=[printer])
         for note in report.notes:
             _out(f"note: {note}")
-        return 0 if report.status == "completed" else 9
+        return ExitCode.OK if report.status == "completed" else ExitCode.ROLLOUT_HALTED
     if args.show:
         report = report_of(root, args.show)
         return _show(report, args.json)
     allowed = ("deployment", "fleet", "rollout", "version", "device", "group", *LABELS)
     opts = pairs(args.overrides, allowed, ("deployment", "fleet", "rollout"))
-    if "version" in opts and not opts["version"].isdigit():
-        raise UsageError(
-            [Problem(CLI, "version", f"expected an integer, found '{opts['version']}'")]
-        )
+    integer(opts, "version")
     fleet = load_fleet(opts["fleet"], root)
     strategy = load_rollout(opts["rollout"], root)
     source = (

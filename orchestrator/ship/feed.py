@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import FeedError, Problem, SpecError
+from orchestrator.errors import FeedError, Problem, SpecError, TrackingError
 from orchestrator.ship.deploy import Throttle, hash_mismatches, upload_resumable
 from orchestrator.ship.results import DeviceOutcome
 from orchestrator.ship.ssh import DeviceSession, connect, pin_host_key
@@ -316,3 +316,31 @@ def show_index(fleet: FleetConfig, store: KeyStore) -> tuple[int, dict[str, Any]
 def channel_alias(fleet: FleetConfig, channel: str) -> str:
     """The MLflow alias a completed channel rollout sets."""
     return fleet.alias if channel == "stable" else f"{fleet.alias}-{channel}"
+
+
+def record_publication(root: Path, fleet: FleetConfig, bundle: Bundle, pub: Any) -> None:
+    """Tag the bundle's MLflow run with what was published; a full release moves the channel's
+    alias. MLflow trouble becomes a note on ``pub``, never a failed publish."""
+    mlflow = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+    if not mlflow.get("run_id"):
+        return
+    from registry.tracking import Tracker
+
+    tracker = Tracker(root)
+    prefix = f"edgeship.feed.{fleet.name}.{pub.channel}"
+    try:
+        tracker.set_tags(
+            str(mlflow["run_id"]),
+            {
+                f"{prefix}.version": str(pub.version),
+                f"{prefix}.fraction": str(pub.fraction),
+                f"{prefix}.index_serial": str(pub.serial),
+            },
+        )
+        if pub.fraction >= 1.0 and mlflow.get("model_version"):
+            pub.alias = channel_alias(fleet, pub.channel)
+            tracker.promote(str(mlflow["model_name"]), str(mlflow["model_version"]), pub.alias)
+    except TrackingError as exc:
+        pub.notes.append(f"MLflow: {exc}")
+    except Exception as exc:
+        pub.notes.append(f"MLflow: {type(exc).__name__}: {exc}")

@@ -14,19 +14,11 @@ from tests.sshd import ShipLab
 
 pytestmark = pytest.mark.integration
 
-AGENT = (
-    Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent" / "edgeship_agent.py"
-)
-
 
 def _steps() -> tuple[str, ...]:
-    import importlib.util
+    from orchestrator.device.agent.activate import ACTIVATION_STEPS
 
-    spec = importlib.util.spec_from_file_location("edgeship_agent", AGENT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return tuple(module.ACTIVATION_STEPS)
+    return tuple(ACTIVATION_STEPS)
 
 
 def test_deploy_good_bundle_activates_and_passes_health_check(lab: ShipLab) -> None:

@@ -77,7 +77,7 @@ def test_fp16_artifact_is_float16_onnx_with_float32_io_and_engine_settings(
     assert engine["precision"] == "fp16" and engine["strongly_typed"] is True
     assert engine["workspace_mb"] > 0 and engine["dla_core"] is None
     assert engine["profiles"] == {}  # static shapes: no optimisation profile needed
-    assert runtime["settings"]["engine_builder"] == "targets/tensorrt_engine.py"
+    assert runtime["settings"]["engine_builder"] == "orchestrator/device/tensorrt_engine.py"
     dla = registered_targets()["jetson_orin"](
         TargetConfig(name="j", family="jetson_orin", device="DLA0")
     )

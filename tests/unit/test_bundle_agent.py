@@ -2,47 +2,76 @@
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 
+from orchestrator.device.agent import AGENT_FILE, agent_source
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
 from registry.signing import key_id, load_public_pem
 from tests.unit.test_bundle import make_artifact
 
-AGENT = (
-    Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent" / "edgeship_agent.py"
-)
+AGENT_PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent"
 
 
 @pytest.fixture(scope="module")
-def agent() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("edgeship_agent_under_test", AGENT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def agent() -> SimpleNamespace:
+    """The agent's helpers under test, from the package its zipapp is built from."""
+    from orchestrator.device.agent import crypto, runtimes
+
+    return SimpleNamespace(satisfies=runtimes.satisfies, key_id_of_pem=crypto.key_id_of_pem)
+
+
+@pytest.fixture(scope="module")
+def agent_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The agent as devices get it: one zipapp file, outside the repository."""
+    path = tmp_path_factory.mktemp("bin") / AGENT_FILE
+    path.write_bytes(agent_source())
+    return path
 
 
 def test_agent_imports_only_the_standard_library() -> None:
-    source = AGENT.read_text()
     tops = set()
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("import ", "from ")) and not stripped.startswith("from __future__"):
-            tops.add(stripped.split()[1].split(".")[0])
+    relative = set()
+    for path in sorted(AGENT_PACKAGE.glob("*.py")):  # every module of the agent package
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                tops.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                relative.add((path.name, node.level, node.module))
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                tops.add(str(node.module).split(".")[0])
     runtime_only = {"numpy", "onnxruntime", "openvino"}  # imported inside the health check only
     assert tops - runtime_only <= set(sys.stdlib_module_names), (
         tops - runtime_only - set(sys.stdlib_module_names)
     )
     assert "orchestrator" not in tops and "registry" not in tops
+    # relative imports stay inside the package (it is top level inside the zipapp)
+    assert all(level == 1 for _, level, _ in relative), relative
+
+
+def test_agent_zipapp_is_one_deterministic_file_that_runs_alone(
+    agent_program: Path, tmp_path: Path
+) -> None:
+    assert agent_source() == agent_program.read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, str(agent_program), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: edgeship-agent")
 
 
 @pytest.mark.parametrize(
@@ -60,11 +89,11 @@ def test_agent_imports_only_the_standard_library() -> None:
         ("1.31.1", "", True),
     ],
 )
-def test_agent_runtime_specifier(agent: ModuleType, version: str, spec: str, ok: bool) -> None:
+def test_agent_runtime_specifier(agent: SimpleNamespace, version: str, spec: str, ok: bool) -> None:
     assert agent.satisfies(version, spec) is ok
 
 
-def test_agent_key_id_matches_edgeship_key_id(agent: ModuleType, tmp_path: Path) -> None:
+def test_agent_key_id_matches_edgeship_key_id(agent: SimpleNamespace, tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys", passphrase=b"")
     kid = store.init().key_id
     pem = store.pub_path(kid).read_text()
@@ -74,7 +103,7 @@ def test_agent_key_id_matches_edgeship_key_id(agent: ModuleType, tmp_path: Path)
 @pytest.mark.skipif(
     not (shutil.which("openssl") and shutil.which("sha256sum")), reason="needs openssl, sha256sum"
 )
-def test_agent_verify_exit_codes_locally(tmp_path: Path) -> None:
+def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys", passphrase=b"")
     store.init()
     bundle = make_bundle(make_artifact(tmp_path / "a" / "demo"), store, tmp_path / "bundles")
@@ -86,7 +115,9 @@ def test_agent_verify_exit_codes_locally(tmp_path: Path) -> None:
 
     def run(*args: str) -> tuple[int, dict]:
         proc = subprocess.run(
-            [sys.executable, str(AGENT), "--root", str(root), *args], capture_output=True, text=True
+            [sys.executable, str(agent_program), "--root", str(root), *args],
+            capture_output=True,
+            text=True,
         )
         return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 

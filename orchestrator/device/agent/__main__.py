@@ -1,0 +1,175 @@
+"""edgeship device agent: verify, activate, health-check and roll back signed bundles.
+
+This package runs ON THE DEVICE, built into one zipapp (``edgeship_agent.pyz``)
+at enrolment. It needs only the Python standard library (3.8+), ``openssl`` and
+``sha256sum``; the health check imports the device's own runtime (onnxruntime
+or openvino, whichever the bundle's runtime.json names) and numpy. It never
+imports edgeship.
+
+Commands (JSON on stdout)::
+
+    verify BUNDLE          check signature, key, hashes, family, version, expiry, runtime
+                           (--manifest-only: all but the files, before uploading them)
+    activate BUNDLE        verify, install, switch `current`, health check, roll back on failure
+    health                 run the current bundle's smoke test with the device runtime
+    rollback [--to V]      switch `current` back to `previous` (or to installed version V)
+    status                 what is installed and active, trust set, runtimes
+    update-trust FILE      accept a new trust set signed by a trusted key with a higher serial
+    init --name N --family F --trust FILE    enrolment (first trust set)
+    inventory              sha256 -> path of every installed file (for deduplicated uploads)
+    link --plan FILE       hard-link installed files into a staging folder
+
+BUNDLE is a bundle folder or an exported bundle ``.tar``.
+
+Exit codes::
+
+    0   done (including "already installed": activation is idempotent)
+    1   agent error (a tool missing, a file unreadable)
+    2   usage error
+    10  refused: nothing was changed; the JSON says why (``refusal``)
+    11  health check failed (activate: rolled back to the previous version)
+    12  health check failed and there is no previous version to go back to
+    13  nothing to act on (not enrolled, no current or previous version)
+    99  stopped on purpose at an activation step (EDGESHIP_AGENT_CRASH_AT, for tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+
+from .agent import Agent
+from .errors import (
+    EXIT_ERROR,
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNHEALTHY,
+    EXIT_USAGE,
+    AgentError,
+    Nothing,
+    Refusal,
+)
+from .health import health_run
+from .log import emit
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeship-agent", description="edgeship device agent")
+    p.add_argument("--root", default=os.environ.get("EDGESHIP_AGENT_ROOT", "/opt/edgeship"))
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("verify", help="verify a bundle folder or exported .tar")
+    s.add_argument("bundle")
+    s.add_argument("--manifest-only", action="store_true", help="signature and policy, not files")
+    s = sub.add_parser("activate", help="verify, install, switch, health-check")
+    s.add_argument("bundle")
+    s.add_argument("--timeout", type=float, default=300.0, help="health check timeout (seconds)")
+    s = sub.add_parser("health", help="health check of the current version")
+    s.add_argument("--timeout", type=float, default=300.0)
+    s = sub.add_parser("rollback", help="switch back to previous (or --to VERSION)")
+    s.add_argument("--to", type=int, default=None)
+    s = sub.add_parser("status", help="JSON status")
+    s.add_argument(
+        "--inventory", action="store_true", help="include sha256 -> path of installed files"
+    )
+    s = sub.add_parser("update-trust", help="install a newer trust set")
+    s.add_argument("file")
+    s.add_argument("--sig", default=None)
+    s = sub.add_parser("init", help="enrolment")
+    s.add_argument("--name", required=True)
+    s.add_argument("--family", required=True)
+    s.add_argument("--trust", required=True)
+    s.add_argument("--reset-trust", action="store_true")
+    sub.add_parser("inventory", help="sha256 -> path of installed files")
+    s = sub.add_parser("link", help="hard-link installed files into staging")
+    s.add_argument("--plan", required=True)
+    s = sub.add_parser("health-run", help=argparse.SUPPRESS)
+    s.add_argument("folder")
+    return p
+
+
+def main(argv: list | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.command:
+        parser().print_usage(sys.stderr)
+        return EXIT_USAGE
+    agent = Agent(args.root)
+    agent.command = args.command
+    if args.command == "init":
+        os.makedirs(agent.root, exist_ok=True)
+    if args.command in ("activate", "rollback", "health", "update-trust", "init", "link"):
+        agent.lock(wait=True)
+    elif args.command in ("status", "verify", "inventory"):
+        agent.lock(wait=False)  # busy: answer without repairing anything
+    try:
+        if args.command == "health-run":
+            try:
+                result = health_run(args.folder)
+            except Exception as exc:  # the runtime refused the model: report it as the reason
+                result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
+            emit(result)
+            return EXIT_OK if result["result"] == "pass" else EXIT_UNHEALTHY
+        if args.command == "verify":
+            agent.recover()
+            agent.device()
+            folder, extracted = agent.open_bundle(args.bundle)
+            try:
+                info = agent.verify(folder, files=not args.manifest_only)
+            finally:
+                if extracted:
+                    shutil.rmtree(extracted, ignore_errors=True)
+            info.pop("manifest")
+            agent.log("verified", version=info["version"], deployment=info["deployment"])
+            emit(dict(info, result="ok"))
+            return EXIT_OK
+        if args.command == "activate":
+            result, code = agent.activate(args.bundle, args.timeout)
+            emit(result)
+            return code
+        if args.command == "health":
+            result, code = agent.health(args.timeout)
+            emit(result)
+            return code
+        if args.command == "rollback":
+            emit(agent.rollback(args.to))
+            return EXIT_OK
+        if args.command == "status":
+            status = agent.status()
+            if args.inventory:
+                status["inventory"] = agent.inventory()["files"]
+            emit(status)
+            return EXIT_OK
+        if args.command == "update-trust":
+            agent.device()
+            emit(agent.update_trust(args.file, args.sig))
+            return EXIT_OK
+        if args.command == "init":
+            emit(agent.init(args.name, args.family, args.trust, args.reset_trust))
+            return EXIT_OK
+        if args.command == "inventory":
+            emit(agent.inventory())
+            return EXIT_OK
+        if args.command == "link":
+            emit(agent.link(args.plan))
+            return EXIT_OK
+    except Refusal as exc:
+        agent.log("refused", refusal=exc.code, message=exc.message, more=[m for _, m in exc.more])
+        emit(agent.refusal_result(exc))
+        return EXIT_REFUSED
+    except Nothing as exc:
+        agent.log("nothing", message=str(exc))
+        emit({"result": "nothing", "message": str(exc)})
+        return EXIT_NOTHING
+    except (AgentError, OSError, ValueError, KeyError) as exc:
+        with contextlib.suppress(OSError):
+            agent.log("error", message=f"{type(exc).__name__}: {exc}")
+        emit({"result": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return EXIT_ERROR
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Activation: install a verified bundle beside the others, switch to it, check, roll back.
+
+Every step is crash-safe: a version is copied into ``versions/.<v>.tmp-<pid>``,
+verified again, renamed into place, and ``current`` is switched with one rename;
+state.json journals the activation so that the next command repairs an
+interrupted one (:meth:`Install.recover`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from .clock import iso
+from .errors import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNHEALTHY,
+    EXIT_UNHEALTHY_NO_PREVIOUS,
+    AgentError,
+    Nothing,
+    Refusal,
+)
+from .files import ENVELOPE, fsync_dir
+from .health import Health
+from .verify import Verifier
+
+ACTIVATION_STEPS = (
+    "copying",  # half of the files copied into versions/.<v>.tmp
+    "copied",
+    "verified",
+    "installed",  # versions/<v> in place
+    "journal",  # state.json says an activation is under way
+    "previous_link",  # temp symlink for `previous` created
+    "previous_switched",
+    "current_link",  # temp symlink for `current` created
+    "current_switched",
+    "state_written",
+    "health_done",
+)
+
+
+class Activation(Verifier, Health):
+    """Activate, roll back, and reuse installed files (deduplicated uploads)."""
+
+    def known_files(self) -> dict:
+        """sha256 -> absolute path of files already installed (trusted: verified at install)."""
+        out: dict = {}
+        for version in self.installed():
+            folder = self.version_dir(version)
+            try:
+                manifest, _ = self.read_manifest(folder)
+            except Refusal:
+                continue
+            for entry in manifest["files"]:
+                full = os.path.join(folder, entry["path"])
+                if os.path.isfile(full) and os.path.getsize(full) == int(entry.get("size", -1)):
+                    out.setdefault(entry["sha256"], full)
+        return out
+
+    def install_copy(self, src: str, manifest: dict, version: int) -> str:
+        """Copy a bundle into versions/.<v>.tmp (hard-linking files already installed)."""
+        os.makedirs(self.versions, exist_ok=True)
+        tmp = os.path.join(self.versions, f".{version}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        known = self.known_files()
+        files = list(manifest["files"])
+        for i, entry in enumerate(files):
+            dest = os.path.join(tmp, entry["path"])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            source = known.get(entry["sha256"])
+            if source is not None:
+                try:
+                    os.link(source, dest)
+                except OSError:
+                    shutil.copyfile(source, dest)
+            else:
+                shutil.copyfile(os.path.join(src, entry["path"]), dest)
+            os.chmod(dest, 0o444)
+            if i == len(files) // 2:
+                self.step("copying")
+        for name in ENVELOPE:
+            if os.path.isfile(os.path.join(src, name)):
+                shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+        self.step("copied")
+        return tmp
+
+    def activate(self, bundle: str, timeout: float) -> tuple:
+        self.recover()
+        device = self.device()
+        folder, extracted = self.open_bundle(bundle)
+        try:
+            try:
+                if extracted:
+                    self.apply_carried_trust(extracted)
+                info = self.verify(folder)
+            except Refusal as exc:
+                self.log(
+                    "refused",
+                    refusal=exc.code,
+                    message=exc.message,
+                    more=[m for _, m in exc.more],
+                    bundle=bundle,
+                )
+                self._drop_staged(bundle)
+                return self.refusal_result(exc), EXIT_REFUSED
+            version = info["version"]
+            state = self.state()
+            if info["unchanged"]:
+                if state.get("pending_health") == version:
+                    self._drop_staged(bundle)
+                    return self._finish_health(version, state.get("pending_from"), timeout)
+                self.log("unchanged", version=version, deployment=info["deployment"])
+                self._drop_staged(bundle)
+                return {
+                    "result": "unchanged",
+                    "version": version,
+                    "deployment": info["deployment"],
+                }, EXIT_OK
+            dest = self.version_dir(version)
+            if os.path.isdir(dest):
+                _, existing = self.read_manifest(dest)
+                if existing != info["manifest_sha256"]:
+                    refusal = Refusal(
+                        "version_conflict",
+                        f"version {version} is installed with a different manifest",
+                    )
+                    self.log(
+                        "refused", refusal=refusal.code, message=refusal.message, bundle=bundle
+                    )
+                    return self.refusal_result(refusal), EXIT_REFUSED
+            else:
+                tmp = self.install_copy(folder, info["manifest"], version)
+                try:
+                    self.verify(tmp, policy=False)
+                except Refusal as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    self.log("refused", refusal=exc.code, message="installed copy: " + exc.message)
+                    return self.refusal_result(exc), EXIT_REFUSED
+                self.step("verified")
+                os.rename(tmp, dest)
+                fsync_dir(self.versions)
+                self.step("installed")
+        finally:
+            if extracted:
+                shutil.rmtree(extracted, ignore_errors=True)
+        old = self.link_version(self.current)
+        state["pending"] = {
+            "version": version,
+            "from": old,
+            "pid": os.getpid(),
+            "started_at": iso(),
+        }
+        state["deployment"] = info["deployment"]
+        state.setdefault("versions", {})[str(version)] = {
+            "manifest_sha256": info["manifest_sha256"],
+            "key_id": info["key_id"],
+            "installed_at": iso(),
+            "created_at": info["manifest"].get("created_at"),
+            "expires_at": info["manifest"].get("expires_at"),
+            "provenance": {
+                "git": (info["manifest"].get("provenance") or {}).get("git"),
+                "mlflow": (info["manifest"].get("provenance") or {}).get("mlflow"),
+            },
+        }
+        self.save_state(state)
+        self.step("journal")
+        if old is not None and old != version:
+            self.switch(self.previous, old)
+        self.switch(self.current, version)
+        state = self.state()
+        state["pending"] = None
+        state["pending_health"] = version
+        state["pending_from"] = old
+        state["history"] = [v for v in state.get("history", []) if v != version] + [version]
+        state["versions"][str(version)]["activated_at"] = iso()
+        self.save_state(state)
+        self.log(
+            "activated",
+            version=version,
+            previous=old,
+            deployment=info["deployment"],
+            device=device.get("name"),
+        )
+        self.step("state_written")
+        self._drop_staged(bundle)
+        return self._finish_health(version, old, timeout)
+
+    def _finish_health(self, version: int, old: int | None, timeout: float) -> tuple:
+        result = self.run_health(version, timeout)
+        self.step("health_done")
+        state = self.state()
+        state["versions"].setdefault(str(version), {})["health"] = result
+        state["pending_health"] = None
+        state["pending_from"] = None
+        self.save_state(state)
+        if result["result"] == "pass":
+            self.log("healthy", version=version, latency_ms=result.get("latency_ms"))
+            return {
+                "result": "activated",
+                "version": version,
+                "previous": old,
+                "health": result,
+            }, EXIT_OK
+        self.log("unhealthy", version=version, reason=result.get("reason"))
+        state["failed"] = sorted(set(state.get("failed", [])) | {version})
+        state["history"] = [v for v in state.get("history", []) if v != version]
+        self.save_state(state)
+        if old is not None and old != version and os.path.isdir(self.version_dir(old)):
+            self.switch(self.current, old)
+            self.switch(self.previous, self._predecessor(old))
+            self.log("rolled_back", version=old, from_version=version, reason="health check failed")
+            return (
+                {
+                    "result": "rolled_back",
+                    "version": old,
+                    "failed_version": version,
+                    "health": result,
+                },
+                EXIT_UNHEALTHY,
+            )
+        self.switch(self.current, None)
+        self.log(
+            "deactivated", version=version, reason="health check failed and no previous version"
+        )
+        return {
+            "result": "unhealthy",
+            "version": None,
+            "failed_version": version,
+            "health": result,
+        }, (EXIT_UNHEALTHY_NO_PREVIOUS)
+
+    def _predecessor(self, version: int) -> int | None:
+        """The good version activated before ``version`` that is still on disk."""
+        state = self.state()
+        history = [v for v in state.get("history", []) if v not in state.get("failed", [])]
+        if version in history:
+            earlier = history[: history.index(version)]
+        else:
+            earlier = [v for v in history if v < version]
+        for v in reversed(earlier):
+            if os.path.isdir(self.version_dir(v)):
+                return v
+        return None
+
+    def rollback(self, to: int | None) -> dict:
+        self.recover()
+        current = self.link_version(self.current)
+        target = to if to is not None else self.link_version(self.previous)
+        if target is None:
+            raise Nothing("no previous version to roll back to")
+        folder = self.version_dir(target)
+        if not os.path.isdir(folder):
+            raise Nothing(f"version {target} is not installed here; installed: {self.installed()}")
+        if target == current:
+            return {"result": "unchanged", "version": current}
+        self.verify(folder, policy=False)
+        self.switch(self.current, target)
+        self.switch(self.previous, self._predecessor(target))
+        state = self.state()
+        state["history"] = [v for v in state.get("history", []) if v != target] + [target]
+        self.save_state(state)
+        self.log("rolled_back", version=target, from_version=current, reason="on command")
+        return {"result": "rolled_back", "version": target, "from_version": current}
+
+    def inventory(self) -> dict:
+        known = self.known_files()
+        return {"files": {sha: os.path.relpath(p, self.root) for sha, p in known.items()}}
+
+    def link(self, plan_path: str) -> dict:
+        """Hard-link installed files into staging/ (plan: [{"sha256", "dest"}])."""
+        with open(plan_path, "rb") as fh:
+            plan = json.loads(fh.read().decode())
+        self.drop_upload(plan_path)
+        known = self.known_files()
+        linked, missing = 0, []
+        for item in plan:
+            dest = os.path.abspath(os.path.join(self.root, item["dest"]))
+            if not dest.startswith(self.staging + os.sep):
+                raise AgentError("link destination outside staging/: {}".format(item["dest"]))
+            source = known.get(item["sha256"])
+            if source is None:
+                missing.append(item["dest"])
+                continue
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            for stale in (dest, dest + ".part"):
+                if os.path.lexists(stale):
+                    os.unlink(stale)
+            try:
+                os.link(source, dest)
+            except OSError:
+                shutil.copyfile(source, dest)
+            linked += 1
+        return {"linked": linked, "missing": missing}

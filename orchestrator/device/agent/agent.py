@@ -1,0 +1,72 @@
+"""The agent as a whole: every command's side, plus status and enrolment."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .activate import Activation
+from .clock import iso
+from .errors import Nothing
+from .files import read_json, write_json
+from .runtimes import RUNTIME_DISTRIBUTIONS, runtime_version
+
+AGENT_VERSION = "1"
+
+
+class Agent(Activation):
+    """The device side of edgeship, rooted at one install root."""
+
+    def status(self) -> dict:
+        self.recover()
+        state = self.state()
+        out = {
+            "agent_version": AGENT_VERSION,
+            "root": self.root,
+            "enrolled": os.path.isfile(self.device_path),
+            "busy": os.path.isdir(self.root) and not self.locked,  # another command is running
+            "device": read_json(self.device_path) if os.path.isfile(self.device_path) else None,
+            "deployment": state.get("deployment"),
+            "current": self.link_version(self.current),
+            "previous": self.link_version(self.previous),
+            "installed": self.installed(),
+            "failed": state.get("failed", []),
+            "pending_health": state.get("pending_health"),
+            "versions": state.get("versions", {}),
+            "python": sys.executable,
+            "runtimes": {name: runtime_version(name) for name in RUNTIME_DISTRIBUTIONS},
+        }
+        try:
+            trust = self.trust()
+            out["trust"] = {
+                "serial": trust["serial"],
+                "keys": [k["key_id"] for k in trust["keys"]],
+                "revoked": trust.get("revoked", []),
+                "active": trust.get("active"),
+            }
+        except Nothing:
+            out["trust"] = None
+        return out
+
+    def init(self, name: str, family: str, trust_file: str, reset_trust: bool) -> dict:
+        for folder in (self.root, self.versions, self.staging, self.log_dir, self.trust_dir):
+            os.makedirs(folder, exist_ok=True)
+        first = reset_trust or not os.path.isdir(self.trust_path())
+        trust = self.update_trust(trust_file, None, first=first)
+        previous = read_json(self.device_path) if os.path.isfile(self.device_path) else None
+        device = {
+            "name": name,
+            "family": family,
+            "enrolled_at": (previous or {}).get("enrolled_at") or iso(),
+            "agent_version": AGENT_VERSION,
+            "python": sys.executable,
+        }
+        write_json(self.device_path, device)
+        self.log(
+            "enrolled",
+            name=name,
+            family=family,
+            trust_serial=trust["serial"],
+            again=previous is not None,
+        )
+        return {"result": "enrolled", "device": device, "trust": trust}

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from orchestrator.build.report import templates
 from orchestrator.build.validate import Validation
 from orchestrator.spec.compose import ComposedSpec
 
@@ -132,19 +132,16 @@ def render_model_card(
     data: dict[str, Any],
     provenance: dict[str, Any],
 ) -> str:
-    env = Environment(
-        loader=PackageLoader("orchestrator.build", "templates"),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.4g}"
-    return env.get_template("model_card.md.j2").render(
-        spec=spec.config,
-        choices=spec.choices,
-        runtime=runtime,
-        result=result,
-        data=data,
-        provenance=provenance,
+
+    return (
+        templates()
+        .get_template("model_card.md.j2")
+        .render(
+            spec=spec.config,
+            choices=spec.choices,
+            runtime=runtime,
+            result=result,
+            data=data,
+            provenance=provenance,
+        )
     )

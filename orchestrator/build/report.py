@@ -10,7 +10,8 @@ from orchestrator.build.validate import Validation
 from orchestrator.spec.compose import ComposedSpec
 
 
-def _env() -> Environment:
+def templates() -> Environment:
+    """The Jinja2 environment of the build's Markdown templates (report, model card)."""
     env = Environment(
         loader=PackageLoader("orchestrator.build", "templates"),
         undefined=StrictUndefined,
@@ -26,7 +27,7 @@ def render_report(
     spec: ComposedSpec, runtime: dict[str, Any], result: Validation, data: dict[str, Any]
 ) -> str:
     return (
-        _env()
+        templates()
         .get_template("report.md.j2")
         .render(
             spec=spec.config,

@@ -25,11 +25,13 @@ test: setup
 	bash tools/system-deps.sh
 	$(BIN)/python -m pytest -q
 
+# lint: ruff, mypy, the import contracts, and the device room's Python 3.8 floor (vermin)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check orchestrator targets registry
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/vermin -q -t=3.8- --no-tips --violations orchestrator/device
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

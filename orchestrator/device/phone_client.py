@@ -42,7 +42,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class UpdateRefused(Exception):
 
 
 def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def _sha256(data: bytes) -> str:
@@ -218,7 +218,7 @@ class PhoneClient:
             raise UpdateRefused("bad_signature", f"index {latest}: the signature does not verify")
         if doc.get("kind") != FEED_KIND or int(doc.get("serial", -1)) != latest:
             raise UpdateRefused("malformed", f"index {latest} names serial {doc.get('serial')}")
-        if _parse_time(str(doc["expires_at"])) <= datetime.now(UTC):
+        if _parse_time(str(doc["expires_at"])) <= datetime.now(timezone.utc):
             raise UpdateRefused("expired", f"index {latest} expired at {doc['expires_at']}")
         seen_file.write_text(json.dumps({"serial": latest}) + "\n")
         return dict(doc)
@@ -278,7 +278,7 @@ class PhoneClient:
             raise UpdateRefused(
                 "wrong_family", f"the bundle is for {family}; this app is {self.family}"
             )
-        if _parse_time(str(manifest["expires_at"])) <= datetime.now(UTC):
+        if _parse_time(str(manifest["expires_at"])) <= datetime.now(timezone.utc):
             raise UpdateRefused("expired", f"the bundle expired at {manifest['expires_at']}")
         tmp = dest.with_name(f".{version}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -307,7 +307,7 @@ class PhoneClient:
         report: dict[str, Any] = {
             "install_id": self.install_id,
             "channel": self.channel,
-            "time": datetime.now(UTC).strftime(TIME_FORMAT),
+            "time": datetime.now(timezone.utc).strftime(TIME_FORMAT),
         }
         current = self._link_version("current")
         report["current_before"] = (
@@ -394,7 +394,7 @@ def smoke_test(folder: Path) -> dict[str, Any]:
         with np.load(folder / "smoke" / smoke.get("input", "input.npz")) as npz:
             inputs = {
                 n: np.asarray(npz[n]).astype(t.get("dtype", "float32"))
-                for n, t in zip(in_names, runtime["inputs"], strict=True)
+                for n, t in zip(in_names, runtime["inputs"])
             }
         with np.load(folder / "smoke" / smoke.get("expected", "expected.npz")) as npz:
             expected = {n: np.asarray(npz[n]) for n in out_names}
@@ -406,7 +406,12 @@ def smoke_test(folder: Path) -> dict[str, Any]:
     atol = float(smoke.get("atol", 1e-3))
     rtol = float(smoke.get("rtol", 0.0))
     failures = []
-    for name, value in zip(out_names, got, strict=True):
+    if len(got) != len(out_names):
+        return {
+            "result": "fail",
+            "reason": f"the model gave {len(got)} output(s); runtime.json names {len(out_names)}",
+        }
+    for name, value in zip(out_names, got):
         want = expected[name]
         if value.shape != want.shape or not np.allclose(value, want, atol=atol, rtol=rtol):
             diff = (

@@ -13,7 +13,7 @@ asks this one for the project root and the folders under it, so the lookup order
 | ``EDGESHIP_KEYS_DIR`` | ``~/.config/edgeship/keys`` | the signing key store, outside the project |
 | ``EDGESHIP_KEY_PASSPHRASE`` | unset | passphrase of encrypted private keys |
 | ``EDGESHIP_SIM_STATE`` | ``<project>/.edgeship/sim`` | the device simulator's state |
-| ``EDGESHIP_TRT_CACHE`` | ``~/.cache/edgeship/tensorrt`` | TensorRT engine cache |
+| ``EDGESHIP_TRT_CACHE`` | ``~/.cache/edgeship/tensorrt`` | engine cache of the TensorRT builder |
 | ``EDGESHIP_FULL_ERROR`` | unset | ``1``: print tracebacks (as ``-v``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<project>/mlflow.db`` | MLflow tracking server or store |
 """
@@ -32,7 +32,6 @@ ENV_ROLLOUTS = "EDGESHIP_ROLLOUTS"
 ENV_KEYS_DIR = "EDGESHIP_KEYS_DIR"
 ENV_KEY_PASSPHRASE = "EDGESHIP_KEY_PASSPHRASE"
 ENV_SIM_STATE = "EDGESHIP_SIM_STATE"
-ENV_TRT_CACHE = "EDGESHIP_TRT_CACHE"
 ENV_FULL_ERROR = "EDGESHIP_FULL_ERROR"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
@@ -92,11 +91,6 @@ def key_passphrase() -> bytes | None:
 def sim_state_dir() -> str | None:
     """``$EDGESHIP_SIM_STATE`` when set (the simulator's own default applies otherwise)."""
     return os.environ.get(ENV_SIM_STATE)
-
-
-def trt_cache_dir() -> Path:
-    """``$EDGESHIP_TRT_CACHE``, else ``~/.cache/edgeship/tensorrt``."""
-    return Path(os.environ.get(ENV_TRT_CACHE, "~/.cache/edgeship/tensorrt"))
 
 
 def full_errors() -> bool:

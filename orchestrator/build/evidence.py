@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.build.report import templates
+from orchestrator.build.report import render
 from orchestrator.build.validate import Validation
 from orchestrator.spec.compose import ComposedSpec
 
@@ -132,16 +132,4 @@ def render_model_card(
     data: dict[str, Any],
     provenance: dict[str, Any],
 ) -> str:
-
-    return (
-        templates()
-        .get_template("model_card.md.j2")
-        .render(
-            spec=spec.config,
-            choices=spec.choices,
-            runtime=runtime,
-            result=result,
-            data=data,
-            provenance=provenance,
-        )
-    )
+    return render("model_card.md.j2", spec, runtime, result, data, provenance=provenance)

@@ -23,17 +23,30 @@ def templates() -> Environment:
     return env
 
 
-def render_report(
-    spec: ComposedSpec, runtime: dict[str, Any], result: Validation, data: dict[str, Any]
+def render(
+    template: str,
+    spec: ComposedSpec,
+    runtime: dict[str, Any],
+    result: Validation,
+    data: dict[str, Any],
+    **extra: Any,
 ) -> str:
+    """Render one of the build's Markdown templates over a build's spec, runtime and result."""
     return (
         templates()
-        .get_template("report.md.j2")
+        .get_template(template)
         .render(
             spec=spec.config,
             choices=spec.choices,
             runtime=runtime,
             result=result,
             data=data,
+            **extra,
         )
     )
+
+
+def render_report(
+    spec: ComposedSpec, runtime: dict[str, Any], result: Validation, data: dict[str, Any]
+) -> str:
+    return render("report.md.j2", spec, runtime, result, data)

@@ -376,6 +376,23 @@ def issue_rollback(
 # -- verification on the build host (devices use the agent: openssl + sha256sum) -----------------
 
 
+def signature_problem(path: Path, trust: TrustSet) -> str | None:
+    """Why the manifest's signature in bundle folder ``path`` is not good under ``trust``, or None.
+
+    Checked on the raw bytes before anything parses the manifest.
+    """
+    mpath, sig = path / MANIFEST, path / SIGNATURE
+    if not mpath.is_file():
+        return f"{path}: no {MANIFEST}; not a bundle folder"
+    if not sig.is_file():
+        return f"missing signature: {sig}"
+    data, signature = mpath.read_bytes(), sig.read_bytes()
+    for kid, pem in sorted(trust.keys.items()):
+        if kid not in trust.revoked and verify(load_public_pem(pem), data, signature):
+            return None
+    return f"bad signature: {sig} does not verify with any key the trust set allows to sign bundles"
+
+
 def verify_bundle(path: Path, trust: TrustSet, now: datetime | None = None) -> list[str]:
     """Every reason a device would refuse this bundle on signature, key, expiry or hashes.
 

@@ -35,6 +35,16 @@ class Trust(Install):
             raise Refusal("untrusted_key", f"signed by key {kid}, which this device does not trust")
         return os.path.join(self.trust_path(), "keys", kid + ".pem")
 
+    def bundle_keys(self) -> list:
+        """(key id, PEM path) of every key allowed to sign bundles and rollback orders."""
+        trust = self.trust()
+        revoked = trust.get("revoked", [])
+        return [
+            (k["key_id"], os.path.join(self.trust_path(), "keys", k["key_id"] + ".pem"))
+            for k in trust.get("keys", [])
+            if k["key_id"] not in revoked
+        ]
+
     def _check_trust_doc(self, data: bytes, source: str) -> dict:
         try:
             doc = json.loads(data.decode())

@@ -38,6 +38,7 @@ from orchestrator.core.fsutil import write_json
 from orchestrator.core.model_file import sha256_file
 from orchestrator.errors import BundleError
 from registry.keys import KeyStore, TrustSet
+from registry.repository import Repository
 from registry.signing import (
     SIG_SUFFIX,
     canonical_json,
@@ -323,6 +324,7 @@ def make_bundle(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        Repository(root, store).add_bundle(final, deployment, version)
         ledger.append(
             "issued",
             {
@@ -387,10 +389,13 @@ def signature_problem(path: Path, trust: TrustSet) -> str | None:
     if not sig.is_file():
         return f"missing signature: {sig}"
     data, signature = mpath.read_bytes(), sig.read_bytes()
-    for kid, pem in sorted(trust.keys.items()):
-        if kid not in trust.revoked and verify(load_public_pem(pem), data, signature):
+    for pem in trust.keys.values():
+        if verify(load_public_pem(pem), data, signature):
             return None
-    return f"bad signature: {sig} does not verify with any key the trust set allows to sign bundles"
+    return (
+        f"bad signature: {sig} does not verify with any key of the targets role of root "
+        f"version {trust.serial}"
+    )
 
 
 def verify_bundle(path: Path, trust: TrustSet, now: datetime | None = None) -> list[str]:
@@ -436,13 +441,13 @@ def verify_bundle(path: Path, trust: TrustSet, now: datetime | None = None) -> l
 
 
 def export_bundle(
-    bundle: Bundle, dest: Path, trust_chain: list[tuple[int, bytes, bytes]] | None = None
+    bundle: Bundle, dest: Path, trust_chain: list[tuple[int, bytes]] | None = None
 ) -> Path:
     """Write the bundle as one tar file (folder ``<deployment>-v<version>/`` inside).
 
     ``trust_chain`` (from :meth:`KeyStore.trust_chain`) rides along as
-    ``trust/trust-<serial>.json(.sig)``: an air-gapped device's agent applies the
-    trust sets newer than its own before it verifies the bundle, so rotations and
+    ``trust/<version>.root.json``: an air-gapped device's agent applies the root
+    versions newer than its own before it verifies the bundle, so rotations and
     revocations reach it on the same medium.
     """
     prefix = f"{bundle.deployment}-v{bundle.version}"
@@ -461,9 +466,8 @@ def export_bundle(
 
     try:
         with tarfile.open(tmp, "w") as tar:
-            for serial, data, sig in trust_chain or []:
-                add(tar, f"trust/trust-{serial:06d}.json", data)
-                add(tar, f"trust/trust-{serial:06d}.json.sig", sig)
+            for serial, data in trust_chain or []:
+                add(tar, f"trust/{serial}.root.json", data)
             for name in names:
                 add(tar, f"{prefix}/{name}", (bundle.path / name).read_bytes())
         os.replace(tmp, dest)

@@ -1,22 +1,36 @@
-"""The signing key store and the trust set devices hold.
+"""The key store: the TUF roles of an edgeship repository and the root of trust devices hold.
+
+Roles, as in TUF (and Uptane)::
+
+    root        offline keys with a threshold (e.g. 2 of 3); only they change the root:
+                add, rotate or remove keys of any role, renew its expiry
+    targets     one online key: signs bundle manifests, rollback orders, phone feed indexes
+                and the repository's targets metadata; cannot change trust
+    timestamp   one online key: signs short-lived freshness metadata (the repository's
+                timestamp and snapshot, the phone feed's timestamp); cannot change trust
+
+The root of trust is a TUF ``root.json`` written with python-tuf's Metadata API,
+so any TUF client (python-tuf's ngclient among them) and the device agent (stock
+``openssl``) verify the same document. Every root version ever issued is kept; a
+device that holds version N accepts N+1 only when it carries the root threshold of
+N and its own (TUF specification, 5.3), so a leaked online key cannot change what
+devices trust, whatever version it claims.
 
 Private keys live outside the repository: in ``$EDGESHIP_KEYS_DIR``, else
 ``~/.config/edgeship/keys/``. The folder is mode 0700 and every file in it 0600;
 a key file other users can read is refused (as ``ssh`` refuses one). With
-``$EDGESHIP_KEY_PASSPHRASE`` set, private keys are written encrypted (PKCS#8,
-best available encryption) and read with it.
+``$EDGESHIP_KEY_PASSPHRASE`` set, private keys are written encrypted (PKCS#8) and
+read with it. Root keys may live elsewhere (other machines, removable tokens): any
+folder in ``$EDGESHIP_ROOT_KEY_DIRS`` (``:``-separated) is searched for
+``<key id>.key``, and ``edgeship keys sign-root --keys-dir DIR`` adds the
+signatures of the root keys in DIR to a root change that is still short of its
+threshold. Layout::
 
-Layout::
-
-    <store>/<key id>.key            private key, PKCS#8 PEM
-    <store>/<key id>.pub            public key, SubjectPublicKeyInfo PEM
-    <store>/trust.json(.sig)        the current trust set and its signature
-    <store>/history/trust-<serial>.json(.sig)   every trust set ever issued
-
-The trust set lists the trusted key ids with their public keys, the revoked key
-ids, the active (signing) key and a serial. Every new trust set is signed by a
-key the previous one trusts, so a device that trusts serial N accepts N+1 without
-re-enrolment; a device several serials behind is sent the chain in order.
+    <store>/root/<key id>.key          root private keys (move them offline: docs/security.md)
+    <store>/online/<key id>.key        targets and timestamp private keys
+    <store>/online.json                which online key signs for each role (local choice)
+    <store>/metadata/<N>.root.json     every root version ever issued
+    <store>/pending/<N>.root.json      a root change waiting for more root signatures
 """
 
 from __future__ import annotations
@@ -27,26 +41,34 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Role, Root
+from tuf.api.serialization.json import JSONSerializer
 
 from orchestrator import project
 from orchestrator.core.fsutil import exclusive_lock
 from orchestrator.errors import KeyStoreError
-from registry.signing import canonical_json, key_id, load_public_pem, public_pem, sign, verify
+from registry.signing import public_pem
 
 log = logging.getLogger(__name__)
 
 ENV_DIR = project.ENV_KEYS_DIR
 ENV_PASSPHRASE = project.ENV_KEY_PASSPHRASE
-TRUST_FILE = "trust.json"
-TRUST_KIND = "edgeship.trust"
+ENV_ROOT_KEY_DIRS = "EDGESHIP_ROOT_KEY_DIRS"
+ONLINE_ROLES = ("targets", "timestamp")  # snapshot is signed by the timestamp key
+ROLES = ("root", "targets", "snapshot", "timestamp")
+ROOT_VALID_DAYS = 365
+WARN_DAYS = 30
+PRETTY = JSONSerializer(compact=False)
 
 
 def default_keys_dir() -> Path:
@@ -64,63 +86,52 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def tuf_key(public: Any) -> SSlibKey:
+    """The TUF key (and its default key id) of an Ed25519 public key."""
+    return SSlibKey.from_crypto(public)
+
+
+def key_pem(key: Any) -> str:
+    """A TUF ed25519 key as SubjectPublicKeyInfo PEM (what ``openssl -pubin`` reads)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return public_pem(Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.keyval["public"])))
+
+
 @dataclass
 class TrustSet:
-    """The keys a device accepts: trusted ids with public keys, revoked ids, a serial."""
+    """The root of trust at one version: what devices hold, viewed by role."""
 
-    serial: int
-    active: str  # key id that signs new bundles
-    signed_by: str  # key id whose signature covers this document
-    created_at: str
-    keys: dict[str, str] = field(default_factory=dict)  # key id -> public key PEM
-    revoked: list[str] = field(default_factory=list)  # key ids never to accept again
+    root: Metadata[Root]
+    data: bytes  # the root.json bytes as issued
+    active: str = ""  # the targets key that signs new bundles (local choice)
+    revoked: list[str] = field(default_factory=list)  # online keys removed by an earlier root
 
-    def to_json(self) -> dict[str, Any]:
-        """The signed document."""
-        return {
-            "schema": 1,
-            "kind": TRUST_KIND,
-            "serial": self.serial,
-            "active": self.active,
-            "signed_by": self.signed_by,
-            "created_at": self.created_at,
-            "keys": [{"key_id": k, "public_key_pem": pem} for k, pem in sorted(self.keys.items())],
-            "revoked": sorted(self.revoked),
-        }
+    @property
+    def serial(self) -> int:
+        """The root's version (devices call it the trust serial)."""
+        return int(self.root.signed.version)
 
-    @classmethod
-    def from_json(cls, data: Any, source: str = "trust set") -> TrustSet:
-        """Parse and check a trust set document (key ids must match their keys)."""
-        if not isinstance(data, dict) or data.get("kind") != TRUST_KIND:
-            raise KeyStoreError(
-                f"error: {source}: not an edgeship trust set (kind != {TRUST_KIND})"
-            )
-        try:
-            keys = {str(e["key_id"]): str(e["public_key_pem"]) for e in data["keys"]}
-            out = cls(
-                serial=int(data["serial"]),
-                active=str(data["active"]),
-                signed_by=str(data["signed_by"]),
-                created_at=str(data["created_at"]),
-                keys=keys,
-                revoked=[str(k) for k in data.get("revoked", [])],
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeyStoreError(f"error: {source}: malformed trust set ({exc!r})") from exc
-        for kid, pem in out.keys.items():
-            try:
-                actual = key_id(load_public_pem(pem))
-            except ValueError as exc:
-                raise KeyStoreError(f"error: {source}: keys.{kid}: {exc}") from exc
-            if actual != kid:
-                raise KeyStoreError(
-                    f"error: {source}: keys.{kid}: the public key's id is {actual}, not {kid}"
-                )
-        return out
+    @property
+    def expires(self) -> datetime:
+        return self.root.signed.expires
+
+    def role_keys(self, role: str) -> dict[str, str]:
+        """Key id -> public key PEM of the keys of ``role``."""
+        signed = self.root.signed
+        return {kid: key_pem(signed.keys[kid]) for kid in signed.roles[role].keyids}
+
+    def threshold(self, role: str) -> int:
+        return int(self.root.signed.roles[role].threshold)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """The keys allowed to sign bundles, rollback orders and feed indexes (targets role)."""
+        return self.role_keys("targets")
 
     def trusts(self, kid: str) -> bool:
-        """True when ``kid`` is trusted and not revoked."""
-        return kid in self.keys and kid not in self.revoked
+        """True when ``kid`` may sign bundles."""
+        return kid in self.keys
 
 
 @dataclass(frozen=True)
@@ -128,14 +139,27 @@ class KeyInfo:
     """One key of the store, as ``edgeship keys list`` shows it."""
 
     key_id: str
-    status: str  # active | trusted | revoked | unknown
+    status: str  # root | targets | timestamp, "(active)" when it signs; revoked | unknown
     created_at: str
     has_private: bool
     path: Path
 
 
+@dataclass(frozen=True)
+class RootChange:
+    """What a root change did: published (threshold met) or pending more signatures."""
+
+    version: int
+    published: bool
+    signed_by: list[str]
+    needed: int  # root signatures the stricter of old and new root requires
+    path: Path
+    new_key: str | None = None
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` atomically into a new file of mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -150,8 +174,14 @@ def _write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def _valid_signers(root: Root, md: Metadata[Root]) -> set[str]:
+    """Key ids of ``root``'s root role whose signatures over ``md`` verify."""
+    result = root.get_verification_result("root", md.signed_bytes, md.signatures)
+    return set(result.signed)
+
+
 class KeyStore:
-    """Ed25519 signing keys and the trust set, in one private folder."""
+    """The TUF keys and root metadata of one edgeship repository, in one private folder."""
 
     def __init__(self, path: Path | None = None, passphrase: bytes | None = None) -> None:
         self.path = (path or default_keys_dir()).expanduser()
@@ -159,23 +189,41 @@ class KeyStore:
 
     # -- paths and safety -------------------------------------------------------------------
 
+    @property
+    def metadata(self) -> Path:
+        return self.path / "metadata"
+
+    @property
+    def pending(self) -> Path:
+        return self.path / "pending"
+
+    def root_path(self, version: int) -> Path:
+        return self.metadata / f"{version}.root.json"
+
     def key_path(self, kid: str) -> Path:
-        return self.path / f"{kid}.key"
+        """Where the store keeps (or would keep) the private key ``kid``."""
+        for kind in ("online", "root"):
+            path = self.path / kind / f"{kid}.key"
+            if path.is_file():
+                return path
+        return self.path / "online" / f"{kid}.key"
 
     def pub_path(self, kid: str) -> Path:
-        return self.path / f"{kid}.pub"
-
-    @property
-    def trust_path(self) -> Path:
-        return self.path / TRUST_FILE
-
-    @property
-    def history(self) -> Path:
-        return self.path / "history"
+        """``<store>/public/<kid>.pem``: a key of any root version, as ``openssl -pubin`` reads."""
+        path = self.path / "public" / f"{kid}.pem"
+        if not path.is_file():
+            for version in reversed(self.versions()):
+                signed = Metadata[Root].from_file(str(self.root_path(version))).signed
+                if kid in signed.keys:
+                    _write_private(path, key_pem(signed.keys[kid]).encode())
+                    break
+            else:
+                raise KeyStoreError(f"error: key {kid} is in no root version of {self.path}")
+        return path
 
     def exists(self) -> bool:
         """True once ``keys init`` has run here."""
-        return self.trust_path.is_file()
+        return self.root_path(1).is_file()
 
     def ensure_outside(self, project: Path) -> None:
         """Refuse a key store inside the project (private keys never enter the repository)."""
@@ -198,6 +246,12 @@ class KeyStore:
 
     def _require(self) -> None:
         if not self.exists():
+            if (self.path / "trust.json").is_file():
+                raise KeyStoreError(
+                    f"error: {self.path} holds a trust set of the format before TUF roles; "
+                    "create a new key store with 'edgeship keys init' (another "
+                    f"{ENV_DIR}) and re-enrol devices with 'edgeship enroll --reset-trust'"
+                )
             raise KeyStoreError(
                 f"error: no signing keys in {self.path}; create them with: edgeship keys init "
                 f"(or set {ENV_DIR})"
@@ -213,9 +267,9 @@ class KeyStore:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def _new_key(self) -> str:
+    def _new_key(self, kind: str) -> SSlibKey:
         private = Ed25519PrivateKey.generate()
-        kid = key_id(private.public_key())
+        key = tuf_key(private.public_key())
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(self.passphrase)
             if self.passphrase
@@ -224,20 +278,23 @@ class KeyStore:
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
-        _write_private(self.key_path(kid), pem)
-        _write_private(self.pub_path(kid), public_pem(private.public_key()).encode())
-        log.info("generated signing key %s in %s", kid, self.path)
-        return kid
+        _write_private(self.path / kind / f"{key.keyid}.key", pem)
+        log.info("generated %s key %s in %s", kind, key.keyid, self.path)
+        return key
 
-    def private_key(self, kid: str) -> Ed25519PrivateKey:
-        """Load a private key (decrypting with the passphrase); refuses unsafe modes."""
-        path = self.key_path(kid)
-        if not path.is_file():
-            raise KeyStoreError(f"error: no private key {kid} in {self.path}")
+    def _root_key_dirs(self, extra: list[Path] | None = None) -> list[Path]:
+        dirs = [self.path / "root", *(extra or [])]
+        for entry in os.environ.get(ENV_ROOT_KEY_DIRS, "").split(os.pathsep):
+            if entry:
+                dirs.append(Path(entry).expanduser())
+        return dirs
+
+    def _load_private(self, path: Path) -> Ed25519PrivateKey:
         self._check_mode(path)
-        data = path.read_bytes()
         try:
-            key = serialization.load_pem_private_key(data, password=self.passphrase or None)
+            key = serialization.load_pem_private_key(
+                path.read_bytes(), password=self.passphrase or None
+            )
         except TypeError as exc:
             hint = f"unset {ENV_PASSPHRASE}" if self.passphrase else f"set {ENV_PASSPHRASE}"
             raise KeyStoreError(f"error: {path}: {exc}; {hint}") from exc
@@ -251,132 +308,292 @@ class KeyStore:
             )
         return key
 
-    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
-        """The active key (id, private key); refuses a revoked or untrusted one."""
-        self._require()
-        trust = self.trust()
-        if not trust.trusts(trust.active):
-            raise KeyStoreError(
-                f"error: the active key {trust.active} is not trusted; rotate first"
-            )
-        return trust.active, self.private_key(trust.active)
+    def private_key(self, kid: str) -> Ed25519PrivateKey:
+        """Load an online private key (decrypting with the passphrase); refuses unsafe modes."""
+        path = self.path / "online" / f"{kid}.key"
+        if not path.is_file():
+            raise KeyStoreError(f"error: no private key {kid} in {self.path / 'online'}")
+        return self._load_private(path)
 
-    # -- trust sets -----------------------------------------------------------------------
+    def _root_signers(self, wanted: set[str], extra: list[Path] | None = None) -> dict:
+        """Key id -> signer for every root key of ``wanted`` found in the root key folders."""
+        found: dict[str, CryptoSigner] = {}
+        for folder in self._root_key_dirs(extra):
+            for kid in sorted(wanted - set(found)):
+                path = folder / f"{kid}.key"
+                if path.is_file():
+                    private = self._load_private(path)
+                    found[kid] = CryptoSigner(private, tuf_key(private.public_key()))
+        return found
+
+    def _online(self) -> dict[str, str]:
+        path = self.path / "online.json"
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+    def _set_online(self, role: str, kid: str) -> None:
+        online = self._online()
+        online[role] = kid
+        _write_private(self.path / "online.json", (json.dumps(online, indent=2) + "\n").encode())
+
+    def online_key(self, role: str) -> tuple[str, Ed25519PrivateKey]:
+        """The online key that signs for ``role`` (targets or timestamp), if the root allows it."""
+        trust = self.trust()
+        kid = self._online().get(role, "")
+        if kid not in trust.root.signed.roles[role].keyids:
+            raise KeyStoreError(
+                f"error: the {role} key {kid or '(none)'} is not in the {role} role of root "
+                f"version {trust.serial}; run 'edgeship keys rotate --role {role}'"
+            )
+        return kid, self.private_key(kid)
+
+    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The targets key (id, private key): signs bundles, rollback orders and indexes."""
+        return self.online_key("targets")
+
+    def timestamp_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The timestamp key (id, private key): signs short-lived freshness documents."""
+        return self.online_key("timestamp")
+
+    def online_signer(self, role: str) -> CryptoSigner:
+        """A python-tuf signer for the online key of ``role``."""
+        _, private = self.online_key(role)
+        return CryptoSigner(private, tuf_key(private.public_key()))
+
+    # -- the root ---------------------------------------------------------------------------
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name.split(".", 1)[0]) for p in self.metadata.glob("*.root.json"))
 
     def trust(self) -> TrustSet:
-        """The current trust set, its signature checked against the key it names."""
+        """The newest root, checked: signed by its own root threshold."""
         self._require()
-        data = self.trust_path.read_bytes()
-        sig_path = self.trust_path.with_name(TRUST_FILE + ".sig")
-        trust = TrustSet.from_json(json.loads(data), str(self.trust_path))
-        signer = self.pub_path(trust.signed_by)
-        if not sig_path.is_file() or not signer.is_file():
-            raise KeyStoreError(f"error: {self.trust_path}: signature or signer key missing")
-        if not verify(load_public_pem(signer.read_bytes()), data, sig_path.read_bytes()):
-            raise KeyStoreError(f"error: {self.trust_path}: signature does not verify")
-        return trust
+        version = self.versions()[-1]
+        path = self.root_path(version)
+        data = path.read_bytes()
+        try:
+            md: Metadata[Root] = Metadata.from_bytes(data)
+            md.signed.verify_delegate("root", md.signed_bytes, md.signatures)
+        except UnsignedMetadataError as exc:
+            raise KeyStoreError(f"error: {path}: {exc}") from exc
+        except Exception as exc:
+            raise KeyStoreError(f"error: {path}: not a TUF root ({exc})") from exc
+        return TrustSet(md, data, self._online().get("targets", ""), self._revoked(md))
 
-    def trust_files(self) -> tuple[bytes, bytes]:
-        """The current trust set's bytes and signature, as shipped to devices."""
+    def _revoked(self, md: Metadata[Root]) -> list[str]:
+        current = {k for r in ROLES for k in md.signed.roles[r].keyids}
+        earlier: set[str] = set()
+        for version in self.versions()[:-1]:
+            old = Metadata[Root].from_file(str(self.root_path(version))).signed
+            earlier |= {k for r in ROLES for k in old.roles[r].keyids}
+        return sorted(earlier - current)
+
+    def trust_files(self) -> bytes:
+        """The newest root.json's bytes, as devices take it at enrolment."""
+        return self.trust().data
+
+    def trust_chain(self, since: int) -> list[tuple[int, bytes]]:
+        """Every root version after ``since``, in order: (version, root.json bytes)."""
         self._require()
-        return self.trust_path.read_bytes(), self.trust_path.with_name(
-            TRUST_FILE + ".sig"
-        ).read_bytes()
+        return [(v, self.root_path(v).read_bytes()) for v in self.versions() if v > since]
 
-    def trust_chain(self, since_serial: int) -> list[tuple[int, bytes, bytes]]:
-        """Every trust set after ``since_serial``, in order: (serial, json bytes, signature)."""
-        self._require()
-        out = []
-        for path in sorted(self.history.glob("trust-*.json")):
-            serial = int(path.stem.split("-", 1)[1])
-            if serial > since_serial:
-                out.append(
-                    (serial, path.read_bytes(), path.with_name(path.name + ".sig").read_bytes())
-                )
-        return out
+    def _publish(
+        self, md: Metadata[Root], previous: Root | None, extra: list[Path] | None
+    ) -> RootChange:
+        """Sign ``md`` with every root key at hand; publish it when both thresholds are met."""
+        wanted = set(md.signed.roles["root"].keyids)
+        if previous is not None:
+            wanted |= set(previous.roles["root"].keyids)
+        for signer in self._root_signers(wanted, extra).values():
+            md.sign(signer, append=True)
+        version = int(md.signed.version)
+        valid = _valid_signers(md.signed, md)
+        ok = len(valid) >= md.signed.roles["root"].threshold
+        needed = md.signed.roles["root"].threshold
+        if previous is not None:
+            old_valid = _valid_signers(previous, md)
+            ok = ok and len(old_valid) >= previous.roles["root"].threshold
+            needed = max(needed, previous.roles["root"].threshold)
+            valid |= old_valid
+        if ok:
+            path = self.root_path(version)
+            self.metadata.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(path, md.to_bytes(PRETTY))
+            with contextlib.suppress(FileNotFoundError):
+                (self.pending / path.name).unlink()
+            log.info("published root version %d signed by %d root keys", version, len(valid))
+        else:
+            path = self.pending / f"{version}.root.json"
+            _write_private(path, md.to_bytes(PRETTY))
+            log.warning("root version %d waits for more root signatures", version)
+        return RootChange(version, ok, sorted(valid), needed, path)
 
-    def _issue(self, trust: TrustSet, signer: str) -> TrustSet:
-        trust.signed_by = signer
-        trust.created_at = now_iso()
-        data = canonical_json(trust.to_json())
-        signature = sign(self.private_key(signer), data)
-        self.history.mkdir(exist_ok=True, mode=0o700)
-        name = f"trust-{trust.serial:06d}.json"
-        _write_private(self.history / name, data)
-        _write_private(self.history / (name + ".sig"), signature)
-        _write_private(self.trust_path.with_name(TRUST_FILE + ".sig"), signature)
-        _write_private(self.trust_path, data)
-        log.info("issued trust set %d signed by %s", trust.serial, signer)
-        return trust
-
-    def init(self) -> KeyInfo:
-        """Create the store with one active key and trust set serial 1 (signed by that key)."""
+    def init(
+        self, root_keys: int = 3, threshold: int = 2, valid_days: float = ROOT_VALID_DAYS
+    ) -> KeyInfo:
+        """Create root keys (``threshold`` of ``root_keys``), the online keys and root version 1."""
+        if not 1 <= threshold <= root_keys:
+            raise KeyStoreError(
+                f"error: --threshold must be between 1 and --root-keys ({root_keys}), "
+                f"found {threshold}"
+            )
         with self._locked():
-            if self.exists():
+            if self.exists() or (self.path / "trust.json").is_file():
                 raise KeyStoreError(
                     f"error: {self.path} already holds signing keys; use 'edgeship keys rotate'"
                 )
-            kid = self._new_key()
-            pem = self.pub_path(kid).read_text()
-            self._issue(TrustSet(1, kid, kid, "", {kid: pem}, []), kid)
-        return self._info(kid, self.trust())
+            root = Root(
+                version=1,
+                expires=datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days),
+                consistent_snapshot=False,
+            )
+            root.roles["root"] = Role([], threshold)
+            for _ in range(root_keys):
+                root.add_key(self._new_key("root"), "root")
+            for role in ONLINE_ROLES:
+                key = self._new_key("online")
+                root.add_key(key, role)
+                if role == "timestamp":
+                    root.add_key(key, "snapshot")
+                self._set_online(role, key.keyid)
+            change = self._publish(Metadata(root), None, None)
+            if not change.published:
+                raise KeyStoreError("error: the new root could not be signed by its own keys")
+        return self._info(self._online()["targets"], self.trust())
 
-    def rotate(self) -> tuple[KeyInfo, TrustSet]:
-        """Generate a new active key; the new trust set is signed by the current active key.
+    def change_root(
+        self,
+        mutate: Callable[[Root], str | None],
+        valid_days: float = ROOT_VALID_DAYS,
+        extra_dirs: list[Path] | None = None,
+    ) -> RootChange:
+        """The next root version: ``mutate`` edits a copy (returns a new key id or None)."""
+        with self._locked():
+            if any(self.pending.glob("*.root.json")):
+                waiting = sorted(p.name for p in self.pending.glob("*.root.json"))
+                raise KeyStoreError(
+                    f"error: a root change is waiting for root signatures ({', '.join(waiting)} "
+                    f"in {self.pending}); complete it with 'edgeship keys sign-root --keys-dir "
+                    "DIR' or remove it first"
+                )
+            current = self.trust().root
+            md = Metadata[Root].from_bytes(current.to_bytes())
+            md.signatures.clear()
+            new_key = mutate(md.signed)
+            md.signed.version = current.signed.version + 1
+            md.signed.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(
+                days=valid_days
+            )
+            change = self._publish(md, current.signed, extra_dirs)
+        return RootChange(
+            change.version, change.published, change.signed_by, change.needed, change.path, new_key
+        )
 
-        The previous key stays trusted (bundles it signed still install) until revoked.
+    def sign_root(self, keys_dir: Path | None = None) -> RootChange:
+        """Add the signatures of root keys in ``keys_dir`` to the waiting root change."""
+        with self._locked():
+            waiting = sorted(self.pending.glob("*.root.json"))
+            if not waiting:
+                raise KeyStoreError(f"error: no root change is waiting in {self.pending}")
+            md = Metadata[Root].from_file(str(waiting[0]))
+            previous = self.trust().root.signed
+            if md.signed.version != previous.version + 1:
+                raise KeyStoreError(
+                    f"error: {waiting[0]} is version {md.signed.version}; the store's root is "
+                    f"version {previous.version}; remove the stale file"
+                )
+            change = self._publish(md, previous, [keys_dir] if keys_dir else None)
+            note = waiting[0].with_suffix(".online")
+            if change.published and note.is_file():
+                entry = json.loads(note.read_text())
+                self._set_online(str(entry["role"]), str(entry["key_id"]))
+                note.unlink()
+            return change
+
+    def rotate(self, role: str = "targets", valid_days: float = ROOT_VALID_DAYS) -> RootChange:
+        """A new key for ``role``; for online roles it becomes the one that signs.
+
+        The previous online key stays in its role (what it signed still verifies)
+        until ``revoke`` removes it.
         """
-        with self._locked():
-            old = self.trust()
-            signer = old.active
-            if not old.trusts(signer):
-                signer = next((k for k in sorted(old.keys) if old.trusts(k)), "")
-                if not signer:
-                    raise KeyStoreError("error: no trusted key left to sign a new trust set")
-            kid = self._new_key()
-            keys = dict(old.keys)
-            keys[kid] = self.pub_path(kid).read_text()
-            trust = self._issue(
-                TrustSet(old.serial + 1, kid, signer, "", keys, list(old.revoked)), signer
+        if role not in ("root", *ONLINE_ROLES):
+            raise KeyStoreError(
+                f"error: --role: expected root, targets or timestamp, found '{role}'"
             )
-        return self._info(kid, trust), trust
 
-    def revoke(self, kid: str) -> TrustSet:
-        """Move ``kid`` from the trusted keys to the revoked list (signed by the active key)."""
-        with self._locked():
-            old = self.trust()
-            if kid in old.revoked:
-                raise KeyStoreError(f"error: key {kid} is already revoked")
-            if kid not in old.keys:
-                raise KeyStoreError(
-                    f"error: unknown key id '{kid}'; trusted keys: {', '.join(sorted(old.keys))}"
-                )
-            if kid == old.active:
-                raise KeyStoreError(
-                    f"error: {kid} is the active signing key; run 'edgeship keys rotate' first, "
-                    "then revoke it"
-                )
-            keys = {k: v for k, v in old.keys.items() if k != kid}
-            revoked = sorted({*old.revoked, kid})
-            return self._issue(
-                TrustSet(old.serial + 1, old.active, old.active, "", keys, revoked), old.active
+        def add(root: Root) -> str:
+            key = self._new_key("root" if role == "root" else "online")
+            root.add_key(key, role)
+            if role == "timestamp":
+                root.add_key(key, "snapshot")
+            return key.keyid
+
+        change = self.change_root(add, valid_days)
+        if role in ONLINE_ROLES and change.new_key:
+            if change.published:
+                self._set_online(role, change.new_key)
+            else:  # becomes the signing key once the root change is published
+                note = {"role": role, "key_id": change.new_key}
+                _write_private(change.path.with_suffix(".online"), json.dumps(note).encode())
+        return change
+
+    def revoke(self, kid: str, valid_days: float = ROOT_VALID_DAYS) -> RootChange:
+        """Remove ``kid`` from every role of the next root (signed by the root threshold)."""
+        trust = self.trust()
+        signed = trust.root.signed
+        roles = [r for r in ROLES if kid in signed.roles[r].keyids]
+        if not roles:
+            known = sorted(signed.keys)
+            raise KeyStoreError(
+                f"error: key {kid} is in no role of root version {trust.serial}; keys: "
+                + ", ".join(known)
             )
+        for role in ONLINE_ROLES:
+            if self._online().get(role) == kid:
+                raise KeyStoreError(
+                    f"error: {kid} is the active {role} key; run 'edgeship keys rotate --role "
+                    f"{role}' first, then revoke it"
+                )
+        if "root" in roles:
+            left = len(signed.roles["root"].keyids) - 1
+            if left < signed.roles["root"].threshold:
+                raise KeyStoreError(
+                    f"error: removing {kid} leaves {left} root keys, fewer than the threshold "
+                    f"{signed.roles['root'].threshold}; add a root key first "
+                    "('edgeship keys rotate --role root')"
+                )
+
+        def remove(root: Root) -> None:
+            for role in roles:
+                root.revoke_key(kid, role)
+
+        return self.change_root(remove, valid_days)
+
+    def renew(self, valid_days: float = ROOT_VALID_DAYS) -> RootChange:
+        """The same roles in a new root version with a new expiry."""
+        return self.change_root(lambda root: None, valid_days)
 
     def _info(self, kid: str, trust: TrustSet) -> KeyInfo:
-        if kid in trust.revoked:
+        signed = trust.root.signed
+        online = self._online()
+        roles = [r for r in ("root", *ONLINE_ROLES) if kid in signed.roles[r].keyids]
+        if roles:
+            status = ",".join(roles) + (
+                " (active)" if any(online.get(r) == kid for r in roles if r != "root") else ""
+            )
+        elif kid in trust.revoked:
             status = "revoked"
-        elif kid == trust.active:
-            status = "active"
-        elif kid in trust.keys:
-            status = "trusted"
         else:
             status = "unknown"
-        pub = self.pub_path(kid)
-        created = datetime.fromtimestamp(pub.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return KeyInfo(kid, status, created, self.key_path(kid).is_file(), self.key_path(kid))
+        path = self.key_path(kid)
+        created = ""
+        if path.is_file():
+            created = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+        return KeyInfo(kid, status, created, path.is_file(), path)
 
     def list_keys(self) -> list[KeyInfo]:
-        """Every key in the store with its status in the current trust set."""
+        """Every key of the current root, and every revoked one, with its role."""
         trust = self.trust()
-        ids = {p.stem for p in self.path.glob("*.pub")} | set(trust.keys) | set(trust.revoked)
-        return [self._info(k, trust) for k in sorted(ids) if self.pub_path(k).is_file()]
+        ids = set(trust.root.signed.keys) | set(trust.revoked)
+        return [self._info(k, trust) for k in sorted(ids)]

@@ -25,6 +25,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     root = project_dir()
     fleet = load_fleet(opts["fleet"], root)
     store = key_store()
+    if args.refresh:
+        from orchestrator.ship.feed import refresh_feed
+
+        serial, expires = refresh_feed(fleet, store)
+        print(
+            f"feed of fleet {fleet.name}: timestamp over index {serial} re-signed, "
+            f"expires {expires}"
+        )
+        return 0
     if args.show:
         serial, index = show_index(fleet, store)
         if index is None:
@@ -59,9 +68,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     )
     print(f"  index:     {pub.index_url} (serial {pub.serial}, signed)")
     print(
+        f"  fresh:     timestamp expires {pub.timestamp_expires}; re-sign it before then with "
+        f"edgeship publish fleet={pub.fleet} --refresh"
+    )
+    print(
         f"  uploaded:  {pub.files_sent} file(s), {human_size(pub.bytes_sent)} "
         f"({pub.files_present} already on the feed host)"
-        + (f"; trust sets {', '.join(map(str, pub.trust_sent))}" if pub.trust_sent else "")
+        + (f"; root versions {', '.join(map(str, pub.trust_sent))}" if pub.trust_sent else "")
     )
     if pub.fraction < 1.0:
         rest = f"v{pub.fallback['version']}" if pub.fallback else "nothing (no earlier release)"
@@ -91,6 +104,12 @@ def register(sub: Any) -> None:
         "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
     )
     p.add_argument("--show", action="store_true", help="show the feed's current signed index")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-sign the feed's freshness timestamp (run it from cron, more often than "
+        "feed.timestamp_valid_hours)",
+    )
     p.add_argument("--json", action="store_true", help="with --show: the index as JSON")
     p.add_argument("--no-record", action="store_true", help="do not record it in MLflow")
     p.set_defaults(func=cmd_publish)

@@ -19,50 +19,87 @@ from orchestrator.errors import BundleError, KeyStoreError, RolloutError
 # -- keys -------------------------------------------------------------------------------------
 
 
+def _print_root_change(change: Any, what: str) -> None:
+    if change.published:
+        print(f"{what}: root version {change.version} published ({change.path})")
+        print(f"  signed by {len(change.signed_by)} root key(s); devices receive it with the next")
+        print("  'edgeship deploy' or 'edgeship enroll' (no re-enrolment)")
+    else:
+        print(f"{what}: root version {change.version} waits for root signatures ({change.path})")
+        print(
+            f"  signed by {len(change.signed_by)} of the {change.needed} root keys it needs; "
+            "where another root key lives, run: edgeship keys sign-root --keys-dir DIR"
+        )
+
+
+def _refresh_repository(store: Any) -> None:
+    """Re-sign the bundle repository's metadata after a root change (if there are bundles)."""
+    from registry.bundle import bundles_root
+    from registry.repository import METADATA_DIR, Repository
+
+    try:
+        root = bundles_root(project_dir())
+    except Exception:
+        return
+    if (root / METADATA_DIR).is_dir():
+        version, expires = Repository(root, store).refresh()
+        print(f"  bundle repository {root / METADATA_DIR}: timestamp {version}, expires {expires}")
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     store = key_store()
-    if args.action == "init":
-        info = store.init()
-        print(f"created signing key {info.key_id} (active) in {store.path}")
-        print(f"  trust set serial 1: {store.trust_path}")
-        print("  private keys stay in this folder (mode 0600); back it up somewhere safe")
+    action = args.action
+    if action == "init":
+        info = store.init(args.root_keys, args.threshold, args.valid_days or 365)
+        trust = store.trust()
+        print(f"created the keys of a new root of trust in {store.path}")
+        print(
+            f"  root:      {args.root_keys} offline key(s), threshold {args.threshold} "
+            f"({store.path / 'root'})"
+        )
+        print(f"  targets:   {info.key_id} (signs bundles, rollback orders, feed indexes)")
+        print(f"  timestamp: {store.timestamp_key()[0]} (signs freshness metadata)")
+        print(f"  root version 1 expires {trust.expires:%Y-%m-%d}: {store.root_path(1)}")
+        print(
+            "  move the root keys to separate offline places (docs/security.md); "
+            "private keys are mode 0600"
+        )
         if not store.passphrase:
             print("  not encrypted: set EDGESHIP_KEY_PASSPHRASE before 'keys init' to encrypt keys")
         return 0
-    if args.action == "list":
+    if action == "list":
         trust = store.trust()
         print(
-            f"key store {store.path}  (trust set serial {trust.serial}, "
-            f"signed by {trust.signed_by})"
+            f"key store {store.path}  (root version {trust.serial}, threshold "
+            f"{trust.threshold('root')} of {len(trust.role_keys('root'))}, expires "
+            f"{trust.expires:%Y-%m-%d})"
         )
         for k in store.list_keys():
-            private = "private+public" if k.has_private else "public only"
-            print(f"  {k.key_id}  {k.status:<8} {private:<15} created {k.created_at}")
+            private = "private key here" if k.has_private else "private key elsewhere"
+            print(f"  {k.key_id}  {k.status:<18} {private}")
         return 0
-    if args.action == "rotate":
-        info, trust = store.rotate()
-        print(
-            f"new active key {info.key_id}; trust set serial {trust.serial} "
-            f"signed by {trust.signed_by}"
-        )
-        print(
-            "  still trusted: "
-            + (", ".join(k for k in sorted(trust.keys) if k != info.key_id) or "-")
-        )
-        print(
-            "  devices receive the new trust set with the next 'edgeship deploy' (no re-enrolment)"
-        )
-        return 0
-    if args.action == "revoke":
+    if action == "rotate":
+        change = store.rotate(args.role, args.valid_days or 365)
+        _print_root_change(change, f"new {args.role} key {change.new_key}")
+    elif action == "revoke":
         if not args.key_id:
             raise KeyStoreError("error: keys revoke needs a KEYID (see 'edgeship keys list')")
-        trust = store.revoke(args.key_id)
-        print(f"revoked {args.key_id}; trust set serial {trust.serial} signed by {trust.signed_by}")
-        print(
-            "  devices refuse bundles signed by it once they receive this trust set (next deploy)"
-        )
+        change = store.revoke(args.key_id, args.valid_days or 365)
+        _print_root_change(change, f"revoked {args.key_id}")
+    elif action == "renew":
+        change = store.renew(args.valid_days or 365)
+        _print_root_change(change, "renewed the root")
+    elif action == "sign-root":
+        change = store.sign_root(Path(args.keys_dir) if args.keys_dir else None)
+        _print_root_change(change, "signed the waiting root change")
+    elif action == "refresh":
+        _refresh_repository(store)
         return 0
-    raise AssertionError(args.action)
+    else:
+        raise AssertionError(action)
+    if change.published:
+        _refresh_repository(store)
+    return 0
 
 
 # -- bundle ------------------------------------------------------------------------------------
@@ -143,7 +180,7 @@ def _print_bundle(bundle: Any, made: Any, store: Any) -> None:
             if not made.run_id
             else "  mlflow:     skipped"
         )
-    pub = store.pub_path(bundle.key_id)
+    pub = store.pub_path(bundle.key_id)  # the targets key, from the root of trust
     print(
         f"  check:      openssl pkeyutl -verify -pubin -inkey {pub} -rawin "
         f"-in {bundle.path / 'manifest.json'} -sigfile {bundle.path / 'manifest.json.sig'}"
@@ -278,9 +315,29 @@ def cmd_device_status(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the shipping verbs to the ``edgeship`` parser."""
-    p = sub.add_parser("keys", help="signing keys: init | list | rotate | revoke KEYID")
-    p.add_argument("action", choices=("init", "list", "rotate", "revoke"))
+    p = sub.add_parser(
+        "keys",
+        help="the root of trust and signing keys: init | list | rotate | revoke KEYID | "
+        "sign-root | renew | refresh",
+    )
+    p.add_argument(
+        "action", choices=("init", "list", "rotate", "revoke", "sign-root", "renew", "refresh")
+    )
     p.add_argument("key_id", nargs="?", help="key id to revoke")
+    p.add_argument("--root-keys", type=int, default=3, help="init: how many root keys (default 3)")
+    p.add_argument(
+        "--threshold", type=int, default=2, help="init: root signatures required (default 2)"
+    )
+    p.add_argument(
+        "--role",
+        default="targets",
+        choices=("targets", "timestamp", "root"),
+        help="rotate: the role that gets a new key (default targets)",
+    )
+    p.add_argument("--keys-dir", help="sign-root: a folder holding root private keys")
+    p.add_argument(
+        "--valid-days", type=float, default=None, help="root validity in days (default 365)"
+    )
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("bundle", help="sign a passing artifact as the next bundle version")

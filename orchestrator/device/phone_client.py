@@ -2,19 +2,23 @@
 
 What an app does with an edgeship feed (see :mod:`orchestrator.ship.feed`), in
 the standard library plus the app's own platform crypto (here ``cryptography``'s
-Ed25519) and ONNX Runtime. It imports nothing else of edgeship, so it can be read
+Ed25519) and ONNX Runtime. Of edgeship it imports only the standalone
+:mod:`orchestrator.device.agent.rootmeta` (TUF root checks), so it can be read
 (and ported) on its own::
 
     python -m orchestrator.device.phone_client --feed http://127.0.0.1:8000/ --channel beta \\
-        --state ~/.posture-app --trust trust.json --family android_phone
+        --state ~/.posture-app --trust 1.root.json --family android_phone
 
+The app ships with a TUF root (``--trust``: a ``<N>.root.json`` of the key store).
 One poll:
 
-1. fetch ``index/latest`` and the signed ``index/<serial>.json``; verify the
-   Ed25519 signature with a key of the trust set the app holds (following newer
-   trust sets from ``trust/`` when the index is signed by a key it does not know
-   yet: each must be signed by a key already trusted); refuse a serial lower than
-   one seen before, an expired index, and a serial that differs from ``latest``;
+1. follow newer root versions from ``trust/<N+1>.root.json`` (each must carry the
+   root threshold of the one before it and its own);
+2. fetch ``index/timestamp.json``, signed by a timestamp key of the root: refuse it
+   when expired (a feed that stopped moving) or when it names an index older than
+   one seen before; fetch the index it names, check its SHA-256 against the
+   timestamp and its signature against the targets keys, its serial and expiry.
+   A fresh installation thus refuses a replayed older index too;
 2. pick the channel's release: installations whose bucket (a hash of the release's
    salt and this install id) is below ``rollout_fraction`` take it, the others the
    channel's ``fallback``;
@@ -30,7 +34,6 @@ One poll:
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -46,8 +49,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from orchestrator.device.agent import rootmeta
+
 FEED_KIND = "edgeship.feed"
-TRUST_KIND = "edgeship.trust"
+TIMESTAMP_KIND = "edgeship.feed-timestamp"
+MAX_DOCUMENT = 4 * 1024 * 1024  # an index, timestamp or manifest larger than this is refused
+CHUNK = 256 * 1024
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*$")
 PROVIDERS = {
@@ -91,10 +98,16 @@ def _verify(pem: str, data: bytes, signature: bytes) -> bool:
     return True
 
 
-def _key_id(pem: str) -> str:
-    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
-    der = base64.b64decode(body)
-    return hashlib.sha256(der[-32:]).hexdigest()[:16]
+def _strict_json(data: bytes, source: str) -> dict[str, Any]:
+    """A JSON object (duplicate keys refused, nesting checked on the raw bytes first)."""
+    try:
+        doc = rootmeta.strict_loads(data, source, MAX_DOCUMENT, max_depth=64, floats=True)
+    except rootmeta.RootError as exc:
+        code = "malformed" if exc.code == "malformed_trust" else exc.code
+        raise UpdateRefused(code, exc.message) from exc
+    if not isinstance(doc, dict):
+        raise UpdateRefused("malformed", f"{source}: expected a JSON object")
+    return doc
 
 
 def bucket(salt: str, install_id: str) -> float:
@@ -129,76 +142,121 @@ class PhoneClient:
             id_file.write_text(uuid.uuid4().hex + "\n")
         self.install_id = id_file.read_text().strip()
         trust_dir = state / "trust"
-        if not (trust_dir / "trust.json").is_file():
+        if not (trust_dir / "root.json").is_file():
             if trust_file is None:
-                raise UpdateRefused("no_trust", f"no trust set in {trust_dir}; pass --trust")
+                raise UpdateRefused("no_trust", f"no root of trust in {trust_dir}; pass --trust")
             trust_dir.mkdir(parents=True, exist_ok=True)
             data = trust_file.read_bytes()
-            self._check_trust_doc(data)
-            (trust_dir / "trust.json").write_bytes(data)
+            try:
+                rootmeta.check_first_root(
+                    rootmeta.parse_root(data, str(trust_file)), str(trust_file), _verify
+                )
+            except rootmeta.RootError as exc:
+                raise UpdateRefused(exc.code, exc.message) from exc
+            (trust_dir / "root.json").write_bytes(data)
 
     # -- http ----------------------------------------------------------------------------------
 
-    def _get(self, rel: str) -> bytes:
+    def _open(self, rel: str) -> Any:
         url = urllib.parse.urljoin(self.feed, rel)
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
-                return bytes(resp.read())
+            return urllib.request.urlopen(url, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise UpdateRefused("unavailable", f"{url}: HTTP {exc.code}") from exc
         except OSError as exc:
             raise UpdateRefused("unavailable", f"{url}: {exc}") from exc
 
-    # -- trust ---------------------------------------------------------------------------------
-
-    def trust(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.state / "trust" / "trust.json").read_bytes())
+    def _get(self, rel: str, limit: int = MAX_DOCUMENT) -> bytes:
+        """A small document, refused (before reading the rest) when larger than ``limit``."""
+        with self._open(rel) as resp:
+            data = bytes(resp.read(limit + 1))
+        if len(data) > limit:
+            raise UpdateRefused("too_large", f"{rel}: larger than {limit} bytes; refused")
         return data
 
-    @staticmethod
-    def _check_trust_doc(data: bytes) -> dict[str, Any]:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("kind") != TRUST_KIND:
-            raise UpdateRefused("malformed_trust", "not an edgeship trust set")
-        for entry in doc["keys"]:
-            if _key_id(entry["public_key_pem"]) != entry["key_id"]:
-                raise UpdateRefused("malformed_trust", f"key {entry['key_id']} mismatches its id")
+    def _fetch_file(self, rel: str, dest: Path, size: int, sha256: str) -> None:
+        """Stream one bundle file to ``dest``: at most ``size`` bytes, hashed on the way."""
+        digest = hashlib.sha256()
+        count = 0
+        with self._open(rel) as resp, dest.open("wb") as out:
+            while True:
+                block = resp.read(min(CHUNK, size - count + 1))
+                if not block:
+                    break
+                count += len(block)
+                if count > size:
+                    raise UpdateRefused("hash_mismatch", f"{rel} is larger than the manifest says")
+                digest.update(block)
+                out.write(block)
+        if count != size or digest.hexdigest() != sha256:
+            raise UpdateRefused("hash_mismatch", f"{rel} differs from the manifest")
+
+    # -- trust ---------------------------------------------------------------------------------
+
+    def _root(self) -> dict[str, Any]:
+        path = self.state / "trust" / "root.json"
+        doc: dict[str, Any] = rootmeta.parse_root(path.read_bytes(), str(path))
         return doc
 
-    def _key(self, kid: str, trust: dict[str, Any] | None = None) -> str | None:
-        trust = trust or self.trust()
-        if kid in trust.get("revoked", []):
-            return None
-        for entry in trust["keys"]:
-            if entry["key_id"] == kid:
-                return str(entry["public_key_pem"])
-        return None
+    def trust(self) -> dict[str, Any]:
+        """The root of trust's ``signed`` part (``version`` is the trust serial)."""
+        signed: dict[str, Any] = self._root()["signed"]
+        return signed
+
+    def _signed_by(self, role: str, data: bytes, signature: bytes) -> bool:
+        signed = self.trust()
+        if rootmeta.expired(signed):
+            raise UpdateRefused(
+                "trust_expired",
+                f"the root of trust (version {signed['version']}) expired at {signed['expires']}",
+            )
+        keys = rootmeta.role_keys(signed, role)
+        return any(_verify(pem, data, signature) for pem in keys.values())
 
     def follow_trust(self) -> int:
-        """Accept newer trust sets from the feed, each signed by a key trusted before it."""
-        trust = self.trust()
-        serial = int(trust["serial"])
+        """Take newer root versions from the feed, each signed by the thresholds it needs."""
+        current = self._root()
         while True:
-            name = f"trust/trust-{serial + 1:06d}.json"
+            version = int(current["signed"]["version"]) + 1
+            name = f"trust/{version}.root.json"
             try:
-                data = self._get(name)
-                sig = self._get(name + ".sig")
-            except UpdateRefused:
-                return serial
-            doc = self._check_trust_doc(data)
-            signer = self._key(str(doc["signed_by"]), trust)
-            if signer is None or not _verify(signer, data, sig) or int(doc["serial"]) <= serial:
-                raise UpdateRefused(
-                    "bad_trust", f"{name} is not signed by a key this app trusts; ignored"
-                )
-            (self.state / "trust" / "trust.json").write_bytes(data)
-            trust, serial = doc, int(doc["serial"])
+                data = self._get(name, rootmeta.MAX_ROOT_BYTES)
+            except UpdateRefused as exc:
+                if exc.code == "unavailable":
+                    return version - 1
+                raise
+            try:
+                doc = rootmeta.parse_root(data, name)
+                rootmeta.check_root_update(current, doc, name, _verify)
+            except rootmeta.RootError as exc:
+                raise UpdateRefused(exc.code, exc.message) from exc
+            path = self.state / "trust" / "root.json"
+            tmp = path.with_name(".root.json.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            current = doc
 
     # -- the index -----------------------------------------------------------------------------
 
     def fetch_index(self) -> dict[str, Any]:
-        """The feed's newest index, its signature, serial and age checked."""
-        latest = int(self._get("index/latest").decode().strip())
+        """The index the feed's fresh, signed timestamp names; signature, digest, age checked."""
+        self.follow_trust()
+        ts_data = self._get("index/timestamp.json")
+        ts_sig = self._get("index/timestamp.json.sig", 1024)
+        if not self._signed_by("timestamp", ts_data, ts_sig):
+            raise UpdateRefused(
+                "bad_signature", "index/timestamp.json is not signed by a timestamp key"
+            )
+        stamp = _strict_json(ts_data, "index/timestamp.json")
+        if stamp.get("kind") != TIMESTAMP_KIND:
+            raise UpdateRefused("malformed", "index/timestamp.json is not a feed timestamp")
+        if _parse_time(str(stamp["expires_at"])) <= datetime.now(timezone.utc):
+            raise UpdateRefused(
+                "stale_feed",
+                f"the feed's timestamp expired at {stamp['expires_at']}: the feed stopped "
+                "moving or is being replayed; keeping the installed version",
+            )
+        latest = int(stamp["index_serial"])
         seen_file = self.state / "feed.json"
         seen = json.loads(seen_file.read_text()) if seen_file.is_file() else {"serial": 0}
         if latest < int(seen["serial"]):
@@ -206,16 +264,14 @@ class PhoneClient:
                 "stale_index", f"the feed offers index {latest}; this app has seen {seen['serial']}"
             )
         data = self._get(f"index/{latest}.json")
-        sig = self._get(f"index/{latest}.json.sig")
-        doc = json.loads(data)
-        kid = str((doc.get("signing") or {}).get("key_id"))
-        if self._key(kid) is None:
-            self.follow_trust()
-        pem = self._key(kid)
-        if pem is None:
-            raise UpdateRefused("untrusted_key", f"index {latest} is signed by unknown key {kid}")
-        if not _verify(pem, data, sig):
+        sig = self._get(f"index/{latest}.json.sig", 1024)
+        if _sha256(data) != stamp["index_sha256"]:
+            raise UpdateRefused(
+                "hash_mismatch", f"index {latest} is not the one the feed's timestamp names"
+            )
+        if not self._signed_by("targets", data, sig):
             raise UpdateRefused("bad_signature", f"index {latest}: the signature does not verify")
+        doc = _strict_json(data, f"index/{latest}.json")
         if doc.get("kind") != FEED_KIND or int(doc.get("serial", -1)) != latest:
             raise UpdateRefused("malformed", f"index {latest} names serial {doc.get('serial')}")
         if _parse_time(str(doc["expires_at"])) <= datetime.now(timezone.utc):
@@ -260,17 +316,12 @@ class PhoneClient:
             raise UpdateRefused(
                 "version_conflict", f"v{version} is installed with another manifest"
             )
-        sig = self._get(base + "manifest.json.sig")
-        manifest = json.loads(manifest_bytes)
-        kid = str(manifest["signing"]["key_id"])
-        pem = self._key(kid)
-        if pem is None:
-            self.follow_trust()
-            pem = self._key(kid)
-        if pem is None or not _verify(pem, manifest_bytes, sig):
+        sig = self._get(base + "manifest.json.sig", 1024)
+        if not self._signed_by("targets", manifest_bytes, sig):
             raise UpdateRefused(
-                "bad_signature", f"manifest of v{version} is not signed by a trusted key"
+                "bad_signature", f"manifest of v{version} is not signed by a targets key"
             )
+        manifest = _strict_json(manifest_bytes, f"manifest of v{version}")
         if manifest.get("deployment") != deployment or int(manifest["version"]) != version:
             raise UpdateRefused("malformed", "the manifest names another deployment or version")
         family = (manifest.get("target") or {}).get("family")
@@ -284,16 +335,17 @@ class PhoneClient:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
+            seen: set = set()
             for entry in manifest["files"]:
                 rel = str(entry["path"])
                 if not SAFE_PATH.match(rel) or ".." in rel.split("/"):
                     raise UpdateRefused("malformed", f"unsafe file name {rel!r}")
-                data = self._get(base + rel)
-                if len(data) != int(entry["size"]) or _sha256(data) != entry["sha256"]:
-                    raise UpdateRefused("hash_mismatch", f"{rel} differs from the manifest")
+                if rel.casefold() in seen or rel in ("manifest.json", "manifest.json.sig"):
+                    raise UpdateRefused("malformed", f"file name {rel!r} listed twice")
+                seen.add(rel.casefold())
                 path = tmp / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                self._fetch_file(base + rel, path, int(entry["size"]), str(entry["sha256"]))
             (tmp / "manifest.json").write_bytes(manifest_bytes)
             (tmp / "manifest.json.sig").write_bytes(sig)
             os.replace(tmp, dest)
@@ -435,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feed", required=True, help="the feed's base URL")
     p.add_argument("--channel", default="stable")
     p.add_argument("--state", required=True, type=Path, help="this installation's folder")
-    p.add_argument("--trust", type=Path, help="the trust set shipped with the app (first run)")
+    p.add_argument(
+        "--trust", type=Path, help="the TUF root shipped with the app (<N>.root.json; first run)"
+    )
     p.add_argument("--family", default="android_phone", help="this app's target family")
     p.add_argument("--install-id", help="fix the install id (default: a random one, kept)")
     p.add_argument("--poll", type=float, default=0.0, help="poll every N seconds (0: once)")

@@ -38,35 +38,34 @@ def agent_status(session: DeviceSession, inventory: bool = False) -> dict | None
 def sync_trust(
     session: DeviceSession, store: KeyStore, outcome: DeviceOutcome, status: dict
 ) -> None:
-    """Send the device every trust set newer than the one it holds, in order.
+    """Send the device every root version newer than the one it holds, in order.
 
-    Each one is signed by a key the one before it trusts, so the device accepts
-    the chain without re-enrolment; a refusal stops the chain and fails the device.
+    Each carries the root threshold of the one before it, so the device accepts the
+    chain without re-enrolment; a refusal stops the chain and fails the device.
     """
     device_serial = int((status.get("trust") or {}).get("serial") or 0)
     local = store.trust()
     outcome.trust_serial = device_serial
     if device_serial > local.serial:
         outcome.notes.append(
-            f"device trust serial {device_serial} is newer than this key store's {local.serial}"
+            f"device root version {device_serial} is newer than this key store's {local.serial}"
         )
         return
-    for serial, data, sig in store.trust_chain(device_serial):
-        remote = f"{session.root}/staging/trust-{serial:06d}.json"
+    for serial, data in store.trust_chain(device_serial):
+        remote = f"{session.root}/staging/{serial}.root.json"
         session.put_bytes(data, remote)
-        session.put_bytes(sig, remote + ".sig")
         res = session.agent(f"update-trust {shlex.quote(remote)}")
         answer = res.json_or_none()
         if res.code != 0:
             outcome.result = "refused"
             outcome.refusal = (answer or {}).get("refusal")
-            outcome.message = f"trust set {serial}: " + str(
+            outcome.message = f"root version {serial}: " + str(
                 (answer or {}).get("message") or res.stderr
             )
             outcome.agent = answer
             raise DeviceDone()
         outcome.trust_serial = serial
-        outcome.notes.append(f"trust set updated to serial {serial}")
+        outcome.notes.append(f"root of trust updated to version {serial}")
 
 
 def install_agent(session: DeviceSession) -> None:
@@ -105,7 +104,7 @@ def enroll(
     """Enrol ``devices``; raises RolloutError (carrying every outcome) when any fails."""
     known_hosts = Path(fleet.known_hosts)
     trust = store.trust()
-    trust_json, trust_sig = store.trust_files()
+    root_json = store.trust_files()
 
     def work(device: DeviceConfig, outcome: DeviceOutcome) -> None:
         outcome.notes.append("host key " + pin_host_key(device, known_hosts, repin))
@@ -117,9 +116,8 @@ def enroll(
             if status.get("trust") and not reset_trust:
                 outcome.stage = "trust"
                 sync_trust(session, store, outcome, status)
-            remote = f"{session.root}/staging/trust-enroll.json"
-            session.put_bytes(trust_json, remote)
-            session.put_bytes(trust_sig, remote + ".sig")
+            remote = f"{session.root}/staging/root-enroll.json"
+            session.put_bytes(root_json, remote)
             args = (
                 f"init --name {shlex.quote(device.name)} --family {shlex.quote(device.family)} "
                 f"--trust {shlex.quote(remote)}"

@@ -5,18 +5,22 @@ host (``feed:`` in the fleet file) is reached over SSH like any device, with its
 host key pinned at ``edgeship enroll``. Layout under ``feed.path``, which the
 host's web server serves at ``feed.base_url``::
 
-    index/latest                      the newest index serial (plain text)
+    index/latest                      the newest index serial (plain text, for people)
     index/<serial>.json(.sig)         every signed index ever published (never rewritten)
-    trust/trust-<serial>.json(.sig)   the key store's trust chain (apps follow rotations)
+    index/timestamp.json(.sig)        freshness: the newest index's serial and SHA-256, signed
+                                      by the timestamp key, valid ``timestamp_valid_hours``
+    trust/<version>.root.json         every root version (apps follow rotations)
     bundles/<deployment>/<version>/   manifest.json, manifest.json.sig and the bundle files
 
 An index names, per channel (``stable``, ``beta``, ...), the bundle to run and the
 staged rollout: ``rollout_fraction`` of installations, chosen by a stable hash of
 their install id salted per release (:func:`bucket`), run it; the others keep the
 channel's previous release (``fallback``). Raising the fraction for the same
-release keeps every installation already in. ``latest`` is not signed: an app
-checks that the signed index it fetches has that serial, and never accepts a serial
-lower than one it has seen, so a replayed older index is refused.
+release keeps every installation already in. Indexes are signed by the targets
+key; the short-lived timestamp names the newest one, so an app refuses a replayed
+older index even on its first poll, and notices a feed that stopped moving (a
+freeze attack) once the timestamp expires: run ``edgeship publish fleet=NAME
+--refresh`` more often than ``timestamp_valid_hours`` (e.g. hourly from cron).
 
 Publishing to a channel with fraction 1.0 completes that channel's rollout: the
 MLflow model version gets the fleet's alias (``<alias>`` for ``stable``,
@@ -46,6 +50,7 @@ from registry.signing import canonical_json, load_public_pem, sign, verify
 log = logging.getLogger(__name__)
 
 FEED_KIND = "edgeship.feed"
+TIMESTAMP_KIND = "edgeship.feed-timestamp"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -77,6 +82,7 @@ class Publication:
     bytes_sent: int = 0
     files_present: int = 0
     trust_sent: list[int] = field(default_factory=list)
+    timestamp_expires: str = ""
     alias: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -108,15 +114,13 @@ def read_index(session: DeviceSession, store: KeyStore) -> tuple[int, dict[str, 
     sig = _read_remote(session, f"{root}/index/{serial}.json.sig")
     if data is None or sig is None:
         raise FeedError(f"error: feed {root}: index/latest names {serial}, which is missing")
-    doc = json.loads(data)
-    kid = str((doc.get("signing") or {}).get("key_id"))
     trust = store.trust()
-    if kid not in trust.keys or not verify(load_public_pem(trust.keys[kid]), data, sig):
+    if not any(verify(load_public_pem(pem), data, sig) for pem in trust.keys.values()):
         raise FeedError(
-            f"error: feed {root}: index {serial} is not signed by a key this key store trusts "
-            f"(key {kid}); refusing to build on it"
+            f"error: feed {root}: index {serial} is not signed by a targets key of root version "
+            f"{trust.serial}; refusing to build on it"
         )
-    return serial, doc
+    return serial, json.loads(data)
 
 
 def _remote_size(session: DeviceSession, path: str) -> int | None:
@@ -168,13 +172,64 @@ def _upload_bundle(session: DeviceSession, bundle: Bundle, pub: Publication) -> 
 def _upload_trust(session: DeviceSession, store: KeyStore, pub: Publication) -> int:
     session.makedirs(f"{session.root}/trust")
     serial = 0
-    for serial, data, sig in store.trust_chain(0):
-        name = f"{session.root}/trust/trust-{serial:06d}.json"
-        if _remote_size(session, name) != len(data):
-            session.put_bytes(sig, name + ".sig")
+    for serial, data in store.trust_chain(0):
+        name = f"{session.root}/trust/{serial}.root.json"
+        if _read_remote(session, name) != data:
             session.put_bytes(data, name)
             pub.trust_sent.append(serial)
     return serial
+
+
+def write_timestamp(
+    session: DeviceSession,
+    fleet: FleetConfig,
+    store: KeyStore,
+    serial: int,
+    index: bytes,
+    now: datetime | None = None,
+) -> str:
+    """Sign ``index/timestamp.json``: the newest index's serial and digest, short-lived."""
+    assert fleet.feed is not None
+    moment = now or _now()
+    expires = moment + timedelta(hours=fleet.feed.timestamp_valid_hours)
+    kid, private = store.timestamp_key()
+    doc = {
+        "kind": TIMESTAMP_KIND,
+        "schema": 1,
+        "fleet": fleet.name,
+        "index_serial": serial,
+        "index_sha256": hashlib.sha256(index).hexdigest(),
+        "created_at": _iso(moment),
+        "expires_at": _iso(expires),
+        "signing": {"algorithm": "ed25519", "key_id": kid, "role": "timestamp"},
+    }
+    data = canonical_json(doc)
+    name = f"{session.root}/index/timestamp.json"
+    # each file replaced atomically, the signature first: a poll between the two sees a
+    # mismatch and tries again later; it never takes an unsigned document
+    session.put_bytes(sign(private, data), name + ".sig")
+    session.put_bytes(data, name)
+    return _iso(expires)
+
+
+def refresh_feed(fleet: FleetConfig, store: KeyStore, now: datetime | None = None) -> tuple:
+    """Re-sign the feed's timestamp over its current index (and send new root versions).
+
+    Returns (index serial, timestamp expiry).
+    """
+    if fleet.feed is None:
+        raise SpecError(
+            [Problem("command line", "fleet", f"fleet {fleet.name} has no feed: section")]
+        )
+    with connect(fleet.feed_host(), Path(fleet.known_hosts)) as session:
+        serial, index = read_index(session, store)
+        if index is None:
+            raise FeedError(f"error: feed of fleet {fleet.name}: nothing published yet")
+        pub = Publication(fleet.name, "", "", 0, "", 1.0, serial, "", None)
+        _upload_trust(session, store, pub)
+        data = _read_remote(session, f"{session.root}/index/{serial}.json") or b""
+        expires = write_timestamp(session, fleet, store, serial, data, now)
+    return serial, expires
 
 
 def enroll_feed(fleet: FleetConfig, repin: bool = False) -> str:
@@ -295,6 +350,7 @@ def publish(
         session.makedirs(f"{session.root}/index")
         session.put_bytes(sign(private, data), name + ".sig")
         session.put_bytes(data, name)
+        pub.timestamp_expires = write_timestamp(session, fleet, store, serial + 1, data, moment)
         session.put_bytes(f"{serial + 1}\n".encode(), f"{session.root}/index/latest")
     log.info(
         "published %s v%d on %s/%s at %.0f%%",

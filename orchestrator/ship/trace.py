@@ -354,13 +354,13 @@ def _signature_check(
         else ("active" if kid == trust.active else "trusted" if kid in trust.keys else "unknown")
     )
     if kid not in trust.keys:
-        return Check("signature", False, f"signed by {kid}, {state} in trust set {trust.serial}")
+        return Check("signature", False, f"signed by {kid}, {state} in root version {trust.serial}")
     sig_path = Path(local["path"]) / "manifest.json.sig" if local and local.get("present") else None
     if sig_path is None or not sig_path.is_file():
         return Check(
             "signature",
             None,
-            f"signed by {kid} ({state} in trust set {trust.serial}); signature file not here",
+            f"signed by {kid} ({state} in root version {trust.serial}); signature file not here",
         )
     data = (sig_path.parent / "manifest.json").read_bytes()
     good = sha256_bytes(data) == digest and verify(
@@ -369,7 +369,7 @@ def _signature_check(
     return Check(
         "signature",
         good,
-        f"Ed25519 by key {kid} ({state} in trust set {trust.serial}): "
+        f"Ed25519 by key {kid} ({state} in root version {trust.serial}): "
         + ("verifies" if good else "DOES NOT verify"),
     )
 

@@ -86,6 +86,7 @@ class FeedConfig:
     base_url: str = MISSING  # URL at which apps fetch that folder
     channels: List[str] = field(default_factory=lambda: ["stable", "beta"])  # channels offered
     index_valid_days: float = 7.0  # apps refuse an index older than this (stale feed)
+    timestamp_valid_hours: float = 24.0  # apps refuse a feed whose freshness timestamp is older
 
 
 @dataclass
@@ -295,6 +296,9 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
         days = feed.get("index_valid_days")
         if isinstance(days, int | float) and not isinstance(days, bool) and days <= 0:
             report("feed.index_valid_days", f"expected a positive number, found {days}")
+        hours = feed.get("timestamp_valid_hours")
+        if isinstance(hours, int | float) and not isinstance(hours, bool) and hours <= 0:
+            report("feed.timestamp_valid_hours", f"expected a positive number, found {hours}")
 
 
 def load_fleet(name: str, root: Path) -> FleetConfig:

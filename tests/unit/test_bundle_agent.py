@@ -12,11 +12,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Root
 
 from orchestrator.device.agent import AGENT_FILE, agent_source
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
-from registry.signing import key_id, load_public_pem
+from registry.signing import load_public_pem, verify
 from tests.unit.test_bundle import make_artifact
 
 AGENT_PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator" / "device" / "agent"
@@ -25,9 +27,9 @@ AGENT_PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator" / "device" 
 @pytest.fixture(scope="module")
 def agent() -> SimpleNamespace:
     """The agent's helpers under test, from the package its zipapp is built from."""
-    from orchestrator.device.agent import crypto, runtimes
+    from orchestrator.device.agent import rootmeta, runtimes
 
-    return SimpleNamespace(satisfies=runtimes.satisfies, key_id_of_pem=crypto.key_id_of_pem)
+    return SimpleNamespace(satisfies=runtimes.satisfies, rootmeta=rootmeta)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +95,73 @@ def test_agent_runtime_specifier(agent: SimpleNamespace, version: str, spec: str
     assert agent.satisfies(version, spec) is ok
 
 
-def test_agent_key_id_matches_edgeship_key_id(agent: SimpleNamespace, tmp_path: Path) -> None:
+def _ed25519_ok(pem: str, data: bytes, signature: bytes) -> bool:
+    return verify(load_public_pem(pem), data, signature)
+
+
+def test_agent_reads_roots_as_python_tuf_writes_them(
+    agent: SimpleNamespace, tmp_path: Path
+) -> None:
+    rootmeta = agent.rootmeta
     store = KeyStore(tmp_path / "keys", passphrase=b"")
     kid = store.init().key_id
-    pem = store.pub_path(kid).read_text()
-    assert agent.key_id_of_pem(pem) == kid == key_id(load_public_pem(pem))
+    store.rotate()
+    (_, data1), (_, data2) = store.trust_chain(0)
+    md = Metadata[Root].from_bytes(data2)
+    doc1, doc2 = rootmeta.parse_root(data1, "1"), rootmeta.parse_root(data2, "2")
+    assert rootmeta.canonical(doc2["signed"]) == md.signed_bytes  # the bytes TUF signs
+    for key_id, key in doc2["signed"]["keys"].items():
+        assert rootmeta.default_keyid(key) == key_id
+    assert rootmeta.key_pem(doc2["signed"]["keys"][kid]) == store.pub_path(kid).read_text()
+    rootmeta.check_first_root(doc1, "1", _ed25519_ok)
+    rootmeta.check_root_update(doc1, doc2, "2", _ed25519_ok)
+    with pytest.raises(rootmeta.RootError) as gap:
+        rootmeta.check_root_update(doc2, doc2, "2", _ed25519_ok)
+    assert gap.value.code == "stale_trust"
+
+
+def test_agent_refuses_a_root_signed_by_an_online_key_whatever_its_version(
+    agent: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Trust capture: a leaked targets key signs a root with a huge version and its own key."""
+    rootmeta = agent.rootmeta
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    store.init()
+    ((_, data1),) = store.trust_chain(0)
+    forged = Metadata[Root].from_bytes(data1)
+    kid, leaked = store.signing_key()
+    forged.signed.version = 2
+    forged.signed.roles["root"].keyids = [kid]
+    forged.signed.roles["root"].threshold = 1
+    forged.signatures.clear()
+    forged.sign(CryptoSigner(leaked), append=True)
+    doc1 = rootmeta.parse_root(data1, "1")
+    with pytest.raises(rootmeta.RootError) as refused:
+        rootmeta.check_root_update(
+            doc1, rootmeta.parse_root(forged.to_bytes(), "2"), "2", _ed25519_ok
+        )
+    assert refused.value.code == "untrusted_root"
+    assert "signed by 0 of the trusted root keys; the trusted root (version 1) requires 2" in str(
+        refused.value
+    )
+    huge = rootmeta.parse_root(forged.to_bytes(), "2")
+    huge["signed"]["version"] = 10**9
+    with pytest.raises(rootmeta.RootError) as gap:
+        rootmeta.check_root_update(doc1, huge, "x", _ed25519_ok)
+    assert gap.value.code == "trust_gap"
+
+
+def test_agent_json_limits_on_raw_bytes(agent: SimpleNamespace) -> None:
+    rootmeta = agent.rootmeta
+    with pytest.raises(rootmeta.RootError) as deep:
+        rootmeta.strict_loads(b"[" * 100000 + b"]" * 100000, "x")
+    assert deep.value.code == "too_deep"
+    with pytest.raises(rootmeta.RootError) as dup:
+        rootmeta.strict_loads(b'{"a": 1, "a": 2}', "x")
+    assert "duplicate key 'a'" in dup.value.message
+    with pytest.raises(rootmeta.RootError) as big:
+        rootmeta.strict_loads(b" " * (rootmeta.MAX_ROOT_BYTES + 1), "x")
+    assert big.value.code == "too_large"
 
 
 @pytest.mark.skipif(
@@ -108,10 +172,8 @@ def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) ->
     store.init()
     bundle = make_bundle(make_artifact(tmp_path / "a" / "demo"), store, tmp_path / "bundles")
     root = tmp_path / "device"
-    trust = tmp_path / "trust.json"
-    data, sig = store.trust_files()
-    trust.write_bytes(data)
-    trust.with_name("trust.json.sig").write_bytes(sig)
+    trust = tmp_path / "1.root.json"
+    trust.write_bytes(store.trust_files())
 
     def run(*args: str) -> tuple[int, dict]:
         proc = subprocess.run(

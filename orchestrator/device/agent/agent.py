@@ -7,7 +7,7 @@ import sys
 
 from .activate import Activation
 from .clock import iso
-from .errors import Nothing
+from .errors import Nothing, Refusal
 from .files import read_json, write_json
 from .runtimes import RUNTIME_DISTRIBUTIONS, runtime_version
 
@@ -39,19 +39,23 @@ class Agent(Activation):
         try:
             trust = self.trust()
             out["trust"] = {
-                "serial": trust["serial"],
-                "keys": [k["key_id"] for k in trust["keys"]],
-                "revoked": trust.get("revoked", []),
-                "active": trust.get("active"),
+                "serial": trust["version"],
+                "expires": trust["expires"],
+                "keys": list(trust["roles"]["targets"]["keyids"]),
+                "roles": {
+                    role: {"keyids": entry["keyids"], "threshold": entry["threshold"]}
+                    for role, entry in sorted(trust["roles"].items())
+                },
             }
-        except Nothing:
+        except (Nothing, Refusal) as exc:
+            out["trust_error"] = getattr(exc, "message", str(exc))
             out["trust"] = None
         return out
 
     def init(self, name: str, family: str, trust_file: str, reset_trust: bool) -> dict:
         for folder in (self.root, self.versions, self.staging, self.log_dir, self.trust_dir):
             os.makedirs(folder, exist_ok=True)
-        first = reset_trust or not os.path.isdir(self.trust_path())
+        first = reset_trust or not os.path.isfile(os.path.join(self.trust_path(), "root.json"))
         trust = self.update_trust(trust_file, None, first=first)
         previous = read_json(self.device_path) if os.path.isfile(self.device_path) else None
         device = {

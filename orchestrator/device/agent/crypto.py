@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import subprocess
 
 from .errors import AgentError
 
-ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
-
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def key_id_of_pem(pem: str) -> str:
-    """First 16 hex of sha256(raw Ed25519 public key), from a SubjectPublicKeyInfo PEM."""
-    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
-    der = base64.b64decode(body)
-    if len(der) != 44 or not der.startswith(ED25519_SPKI_PREFIX):
-        raise ValueError("not an Ed25519 public key")
-    return hashlib.sha256(der[12:]).hexdigest()[:16]
 
 
 def openssl_verify(pem_path: str, data_path: str, sig_path: str) -> bool:

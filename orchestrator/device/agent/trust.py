@@ -1,86 +1,107 @@
-"""The device's trust set: which keys may sign bundles, and how a newer set replaces it."""
+"""The device's root of trust (a TUF root.json) and how a newer root version replaces it.
+
+``trust/current -> trust/<version>-<hash>/`` holds ``root.json`` as issued and
+``keys/<key id>.pem`` for every key it names (what ``openssl`` verifies with).
+Bundle manifests and rollback orders must be signed by a key of the root's
+``targets`` role; a new root must be exactly one version newer and carry the root
+threshold of the installed root and its own (:mod:`.rootmeta`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 
-from .crypto import key_id_of_pem, openssl_verify, sha256_bytes
+from . import rootmeta
+from .crypto import openssl_verify, sha256_bytes
 from .errors import Nothing, Refusal
-from .files import fsync_dir, read_json, write_atomic
+from .files import fsync_dir, write_atomic
 from .state import Install
+
+LEGACY_TRUST = "trust.json"  # the format before TUF roles (refused with what to do)
+CARRIED_ROOT = re.compile(r"^(\d+)\.root\.json$")
 
 
 class Trust(Install):
-    """Reads, checks and installs trust sets (``trust/current``)."""
+    """Reads, checks and installs the device's root of trust (``trust/current``)."""
 
     def trust_path(self) -> str:
         return os.path.join(self.trust_dir, "current")
 
-    def trust(self) -> dict:
-        path = os.path.join(self.trust_path(), "trust.json")
+    def _read_root(self) -> dict:
+        folder = self.trust_path()
+        path = os.path.join(folder, "root.json")
         if not os.path.isfile(path):
-            raise Nothing("no trust set on this device; run edgeship enroll")
-        return read_json(path)
+            if os.path.isfile(os.path.join(folder, LEGACY_TRUST)):
+                raise Refusal(
+                    "legacy_trust",
+                    "this device holds a trust set of the format before TUF roles; re-enrol "
+                    "it with: edgeship enroll --reset-trust",
+                )
+            raise Nothing("no root of trust on this device; run edgeship enroll")
+        with open(path, "rb") as fh:
+            data = fh.read(rootmeta.MAX_ROOT_BYTES + 1)
+        return rootmeta.parse_root(data, path)
 
-    def key_pem(self, kid: str, trust: dict | None = None) -> str:
-        """The PEM file of a trusted key; Refusal for a revoked or unknown key."""
-        trust = trust if trust is not None else self.trust()
-        if kid in trust.get("revoked", []):
-            raise Refusal("revoked_key", f"signed by revoked key {kid}")
-        if kid not in [k["key_id"] for k in trust.get("keys", [])]:
-            raise Refusal("untrusted_key", f"signed by key {kid}, which this device does not trust")
-        return os.path.join(self.trust_path(), "keys", kid + ".pem")
+    def trust(self) -> dict:
+        """The installed root's ``signed`` part (``version`` is the trust serial)."""
+        return self._read_root()["signed"]
+
+    def role_key_paths(self, role: str, trust: dict | None = None) -> list:
+        """(key id, PEM path) of the keys of ``role`` in the installed root."""
+        signed = trust if trust is not None else self.trust()
+        folder = os.path.join(self.trust_path(), "keys")
+        return [(k, os.path.join(folder, k + ".pem")) for k in signed["roles"][role]["keyids"]]
 
     def bundle_keys(self) -> list:
-        """(key id, PEM path) of every key allowed to sign bundles and rollback orders."""
-        trust = self.trust()
-        revoked = trust.get("revoked", [])
-        return [
-            (k["key_id"], os.path.join(self.trust_path(), "keys", k["key_id"] + ".pem"))
-            for k in trust.get("keys", [])
-            if k["key_id"] not in revoked
-        ]
+        """(key id, PEM path) of every key allowed to sign bundles and rollback orders.
 
-    def _check_trust_doc(self, data: bytes, source: str) -> dict:
-        try:
-            doc = json.loads(data.decode())
-        except ValueError as exc:
-            raise Refusal("malformed_trust", f"{source}: invalid JSON ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("kind") != "edgeship.trust":
-            raise Refusal("malformed_trust", f"{source}: not an edgeship trust set")
-        try:
-            for entry in doc["keys"]:
-                if key_id_of_pem(entry["public_key_pem"]) != entry["key_id"]:
-                    raise Refusal(
-                        "malformed_trust",
-                        "{}: key {} does not match its id".format(source, entry["key_id"]),
-                    )
-            int(doc["serial"])
-            str(doc["signed_by"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Refusal("malformed_trust", f"{source}: malformed trust set ({exc!r})") from exc
-        return doc
+        Refuses when the installed root has expired: a device that has not heard from
+        the root of trust for that long does not take new software (a freeze attack).
+        """
+        signed = self.trust()
+        if rootmeta.expired(signed):
+            raise Refusal(
+                "trust_expired",
+                "the root of trust (version {}) expired at {}; renew it with 'edgeship keys "
+                "renew' and deploy again".format(signed["version"], signed["expires"]),
+            )
+        return self.role_key_paths("targets", signed)
 
-    def _install_trust(self, data: bytes, sig: bytes, doc: dict) -> None:
-        serial = int(doc["serial"])
-        name = f"{serial}-{sha256_bytes(data)[:12]}"  # never the folder `current` points at
+    def key_pem(self, kid: str, trust: dict | None = None) -> str:
+        """The PEM file of a key allowed to sign bundles; Refusal for any other key."""
+        keys = self.bundle_keys() if trust is None else self.role_key_paths("targets", trust)
+        for key_id, pem in keys:
+            if key_id == kid:
+                return pem
+        raise Refusal("untrusted_key", f"signed by key {kid}, which this device does not trust")
+
+    def verify_bytes(self, pem: str, data: bytes, signature: bytes) -> bool:
+        """Ed25519 ``signature`` of ``data`` by the PEM text ``pem``, checked with openssl."""
+        tmp = tempfile.mkdtemp(prefix=".verify-", dir=self.root)
+        try:
+            paths = {}
+            for name, content in (("key.pem", pem.encode()), ("doc", data), ("doc.sig", signature)):
+                paths[name] = os.path.join(tmp, name)
+                with open(paths[name], "wb") as fh:
+                    fh.write(content)
+            return openssl_verify(paths["key.pem"], paths["doc"], paths["doc.sig"])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _install_trust(self, data: bytes, doc: dict) -> None:
+        version = int(doc["signed"]["version"])
+        name = f"{version}-{sha256_bytes(data)[:12]}"  # never the folder `current` points at
         folder = os.path.join(self.trust_dir, name)
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, "keys"))
-        for entry in doc["keys"]:
-            if entry["key_id"] in doc.get("revoked", []):
-                continue
-            write_atomic(
-                os.path.join(tmp, "keys", entry["key_id"] + ".pem"),
-                entry["public_key_pem"].encode(),
-            )
-        write_atomic(os.path.join(tmp, "trust.json.sig"), sig)
-        write_atomic(os.path.join(tmp, "trust.json"), data)
+        signed = doc["signed"]
+        for kid, key in sorted(signed["keys"].items()):
+            write_atomic(os.path.join(tmp, "keys", kid + ".pem"), rootmeta.key_pem(key).encode())
+        write_atomic(os.path.join(tmp, "root.json"), data)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
         link_tmp = os.path.join(self.trust_dir, f".current.tmp-{os.getpid()}")
@@ -91,83 +112,70 @@ class Trust(Install):
         fsync_dir(self.trust_dir)
         for entry in os.listdir(self.trust_dir):
             if entry not in ("current", name):
-                shutil.rmtree(os.path.join(self.trust_dir, entry), ignore_errors=True)
+                full = os.path.join(self.trust_dir, entry)
+                if os.path.islink(full):
+                    os.unlink(full)
+                else:
+                    shutil.rmtree(full, ignore_errors=True)
 
-    def _verify_with(self, pem_path: str, data: bytes, sig: bytes) -> bool:
-        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
-            data_path = os.path.join(tmp, "doc")
-            sig_path = os.path.join(tmp, "doc.sig")
-            with open(data_path, "wb") as fh:
-                fh.write(data)
-            with open(sig_path, "wb") as fh:
-                fh.write(sig)
-            return openssl_verify(pem_path, data_path, sig_path)
+    def update_trust(self, path: str, sig_path: str | None = None, first: bool = False) -> dict:
+        """Install root version N+1 signed by the root thresholds of version N and its own.
 
-    def update_trust(self, path: str, sig_path: str | None, first: bool = False) -> dict:
-        """Accept a trust set signed by a key this device trusts, with a higher serial."""
-        sig_path = sig_path or path + ".sig"
-        if not os.path.isfile(sig_path):
-            raise Refusal("missing_signature", f"no signature {sig_path} for the trust set")
+        ``first`` (enrolment, or ``--reset-trust``): the root is taken on first use,
+        checked against its own root threshold only.
+        """
+        del sig_path  # a TUF root carries its signatures
+        size = os.path.getsize(path)
+        if size > rootmeta.MAX_ROOT_BYTES:
+            self.drop_upload(path)
+            raise Refusal(
+                "too_large",
+                f"{path}: {size} bytes; a root is at most {rootmeta.MAX_ROOT_BYTES} bytes",
+            )
         with open(path, "rb") as fh:
             data = fh.read()
-        with open(sig_path, "rb") as fh:
-            sig = fh.read()
-        self.drop_upload(path, sig_path)
-        doc = self._check_trust_doc(data, path)
-        signer = str(doc["signed_by"])
-        if first:
-            pems = {k["key_id"]: k["public_key_pem"] for k in doc["keys"]}
-            if signer not in pems:
-                raise Refusal(
-                    "untrusted_key",
-                    f"the trust set is signed by {signer}, which it does not list",
-                )
-            with tempfile.TemporaryDirectory(dir=self.root) as tmp:
-                pem = os.path.join(tmp, "signer.pem")
-                with open(pem, "w") as fh:
-                    fh.write(pems[signer])
-                if not self._verify_with(pem, data, sig):
-                    raise Refusal("bad_signature", "the trust set's signature does not verify")
-            self._install_trust(data, sig, doc)
-            self.log("trust_installed", serial=doc["serial"], keys=sorted(pems), first=True)
-            return {"result": "installed", "serial": doc["serial"]}
-        current = self.trust()
-        if int(doc["serial"]) == int(current["serial"]):
-            installed = os.path.join(self.trust_path(), "trust.json")
-            with open(installed, "rb") as fh:
-                if fh.read() == data:
-                    return {"result": "unchanged", "serial": doc["serial"]}
-            raise Refusal(
-                "stale_trust",
-                "trust set serial {} is already installed with other content".format(doc["serial"]),
-            )
-        if int(doc["serial"]) < int(current["serial"]):
-            raise Refusal(
-                "stale_trust",
-                "trust set serial {} is not newer than the installed serial {}".format(
-                    doc["serial"], current["serial"]
-                ),
-            )
-        pem = self.key_pem(signer, current)
-        if not self._verify_with(pem, data, sig):
-            raise Refusal(
-                "bad_signature",
-                f"the trust set's signature does not verify with key {signer}",
-            )
-        self._install_trust(data, sig, doc)
+        self.drop_upload(path)
+        try:
+            doc = rootmeta.parse_root(data, path)
+            if first:
+                rootmeta.check_first_root(doc, path, self.verify_bytes)
+                self._install_trust(data, doc)
+                version = doc["signed"]["version"]
+                self.log("trust_installed", version=version, first=True)
+                return {"result": "installed", "serial": version}
+            current = self._read_root()
+            if int(doc["signed"]["version"]) == int(current["signed"]["version"]):
+                installed = os.path.join(self.trust_path(), "root.json")
+                with open(installed, "rb") as fh:
+                    if fh.read() == data:
+                        return {"result": "unchanged", "serial": doc["signed"]["version"]}
+            rootmeta.check_root_update(current, doc, path, self.verify_bytes)
+        except rootmeta.RootError as exc:
+            raise Refusal(exc.code, exc.message) from exc
+        self._install_trust(data, doc)
+        version = doc["signed"]["version"]
         self.log(
-            "trust_updated", serial=doc["serial"], signed_by=signer, revoked=doc.get("revoked", [])
+            "trust_updated",
+            serial=version,
+            previous=current["signed"]["version"],
+            targets=doc["signed"]["roles"]["targets"]["keyids"],
         )
-        return {"result": "updated", "serial": doc["serial"], "previous_serial": current["serial"]}
+        return {
+            "result": "updated",
+            "serial": version,
+            "previous_serial": current["signed"]["version"],
+        }
 
     def apply_carried_trust(self, extracted: str) -> None:
-        """Apply the trust sets an exported bundle carries (trust/), oldest first, if newer."""
+        """Apply the root versions an exported bundle carries (trust/<N>.root.json), in order."""
         folder = os.path.join(extracted, "trust")
         if not os.path.isdir(folder):
             return
-        serial = int(self.trust()["serial"])
-        for name in sorted(os.listdir(folder)):
-            match = re.match(r"trust-(\d+)\.json$", name)
+        serial = int(self.trust()["version"])
+        carried = []
+        for name in os.listdir(folder):
+            match = CARRIED_ROOT.match(name)
             if match and int(match.group(1)) > serial:
-                self.update_trust(os.path.join(folder, name), None)
-                serial = int(match.group(1))
+                carried.append((int(match.group(1)), name))
+        for _, name in sorted(carried):
+            self.update_trust(os.path.join(folder, name))

@@ -1,0 +1,258 @@
+"""TUF root metadata as a device checks it: canonical JSON, key ids, signature thresholds.
+
+The root of trust a device holds is a TUF ``root.json`` (the format python-tuf
+writes; see docs/security.md). It names the keys of four roles, each with a
+threshold: ``root`` (offline keys; only they can change the root), ``targets``
+(the online key that signs bundles, rollback orders and phone feed indexes),
+``timestamp`` and ``snapshot`` (the online key that signs short-lived freshness
+documents). A new root version is accepted only when it is exactly one version
+newer and signed by the root threshold of the root already trusted AND by its
+own root threshold, as the TUF specification (section 5.3) says.
+
+This module is standalone (Python 3.8 standard library, no relative imports):
+the device agent and the phone client share it. The signature check itself is
+passed in as ``verify(pem, data, signature) -> bool``: stock ``openssl`` on
+devices, the platform's Ed25519 in apps.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from typing import Callable
+
+Verify = Callable[[str, bytes, bytes], bool]  # (public key PEM, data, signature) -> valid
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+MAX_ROOT_BYTES = 1024 * 1024  # a root with a few dozen keys is a few kB
+ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RootError(ValueError):
+    """Root metadata refused; ``code`` names the kind of refusal."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def strict_loads(
+    data: bytes, source: str, limit: int = MAX_ROOT_BYTES, max_depth: int = 16, floats: bool = False
+) -> object:
+    """JSON from bytes no larger than ``limit`` nor nested deeper than ``max_depth``.
+
+    Duplicate keys are refused (a signed document means one thing), and so are
+    floating-point numbers unless ``floats`` (canonical JSON has none).
+    """
+    if len(data) > limit:
+        raise RootError("too_large", f"{source}: {len(data)} bytes; at most {limit} accepted")
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:  # nesting depth on the raw bytes, before any recursive parser runs
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    if deepest > max_depth:
+        raise RootError(
+            "too_deep", f"{source}: nested {deepest} deep; at most {max_depth} accepted"
+        )
+
+    def no_float(text: str) -> object:
+        raise ValueError(f"floating-point number {text} (canonical JSON has none)")
+
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_float=float if floats else no_float,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RootError("malformed_trust", f"{source}: invalid JSON ({exc})") from exc
+
+
+def _string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def canonical(value: object) -> bytes:
+    """OLPC canonical JSON (what TUF signs): sorted keys, no spaces, only \\ and " escaped."""
+    out: list = []
+
+    def emit(item: object) -> None:
+        if isinstance(item, str):
+            out.append(_string(item))
+        elif item is True:
+            out.append("true")
+        elif item is False:
+            out.append("false")
+        elif item is None:
+            out.append("null")
+        elif isinstance(item, int):
+            out.append(str(item))
+        elif isinstance(item, (list, tuple)):
+            out.append("[")
+            for i, element in enumerate(item):
+                if i:
+                    out.append(",")
+                emit(element)
+            out.append("]")
+        elif isinstance(item, dict):
+            out.append("{")
+            for i, key in enumerate(sorted(item)):
+                if i:
+                    out.append(",")
+                out.append(_string(key) + ":")
+                emit(item[key])
+            out.append("}")
+        else:
+            raise ValueError(f"cannot encode {type(item).__name__} in canonical JSON")
+
+    emit(value)
+    return "".join(out).encode("utf-8")
+
+
+def key_pem(key: dict) -> str:
+    """An ed25519 TUF key's public key as SubjectPublicKeyInfo PEM (what openssl reads)."""
+    raw = bytes.fromhex(str(key["keyval"]["public"]))
+    if len(raw) != 32:
+        raise ValueError("an ed25519 public key is 32 bytes")
+    body = base64.b64encode(ED25519_SPKI_PREFIX + raw).decode()
+    return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+
+
+def default_keyid(key: dict) -> str:
+    """TUF's key id: the SHA-256 of the canonical JSON of keytype, scheme and keyval."""
+    fields = {"keytype": key["keytype"], "scheme": key["scheme"], "keyval": key["keyval"]}
+    return hashlib.sha256(canonical(fields)).hexdigest()
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def parse_root(data: bytes, source: str) -> dict:
+    """A root document ``{"signed": ..., "signatures": [...]}``, its structure checked."""
+    doc = strict_loads(data, source)
+    try:
+        if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"}:
+            raise ValueError("expected an object with exactly 'signed' and 'signatures'")
+        signed = doc["signed"]
+        if signed.get("_type") != "root":
+            raise ValueError(f"_type: expected 'root', found {signed.get('_type')!r}")
+        version = signed["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"version: expected a positive integer, found {version!r}")
+        parse_time(str(signed["expires"]))
+        for kid, key in signed["keys"].items():
+            if key.get("keytype") != "ed25519" or key.get("scheme") != "ed25519":
+                raise ValueError(f"keys.{kid}: only ed25519 keys are accepted")
+            key_pem(key)
+            if default_keyid(key) != kid:
+                raise ValueError(f"keys.{kid}: the key's id is {default_keyid(key)}")
+        for role in ROLES:
+            entry = signed["roles"][role]
+            threshold = entry["threshold"]
+            if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+                raise ValueError(f"roles.{role}.threshold: expected 1 or more, found {threshold!r}")
+            ids = list(entry["keyids"])
+            if len(set(ids)) != len(ids) or any(k not in signed["keys"] for k in ids):
+                raise ValueError(f"roles.{role}.keyids: duplicate or unknown key ids")
+            if len(ids) < threshold:
+                raise ValueError(f"roles.{role}: {len(ids)} keys cannot meet threshold {threshold}")
+        for sig in doc["signatures"]:
+            if not HEX64.match(str(sig["keyid"])) or not re.match(
+                r"^[0-9a-f]{128}$", str(sig["sig"])
+            ):
+                raise ValueError("signatures: expected a key id and a 64-byte hex signature")
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, RootError):
+            raise
+        raise RootError("malformed_trust", f"{source}: not a TUF root ({exc})") from exc
+    return doc
+
+
+def role_keys(signed: dict, role: str) -> dict:
+    """Key id -> PEM of the keys of ``role`` in a root's ``signed`` part."""
+    return {kid: key_pem(signed["keys"][kid]) for kid in signed["roles"][role]["keyids"]}
+
+
+def count_signatures(doc: dict, trusted: dict, role: str, verify: Verify) -> tuple:
+    """(valid distinct signatures by keys of ``role`` in ``trusted``, that role's threshold)."""
+    payload = canonical(doc["signed"])
+    keys = role_keys(trusted, role)
+    valid = set()
+    for sig in doc["signatures"]:
+        kid = sig["keyid"]
+        fresh = kid in keys and kid not in valid
+        if fresh and verify(keys[kid], payload, bytes.fromhex(sig["sig"])):
+            valid.add(kid)
+    return len(valid), int(trusted["roles"][role]["threshold"])
+
+
+def check_first_root(doc: dict, source: str, verify: Verify) -> None:
+    """A root taken on first use (enrolment): signed by its own root threshold."""
+    count, threshold = count_signatures(doc, doc["signed"], "root", verify)
+    if count < threshold:
+        raise RootError(
+            "bad_signature",
+            f"{source}: signed by {count} of its root keys; its threshold is {threshold}",
+        )
+
+
+def check_root_update(current: dict, doc: dict, source: str, verify: Verify) -> None:
+    """``doc`` may replace the trusted root ``current`` (both ``signed`` parts' owners).
+
+    Exactly one version newer, signed by the threshold of the trusted root's root
+    keys and by its own; nothing signed by other keys counts, whatever its version.
+    """
+    have, new = int(current["signed"]["version"]), int(doc["signed"]["version"])
+    if new != have + 1:
+        raise RootError(
+            "stale_trust" if new <= have else "trust_gap",
+            f"{source}: root version {new} does not follow the trusted version {have} "
+            f"(expected {have + 1})",
+        )
+    count, threshold = count_signatures(doc, current["signed"], "root", verify)
+    if count < threshold:
+        raise RootError(
+            "untrusted_root",
+            f"{source}: root version {new} is signed by {count} of the trusted root keys; "
+            f"the trusted root (version {have}) requires {threshold}",
+        )
+    count, threshold = count_signatures(doc, doc["signed"], "root", verify)
+    if count < threshold:
+        raise RootError(
+            "untrusted_root",
+            f"{source}: root version {new} is signed by {count} of its own root keys; "
+            f"it requires {threshold}",
+        )
+
+
+def expired(signed: dict, now: datetime | None = None) -> bool:
+    """Whether a root (or any TUF ``signed`` part) has expired."""
+    return parse_time(str(signed["expires"])) <= (now or datetime.now(timezone.utc))

@@ -182,10 +182,10 @@ def test_bundle_signed_by_revoked_key_is_refused(lab: ShipLab) -> None:
     lab.store.rotate()
     lab.store.revoke(old_key)
 
-    # the deploy first brings the device's trust set up to date, then the agent refuses
-    deploy_refused(lab, signed_by_old, "revoked_key", device="dev03")
+    # the deploy first brings the device's root of trust up to date, then the agent refuses
+    deploy_refused(lab, signed_by_old, "untrusted_key", device="dev03")
     trust = lab.status("dev03")["trust"]
-    assert trust["serial"] == 3 and old_key in trust["revoked"]
+    assert trust["serial"] == 3 and old_key not in trust["keys"]
     fresh = lab.bundle()
     assert fresh.key_id != old_key
     assert lab.deploy(fresh, ["dev03"]).outcomes[0].result == "activated"

@@ -142,23 +142,23 @@ def test_key_rotation_reaches_the_device_without_reenrolment(lab: ShipLab) -> No
     first = lab.bundle()
     assert lab.deploy(first, ["dev01"]).outcomes[0].result == "activated"
     lab.store.rotate()
-    newest, trust = lab.store.rotate()  # serial 3: the device must walk 1 -> 2 -> 3
+    newest = lab.store.rotate().new_key  # root version 3: the device must walk 1 -> 2 -> 3
     bundle = lab.bundle()
-    assert bundle.key_id == newest.key_id != first.key_id
+    assert bundle.key_id == newest != first.key_id
 
     outcome = lab.deploy(bundle, ["dev01"]).outcomes[0]
 
     assert outcome.result == "activated", outcome.summary()
-    assert "trust set updated to serial 2" in outcome.notes
-    assert "trust set updated to serial 3" in outcome.notes
+    assert "root of trust updated to version 2" in outcome.notes
+    assert "root of trust updated to version 3" in outcome.notes
     status = lab.status("dev01")
-    assert status["trust"]["serial"] == trust.serial == 3
-    assert status["trust"]["active"] == newest.key_id
+    assert status["trust"]["serial"] == lab.store.trust().serial == 3
+    assert newest in status["trust"]["keys"]
     events = [e["event"] for e in lab.log("dev01")]
     assert events.count("enrolled") == 1 and events.count("trust_updated") == 2
 
 
-def test_trust_update_needs_a_trusted_signer_and_a_higher_serial(
+def test_trust_update_needs_the_root_threshold_and_the_next_version(
     lab: ShipLab, tmp_path: Path
 ) -> None:
     assert not lab.enroll(["dev01"]).failed
@@ -168,20 +168,20 @@ def test_trust_update_needs_a_trusted_signer_and_a_higher_serial(
     rogue.rotate()
     lab.store.rotate()
 
-    def push(data: bytes, sig: bytes) -> dict:
+    def push(data: bytes) -> dict:
         with lab.session("dev01") as s:
-            remote = f"{s.root}/staging/push.json"
+            remote = f"{s.root}/staging/push.root.json"
             s.put_bytes(data, remote)
-            s.put_bytes(sig, remote + ".sig")
             res = s.agent(f"update-trust {remote}")
         answer = res.json()
         answer["code"] = res.code
         return answer
 
-    forged = push(*rogue.trust_files())
-    assert (forged["code"], forged["refusal"]) == (10, "untrusted_key")
+    forged = push(rogue.trust_chain(0)[1][1])  # version 2 of another root of trust
+    assert (forged["code"], forged["refusal"]) == (10, "untrusted_root")
+    assert "signed by 0 of the trusted root keys" in forged["message"]
     chain = lab.store.trust_chain(0)
-    assert push(chain[1][1], chain[1][2])["result"] == "updated"
-    stale = push(chain[0][1], chain[0][2])
+    assert push(chain[1][1])["result"] == "updated"
+    stale = push(chain[0][1])
     assert (stale["code"], stale["refusal"]) == (10, "stale_trust")
     assert lab.status("dev01")["trust"]["serial"] == 2

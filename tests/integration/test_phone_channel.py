@@ -24,6 +24,7 @@ from orchestrator.device.phone_client import PhoneClient
 from orchestrator.ship.feed import bucket
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
+from registry.signing import canonical_json, sign
 from tests.sshd import require_sshd, start_devices, stop_devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,7 +106,7 @@ def _client(feed: dict[str, Any], install: str, channel: str = "beta") -> PhoneC
         channel,
         feed["base"] / "apps" / install,
         "android_phone",
-        trust_file=feed["store"].trust_path,
+        trust_file=feed["store"].root_path(1),
         install_id=install,
     )
 
@@ -199,7 +200,7 @@ def test_publish_staged_rollout_and_reference_clients(
             "--state",
             str(state),
             "--trust",
-            str(feed["store"].trust_path),
+            str(feed["store"].root_path(1)),
             "--install-id",
             sorted(now_v2)[0],  # an installation the staged fraction includes
         ],
@@ -228,6 +229,8 @@ def test_clients_refuse_tampered_and_replayed_feeds(
     assert main(["publish", "deployment=posture_phone", fleet, "channel=stable", "version=2"]) == 0
     assert client.poll()["result"] == "activated"
 
+    stamp = feed["www"] / "index" / "timestamp.json"
+    old_stamp = (stamp.read_bytes(), stamp.with_name("timestamp.json.sig").read_bytes())
     # v3 on the feed host is altered after publication: the app refuses it and keeps v2
     assert main(["publish", "deployment=posture_phone", fleet, "channel=stable", "version=3"]) == 0
     capsys.readouterr()
@@ -244,7 +247,7 @@ def test_clients_refuse_tampered_and_replayed_feeds(
     assert "model/model.ort differs from the manifest" in report["message"]
     assert (client.state / "current").resolve().name == "2"
 
-    # a forged index (channel edited after signing) is refused
+    # a forged index (channel edited after signing) is refused: the timestamp names its digest
     latest = int((feed["www"] / "index" / "latest").read_text())
     index_path = feed["www"] / "index" / f"{latest}.json"
     signed = index_path.read_bytes()
@@ -252,12 +255,33 @@ def test_clients_refuse_tampered_and_replayed_feeds(
     forged["channels"]["stable"]["rollout_fraction"] = 0.01
     index_path.write_text(json.dumps(forged, indent=2, sort_keys=True) + "\n")
     report = client.poll()
-    assert (report["result"], report["refusal"]) == ("refused", "bad_signature")
+    assert (report["result"], report["refusal"]) == ("refused", "hash_mismatch")
     index_path.write_bytes(signed)
 
-    # an older signed index served again (a replay) is refused
-    (feed["www"] / "index" / "latest").write_text(f"{latest - 1}\n")
+    # an older signed index served again with its timestamp (a replay) is refused
+    new_stamp = (stamp.read_bytes(), stamp.with_name("timestamp.json.sig").read_bytes())
+    stamp.with_name("timestamp.json.sig").write_bytes(old_stamp[1])
+    stamp.write_bytes(old_stamp[0])
     report = client.poll()
     assert (report["result"], report["refusal"]) == ("refused", "stale_index")
-    (feed["www"] / "index" / "latest").write_text(f"{latest}\n")
     assert (client.state / "current").resolve().name == "2"
+
+    # ... and a fresh installation refuses it once that timestamp has expired (a freeze):
+    # the old index re-served with a timestamp the attacker cannot make fresh
+    expired = json.loads(old_stamp[0])
+    expired["expires_at"] = "2020-01-01T00:00:00Z"
+    data = canonical_json(expired)
+    stamp.with_name("timestamp.json.sig").write_bytes(sign(feed["store"].timestamp_key()[1], data))
+    stamp.write_bytes(data)
+    fresh = _client(feed, "fresh-install", channel="stable").poll()
+    assert (fresh["result"], fresh["refusal"]) == ("refused", "stale_feed")
+    assert "expired at 2020-01-01T00:00:00Z" in fresh["message"]
+    # a timestamp signed by the targets key (not the timestamp role) is refused too
+    stamp.with_name("timestamp.json.sig").write_bytes(sign(feed["store"].signing_key()[1], data))
+    fresh = _client(feed, "fresh-install-2", channel="stable").poll()
+    assert (fresh["result"], fresh["refusal"]) == ("refused", "bad_signature")
+    stamp.with_name("timestamp.json.sig").write_bytes(new_stamp[1])
+    stamp.write_bytes(new_stamp[0])
+    # with the real timestamp back, the fresh installation gets as far as v3's files (altered)
+    restored = _client(feed, "fresh-install-3", channel="stable").poll()
+    assert (restored["result"], restored["refusal"]) == ("refused", "hash_mismatch")

@@ -177,6 +177,8 @@ class Install:
         path = os.path.abspath(bundle)
         if os.path.dirname(path) == self.staging and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
+        elif os.path.dirname(path) == self.staging and os.path.isfile(path):
+            os.unlink(path)  # an uploaded bundle file (.tar), refused or installed
 
     def refusal_result(self, exc: Refusal) -> dict:
         return {

@@ -37,11 +37,14 @@ def test_cli_keys_bundle_enroll_deploy_tamper_refused(
 ) -> None:
     fleet = f"fleet={shipping_env}"
     assert main(["keys", "init"]) == 0
-    assert "created signing key" in capsys.readouterr().out
-    key_files = sorted(p.name for p in (tmp_path / "keys").glob("*.key"))
-    assert (
-        len(key_files) == 1 and (tmp_path / "keys" / key_files[0]).stat().st_mode & 0o777 == 0o600
-    )
+    out = capsys.readouterr().out
+    assert "created the keys of a new root of trust" in out
+    assert "root:      3 offline key(s), threshold 2" in out
+    key_files = sorted(p.name for p in (tmp_path / "keys" / "online").glob("*.key"))
+    root_files = list((tmp_path / "keys" / "root").glob("*.key"))
+    assert len(key_files) == 2 and len(root_files) == 3
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in root_files)
+    targets_key = next(line.split()[1] for line in out.splitlines() if "targets:" in line)
 
     assert main(["bundle", "deployment=posture_server", "--export", str(tmp_path / "ps.tar")]) == 0
     out = capsys.readouterr().out
@@ -77,10 +80,14 @@ def test_cli_keys_bundle_enroll_deploy_tamper_refused(
     assert "unchanged   v1" in capsys.readouterr().out
 
     assert main(["keys", "rotate"]) == 0
-    assert main(["keys", "revoke", key_files[0].removesuffix(".key")]) == 0
+    assert "root version 2 published" in capsys.readouterr().out
+    assert main(["keys", "revoke", targets_key]) == 0
+    out = capsys.readouterr().out
+    assert "root version 3 published" in out and "bundle repository" in out
     assert main(["keys", "list"]) == 0
     out = capsys.readouterr().out
-    assert "trust set serial 3" in out and "revoked" in out and "active" in out
+    assert "root version 3, threshold 2 of 3" in out
+    assert f"{targets_key}  revoked" in out and "targets (active)" in out
     assert main(["bundle", "deployment=posture_server", "--list"]) == 0
     assert "2 bundle(s)" in capsys.readouterr().out
 

@@ -196,3 +196,28 @@ def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) ->
     log = [json.loads(line) for line in (root / "log" / "agent.log").read_text().splitlines()]
     assert [e["event"] for e in log][-1] == "refused"
     assert run("health")[0] == 13 and run("rollback")[0] == 13
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+def test_agent_refuses_bundles_once_its_root_of_trust_expired(
+    agent_program: Path, tmp_path: Path
+) -> None:
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    store.init(root_keys=1, threshold=1, valid_days=-1)  # a root nobody renewed
+    bundle = make_bundle(make_artifact(tmp_path / "a" / "demo"), store, tmp_path / "bundles")
+    trust = tmp_path / "1.root.json"
+    trust.write_bytes(store.trust_files())
+    root = tmp_path / "device"
+
+    def run(*args: str) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, str(agent_program), "--root", str(root), *args],
+            capture_output=True,
+            text=True,
+        )
+        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert run("init", "--name", "d1", "--family", "server", "--trust", str(trust))[0] == 0
+    code, answer = run("verify", str(bundle.path))
+    assert (code, answer["refusal"]) == (10, "trust_expired")
+    assert "expired at" in answer["message"] and "edgeship keys renew" in answer["message"]

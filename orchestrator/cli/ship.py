@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.common import human_size, integer, key_store, pairs, project_dir, split_list
+from orchestrator.core.text import terminal
 from orchestrator.errors import BundleError, KeyStoreError, RolloutError
 
 # -- keys -------------------------------------------------------------------------------------
@@ -164,9 +165,9 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
         return
-    width = max((len(o.device) for o in result.outcomes), default=6)
+    width = max((len(terminal(o.device)) for o in result.outcomes), default=6)
     for o in result.outcomes:
-        line = f"  {o.device:<{width}}  {o.address:<21} {o.result:<11}"
+        line = f"  {terminal(o.device):<{width}}  {o.address:<21} {o.result:<11}"
         if o.version is not None:
             line += f" v{o.version}"
         if o.refusal:
@@ -184,11 +185,12 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
                 + (f", {human_size(o.bytes_resumed)} resumed" if o.bytes_resumed else "")
             )
         line += f"  {o.seconds:.1f}s"
-        print(line)
+        # one line per device whatever its name or answer holds (newlines, ANSI escapes)
+        print(terminal(line))
         if o.message and not o.ok:
-            print(f"  {'':<{width}}  {o.message}")
+            print(f"  {'':<{width}}  {terminal(o.message)}")
         for note in o.notes:
-            print(f"  {'':<{width}}  note: {note}")
+            print(f"  {'':<{width}}  note: {terminal(note)}")
     print(f"{len(result.succeeded)} succeeded, {len(result.failed)} failed")
 
 

@@ -432,13 +432,17 @@ def _mlflow(
 
 
 def render_html(trace: Trace) -> str:
-    """The trace as a self-contained HTML report (``templates/trace.html.j2``)."""
-    from jinja2 import ChainableUndefined, Environment, PackageLoader, select_autoescape
+    """The trace as a self-contained HTML report (``templates/trace.html.j2``).
+
+    Everything in it (names, labels, what the device answered) is escaped: autoescape is
+    on for every template, whatever its name, and the template marks nothing ``safe``.
+    """
+    from jinja2 import ChainableUndefined, Environment, PackageLoader
 
     env = Environment(
         loader=PackageLoader("orchestrator.ship", "templates"),
         undefined=ChainableUndefined,
-        autoescape=select_autoescape(["html", "j2"]),
+        autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )

@@ -215,6 +215,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     root = project_dir()
     if args.list:
         return _list_rollouts(root)
+    if args.abandon:
+        from orchestrator.ship.rollout.engine import abandon_rollout
+
+        for line in abandon_rollout(root, args.abandon):
+            _out(line)
+        return ExitCode.OK
     from orchestrator.ship.rollout.journal import rollouts_dir
 
     printer = ProgressPrinter(rollouts_dir(root))
@@ -297,6 +303,8 @@ def _show(report: Any, as_json: bool) -> int:
             )
         )
         return 0
+    for note in report.notes:
+        print(terminal(f"note: {note}"), file=sys.stderr)
     print(terminal(report.summary(), keep_newlines=True))
     print(terminal(f"  journal: {report.journal}"))
     for device, e in s.done.items():
@@ -310,16 +318,18 @@ def _show(report: Any, as_json: bool) -> int:
 
 
 def _list_rollouts(root: Path) -> int:
-    from orchestrator.ship.rollout.journal import journals, read_state, rollouts_dir
+    from orchestrator.ship.rollout.journal import journals, load_rollout, rollouts_dir
 
     folder = rollouts_dir(root)
     paths = journals(folder)
     print(f"{len(paths)} rollout(s) in {folder}")
+    damaged = []
     for path in paths:
         try:
-            s = read_state(path)
+            s, _ = load_rollout(path)
         except (ValueError, OSError) as exc:
-            print(terminal(f"  {path.stem}  unreadable: {exc}", keep_newlines=True))
+            damaged.append(path.stem)
+            print(terminal(f"  {path.stem}  DAMAGED    {str(exc).splitlines()[0]}"))
             continue
         b = s.started["bundle"]
         devices = sum(len(w["devices"]) for w in s.started["plan"]["waves"])
@@ -331,6 +341,8 @@ def _list_rollouts(root: Path) -> int:
                 f"{len(s.done)}/{devices} device(s) done, {failed} failed"
             )
         )
+    for rid in damaged:
+        print(f"see: edgeship rollout --show {rid}; give it up: edgeship rollout --abandon {rid}")
     return 0
 
 
@@ -568,6 +580,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list", action="store_true", help="list the rollouts in the journal folder")
     p.add_argument("--show", metavar="ID", help="show one rollout from its journal")
+    p.add_argument(
+        "--abandon",
+        metavar="ID",
+        help="give up on an interrupted rollout or a damaged journal: devices keep what they "
+        "run, its locks are released, a damaged journal is moved to damaged/",
+    )
     p.add_argument(
         "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
     )

@@ -242,6 +242,8 @@ def bundle_from(args: argparse.Namespace, opts: dict[str, str]) -> Any:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from orchestrator.ship.deploy import DeployOptions, deploy
+    from orchestrator.ship.rollout.journal import rollouts_dir
+    from orchestrator.ship.rollout.lock import deploy_locks
 
     opts = pairs(args.overrides, ("deployment", "fleet", "device", "group", "version"), ("fleet",))
     integer(opts, "version")
@@ -259,11 +261,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             f"to {len(devices)} "
             f"device(s) of fleet {fleet.name}"
         )
-        try:
-            result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
-        except RolloutError as exc:
-            _print_outcomes(exc.result, args.json)
-            raise
+        # the rollouts' device locks, held while deploying: a rollout's devices are refused
+        with deploy_locks(rollouts_dir(project_dir()), devices, bundle.deployment) as notes:
+            for note in notes:
+                print(terminal(f"note: {note}"))
+            try:
+                result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
+            except RolloutError as exc:
+                _print_outcomes(exc.result, args.json)
+                raise
     _print_outcomes(result, args.json)
     return 0
 

@@ -231,9 +231,7 @@ def test_status_table_keeps_one_row_per_device_when_labels_and_answers_hold_newl
             last_change="2026-01-01T00:00:00Z",
             last_event="activated\x1b]0;title\x07",
         ),
-        DeviceStatus(
-            "dev02", "127.0.0.3", {}, [], state="unreachable", message="ssh: x\ny" + ANSI
-        ),
+        DeviceStatus("dev02", "127.0.0.3", {}, [], state="unreachable", message="ssh: x\ny" + ANSI),
     ]
     _status_table("ward\n22", rows)
     out = capsys.readouterr().out

@@ -206,23 +206,26 @@ class RolloutError(EdgeshipError):
 
 
 class RolloutLockedError(EdgeshipError):
-    """Devices of this rollout are held by another rollout that is still running.
+    """Devices are held by a rollout (or a deploy) that is running or can still be resumed.
 
-    ``held`` maps each device to its lock holder (anything with ``describe()``).
+    ``held`` maps each device to its lock holder (anything with ``describe()``);
+    ``title`` and ``hints`` replace the default first line and advice.
     """
 
     exit_code = ExitCode.LOCKED
 
-    def __init__(self, held: dict[str, Any]) -> None:
+    def __init__(
+        self, held: dict[str, Any], title: str = "", hints: list[str] | None = None
+    ) -> None:
         self.held = held
         owners: dict[str, list[str]] = {}
         for device, holder in held.items():
             owners.setdefault(holder.describe(), []).append(device)
-        lines = [f"error: {len(held)} device(s) are locked by a running rollout"]
+        lines = [title or f"error: {len(held)} device(s) are locked by a running rollout"]
         for who, devices in owners.items():
             lines.append(f"  {who}")
             lines.append(f"    devices: {', '.join(sorted(devices))}")
-        lines.append("  wait for it to finish, or select other devices")
+        lines += [f"  {h}" for h in hints or ["wait for it to finish, or select other devices"]]
         super().__init__("\n".join(lines))
 
 
@@ -230,6 +233,27 @@ class RolloutStateError(EdgeshipError):
     """A rollout cannot be started or resumed as asked (unknown id, changed bundle, journal)."""
 
     exit_code = ExitCode.ROLLOUT_STATE
+
+
+class RolloutJournalError(RolloutStateError, ValueError):
+    """A rollout journal is damaged: a line is not the JSON entry it must be.
+
+    Names the file and line, what was expected and what was found, and how to recover.
+    """
+
+    def __init__(self, path: Any, line: int, expected: str, found: str) -> None:
+        self.path = path
+        self.line = line
+        rollout = getattr(path, "stem", str(path))
+        lines = [
+            f"error: {path}:{line}: damaged rollout journal: expected {expected}; found {found}",
+            "  a resume trusts every line of the journal, so edgeship does not guess past this one",
+            f"  to give up on rollout {rollout} (its devices keep what they run now, its device "
+            "locks are released, the journal is moved to damaged/ next to it and kept): "
+            f"edgeship rollout --abandon {rollout}",
+            "  then see what the devices run: edgeship status fleet=NAME",
+        ]
+        super().__init__("\n".join(lines))
 
 
 class RolloutHaltedError(EdgeshipError):

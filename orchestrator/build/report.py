@@ -1,12 +1,22 @@
-"""Human-readable validation report of an artifact (Markdown, rendered with Jinja2)."""
+"""Human-readable validation report of an artifact (Markdown, rendered with Jinja2).
+
+Every ``{{ value }}`` of the Markdown templates passes through
+:func:`orchestrator.core.text.md_text` (the environment's ``finalize``): names and
+descriptions from the spec cannot inject HTML, links or table rows. Values meant as
+code go through the ``code`` filter (a code span); Markdown syntax lives only in the
+templates' literal text.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from orchestrator.build.validate import Validation
+from orchestrator.core.text import md_code, md_text
 from orchestrator.spec.compose import ComposedSpec
 
 
@@ -18,9 +28,17 @@ def templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        finalize=_markdown,
     )
-    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.4g}"
+    env.filters["num"] = lambda v: Markup(md_text("n/a" if v is None else f"{v:.4g}"))
+    env.filters["code"] = lambda v: Markup(md_code(v))
+    env.filters["tojson"] = lambda v: Markup(md_code(json.dumps(v, sort_keys=True, default=str)))
     return env
+
+
+def _markdown(value: Any) -> Any:
+    """Each ``{{ value }}`` as Markdown text, unless a filter made it Markdown already."""
+    return value if isinstance(value, Markup) else md_text(value)
 
 
 def render(

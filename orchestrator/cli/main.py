@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from orchestrator.core.text import terminal
 from orchestrator.errors import EdgeshipError, ExitCode, exit_code_table
 from orchestrator.project import full_errors
 
@@ -25,7 +26,8 @@ log = logging.getLogger("edgeship")
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    # messages quote devices' answers and names from YAML: no control characters get through
+    print(terminal(msg, keep_newlines=True), file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,14 +26,16 @@ from orchestrator.cli.common import (
     project_dir,
     split_list,
 )
+from orchestrator.core.text import terminal
 from orchestrator.errors import ExitCode, Problem, SpecError, UsageError
 
 _print_lock = threading.Lock()
 
 
 def _out(line: str = "") -> None:
+    """Print one line; names and device answers in it cannot add lines or escape sequences."""
     with _print_lock:
-        print(line, flush=True)
+        print(terminal(line), flush=True)
 
 
 def _v(version: Any) -> str:
@@ -213,6 +215,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     root = project_dir()
     if args.list:
         return _list_rollouts(root)
+    if args.abandon:
+        from orchestrator.ship.rollout.engine import abandon_rollout
+
+        for line in abandon_rollout(root, args.abandon):
+            _out(line)
+        return ExitCode.OK
     from orchestrator.ship.rollout.journal import rollouts_dir
 
     printer = ProgressPrinter(rollouts_dir(root))
@@ -295,36 +303,46 @@ def _show(report: Any, as_json: bool) -> int:
             )
         )
         return 0
-    print(report.summary())
-    print(f"  journal: {report.journal}")
+    for note in report.notes:
+        print(terminal(f"note: {note}"), file=sys.stderr)
+    print(terminal(report.summary(), keep_newlines=True))
+    print(terminal(f"  journal: {report.journal}"))
     for device, e in s.done.items():
         print(
-            f"  {device:<10} {e['result']:<11} v{e.get('from_version')} -> v{e.get('version')}  "
-            f"{e.get('message') or ''}".rstrip()
+            terminal(
+                f"  {device:<10} {e['result']:<11} v{e.get('from_version')} -> "
+                f"v{e.get('version')}  {e.get('message') or ''}".rstrip()
+            )
         )
     return 0
 
 
 def _list_rollouts(root: Path) -> int:
-    from orchestrator.ship.rollout.journal import journals, read_state, rollouts_dir
+    from orchestrator.ship.rollout.journal import journals, load_rollout, rollouts_dir
 
     folder = rollouts_dir(root)
     paths = journals(folder)
     print(f"{len(paths)} rollout(s) in {folder}")
+    damaged = []
     for path in paths:
         try:
-            s = read_state(path)
+            s, _ = load_rollout(path)
         except (ValueError, OSError) as exc:
-            print(f"  {path.stem}  unreadable: {exc}")
+            damaged.append(path.stem)
+            print(terminal(f"  {path.stem}  DAMAGED    {str(exc).splitlines()[0]}"))
             continue
         b = s.started["bundle"]
         devices = sum(len(w["devices"]) for w in s.started["plan"]["waves"])
         failed = len(s.failed_in(list(s.done)))
         print(
-            f"  {path.stem}  {s.status:<10} {s.started['deployment']} v{b['version']} "
-            f"-> {s.started['fleet']['name']} ({s.started['strategy']['name']}): "
-            f"{len(s.done)}/{devices} device(s) done, {failed} failed"
+            terminal(
+                f"  {path.stem}  {s.status:<10} {s.started['deployment']} v{b['version']} "
+                f"-> {s.started['fleet']['name']} ({s.started['strategy']['name']}): "
+                f"{len(s.done)}/{devices} device(s) done, {failed} failed"
+            )
         )
+    for rid in damaged:
+        print(f"see: edgeship rollout --show {rid}; give it up: edgeship rollout --abandon {rid}")
     return 0
 
 
@@ -378,9 +396,11 @@ def _status_table(fleet: str, rows: list[Any]) -> None:
             table.append(
                 (r.device, r.address, labels, "-", "-", r.state.upper(), message[:60] or "-")
             )
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    # one row per device: a newline or ANSI escape in a label or answer is shown, not obeyed
+    cells = [[terminal(c) for c in row] for row in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     healthy = sum(1 for r in rows if r.ok and r.version is not None)
     unreachable = sum(1 for r in rows if r.state == "unreachable")
     other = len(rows) - healthy - unreachable
@@ -391,8 +411,10 @@ def _status_table(fleet: str, rows: list[Any]) -> None:
             versions[key] = versions.get(key, 0) + 1
     running = ", ".join(f"{k} on {n}" for k, n in sorted(versions.items())) or "nothing"
     print(
-        f"fleet {fleet}: {len(rows)} device(s): {healthy} healthy, {unreachable} unreachable, "
-        f"{other} other; running {running}"
+        terminal(
+            f"fleet {fleet}: {len(rows)} device(s): {healthy} healthy, {unreachable} "
+            f"unreachable, {other} other; running {running}"
+        )
     )
 
 
@@ -533,7 +555,7 @@ def _trace_text(t: Any) -> str:
     for c in t.checks:
         mark = "ok  " if c.ok else ("--  " if c.ok is None else "FAIL")
         lines.append(f"  {mark} {c.name}: {c.detail}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(terminal(line) for line in lines) + "\n"
 
 
 def register(sub: Any) -> None:
@@ -558,6 +580,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list", action="store_true", help="list the rollouts in the journal folder")
     p.add_argument("--show", metavar="ID", help="show one rollout from its journal")
+    p.add_argument(
+        "--abandon",
+        metavar="ID",
+        help="give up on an interrupted rollout or a damaged journal: devices keep what they "
+        "run, its locks are released, a damaged journal is moved to damaged/",
+    )
     p.add_argument(
         "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
     )

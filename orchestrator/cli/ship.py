@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.common import human_size, integer, key_store, pairs, project_dir, split_list
+from orchestrator.core.text import terminal
 from orchestrator.errors import BundleError, KeyStoreError, RolloutError
 
 # -- keys -------------------------------------------------------------------------------------
@@ -201,9 +202,9 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
         return
-    width = max((len(o.device) for o in result.outcomes), default=6)
+    width = max((len(terminal(o.device)) for o in result.outcomes), default=6)
     for o in result.outcomes:
-        line = f"  {o.device:<{width}}  {o.address:<21} {o.result:<11}"
+        line = f"  {terminal(o.device):<{width}}  {o.address:<21} {o.result:<11}"
         if o.version is not None:
             line += f" v{o.version}"
         if o.refusal:
@@ -221,11 +222,12 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
                 + (f", {human_size(o.bytes_resumed)} resumed" if o.bytes_resumed else "")
             )
         line += f"  {o.seconds:.1f}s"
-        print(line)
+        # one line per device whatever its name or answer holds (newlines, ANSI escapes)
+        print(terminal(line))
         if o.message and not o.ok:
-            print(f"  {'':<{width}}  {o.message}")
+            print(f"  {'':<{width}}  {terminal(o.message)}")
         for note in o.notes:
-            print(f"  {'':<{width}}  note: {note}")
+            print(f"  {'':<{width}}  note: {terminal(note)}")
     print(f"{len(result.succeeded)} succeeded, {len(result.failed)} failed")
 
 
@@ -277,6 +279,8 @@ def bundle_from(args: argparse.Namespace, opts: dict[str, str]) -> Any:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from orchestrator.ship.deploy import DeployOptions, deploy
+    from orchestrator.ship.rollout.journal import rollouts_dir
+    from orchestrator.ship.rollout.lock import deploy_locks
 
     opts = pairs(args.overrides, ("deployment", "fleet", "device", "group", "version"), ("fleet",))
     integer(opts, "version")
@@ -294,11 +298,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             f"to {len(devices)} "
             f"device(s) of fleet {fleet.name}"
         )
-        try:
-            result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
-        except RolloutError as exc:
-            _print_outcomes(exc.result, args.json)
-            raise
+        # the rollouts' device locks, held while deploying: a rollout's devices are refused
+        with deploy_locks(rollouts_dir(project_dir()), devices, bundle.deployment) as notes:
+            for note in notes:
+                print(terminal(f"note: {note}"))
+            try:
+                result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
+            except RolloutError as exc:
+                _print_outcomes(exc.result, args.json)
+                raise
     _print_outcomes(result, args.json)
     return 0
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import EdgeshipError, TraceError
+from orchestrator.errors import EdgeshipError, RolloutJournalError, TraceError
 from orchestrator.ship.results import DeviceOutcome, run_device
 from orchestrator.ship.rollout.journal import Journal, journals, rollouts_dir
 from orchestrator.ship.ssh import connect
@@ -83,12 +83,19 @@ def _read_manifest(fleet: FleetConfig, device: Any, timeout: float) -> bytes | N
     return holder.get("data") if outcome.result == "ok" else None
 
 
-def _rollouts_for(project: Path, device: str, version: int | None) -> list[dict[str, Any]]:
+def _rollouts_for(
+    project: Path, device: str, version: int | None, damaged: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The journal entries that put versions on ``device``; damaged journals go to ``damaged``."""
     out = []
     for path in journals(rollouts_dir(project)):
         try:
             entries = Journal(path).entries()
         except OSError:
+            continue
+        except RolloutJournalError as exc:
+            if damaged is not None:
+                damaged.append(str(exc).splitlines()[0].removeprefix("error: "))
             continue
         if not entries or entries[0].get("event") != "rollout_started":
             continue
@@ -225,7 +232,10 @@ def trace_device(
     manifest: dict[str, Any] | None = None
     digest = status.manifest_sha256
     source = "device"
-    journal_hist = _rollouts_for(project, device.name, status.version)
+    damaged: list[str] = []
+    journal_hist = _rollouts_for(project, device.name, status.version, damaged)
+    for problem in damaged:
+        checks.append(Check("rollout journal", None, f"not read: {problem}"))
     if reachable and status.version is not None:
         data = _read_manifest(fleet, device, timeout)
         if data is not None:
@@ -432,13 +442,17 @@ def _mlflow(
 
 
 def render_html(trace: Trace) -> str:
-    """The trace as a self-contained HTML report (``templates/trace.html.j2``)."""
-    from jinja2 import ChainableUndefined, Environment, PackageLoader, select_autoescape
+    """The trace as a self-contained HTML report (``templates/trace.html.j2``).
+
+    Everything in it (names, labels, what the device answered) is escaped: autoescape is
+    on for every template, whatever its name, and the template marks nothing ``safe``.
+    """
+    from jinja2 import ChainableUndefined, Environment, PackageLoader
 
     env = Environment(
         loader=PackageLoader("orchestrator.ship", "templates"),
         undefined=ChainableUndefined,
-        autoescape=select_autoescape(["html", "j2"]),
+        autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )

@@ -38,6 +38,8 @@ from typing import Any
 
 from orchestrator.errors import (
     RolloutHaltedError,
+    RolloutJournalError,
+    RolloutLockedError,
     RolloutStateError,
     TrackingError,
 )
@@ -50,14 +52,14 @@ from orchestrator.ship.rollout.journal import (
     apply,
     find_journal,
     journals,
+    load_rollout,
     new_rollout_id,
     now_iso,
-    read_state,
     replay,
     rollouts_dir,
     this_host,
 )
-from orchestrator.ship.rollout.lock import DeviceLocks
+from orchestrator.ship.rollout.lock import DeviceLocks, held_by, release_locks
 from orchestrator.ship.rollout.plan import Plan, Selection, Wave, plan_rollout
 from orchestrator.ship.ssh import connect
 from orchestrator.spec.fleet import DeviceConfig, FleetConfig, load_fleet
@@ -654,7 +656,9 @@ def start_rollout(
             rollout.notes.append(
                 f"took over device locks of {holder.describe()}, which no longer runs"
             )
-            _mark_superseded(folder, holder.rollout_id, rollout_id)
+            note = _mark_superseded(folder, holder.rollout_id, rollout_id)
+            if note:
+                rollout.notes.append(note)
         report = rollout.run()
     finally:
         locks.release()
@@ -663,31 +667,40 @@ def start_rollout(
     return report
 
 
-def _mark_superseded(folder: Path, old_id: str, new_id: str) -> None:
+def _mark_superseded(folder: Path, old_id: str, new_id: str) -> str | None:
+    """Append ``superseded`` to an unfinished journal; returns a note when it cannot."""
     try:
         path = find_journal(folder, old_id)
     except FileNotFoundError:
-        return
-    if read_state(path).unfinished:
-        Journal(path).append("superseded", by=new_id, pid=os.getpid(), host=this_host())
+        return None
+    try:
+        state, journal = load_rollout(path)
+    except RolloutJournalError as exc:
+        return f"{path} is damaged and was left as it is ({str(exc).splitlines()[0]})"
+    if state.unfinished:
+        journal.cut_torn_tail()
+        journal.append("superseded", by=new_id, pid=os.getpid(), host=this_host())
+    return None
 
 
 def latest_unfinished(project: Path) -> Path | None:
-    """The newest journal of a rollout that neither finished nor was superseded."""
+    """The newest journal of a rollout that neither finished nor was superseded.
+
+    A damaged journal newer than it raises :class:`RolloutJournalError`: it may be the
+    rollout meant, so it is never skipped silently.
+    """
     for path in reversed(journals(rollouts_dir(project))):
-        try:
-            if read_state(path).unfinished:
-                return path
-        except (ValueError, OSError):
-            continue
+        if load_rollout(path)[0].unfinished:
+            return path
     return None
 
 
 def report_of(project: Path, rollout_id: str) -> RolloutReport:
     """The report of a rollout from its journal (any state)."""
     path = _journal_path(project, rollout_id)
-    state = read_state(path)
-    return RolloutReport(path.stem, state.status, path, state)
+    state, journal = load_rollout(path)
+    note = journal.torn_note()
+    return RolloutReport(path.stem, state.status, path, state, [note] if note else [])
 
 
 def _journal_path(project: Path, rollout_id: str | None) -> Path:
@@ -716,8 +729,13 @@ def resume_rollout(
     not re-run; a superseded one is refused.
     """
     path = _journal_path(project, rollout_id)
-    entries = Journal(path).entries()
-    state = replay(entries, path.stem)
+    state, _ = load_rollout(path)
+    if state.abandoned:
+        raise RolloutStateError(
+            f"error: rollout {state.id} was abandoned by {state.abandoned.get('user')} on "
+            f"{state.abandoned.get('host')} at {state.abandoned.get('at')}; "
+            "start a new rollout instead"
+        )
     if state.superseded_by:
         raise RolloutStateError(
             f"error: rollout {state.id} was superseded by {state.superseded_by}; "
@@ -747,11 +765,14 @@ def resume_rollout(
     locks.acquire([fleet.device(n) for n in plan.devices])
     try:
         journal = Journal(path)
+        torn = journal.cut_torn_tail()
         journal.listeners.extend(listeners or [])
         for listener in listeners or []:
             listener(started)  # what is being resumed, before how it goes on
         tracker = _tracker_for(project, bundle) if state.mlflow.get("run_id") else None
         rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker)
+        if torn:
+            rollout.notes.append(torn)
         rollout.record(
             "resumed",
             pid=os.getpid(),
@@ -767,3 +788,72 @@ def resume_rollout(
     if report.status == "halted":
         raise RolloutHaltedError(report)
     return report
+
+
+def abandon_rollout(project: Path, rollout_id: str) -> list[str]:
+    """Give up on an interrupted (or damaged) rollout; returns what was done, for people.
+
+    Its devices keep what they run now. A readable journal gets ``abandoned`` (so it can
+    no longer be resumed); a damaged one is moved to ``damaged/`` next to it, kept for the
+    record. Then the device locks naming the rollout are removed. Refused with
+    :class:`RolloutLockedError` while the rollout's process still runs.
+    """
+    folder = rollouts_dir(project)
+    path = _journal_path(project, rollout_id)
+    rid = path.stem
+    held = held_by(folder / "locks", rid)
+    live = {device: holder for device, (_, holder) in held.items() if holder.alive()}
+    if live:
+        raise RolloutLockedError(
+            live,
+            f"error: rollout {rid} still runs; it cannot be abandoned",
+            [
+                "stop it first (Ctrl-C, or kill the pid above on its host), then abandon it, "
+                f"or let it finish: edgeship rollout --show {rid}"
+            ],
+        )
+    done: list[str] = []
+    try:
+        state, journal = load_rollout(path)
+    except RolloutJournalError as exc:
+        aside = folder / "damaged"
+        aside.mkdir(exist_ok=True)
+        dest = aside / path.name
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = aside / f"{path.stem}.{n}{path.suffix}"
+        os.replace(path, dest)
+        torn = path.with_name(path.name + ".torn")
+        if torn.exists():
+            os.replace(torn, dest.with_name(dest.name + ".torn"))
+        done.append(f"journal {path} is damaged ({str(exc).splitlines()[0]})")
+        done.append(f"moved it to {dest} (kept for the record)")
+    else:
+        if not state.unfinished:
+            raise RolloutStateError(
+                f"error: rollout {rid} is {state.status}, not interrupted; nothing to abandon"
+            )
+        note = journal.cut_torn_tail()
+        if note:
+            done.append(note)
+        journal.append(
+            "abandoned",
+            user=os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
+            host=this_host(),
+            pid=os.getpid(),
+            at=now_iso(),
+            done=sorted(state.done),
+            in_flight=sorted(state.in_flight),
+        )
+        done.append(
+            f"rollout {rid} abandoned ({len(state.done)} device(s) done, in flight when it "
+            f"stopped: {', '.join(sorted(state.in_flight)) or 'none'}); it can no longer be resumed"
+        )
+    released = release_locks(folder / "locks", rid)
+    done.append(
+        f"released the device locks of {', '.join(sorted(released))}"
+        if released
+        else "it held no device locks"
+    )
+    return done

@@ -4,7 +4,15 @@
 folder). Every entry has ``seq``, ``ts``, ``event`` and the event's fields; it is
 written with one ``write`` to a file opened for appending and fsync'd before the
 rollout goes on, so after a crash the journal holds every step that happened up to
-the last one (a torn last line is ignored when read back).
+the last one.
+
+Read back strictly: every line must be a JSON object with an ``event`` (the first
+one ``rollout_started``), else :class:`RolloutJournalError` names the file and line.
+The one exception is a last line without its newline: a write cut short by a crash
+(each entry is written whole, newline included, with one ``write``). It is left out
+of :meth:`Journal.entries`, recorded in :attr:`Journal.torn`, and
+:meth:`Journal.cut_torn_tail` moves it to ``<id>.jsonl.torn`` before anything is
+appended again (so it can never glue onto the next entry).
 
 Events, in the order a rollout writes them::
 
@@ -25,6 +33,7 @@ Events, in the order a rollout writes them::
     mlflow            run_id, model, version, alias, status (or error)
     rollout_finished  status (completed | halted), succeeded, failed, seconds
     superseded        by (a later rollout took over this one's devices)
+    abandoned         user, host (given up: ``edgeship rollout --abandon``)
 
 :func:`replay` folds the entries into a :class:`RolloutState`: what is finished,
 what a resumed rollout still has to do.
@@ -44,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import project
+from orchestrator.core.text import terminal
+from orchestrator.errors import RolloutJournalError
 
 ENV_ROLLOUTS = "EDGESHIP_ROLLOUTS"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -72,6 +83,7 @@ class Journal:
         self.path = path
         self.id = path.stem
         self._lock = threading.Lock()
+        self.torn: tuple[int, bytes] | None = None  # (line, bytes) of a torn last line
         self._seq = len(self.entries()) if path.exists() else 0
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -101,19 +113,80 @@ class Journal:
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every complete entry (a line torn by a crash is left out)."""
-        out = []
-        with self.path.open("rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    out.append(entry)
-        return out
+        """Every entry, in order; a torn last line is left out (and kept in :attr:`torn`).
+
+        Raises :class:`RolloutJournalError` at the first line that is not a JSON object
+        with an ``event``.
+        """
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: b"" unless the last write was cut short
+        self.torn = (len(lines) + 1, tail) if tail else None
+        return [self._entry(number, raw) for number, raw in enumerate(lines, 1)]
+
+    def _entry(self, number: int, raw: bytes) -> dict[str, Any]:
+        expected = (
+            "the rollout_started entry" if number == 1 else "one JSON object (a journal entry)"
+        )
+        if not raw.strip():
+            raise RolloutJournalError(self.path, number, expected, "an empty line")
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise RolloutJournalError(
+                self.path, number, expected, f"{excerpt(raw)} (not UTF-8 at byte {exc.start})"
+            ) from None
+        except ValueError as exc:
+            reason = getattr(exc, "msg", str(exc))
+            column = getattr(exc, "colno", None)
+            where = f" at column {column}" if column else ""
+            raise RolloutJournalError(
+                self.path, number, expected, f"{excerpt(raw)} (not JSON: {reason}{where})"
+            ) from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("event"), str):
+            what = "an object without an event" if isinstance(entry, dict) else "JSON"
+            raise RolloutJournalError(self.path, number, expected, f"{what}: {excerpt(raw)}")
+        return entry
+
+    def torn_note(self) -> str | None:
+        """What was left out of :meth:`entries` (None when the journal ends whole)."""
+        if self.torn is None:
+            return None
+        number, tail = self.torn
+        return (
+            f"{self.path}:{number}: the last line ({len(tail)} bytes, no newline) is a write cut "
+            "short by a crash and is left out; 'edgeship rollout --resume' moves it to "
+            f"{self.path.name}.torn before carrying on"
+        )
+
+    def cut_torn_tail(self) -> str | None:
+        """Move a torn last line to ``<id>.jsonl.torn`` and cut it off; returns a note, or None."""
+        self.entries()
+        if self.torn is None:
+            return None
+        number, tail = self.torn
+        keep = self.path.with_name(self.path.name + ".torn")
+        with keep.open("ab") as fh:
+            fh.write(tail + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        size = self.path.stat().st_size
+        with self.path.open("r+b") as fh:
+            fh.truncate(size - len(tail))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.torn = None
+        return (
+            f"{self.path}:{number}: cut off a last line torn by a crash ({len(tail)} bytes, "
+            f"kept in {keep.name})"
+        )
+
+
+def excerpt(raw: bytes, limit: int = 60) -> str:
+    """A damaged line as it can be shown: its start, control characters escaped, and its size."""
+    text = raw.decode("utf-8", "backslashreplace")
+    shown = f"'{terminal(text[:limit])}'" + ("..." if len(text) > limit else "")
+    return f"{shown} ({len(raw)} bytes)"
 
 
 @dataclass
@@ -139,13 +212,14 @@ class RolloutState:
     activating: set[str] = field(default_factory=set)  # devices asked to activate the bundle
     mlflow: dict[str, Any] = field(default_factory=dict)  # what the mlflow entries recorded
     superseded_by: str | None = None
+    abandoned: dict[str, Any] | None = None  # the abandoned entry
     last_pid: int | None = None
     last_host: str | None = None
     entries: int = 0
 
     @property
     def unfinished(self) -> bool:
-        return self.finished is None and self.superseded_by is None
+        return self.finished is None and self.superseded_by is None and self.abandoned is None
 
     def failed_in(self, devices: list[str]) -> list[str]:
         """Devices of ``devices`` that failed: their update, or their health after a soak."""
@@ -157,14 +231,42 @@ class RolloutState:
         ]
 
 
-def replay(entries: list[dict[str, Any]], rollout_id: str = "") -> RolloutState:
-    """Fold journal entries into the rollout's state."""
+# what a resume, --show and --list read from the rollout_started entry
+STARTED_FIELDS = {
+    "deployment": str,
+    "bundle": dict,
+    "fleet": dict,
+    "strategy": dict,
+    "plan": dict,
+}
+
+
+def replay(
+    entries: list[dict[str, Any]], rollout_id: str = "", path: Path | None = None
+) -> RolloutState:
+    """Fold journal entries into the rollout's state.
+
+    Raises :class:`RolloutJournalError` (a ``ValueError``) naming the line of an entry
+    that lacks what its event needs; ``path`` names the file in it.
+    """
+    where = path or Path(f"journal {rollout_id}")
     if not entries or entries[0].get("event") != "rollout_started":
-        raise ValueError(f"journal {rollout_id}: does not start with rollout_started")
+        found = f"event {entries[0].get('event')!r}" if entries else "an empty file"
+        raise RolloutJournalError(
+            where, 1, "the rollout_started entry (does not start with rollout_started)", found
+        )
     first = entries[0]
     state = RolloutState(rollout_id or str(first.get("id")), first)
-    for e in entries:
-        apply(state, e)
+    for number, e in enumerate(entries, 1):
+        try:
+            apply(state, e)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RolloutJournalError(
+                where,
+                number,
+                f"a {e.get('event')} entry with the fields it needs",
+                f"{excerpt(json.dumps(e, sort_keys=True).encode())} ({type(exc).__name__}: {exc})",
+            ) from None
     return state
 
 
@@ -214,11 +316,31 @@ def apply(state: RolloutState, e: dict[str, Any]) -> None:
         state.superseded_by = str(e.get("by"))
         if state.finished is None:
             state.status = "superseded"
+    elif kind == "abandoned":
+        state.abandoned = e
+        if state.finished is None and state.superseded_by is None:
+            state.status = "abandoned"
 
 
 def read_state(path: Path) -> RolloutState:
-    """The state of the rollout whose journal is ``path``."""
-    return replay(Journal(path).entries(), path.stem)
+    """The state of the rollout whose journal is ``path`` (raises RolloutJournalError)."""
+    return replay(Journal(path).entries(), path.stem, path)
+
+
+def load_rollout(path: Path) -> tuple[RolloutState, Journal]:
+    """:func:`read_state` and its journal, checking what reports and resumes read of the start."""
+    journal = Journal(path)
+    state = replay(journal.entries(), path.stem, path)
+    first = state.started
+    missing = [k for k, t in STARTED_FIELDS.items() if not isinstance(first.get(k), t)]
+    if missing:
+        raise RolloutJournalError(
+            path,
+            1,
+            "rollout_started with " + ", ".join(STARTED_FIELDS),
+            "none (or not a valid one) of: " + ", ".join(missing),
+        )
+    return state, journal
 
 
 def journals(folder: Path) -> list[Path]:

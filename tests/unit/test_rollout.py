@@ -385,7 +385,8 @@ def test_phone_fleet_feed_section_is_checked(tmp_path: Path) -> None:
     assert str(info.value).splitlines() == [
         "error: invalid fleet (5 problems)",
         "  conf/fleet/phones.yaml: feed.prot: unknown key 'prot'; expected one of: base_url, "
-        "channels, host, host_key, identity_file, index_valid_days, path, port, user "
+        "channels, host, host_key, identity_file, index_valid_days, path, port, "
+        "timestamp_valid_hours, user "
         "(did you mean 'port'?)",
         "  conf/fleet/phones.yaml: feed.identity_file: missing; set it here or in "
         "defaults.identity_file",

@@ -301,7 +301,8 @@ class _Bounded(io.RawIOBase):
         if size is None or size < 0 or size > MAX_TAR_READ:
             raise _refuse(
                 "too_large",
-                f"{self.source}: a tar header or read of {size} bytes; at most {MAX_TAR_READ}",
+                f"{self.source}: a tar header or read of {size} bytes; "
+                f"at most {MAX_TAR_READ} bytes at once are accepted",
             )
         data = self.raw.read(size)
         end = self.raw.tell()

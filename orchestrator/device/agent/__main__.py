@@ -17,7 +17,7 @@ Commands (JSON on stdout)::
     update-trust FILE      accept a new trust set signed by a trusted key with a higher serial
     init --name N --family F --trust FILE    enrolment (first trust set)
     inventory              sha256 -> path of every installed file (for deduplicated uploads)
-    link --plan FILE       hard-link installed files into a staging folder
+    link --plan FILE       copy installed files into a staging folder (checked, never linked)
 
 BUNDLE is a bundle folder or an exported bundle ``.tar``.
 
@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--fleet", default=None, help="the fleet this device belongs to")
     s.add_argument("--reset-trust", action="store_true")
     sub.add_parser("inventory", help="sha256 -> path of installed files")
-    s = sub.add_parser("link", help="hard-link installed files into staging")
+    s = sub.add_parser("link", help="copy installed files into staging")
     s.add_argument("--plan", required=True)
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")

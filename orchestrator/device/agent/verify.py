@@ -1,9 +1,17 @@
 """Everything a device checks before it installs a bundle, and bundles in as folders or tars.
 
+A manifest is judged on its raw bytes first (size, nesting depth, the signature by
+a key trusted to sign bundles), then parsed (duplicate keys refused) and checked by
+the rules of :mod:`.rules` (every path, the names, the structure), before anything
+is written for it.
+
 Versions: a bundle whose version is lower than the active one is refused unless
 a signed rollback order (rollback.json + .sig, beside the manifest) names that
-version and manifest digest. The same version with the same manifest digest is
-a no-op ("unchanged"); the same version with another digest is refused.
+version and manifest digest, the version the device runs now and this device or
+its fleet, with a nonce this device has not executed yet. The same version with
+the same manifest digest is a no-op ("unchanged"); the same version with another
+digest is refused. A manifest created more than ``MAX_CLOCK_SKEW_SECONDS`` ahead of
+the device's clock is refused.
 """
 
 from __future__ import annotations

@@ -198,6 +198,11 @@ def bundle_problems(bundle: Bundle, store: KeyStore | None) -> list[tuple[str, s
     is given, its signature by a key the store's trust set allows to sign bundles.
     """
     problems: list[tuple[str, str]] = []
+    mpath = bundle.path / "manifest.json"
+    if mpath.is_file() and mpath.stat().st_size > bundle_rules.MAX_MANIFEST_BYTES:
+        size = mpath.stat().st_size
+        limit = bundle_rules.MAX_MANIFEST_BYTES
+        return [("too_large", f"{mpath}: {size} bytes; at most {limit} are accepted")]
     if store is not None and store.exists():
         why = signature_problem(bundle.path, store.trust())
         if why is not None:

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import tarfile
 import uuid
@@ -37,6 +38,7 @@ from orchestrator import project
 from orchestrator.core.fsutil import write_json
 from orchestrator.core.model_file import sha256_file
 from orchestrator.errors import BundleError
+from registry import bundle_rules as rules
 from registry.keys import KeyStore, TrustSet
 from registry.repository import Repository
 from registry.signing import (
@@ -105,18 +107,61 @@ class Bundle:
 
     @classmethod
     def open(cls, path: Path) -> Bundle:
-        """Read a bundle folder's manifest (no verification; see :func:`verify_bundle`)."""
+        """Read a bundle folder's manifest within limits and check its rules (names, paths,
+        structure; see :mod:`registry.bundle_rules`). The signature is not checked here; see
+        :func:`signature_problem` and :func:`verify_bundle`."""
         mpath = path / MANIFEST
-        if not mpath.is_file():
+        if mpath.is_symlink() or not mpath.is_file():
             raise BundleError(f"error: {path}: no {MANIFEST}; not a bundle folder")
-        data = mpath.read_bytes()
-        try:
-            manifest = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"error: {mpath}: invalid JSON ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
-            raise BundleError(f"error: {mpath}: kind: expected '{MANIFEST_KIND}'")
+        manifest, data = read_manifest_bytes(mpath)
+        problems = rules.manifest_problems(manifest)
+        if problems:
+            raise BundleRuleError(problems[0][0], _problem_text(mpath, problems))
         return cls(path, manifest, sha256_bytes(data))
+
+
+class BundleRuleError(BundleError):
+    """A bundle breaks a rule of :mod:`registry.bundle_rules`; ``code`` is the agent's refusal code
+    for the first problem."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _problem_text(path: Path, problems: list[tuple[str, str]]) -> str:
+    lines = [f"{path}: {message} ({code})" for code, message in problems]
+    if len(lines) == 1:
+        return "error: " + lines[0]
+    return f"error: {len(lines)} problems\n" + "\n".join("  " + line for line in lines)
+
+
+def read_manifest_bytes(mpath: Path, limit: int = rules.MAX_MANIFEST_BYTES) -> tuple[Any, bytes]:
+    """(parsed JSON, raw bytes) of a manifest or order: size and nesting depth checked on the raw
+    bytes before parsing, duplicate keys and NaN refused."""
+    size = mpath.stat().st_size
+    if size > limit:
+        raise BundleRuleError(
+            "too_large", f"error: {mpath}: {size} bytes; at most {limit} are accepted (too_large)"
+        )
+    with mpath.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise BundleRuleError("too_large", f"error: {mpath}: more than {limit} bytes (too_large)")
+    why = rules.json_depth_problem(data)
+    if why:
+        raise BundleRuleError(
+            "too_deep", f"error: {mpath}: {why}; refused before parsing (too_deep)"
+        )
+    try:
+        parsed = rules.strict_json(data)
+    except rules.DuplicateKey as exc:
+        raise BundleRuleError("duplicate_key", f"error: {mpath}: {exc} (duplicate_key)") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleRuleError("malformed", f"error: {mpath}: invalid JSON ({exc})") from exc
+    if not isinstance(parsed, dict) or parsed.get("kind") not in (MANIFEST_KIND, ROLLBACK_KIND):
+        raise BundleRuleError("malformed", f"error: {mpath}: kind: expected '{MANIFEST_KIND}'")
+    return parsed, data
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -209,6 +254,14 @@ def artifact_files(artifact: Path) -> list[Path]:
             if rel.parts[0].startswith(".") or rel.name in ENVELOPE:
                 continue
             out.append(rel)
+    problems = [
+        ("unsafe_path", f"{rel.as_posix()}: {why}")
+        for rel in out
+        if (why := rules.path_problem(rel.as_posix()))
+    ]
+    problems += rules.collision_problems([rel.as_posix() for rel in out], str(artifact))
+    if problems:
+        raise BundleError(_problem_text(artifact, problems))
     return out
 
 
@@ -238,7 +291,7 @@ def build_manifest(
         for rel in artifact_files(artifact)
     ]
     target = runtime.get("target", {})
-    return {
+    manifest = {
         "schema": 1,
         "kind": MANIFEST_KIND,
         "deployment": runtime["deployment"],
@@ -272,6 +325,10 @@ def build_manifest(
         },
         "signing": {"algorithm": "ed25519", "key_id": key_id},
     }
+    problems = rules.manifest_problems(manifest)
+    if problems:
+        raise BundleError(_problem_text(artifact, problems))
+    return manifest
 
 
 def make_bundle(
@@ -343,21 +400,48 @@ def make_bundle(
 
 
 def issue_rollback(
-    bundle: Bundle, store: KeyStore, valid_days: float = 7, now: datetime | None = None
+    bundle: Bundle,
+    store: KeyStore,
+    from_version: int,
+    fleet: str | None = None,
+    device: str | None = None,
+    valid_days: float = 7,
+    now: datetime | None = None,
 ) -> Path:
-    """Sign a rollback order naming ``bundle`` (its version and manifest digest).
+    """Sign a one-time rollback order taking devices from ``from_version`` back to ``bundle``.
 
     A device refuses a version lower than the one it runs; with this order beside
-    the manifest it accepts exactly this bundle.
+    the manifest it accepts exactly this bundle (version and manifest digest), once
+    (the order's random ``nonce`` is remembered by the device), only while it runs
+    ``from_version``, and only when it is ``device`` or in ``fleet`` (at least one is
+    required; both must match when both are given).
     """
+    if fleet is None and device is None:
+        raise BundleError(
+            "error: a rollback order names the devices it applies to: give a fleet or a device"
+        )
+    for value, what in ((fleet, "fleet"), (device, "device")):
+        if value is not None and (why := rules.identifier_problem(value, what)):
+            raise BundleError(f"error: {why}")
+    if (why := rules.version_problem(from_version, "from_version")) is not None:
+        raise BundleError(f"error: {why}")
+    if from_version <= bundle.version:
+        raise BundleError(
+            f"error: from_version {from_version} must be higher than the version rolled back "
+            f"to ({bundle.version}); a rollback order goes back to an older version"
+        )
     kid, private = store.signing_key()
     created = now or datetime.now(UTC)
-    order = {
-        "schema": 1,
+    order: dict[str, Any] = {
+        "schema": 2,
         "kind": ROLLBACK_KIND,
         "deployment": bundle.deployment,
         "version": bundle.version,
         "manifest_sha256": bundle.digest,
+        "from_version": from_version,
+        "fleet": fleet,
+        "device": device,
+        "nonce": secrets.token_hex(16),
         "created_at": _iso(created),
         "expires_at": _iso(created + timedelta(days=valid_days)),
         "signing": {"algorithm": "ed25519", "key_id": kid},
@@ -369,7 +453,19 @@ def issue_rollback(
     with Ledger(bundle.path.parent, bundle.deployment).locked() as ledger:
         ledger.append(
             "rollbacks",
-            {k: order[k] for k in ("version", "manifest_sha256", "created_at", "expires_at")}
+            {
+                k: order[k]
+                for k in (
+                    "version",
+                    "manifest_sha256",
+                    "from_version",
+                    "fleet",
+                    "device",
+                    "nonce",
+                    "created_at",
+                    "expires_at",
+                )
+            }
             | {"key_id": kid},
         )
     return path
@@ -421,18 +517,33 @@ def verify_bundle(path: Path, trust: TrustSet, now: datetime | None = None) -> l
         load_public_pem(trust.keys[kid]), (path / MANIFEST).read_bytes(), sig.read_bytes()
     ):
         problems.append(f"bad signature: {sig} does not verify with key {kid}")
-    if parse_time(str(bundle.manifest["expires_at"])) <= (now or datetime.now(UTC)):
-        problems.append(f"expired at {bundle.manifest['expires_at']}")
+    moment = now or datetime.now(UTC)
+    try:
+        if parse_time(str(bundle.manifest["expires_at"])) <= moment:
+            problems.append(f"expired at {bundle.manifest['expires_at']}")
+        created = parse_time(str(bundle.manifest["created_at"]))
+    except (KeyError, ValueError):
+        problems.append("created_at/expires_at: expected YYYY-MM-DDTHH:MM:SSZ")
+    else:
+        if created > moment + timedelta(seconds=rules.MAX_CLOCK_SKEW_SECONDS):
+            problems.append(
+                f"created_at {bundle.manifest['created_at']} is in the future (more than "
+                f"{rules.MAX_CLOCK_SKEW_SECONDS} s ahead) (future_manifest)"
+            )
     listed = {e["path"]: e for e in bundle.files()}
     for rel, entry in listed.items():
         file = path / rel
-        if not file.is_file():
+        if not file.is_file() or any(
+            (path / rel).parents[i].is_symlink() for i in range(len(Path(rel).parts) - 1)
+        ):
             problems.append(f"missing file: {rel}")
         elif sha256_file(file) != entry["sha256"]:
             problems.append(f"hash mismatch: {rel}")
     for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
         rel = file.relative_to(path).as_posix()
-        if rel not in listed and rel not in ENVELOPE:
+        if file.is_symlink():
+            problems.append(f"symbolic link in bundle: {rel}")
+        elif rel not in listed and rel not in ENVELOPE:
             problems.append(f"file not in the manifest: {rel}")
     return problems
 
@@ -479,16 +590,17 @@ def export_bundle(
 
 
 def unpack_export(tar_path: Path, dest: Path) -> Path:
-    """Extract an exported bundle safely into ``dest``; returns the bundle folder."""
-    with tarfile.open(tar_path) as tar:
-        for member in tar.getmembers():
-            name = member.name
-            if not member.isfile() and not member.isdir():
-                raise BundleError(f"error: {tar_path}: {name} is not a plain file")
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise BundleError(f"error: {tar_path}: unsafe path {name}")
-        tar.extractall(dest, filter="data")
-    found = [p.parent for p in dest.rglob(MANIFEST)]
+    """Extract an exported bundle into ``dest`` within limits; returns the bundle folder.
+
+    :func:`registry.bundle_rules.extract_export` bounds members, sizes, expansion and
+    member types while it writes; the bundle folder's manifest is then read by
+    :meth:`Bundle.open`'s rules by the caller.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    rules.extract_export(tar_path, dest)
+    found = [p for p in sorted(dest.iterdir()) if (p / MANIFEST).is_file()]
+    if (dest / MANIFEST).is_file():
+        found.append(dest)
     if len(found) != 1:
         raise BundleError(f"error: {tar_path}: expected one {MANIFEST}, found {len(found)}")
     return found[0]

@@ -124,10 +124,28 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         return 0
     store = key_store()
     if args.rollback_to is not None:
+        if args.from_version is None or not (args.fleet or args.device):
+            raise BundleError(
+                "error: --rollback-to needs --from-version N (the version devices leave) and "
+                "--fleet NAME and/or --device NAME (where the order applies)"
+            )
         bundle, path = bundling.rollback_order(
-            here, name, args.rollback_to, store, args.valid_days or 7
+            here,
+            name,
+            args.rollback_to,
+            store,
+            args.valid_days or 7,
+            args.from_version,
+            fleet=args.fleet,
+            device=args.device,
         )
-        print(f"{name}: signed rollback order for version {bundle.version}: {path}")
+        scope = " ".join(
+            f"{k} {v}" for k, v in (("fleet", args.fleet), ("device", args.device)) if v
+        )
+        print(
+            f"{name}: signed one-time rollback order from version {args.from_version} to "
+            f"version {bundle.version} for {scope}: {path}"
+        )
         print(
             f"  deploy it with: edgeship deploy deployment={name} version={bundle.version} "
             "fleet=NAME"
@@ -366,7 +384,24 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="VERSION",
-        help="sign a rollback order allowing devices to go back to VERSION",
+        help="sign a one-time rollback order allowing devices to go back to VERSION "
+        "(with --from-version and --fleet and/or --device)",
+    )
+    p.add_argument(
+        "--from-version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --rollback-to: the version devices run now and leave",
+    )
+    p.add_argument(
+        "--fleet", default=None, metavar="NAME", help="with --rollback-to: the fleet it applies to"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="NAME",
+        help="with --rollback-to: the one device it applies to",
     )
     p.add_argument("--list", action="store_true", help="list issued bundle versions")
     p.add_argument("--no-record", action="store_true", help="do not record the bundle in MLflow")

@@ -36,12 +36,23 @@ def issued(root: Path, deployment: str) -> tuple[Path, list[dict[str, Any]]]:
     return folder, Ledger(folder, deployment).read()["issued"]
 
 
-def rollback_order(root: Path, deployment: str, version: int, store: Any, days: int) -> Any:
-    """Sign a rollback order to an issued version; returns (bundle, order path)."""
+def rollback_order(
+    root: Path,
+    deployment: str,
+    version: int,
+    store: Any,
+    days: float,
+    from_version: int,
+    fleet: str | None = None,
+    device: str | None = None,
+) -> Any:
+    """Sign a one-time rollback order from ``from_version`` back to an issued version, for a
+    fleet and/or one device; returns (bundle, order path)."""
     from registry.bundle import find_bundle, issue_rollback
 
     bundle = find_bundle(bundles_root(root), deployment, version)
-    return bundle, issue_rollback(bundle, store, valid_days=days)
+    path = issue_rollback(bundle, store, from_version, fleet=fleet, device=device, valid_days=days)
+    return bundle, path
 
 
 def find_issued(root: Path, deployment: str, version: int | None) -> Any:

@@ -5,11 +5,13 @@ Per device:
 1. connect (host key checked against the fleet's pinned known_hosts);
 2. bring the device's trust set up to date (the signed chain from the key store);
 3. skip everything when the device already runs this exact bundle;
-4. send the signed manifest and let the agent judge it (signature, key, family,
-   version, expiry, runtime) before any file travels;
+4. send the signed manifest (after this host checked its signature and every path
+   and name: nothing leaves for a device before) and let the agent judge it
+   (signature, key, paths, family, version, expiry, runtime) before any file travels;
 5. stage the bundle in ``<root>/staging/<deployment>-<version>-<digest12>/``: files
-   the device already holds (same SHA-256 in an installed version) are hard-linked
-   there by the agent, files already complete in the staging folder stay, partial
+   the device already holds (same SHA-256 in an installed version) are copied
+   there by the agent (a copy checked against its hash, never a hard link into an
+   installed version), files already complete in the staging folder stay, partial
    uploads (``<file>.part``) resume from their size, the rest is uploaded; every
    staged file is then checked with ``sha256sum`` and re-sent once if it differs;
 6. ``edgeship-agent activate``: the agent verifies signature and hashes with
@@ -35,7 +37,7 @@ from typing import Any
 
 import paramiko
 
-from orchestrator.errors import DeviceDiskFullError, EdgeshipError, RolloutError
+from orchestrator.errors import BundleError, DeviceDiskFullError, EdgeshipError, RolloutError
 from orchestrator.ship.enroll import agent_status, sync_trust
 from orchestrator.ship.results import (
     DeviceDone,
@@ -51,8 +53,10 @@ from orchestrator.ship.ssh import (
     connect,
 )
 from orchestrator.spec.fleet import DeviceConfig, FleetConfig
-from registry.bundle import ENVELOPE, Bundle
+from registry import bundle_rules
+from registry.bundle import ENVELOPE, Bundle, BundleRuleError, signature_problem
 from registry.keys import KeyStore
+from registry.signing import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +189,42 @@ def _disk_full(session: DeviceSession, folder: str, needed: int) -> str | None:
     )
 
 
+def bundle_problems(bundle: Bundle, store: KeyStore | None) -> list[tuple[str, str]]:
+    """Why ``bundle`` must not leave this host, as (refusal code, message); empty when it may.
+
+    Checked before any connection, byte or folder reaches a device: the manifest on disk
+    read again within limits and by every rule of :mod:`registry.bundle_rules` (paths,
+    names, structure), the same manifest the caller holds (digest), and, when a key store
+    is given, its signature by a key the store's trust set allows to sign bundles.
+    """
+    problems: list[tuple[str, str]] = []
+    mpath = bundle.path / "manifest.json"
+    if mpath.is_file() and mpath.stat().st_size > bundle_rules.MAX_MANIFEST_BYTES:
+        size = mpath.stat().st_size
+        limit = bundle_rules.MAX_MANIFEST_BYTES
+        return [("too_large", f"{mpath}: {size} bytes; at most {limit} are accepted")]
+    if store is not None and store.exists():
+        why = signature_problem(bundle.path, store.trust())
+        if why is not None:
+            code = "missing_signature" if why.startswith("missing signature") else "bad_signature"
+            problems.append((code, why))
+    try:
+        on_disk = Bundle.open(bundle.path)
+    except BundleRuleError as exc:
+        return [*problems, (exc.code, str(exc).removeprefix("error: "))]
+    except BundleError as exc:
+        return [*problems, ("malformed", str(exc).removeprefix("error: "))]
+    if on_disk.digest != bundle.digest:
+        problems.append(
+            ("malformed", f"{bundle.path / 'manifest.json'} changed since the bundle was opened")
+        )
+    problems += [
+        (code, f"{bundle.path / 'manifest.json'}: {message}")
+        for code, message in bundle_rules.manifest_problems(bundle.manifest)
+    ]
+    return problems
+
+
 def stage_bundle(
     session: DeviceSession,
     bundle: Bundle,
@@ -202,10 +242,17 @@ def stage_bundle(
     expected = {e["path"]: e for e in entries}
     envelope = sorted(n for n in ENVELOPE if (bundle.path / n).is_file())
     sftp = session.sftp()
+    manifest = (bundle.path / "manifest.json").read_bytes()
+    if sha256_bytes(manifest) != bundle.digest:
+        raise BundleError(f"error: {bundle.path / 'manifest.json'} changed since it was checked")
     try:
-        _mkdirs(session, folder, list(expected))
+        # only the signed envelope, in one flat folder, until the device accepts the manifest
+        session.makedirs(folder)
         for env_name in envelope:
-            session.put_bytes((bundle.path / env_name).read_bytes(), f"{folder}/{env_name}")
+            data = (
+                manifest if env_name == "manifest.json" else (bundle.path / env_name).read_bytes()
+            )
+            session.put_bytes(data, f"{folder}/{env_name}")
     except OSError as exc:
         needed = sum(int(e["size"]) for e in entries)
         full = None if session.aborted else _disk_full(session, folder, needed)
@@ -223,6 +270,7 @@ def stage_bundle(
         outcome.message = str(answer.get("message") or check.stderr.strip())
         session.run(f"rm -rf {shlex.quote(folder)}")
         raise DeviceDone()
+    _mkdirs(session, folder, list(expected))
     present = _remote_files(sftp, folder)
     keep = set(expected) | {p + ".part" for p in expected} | set(envelope)
     stray = [p for p in present if p not in keep]
@@ -264,7 +312,7 @@ def stage_bundle(
         if full is None:
             raise
         raise DeviceDiskFullError(full) from exc
-    # files hard-linked from installed versions were verified when installed
+    # files the agent copied from installed versions were checked against their hash
     bad = hash_mismatches(session, folder, [e for e in entries if e["path"] not in linked])
     if bad:
         outcome.notes.append("re-sent after a hash mismatch: " + ", ".join(bad))
@@ -307,6 +355,9 @@ def _activate(
     elif res.code in (11, 12):
         reason = (answer.get("health") or {}).get("reason")
         outcome.message = f"health check of version {answer.get('failed_version')} failed: {reason}"
+        refused = answer.get("rollback_refused")
+        if refused:
+            outcome.message += "; " + str(refused.get("message"))
     elif res.code not in (0,):
         outcome.message = str(answer.get("message", ""))
 
@@ -328,6 +379,11 @@ def deploy_device(
     """
     started = time.monotonic()
     step = on_step or (lambda name, info: None)
+    problems = bundle_problems(bundle, store)
+    if problems:
+        outcome.result, outcome.refusal = "refused", problems[0][0]
+        outcome.message = "refused on this host, nothing sent: " + "; ".join(m for _, m in problems)
+        raise DeviceDone()
     with connect(device, Path(fleet.known_hosts), timeout=options.connect_timeout) as session:
         timer = None
         if options.device_timeout:
@@ -429,6 +485,13 @@ def deploy(
     date first; without it devices keep the trust set they have.
     """
     opts = options or DeployOptions()
+    problems = bundle_problems(bundle, store)
+    if problems:
+        lines = [f"  {message} ({code})" for code, message in problems]
+        raise BundleError(
+            f"error: deploy: the bundle at {bundle.path} is refused before anything is sent "
+            f"({len(problems)} problem(s))\n" + "\n".join(lines)
+        )
 
     def work(device: DeviceConfig, outcome: DeviceOutcome) -> None:
         deploy_device(fleet, device, bundle, store, opts, outcome)

@@ -120,7 +120,7 @@ def enroll(
             session.put_bytes(root_json, remote)
             args = (
                 f"init --name {shlex.quote(device.name)} --family {shlex.quote(device.family)} "
-                f"--trust {shlex.quote(remote)}"
+                f"--trust {shlex.quote(remote)} --fleet {shlex.quote(fleet.name)}"
             )
             if reset_trust or not status.get("trust"):
                 args += " --reset-trust"

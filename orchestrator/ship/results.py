@@ -45,7 +45,7 @@ class DeviceOutcome:
     bytes_sent: int = 0  # bytes that travelled over SSH for bundle files
     bytes_resumed: int = 0  # bytes of partial uploads the device already held
     files_sent: int = 0
-    files_linked: int = 0  # files the device already held (hard-linked from other versions)
+    files_linked: int = 0  # files the device already held (copied there from other versions)
     files_present: int = 0  # files already complete in the staging folder
     staged_at: str | None = None
     trust_serial: int | None = None

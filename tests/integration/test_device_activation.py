@@ -57,11 +57,13 @@ def test_deploy_second_version_sends_only_missing_files_and_keeps_previous(lab: 
     assert outcome.bytes_sent == 0 and outcome.files_linked == len(second.files())
     status = lab.status("dev01")
     assert (status["current"], status["previous"]) == (second.version, first.version)
-    # the same file is one inode in both versions (hard-linked on the device)
+    # copied on the device, never hard-linked: no write can reach the installed version
     root = lab.roots["dev01"]
     a = (root / "versions" / str(first.version) / "model" / "model.onnx").stat()
     b = (root / "versions" / str(second.version) / "model" / "model.onnx").stat()
-    assert a.st_ino == b.st_ino
+    assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1
+    assert (a.st_mode & 0o777, b.st_mode & 0o777) == (0o444, 0o444)
+    assert (root / "versions" / str(second.version) / "model").stat().st_mode & 0o777 == 0o555
 
     again = lab.deploy(second, ["dev01"]).outcomes[0]
     assert again.result == "unchanged" and again.version == second.version

@@ -66,11 +66,12 @@ def test_cli_keys_bundle_enroll_deploy_tamper_refused(
     data["expires_at"] = "2099-12-31T00:00:00Z"
     manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     capsys.readouterr()
-    assert main(["deploy", "deployment=posture_server", fleet, "device=dev01"]) == 9
+    # this host checks the signature before it sends anything (the agent would refuse too)
+    assert main(["deploy", "deployment=posture_server", fleet, "device=dev01"]) == 7
     captured = capsys.readouterr()
-    assert "refused" in captured.out and "refusal=bad_signature" in captured.out
-    assert "error: deploy: 1 of 1 device(s) failed" in captured.err
-    assert "dev01: refused (bad_signature) v1 active" in captured.err
+    assert "is refused before anything is sent" in captured.err
+    assert "does not verify with any key the trust set allows" in captured.err
+    assert "(bad_signature)" in captured.err
 
     assert main(["device-status", fleet, "device=dev01,dev02"]) == 0
     assert capsys.readouterr().out.count("running     v1") == 2

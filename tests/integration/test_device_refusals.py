@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import BundleError
+from orchestrator.ship.deploy import deploy
 from registry.bundle import MANIFEST, SIGNATURE, Bundle, issue_rollback
 from registry.keys import KeyStore
 from registry.signing import canonical_json, sign
@@ -48,10 +50,27 @@ def _assert_refused_and_still_running(
         assert health.code == 0 and health.json()["version"] == before["current"]
 
 
-def deploy_refused(lab: ShipLab, bundle: Bundle, code: str, device: str = "dev01") -> str:
-    """Deploy: the device refuses with ``code`` and keeps running; returns the message."""
+def host_refuses(lab: ShipLab, bundle: Bundle, device: str = "dev01") -> str:
+    """Deploy with the key store: this host refuses the bundle before anything is sent."""
+    before = sorted(p.name for p in (lab.roots[device] / "staging").iterdir())
+    with pytest.raises(BundleError) as caught:
+        deploy(lab.fleet, lab.select([device]), bundle, lab.store)
+    assert sorted(p.name for p in (lab.roots[device] / "staging").iterdir()) == before
+    return str(caught.value)
+
+
+def deploy_refused(
+    lab: ShipLab, bundle: Bundle, code: str, device: str = "dev01", signed_badly: bool = False
+) -> str:
+    """Deploy: the device refuses with ``code`` and keeps running; returns the message.
+
+    ``signed_badly``: this host refuses it first (signature checked before anything is
+    sent); the device's own refusal is then shown with a deploy that has no key store.
+    """
+    if signed_badly:
+        assert "signature" in host_refuses(lab, bundle, device)
     before = lab.status(device)
-    result = lab.deploy(bundle, [device])
+    result = lab.deploy(bundle, [device], store=None if signed_badly else ...)
     outcome = result.outcomes[0]
     assert result.failed == [outcome]
     assert outcome.result == "refused", outcome.summary()
@@ -90,21 +109,22 @@ def test_bad_signature_is_refused(rlab: ShipLab, how: str) -> None:
         sig = bytearray((bundle.path / SIGNATURE).read_bytes())
         sig[10] ^= 0xFF
         (bundle.path / SIGNATURE).write_bytes(bytes(sig))
-    message = deploy_refused(rlab, Bundle.open(bundle.path), "bad_signature")
+    message = deploy_refused(rlab, Bundle.open(bundle.path), "bad_signature", signed_badly=True)
     assert "does not verify" in message
 
 
 def test_missing_signature_is_refused(rlab: ShipLab) -> None:
     bundle = rlab.bundle()
     (bundle.path / SIGNATURE).unlink()
-    assert "manifest.json.sig is missing" in deploy_refused(rlab, bundle, "missing_signature")
+    message = deploy_refused(rlab, bundle, "missing_signature", signed_badly=True)
+    assert "manifest.json.sig is missing" in message
 
 
 def test_bundle_signed_by_untrusted_key_is_refused(rlab: ShipLab, tmp_path: Path) -> None:
     other = KeyStore(tmp_path / "someone-elses-keys", passphrase=b"")
     other.init()
     bundle = rlab.bundle(store=other)
-    assert "does not trust" in deploy_refused(rlab, bundle, "untrusted_key")
+    assert "does not trust" in deploy_refused(rlab, bundle, "untrusted_key", signed_badly=True)
 
 
 def test_tampered_file_is_refused(rlab: ShipLab) -> None:
@@ -140,7 +160,7 @@ def test_lower_version_is_refused_unless_a_signed_rollback_names_it(rlab: ShipLa
     message = deploy_refused(rlab, older, "downgrade")
     assert f"version {older.version} is lower than the active version {newer.version}" in message
 
-    issue_rollback(older, rlab.store)
+    issue_rollback(older, rlab.store, from_version=newer.version, fleet=rlab.fleet.name)
     outcome = rlab.deploy(older, ["dev01"]).outcomes[0]
     assert outcome.result == "activated" and outcome.version == older.version
     assert rlab.status("dev01")["current"] == older.version
@@ -182,8 +202,11 @@ def test_bundle_signed_by_revoked_key_is_refused(lab: ShipLab) -> None:
     lab.store.rotate()
     lab.store.revoke(old_key)
 
-    # the deploy first brings the device's root of trust up to date, then the agent refuses
-    deploy_refused(lab, signed_by_old, "untrusted_key", device="dev03")
+    # this host refuses it; once enrolment brings the device's root of trust up to date, the
+    # agent refuses it too
+    assert "signature" in host_refuses(lab, signed_by_old, "dev03")
+    lab.enroll(["dev03"])
+    deploy_refused(lab, signed_by_old, "untrusted_key", device="dev03", signed_badly=True)
     trust = lab.status("dev03")["trust"]
     assert trust["serial"] == 3 and old_key not in trust["keys"]
     fresh = lab.bundle()

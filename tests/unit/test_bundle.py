@@ -238,7 +238,7 @@ def test_export_round_trip_and_rollback_order(
     artifact: Path, store: KeyStore, tmp_path: Path
 ) -> None:
     bundle = make_bundle(artifact, store, tmp_path / "bundles")
-    order = issue_rollback(bundle, store)
+    order = issue_rollback(bundle, store, from_version=2, fleet="ward")
     data = json.loads(order.read_text())
     assert (data["version"], data["manifest_sha256"]) == (1, bundle.digest)
     tar = export_bundle(bundle, tmp_path / "out" / "demo.tar")

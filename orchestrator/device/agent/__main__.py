@@ -17,7 +17,7 @@ Commands (JSON on stdout)::
     update-trust FILE      accept a new trust set signed by a trusted key with a higher serial
     init --name N --family F --trust FILE    enrolment (first trust set)
     inventory              sha256 -> path of every installed file (for deduplicated uploads)
-    link --plan FILE       hard-link installed files into a staging folder
+    link --plan FILE       copy installed files into a staging folder (checked, never linked)
 
 BUNDLE is a bundle folder or an exported bundle ``.tar``.
 
@@ -82,9 +82,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--family", required=True)
     s.add_argument("--trust", required=True)
+    s.add_argument("--fleet", default=None, help="the fleet this device belongs to")
     s.add_argument("--reset-trust", action="store_true")
     sub.add_parser("inventory", help="sha256 -> path of installed files")
-    s = sub.add_parser("link", help="hard-link installed files into staging")
+    s = sub.add_parser("link", help="copy installed files into staging")
     s.add_argument("--plan", required=True)
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
@@ -147,7 +148,7 @@ def main(argv: list | None = None) -> int:
             emit(agent.update_trust(args.file, args.sig))
             return EXIT_OK
         if args.command == "init":
-            emit(agent.init(args.name, args.family, args.trust, args.reset_trust))
+            emit(agent.init(args.name, args.family, args.trust, args.reset_trust, args.fleet))
             return EXIT_OK
         if args.command == "inventory":
             emit(agent.inventory())
@@ -155,7 +156,14 @@ def main(argv: list | None = None) -> int:
         if args.command == "link":
             emit(agent.link(args.plan))
             return EXIT_OK
+    except (RecursionError, MemoryError) as exc:  # a hostile input got past the limits
+        refusal = Refusal("too_large", f"{type(exc).__name__} while reading the input; refused")
+        agent.drop_refused(getattr(args, "bundle", None))
+        agent.log("refused", refusal=refusal.code, message=refusal.message, more=[])
+        emit(agent.refusal_result(refusal))
+        return EXIT_REFUSED
     except Refusal as exc:
+        agent.drop_refused(getattr(args, "bundle", None))
         agent.log("refused", refusal=exc.code, message=exc.message, more=[m for _, m in exc.more])
         emit(agent.refusal_result(exc))
         return EXIT_REFUSED

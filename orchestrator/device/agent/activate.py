@@ -8,9 +8,10 @@ interrupted one (:meth:`Install.recover`).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
+import stat
 
 from .clock import iso
 from .errors import (
@@ -22,9 +23,12 @@ from .errors import (
     Nothing,
     Refusal,
 )
-from .files import ENVELOPE, fsync_dir
+from .files import ENVELOPE, fsync_dir, make_read_only, remove_tree
 from .health import Health
-from .verify import Verifier
+from .rules import MAX_MANIFEST_BYTES, path_problem, strict_json
+from .verify import Verifier, links_on_the_way
+
+CHUNK = 1024 * 1024
 
 ACTIVATION_STEPS = (
     "copying",  # half of the files copied into versions/.<v>.tmp
@@ -45,7 +49,7 @@ class Activation(Verifier, Health):
     """Activate, roll back, and reuse installed files (deduplicated uploads)."""
 
     def known_files(self) -> dict:
-        """sha256 -> absolute path of files already installed (trusted: verified at install)."""
+        """sha256 -> absolute path of files already installed (their manifests re-verified)."""
         out: dict = {}
         for version in self.installed():
             folder = self.version_dir(version)
@@ -60,32 +64,60 @@ class Activation(Verifier, Health):
         return out
 
     def install_copy(self, src: str, manifest: dict, version: int) -> str:
-        """Copy a bundle into versions/.<v>.tmp (hard-linking files already installed)."""
+        """Copy a bundle into versions/.<v>.tmp: every file a new file (never a link to an
+        installed one), copied from an installed version when one holds the same bytes."""
         os.makedirs(self.versions, exist_ok=True)
         tmp = os.path.join(self.versions, f".{version}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         os.makedirs(tmp)
         known = self.known_files()
         files = list(manifest["files"])
         for i, entry in enumerate(files):
-            dest = os.path.join(tmp, entry["path"])
+            dest = os.path.join(tmp, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             source = known.get(entry["sha256"])
-            if source is not None:
-                try:
-                    os.link(source, dest)
-                except OSError:
-                    shutil.copyfile(source, dest)
-            else:
-                shutil.copyfile(os.path.join(src, entry["path"]), dest)
-            os.chmod(dest, 0o444)
+            copied = source is not None and copy_checked(source, dest, entry)
+            if not copied and not copy_checked(os.path.join(src, entry["path"]), dest, entry):
+                raise Refusal(
+                    "hash_mismatch",
+                    "sha256 differs from the manifest: {}".format(entry["path"]),
+                )
             if i == len(files) // 2:
                 self.step("copying")
         for name in ENVELOPE:
-            if os.path.isfile(os.path.join(src, name)):
+            if os.path.isfile(os.path.join(src, name)) and not os.path.islink(
+                os.path.join(src, name)
+            ):
                 shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
         self.step("copied")
         return tmp
+
+    def recheck(self, version: int) -> Refusal | None:
+        """Verify an installed version again (signature, every hash) before switching to it;
+        the refusal when it no longer verifies (damaged, or signed by a key now revoked)."""
+        folder = self.version_dir(version)
+        if not os.path.isdir(folder):
+            return Refusal("missing_file", f"version {version} is not installed")
+        try:
+            self.verify(folder, policy=False)
+        except Refusal as exc:
+            return exc
+        except (OSError, ValueError) as exc:
+            return Refusal("malformed", f"version {version}: {type(exc).__name__}: {exc}")
+        return None
+
+    def usable_version(self, version: int) -> bool:
+        """Whether recovery may switch to ``version`` (it verifies again); logs when not."""
+        refused = self.recheck(version)
+        if refused is None:
+            return True
+        self.log(
+            "rollback_refused",
+            version=version,
+            refusal=refused.code,
+            message=f"version {version} no longer verifies: {refused.message}",
+        )
+        return False
 
     def activate(self, bundle: str, timeout: float) -> tuple:
         self.recover()
@@ -130,16 +162,20 @@ class Activation(Verifier, Health):
                     self.log(
                         "refused", refusal=refusal.code, message=refusal.message, bundle=bundle
                     )
+                    self._drop_staged(bundle)
                     return self.refusal_result(refusal), EXIT_REFUSED
             else:
-                tmp = self.install_copy(folder, info["manifest"], version)
+                tmp = os.path.join(self.versions, f".{version}.tmp-{os.getpid()}")
                 try:
+                    tmp = self.install_copy(folder, info["manifest"], version)
                     self.verify(tmp, policy=False)
                 except Refusal as exc:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    remove_tree(tmp)
                     self.log("refused", refusal=exc.code, message="installed copy: " + exc.message)
+                    self._drop_staged(bundle)
                     return self.refusal_result(exc), EXIT_REFUSED
                 self.step("verified")
+                make_read_only(tmp)
                 os.rename(tmp, dest)
                 fsync_dir(self.versions)
                 self.step("installed")
@@ -154,6 +190,16 @@ class Activation(Verifier, Health):
             "started_at": iso(),
         }
         state["deployment"] = info["deployment"]
+        order = info.get("rollback_order")
+        if order is not None:  # used once: remembered before anything switches
+            state.setdefault("rollback_orders_used", []).append(
+                {
+                    "nonce": order["nonce"],
+                    "version": version,
+                    "from_version": order.get("from_version"),
+                    "used_at": iso(),
+                }
+            )
         state.setdefault("versions", {})[str(version)] = {
             "manifest_sha256": info["manifest_sha256"],
             "key_id": info["key_id"],
@@ -208,7 +254,15 @@ class Activation(Verifier, Health):
         state["failed"] = sorted(set(state.get("failed", [])) | {version})
         state["history"] = [v for v in state.get("history", []) if v != version]
         self.save_state(state)
+        refused = None
         if old is not None and old != version and os.path.isdir(self.version_dir(old)):
+            refused = self.recheck(old)
+        if (
+            refused is None
+            and old is not None
+            and old != version
+            and os.path.isdir(self.version_dir(old))
+        ):
             self.switch(self.current, old)
             self.switch(self.previous, self._predecessor(old))
             self.log("rolled_back", version=old, from_version=version, reason="health check failed")
@@ -222,15 +276,27 @@ class Activation(Verifier, Health):
                 EXIT_UNHEALTHY,
             )
         self.switch(self.current, None)
-        self.log(
-            "deactivated", version=version, reason="health check failed and no previous version"
-        )
-        return {
+        out = {
             "result": "unhealthy",
             "version": None,
             "failed_version": version,
             "health": result,
-        }, (EXIT_UNHEALTHY_NO_PREVIOUS)
+        }
+        if refused is not None:
+            why = (
+                f"previous version {old} no longer verifies ({refused.code}: {refused.message}); "
+                "not switched to it"
+            )
+            self.log("rollback_refused", version=old, refusal=refused.code, message=why)
+            out["rollback_refused"] = {"version": old, "refusal": refused.code, "message": why}
+        self.log(
+            "deactivated",
+            version=version,
+            reason="health check failed and no previous version"
+            if refused is None
+            else "health check failed and the previous version no longer verifies",
+        )
+        return out, EXIT_UNHEALTHY_NO_PREVIOUS
 
     def _predecessor(self, version: int) -> int | None:
         """The good version activated before ``version`` that is still on disk."""
@@ -256,7 +322,13 @@ class Activation(Verifier, Health):
             raise Nothing(f"version {target} is not installed here; installed: {self.installed()}")
         if target == current:
             return {"result": "unchanged", "version": current}
-        self.verify(folder, policy=False)
+        refused = self.recheck(target)
+        if refused is not None:
+            raise Refusal(
+                refused.code,
+                f"version {target} no longer verifies; not switched to it: {refused.message}",
+                refused.more,
+            )
         self.switch(self.current, target)
         self.switch(self.previous, self._predecessor(target))
         state = self.state()
@@ -270,27 +342,76 @@ class Activation(Verifier, Health):
         return {"files": {sha: os.path.relpath(p, self.root) for sha, p in known.items()}}
 
     def link(self, plan_path: str) -> dict:
-        """Hard-link installed files into staging/ (plan: [{"sha256", "dest"}])."""
-        with open(plan_path, "rb") as fh:
-            plan = json.loads(fh.read().decode())
+        """Copy installed files into staging/ (plan: [{"sha256", "dest"}]) so they need not
+        travel. A copy, never a hard link: nothing written into staging can reach an
+        installed version. Each copy is checked against its sha256 while it is made."""
+        data = self._read_capped(plan_path, MAX_MANIFEST_BYTES, "link plan")
         self.drop_upload(plan_path)
+        try:
+            plan = strict_json(data)
+        except ValueError as exc:
+            raise AgentError(f"{plan_path}: not a valid link plan ({exc})") from exc
+        if not isinstance(plan, list):
+            raise AgentError(f"{plan_path}: expected a list of {{sha256, dest}}")
         known = self.known_files()
         linked, missing = 0, []
         for item in plan:
-            dest = os.path.abspath(os.path.join(self.root, item["dest"]))
-            if not dest.startswith(self.staging + os.sep):
+            rel = str(item["dest"])
+            dest = os.path.abspath(os.path.join(self.root, rel))
+            why = path_problem(rel)
+            if why or not dest.startswith(self.staging + os.sep):
                 raise AgentError("link destination outside staging/: {}".format(item["dest"]))
             source = known.get(item["sha256"])
             if source is None:
                 missing.append(item["dest"])
                 continue
+            if links_on_the_way(self.root, rel):
+                raise AgentError(f"link destination passes a symbolic link: {rel}")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             for stale in (dest, dest + ".part"):
                 if os.path.lexists(stale):
                     os.unlink(stale)
-            try:
-                os.link(source, dest)
-            except OSError:
-                shutil.copyfile(source, dest)
-            linked += 1
+            entry = {"sha256": item["sha256"], "size": os.path.getsize(source)}
+            if copy_checked(source, dest, entry):
+                linked += 1
+            else:
+                missing.append(item["dest"])
         return {"linked": linked, "missing": missing}
+
+
+def copy_checked(source: str, dest: str, entry: dict) -> bool:
+    """Copy ``source`` to the new file ``dest`` (O_EXCL, O_NOFOLLOW) hashing as it goes.
+
+    Reads at most ``entry["size"]`` + 1 bytes; True when size and sha256 match the entry.
+    A mismatching copy is removed again. ``dest`` must not exist: nothing is written
+    through an existing file or link.
+    """
+    size = int(entry["size"])
+    digest = hashlib.sha256()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        src = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            return False
+        out = os.open(dest, flags, 0o644)
+        count = 0
+        try:
+            while count <= size:
+                block = os.read(src, min(CHUNK, size + 1 - count))
+                if not block:
+                    break
+                count += len(block)
+                digest.update(block)
+                os.write(out, block)
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
+    if count != size or digest.hexdigest() != entry["sha256"]:
+        os.unlink(dest)
+        return False
+    os.chmod(dest, 0o444)
+    return True

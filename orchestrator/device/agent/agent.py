@@ -8,7 +8,7 @@ import sys
 from .activate import Activation
 from .clock import iso
 from .errors import Nothing, Refusal
-from .files import read_json, write_json
+from .files import read_json, remove_tree, write_json
 from .runtimes import RUNTIME_DISTRIBUTIONS, runtime_version
 
 AGENT_VERSION = "1"
@@ -52,7 +52,20 @@ class Agent(Activation):
             out["trust"] = None
         return out
 
-    def init(self, name: str, family: str, trust_file: str, reset_trust: bool) -> dict:
+    def drop_refused(self, bundle: str | None) -> None:
+        """After a refusal: remove the refused bundle when it is a staged upload (and the lock is
+        held), and any extraction or verification left in staging/."""
+        if not self.locked or not os.path.isdir(self.staging):
+            return
+        if bundle:
+            self._drop_staged(bundle)
+        for name in os.listdir(self.staging):
+            if name.startswith(("tar-", ".verify-")):
+                remove_tree(os.path.join(self.staging, name))
+
+    def init(
+        self, name: str, family: str, trust_file: str, reset_trust: bool, fleet: str | None = None
+    ) -> dict:
         for folder in (self.root, self.versions, self.staging, self.log_dir, self.trust_dir):
             os.makedirs(folder, exist_ok=True)
         first = reset_trust or not os.path.isfile(os.path.join(self.trust_path(), "root.json"))
@@ -61,6 +74,7 @@ class Agent(Activation):
         device = {
             "name": name,
             "family": family,
+            "fleet": fleet if fleet is not None else (previous or {}).get("fleet"),
             "enrolled_at": (previous or {}).get("enrolled_at") or iso(),
             "agent_version": AGENT_VERSION,
             "python": sys.executable,
@@ -70,6 +84,7 @@ class Agent(Activation):
             "enrolled",
             name=name,
             family=family,
+            fleet=device["fleet"],
             trust_serial=trust["serial"],
             again=previous is not None,
         )

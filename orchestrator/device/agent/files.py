@@ -1,9 +1,12 @@
-"""The names of a bundle's signed envelope, and crash-safe file writes and JSON files."""
+"""The names of a bundle's signed envelope, crash-safe file writes, JSON files, read-only trees."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -46,3 +49,36 @@ def fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_read_only(folder: str) -> None:
+    """Files 0444 and folders 0555 under ``folder`` (installed versions are never written)."""
+    for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o444)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o555)
+    os.chmod(folder, 0o555)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a folder, read-only ones included (best effort, like rmtree ignore_errors)."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in ["", *dirnames]:
+            full = os.path.join(dirpath, name) if name else dirpath
+            try:
+                if not os.path.islink(full):
+                    os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) | stat.S_IRWXU)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)

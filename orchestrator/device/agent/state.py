@@ -20,7 +20,7 @@ import os
 import shutil
 
 from .errors import EXIT_CRASH, Nothing, Refusal
-from .files import MANIFEST, fsync_dir, read_json, write_json
+from .files import MANIFEST, fsync_dir, read_json, remove_tree, write_json
 from .log import log_event
 
 CRASH_ENV = "EDGESHIP_AGENT_CRASH_AT"
@@ -129,6 +129,10 @@ class Install:
         fsync_dir(self.root)
         self.step(f"{name}_switched")
 
+    def usable_version(self, version: int) -> bool:
+        """Whether recovery may switch to ``version`` (the activation side verifies it)."""
+        return True
+
     def recover(self) -> None:
         """Repair what an interrupted activation left: temp copies, temp links, the journal.
 
@@ -142,9 +146,11 @@ class Install:
         if os.path.isdir(self.versions):
             for name in os.listdir(self.versions):
                 if name.startswith("."):
-                    shutil.rmtree(os.path.join(self.versions, name), ignore_errors=True)
+                    remove_tree(os.path.join(self.versions, name))
         if os.path.islink(self.current) and self.link_version(self.current) is None:
             fallback = self.link_version(self.previous)
+            if fallback is not None and not self.usable_version(fallback):
+                fallback = None
             self.log("recovered", reason="current pointed at no complete version", now=fallback)
             if fallback is None:
                 os.unlink(self.current)

@@ -1,7 +1,7 @@
 """What a manifest may say, checked before anything is written: limits, paths, names, raw JSON.
 
-The same rules hold on the build host (``registry/bundle_rules.py``); a unit test
-runs both over the same table of names. Everything here is pure: it reads bytes
+The build host imports this very module (through ``registry/bundle_rules.py``), so
+both sides refuse the same names with the same codes. Everything here is pure: it reads bytes
 and values and returns problems as ``(refusal code, message)`` pairs.
 
 Order of the checks on a manifest's bytes (``Verifier.load_manifest``): size

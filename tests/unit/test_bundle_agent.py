@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -113,9 +114,11 @@ def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) ->
     trust.write_bytes(data)
     trust.with_name("trust.json.sig").write_bytes(sig)
 
+    me = pwd.getpwuid(os.getuid()).pw_name  # the agent runs as its caller (root: on purpose)
+
     def run(*args: str) -> tuple[int, dict]:
         proc = subprocess.run(
-            [sys.executable, str(agent_program), "--root", str(root), *args],
+            [sys.executable, str(agent_program), "--root", str(root), "--user", me, *args],
             capture_output=True,
             text=True,
         )

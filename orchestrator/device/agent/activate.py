@@ -24,6 +24,7 @@ from .errors import (
 )
 from .files import ENVELOPE, fsync_dir
 from .health import Health
+from .privilege import make_read_only
 from .verify import Verifier
 
 ACTIVATION_STEPS = (
@@ -141,6 +142,7 @@ class Activation(Verifier, Health):
                     return self.refusal_result(exc), EXIT_REFUSED
                 self.step("verified")
                 os.rename(tmp, dest)
+                make_read_only(dest)  # files 0444, folders 0555: installed versions never change
                 fsync_dir(self.versions)
                 self.step("installed")
         finally:

@@ -15,6 +15,7 @@ Layout under the install root (``--root``, default /opt/edgeship)::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -22,6 +23,7 @@ import shutil
 from .errors import EXIT_CRASH, Nothing, Refusal
 from .files import MANIFEST, fsync_dir, read_json, write_json
 from .log import log_event
+from .privilege import remove_tree
 
 CRASH_ENV = "EDGESHIP_AGENT_CRASH_AT"
 
@@ -142,7 +144,8 @@ class Install:
         if os.path.isdir(self.versions):
             for name in os.listdir(self.versions):
                 if name.startswith("."):
-                    shutil.rmtree(os.path.join(self.versions, name), ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        remove_tree(os.path.join(self.versions, name))
         if os.path.islink(self.current) and self.link_version(self.current) is None:
             fallback = self.link_version(self.previous)
             self.log("recovered", reason="current pointed at no complete version", now=fallback)

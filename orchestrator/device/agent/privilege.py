@@ -121,13 +121,23 @@ def drop_to(user: str) -> dict:
 def check_reach(root: str, python: str) -> None:
     """After dropping root: this user can run ``python`` and use the install root."""
     user = identity()["name"]
-    stdlib = os.path.dirname(os.__file__)
+    stdlib = os.path.dirname(os.__file__)  # modules imported later (and the health check's)
     for path, mode, what in (
         (python, os.X_OK, "run the device Python"),
         (stdlib, os.R_OK | os.X_OK, "read the Python standard library"),
         (root, os.R_OK | os.W_OK | os.X_OK, "use the install root"),
     ):
-        if os.path.exists(path) and not os.access(path, mode):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            if path == root:
+                continue  # `init` creates it
+            denied = True
+        except OSError:
+            denied = True  # a folder above it is closed to this user
+        else:
+            denied = not os.access(path, mode)
+        if denied:
             raise AgentError(
                 f"the agent user '{user}' cannot {what} ({path}: permission denied); "
                 f"expected it readable by '{user}' (and every folder above it searchable); "

@@ -133,7 +133,7 @@ def test_privilege_health_limits_and_environment(
     monkeypatch.setenv("PYTHONPATH", "/opt/runtime")
     env = privilege.health_env(str(tmp_path))
     assert "AWS_SECRET_ACCESS_KEY" not in env and env["PYTHONPATH"] == "/opt/runtime"
-    assert env["HOME"] == str(tmp_path) and set(env) <= {*privilege.HEALTH_ENV_KEEP, "HOME"}
+    assert env["HOME"] == os.environ["HOME"] and set(env) <= {*privilege.HEALTH_ENV_KEEP, "HOME"}
 
 
 def test_privilege_limit_resources_in_a_child() -> None:

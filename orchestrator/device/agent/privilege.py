@@ -243,7 +243,9 @@ def health_env(folder: str) -> dict:
     """The health check's environment: a few named variables of the agent's, nothing else."""
     env = {k: os.environ[k] for k in HEALTH_ENV_KEEP if k in os.environ}
     env.setdefault("PATH", HEALTH_PATH)
-    env["HOME"] = folder  # read-only: a runtime that wants to write a cache there cannot
+    # the agent user's home (/nonexistent for the one enrolment creates): runtimes' caches
+    # and telemetry land there or nowhere, never in the version folder
+    env["HOME"] = os.environ.get("HOME") or "/nonexistent"
     return env
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orchestrator.device.agent import AGENT_FILE, WRAPPER, agent_source, wrapper_script
 from orchestrator.errors import RolloutError
+from orchestrator.ship.agent_user import prepare_agent_user
 from orchestrator.ship.results import DeviceDone, DeviceOutcome, RolloutResult, run_per_device
 from orchestrator.ship.ssh import DeviceSession, connect, pin_host_key
 from orchestrator.spec.fleet import DeviceConfig, FleetConfig
@@ -30,9 +31,11 @@ def agent_status(session: DeviceSession, inventory: bool = False) -> dict | None
     if res.code != 0:
         return None
     try:
-        return res.json()
+        status = res.json()
     except ValueError:
         return None
+    session.upload_as((status.get("user") or {}).get("name"))  # files travel as the agent user
+    return status
 
 
 def sync_trust(
@@ -68,14 +71,18 @@ def sync_trust(
         outcome.notes.append(f"root of trust updated to version {serial}")
 
 
-def install_agent(session: DeviceSession) -> None:
-    """Copy the agent and its wrapper to ``<root>/bin`` (atomically, mode 0755)."""
+def install_agent(session: DeviceSession) -> list[str]:
+    """Copy the agent and its wrapper to ``<root>/bin`` (atomically, mode 0755) and set up
+    the agent user (:mod:`orchestrator.ship.agent_user`); returns notes for the outcome."""
     root = session.root
     dev = session.device
     for folder in ("bin", "staging", "log", "versions"):
         session.makedirs(f"{root}/{folder}")
+    user = prepare_agent_user(session)
     session.put_bytes(agent_source(), f"{root}/bin/{AGENT_FILE}", 0o755)
-    session.put_bytes(wrapper_script(dev.python, root).encode(), f"{root}/bin/{WRAPPER}", 0o755)
+    wrapper = wrapper_script(dev.python, root, user.name)
+    session.put_bytes(wrapper.encode(), f"{root}/bin/{WRAPPER}", 0o755)
+    return user.notes
 
 
 def check_device_tools(session: DeviceSession) -> None:
@@ -111,7 +118,7 @@ def enroll(
         with connect(device, known_hosts) as session:
             outcome.stage = "enroll"
             check_device_tools(session)
-            install_agent(session)
+            outcome.notes.extend(install_agent(session))
             status = agent_status(session) or {}
             if status.get("trust") and not reset_trust:
                 outcome.stage = "trust"

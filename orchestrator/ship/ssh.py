@@ -150,6 +150,7 @@ class DeviceSession:
         self.connection = connection
         self._sftp: paramiko.SFTPClient | None = None
         self.aborted = False  # set by abort(): the connection was closed on purpose
+        self.sftp_user: str | None = None  # files travel as this user (None: the SSH user)
 
     def abort(self) -> None:
         """Close the connection from another thread (a device past its time limit).
@@ -171,10 +172,46 @@ class DeviceSession:
     def agent_cmd(self) -> str:
         return shlex.quote(f"{self.root}/bin/edgeship-agent")
 
+    def upload_as(self, user: str | None) -> None:
+        """Send files as ``user`` from now on (the agent user, so that it owns what it is sent).
+
+        Only when logged in as root and ``user`` is another one: the agent's ``sftp-server``
+        command drops to its user and runs OpenSSH's sftp-server over this channel.
+        """
+        wanted = user if user and user != "root" and self.device.user == "root" else None
+        if wanted != self.sftp_user:
+            if self._sftp is not None:
+                self._sftp.close()
+                self._sftp = None
+            self.sftp_user = wanted
+
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
-            self._sftp = self.connection.sftp()
+            if self.sftp_user is None:
+                self._sftp = self.connection.sftp()
+            else:
+                self._sftp = self._agent_sftp()
         return self._sftp
+
+    def _agent_sftp(self) -> paramiko.SFTPClient:
+        transport = self.connection.transport
+        if transport is None:
+            self.connection.open()
+            transport = self.connection.transport
+        assert transport is not None
+        channel = transport.open_session()
+        channel.exec_command(f"{self.agent_cmd} sftp-server")
+        try:
+            return paramiko.SFTPClient(channel)
+        except (paramiko.SSHException, EOFError) as exc:
+            said = b""
+            while channel.recv_ready():
+                said += channel.recv(65536)
+            channel.close()
+            raise RuntimeError(
+                f"{self.device.name}: no file transfer as the agent user {self.sftp_user} "
+                f"({self.agent_cmd} sftp-server): {said.decode(errors='replace').strip() or exc}"
+            ) from exc
 
     def run(self, command: str, timeout: float | None = None) -> RemoteResult:
         """Run a shell command on the device; never raises for a non-zero exit."""

@@ -164,10 +164,12 @@ def agent_report(fleet: FleetConfig, devices: list[DeviceConfig], parallel: int)
             health = (status.get("versions") or {}).get(str(outcome.version), {}).get("health")
             outcome.health = health
             previous = status.get("previous")
+            user = status.get("user") or {}
             outcome.notes.append(
                 f"deployment {status.get('deployment') or '-'}, "
                 f"previous {f'v{previous}' if previous is not None else '-'}, "
                 f"installed {status.get('installed')}, trust serial {outcome.trust_serial}"
+                + (f", agent user {user.get('name')} (uid {user.get('uid')})" if user else "")
             )
 
     return RolloutResult("status", run_per_device(devices, work, parallel))

@@ -378,11 +378,15 @@ def write_fleet(
     device_groups: dict[str, list[str]] | None = None,
     extra: dict[str, Any] | None = None,
     header: str = "",
+    agent_user: str = "root",
 ) -> Path:
     """Write a fleet YAML for ``devices`` (name = the file's stem); returns its path.
 
     ``labels``/``device_groups`` map device names to their labels and groups; ``groups``
     declares the groups; ``extra`` adds top-level sections (e.g. ``feed``).
+    ``agent_user`` defaults to root: simulated devices run this machine's Python and
+    live in its temporary folders, which a dedicated user often cannot reach (a Python
+    under /root, pytest's 0700 folders); least-privilege tests pass their own user.
     """
     import yaml
 
@@ -397,6 +401,7 @@ def write_fleet(
             "user": "root",
             "identity_file": str(devices[0].client_key) if devices else "",
             "python": python or sys.executable,
+            "agent_user": agent_user,
         },
     }
     if groups:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -32,6 +33,9 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.files import read_yaml
 
 DEFAULT_INSTALL_ROOT = "/opt/edgeship"
+DEFAULT_AGENT_USER = "edgeship"
+# a portable user name (useradd's and POSIX's): lower case, digits, '_' and '-', 32 at most
+AGENT_USER_PATTERN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 CLI = "command line"
 
 
@@ -54,6 +58,8 @@ class DeviceDefaults:
     identity_file: str = ""  # SSH private key; ~ expanded, relative to the project root
     install_root: str = DEFAULT_INSTALL_ROOT  # where the agent, versions and log live
     python: str = "python3"  # the device's interpreter that runs the agent
+    agent_user: str = DEFAULT_AGENT_USER  # user the agent and health check run as (enrolling
+    #                                       as root creates it; `root` runs them as root)
 
 
 @dataclass
@@ -68,6 +74,7 @@ class DeviceConfig:
     identity_file: str = ""  # SSH private key
     install_root: str = ""  # agent install root on the device
     python: str = ""  # the device's interpreter for the agent
+    agent_user: str = ""  # user the agent and health check run as
     host_key: str = ""  # pinned host key "ssh-ed25519 AAAA..." (else pinned at enrolment)
     labels: DeviceLabels = field(default_factory=DeviceLabels)  # site, ward, bed
     groups: List[str] = field(default_factory=list)  # groups declared in the fleet's `groups`
@@ -216,6 +223,19 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
         or not isinstance(devices, list)
     ):
         return
+    for key, value in [("defaults.agent_user", defaults.get("agent_user"))] + [
+        (f"devices[{i}].agent_user", dev.get("agent_user"))
+        for i, dev in enumerate(devices)
+        if isinstance(dev, dict)
+    ]:
+        if isinstance(value, str) and value and not AGENT_USER_PATTERN.fullmatch(value):
+            report(
+                key,
+                "expected a user name (lower-case letters, digits, '_' and '-', starting with a "
+                f"letter or '_', at most 32 characters), found '{value}'",
+            )
+        elif value == "" and key.startswith("defaults."):
+            report(key, f"expected a user name (default {DEFAULT_AGENT_USER}), found ''")
     default_family = defaults.get("family", "")
     if default_family and isinstance(default_family, str) and default_family not in families:
         report("defaults.family", unknown_name_message("target family", default_family, families))
@@ -366,4 +386,5 @@ def _resolve(fleet: FleetConfig, root: Path) -> FleetConfig:
         dev.identity_file = _resolve_path(dev.identity_file or d.identity_file, root)
         dev.install_root = dev.install_root or d.install_root
         dev.python = dev.python or d.python
+        dev.agent_user = dev.agent_user or d.agent_user
     return fleet

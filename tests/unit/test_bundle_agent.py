@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -175,9 +176,11 @@ def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) ->
     trust = tmp_path / "1.root.json"
     trust.write_bytes(store.trust_files())
 
+    me = pwd.getpwuid(os.getuid()).pw_name  # the agent runs as its caller (root: on purpose)
+
     def run(*args: str) -> tuple[int, dict]:
         proc = subprocess.run(
-            [sys.executable, str(agent_program), "--root", str(root), *args],
+            [sys.executable, str(agent_program), "--root", str(root), "--user", me, *args],
             capture_output=True,
             text=True,
         )

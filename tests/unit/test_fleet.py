@@ -102,7 +102,7 @@ devices:
     assert _problems(_write(tmp_path, text)) == "\n".join(
         [
             "error: invalid fleet (10 problems)",
-            F + "defaults.prot: unknown key 'prot'; expected one of: family, "
+            F + "defaults.prot: unknown key 'prot'; expected one of: agent_user, family, "
             "identity_file, install_root, port, python, user (did you mean 'port'?)",
             F + "devices[1].port: expected int, found str '2222'",
             F + "devices[1].labels.room: unknown key 'room'; expected one of: bed, site, ward",
@@ -168,3 +168,34 @@ def test_shipped_example_fleet_is_valid_and_on_loopback() -> None:
     fleet = load_fleet("ward_north", ROOT)
     assert fleet.devices and all(d.address.startswith("127.0.0.") for d in fleet.devices)
     assert "simulator" in (ROOT / "conf" / "fleet" / "ward_north.yaml").read_text()
+
+
+def test_load_fleet_agent_user_defaults_to_a_dedicated_user(tmp_path: Path) -> None:
+    fleet = load_fleet("ward", _write(tmp_path, GOOD))
+    assert [d.agent_user for d in fleet.devices] == ["edgeship", "edgeship"]
+    text = GOOD.replace("  port: 2222\n", "  port: 2222\n  agent_user: root\n").replace(
+        "    python: /usr/bin/python3.11\n",
+        "    python: /usr/bin/python3.11\n    agent_user: ml-agent\n",
+    )
+    fleet = load_fleet("ward", _write(tmp_path, text))
+    assert [d.agent_user for d in fleet.devices] == ["root", "ml-agent"]
+
+
+def test_load_fleet_agent_user_must_be_a_user_name(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace("  port: 2222\n", "  port: 2222\n  agent_user: ''\n")
+        .replace(
+            "    python: /usr/bin/python3.11\n",
+            "    python: /usr/bin/python3.11\n    agent_user: Edge Ship\n",
+        )
+        .replace("    groups: [canary]\n", "    groups: [canary]\n    agent_user: 7\n")
+    )
+    assert _problems(_write(tmp_path, text)) == "\n".join(
+        [
+            "error: invalid fleet (3 problems)",
+            F + "devices[0].agent_user: expected str, found int 7",
+            F + "defaults.agent_user: expected a user name (default edgeship), found ''",
+            F + "devices[1].agent_user: expected a user name (lower-case letters, digits, '_' "
+            "and '-', starting with a letter or '_', at most 32 characters), found 'Edge Ship'",
+        ]
+    )

@@ -65,11 +65,19 @@ def agent_source() -> bytes:
     return out.getvalue()
 
 
-def wrapper_script(python: str, install_root: str) -> str:
-    """``<root>/bin/edgeship-agent``: runs the agent with the device's Python and root."""
+def wrapper_script(python: str, install_root: str, user: str | None = None) -> str:
+    """``<root>/bin/edgeship-agent``: runs the agent with the device's Python and root.
+
+    ``user`` is the agent user: started as root, the agent drops to it before anything
+    else (and refuses to run as root without it). The wrapper is root-owned where
+    enrolment logs in as root, so only root can change whom the agent runs as.
+    """
     agent = f"{install_root.rstrip('/')}/bin/{AGENT_FILE}"
+    as_user = f" --user {shlex.quote(user)}" if user else ""
     return (
         "#!/bin/sh\n"
         "# edgeship device agent (installed by `edgeship enroll`)\n"
-        f'exec {shlex.quote(python)} {shlex.quote(agent)} --root {shlex.quote(install_root)} "$@"\n'
+        f"# runs as {user or 'its caller'}; only root may change this file\n"
+        f"exec {shlex.quote(python)} {shlex.quote(agent)} --root {shlex.quote(install_root)}"
+        f'{as_user} "$@"\n'
     )

@@ -18,6 +18,11 @@ Commands (JSON on stdout)::
     init --name N --family F --trust FILE    enrolment (first trust set)
     inventory              sha256 -> path of every installed file (for deduplicated uploads)
     link --plan FILE       copy installed files into a staging folder (checked, never linked)
+    sftp-server            OpenSSH's sftp-server as the agent user (uploads into staging/)
+
+``--user NAME`` (set by the wrapper ``<root>/bin/edgeship-agent``) is the agent
+user: started as root, the agent drops to it before anything else, and it
+refuses to run as root without it (see privilege.py).
 
 BUNDLE is a bundle folder or an exported bundle ``.tar``.
 
@@ -55,11 +60,22 @@ from .errors import (
 )
 from .health import health_run
 from .log import emit
+from .privilege import enter, exec_sftp_server
+
+
+class _Once(argparse.Action):
+    """An option that may be given once (the wrapper's --user cannot be overridden)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice (the wrapper sets it at enrolment)")
+        setattr(namespace, self.dest, values)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeship-agent", description="edgeship device agent")
     p.add_argument("--root", default=os.environ.get("EDGESHIP_AGENT_ROOT", "/opt/edgeship"))
+    p.add_argument("--user", action=_Once, default=None, help="the agent user (set by the wrapper)")
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("verify", help="verify a bundle folder or exported .tar")
     s.add_argument("bundle")
@@ -87,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("inventory", help="sha256 -> path of installed files")
     s = sub.add_parser("link", help="copy installed files into staging")
     s.add_argument("--plan", required=True)
+    sub.add_parser("sftp-server", help="OpenSSH's sftp-server as the agent user")
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
     return p
@@ -97,8 +114,16 @@ def main(argv: list | None = None) -> int:
     if not args.command:
         parser().print_usage(sys.stderr)
         return EXIT_USAGE
+    try:
+        user = enter(args.user, args.root)  # before anything reads the install root
+        if args.command == "sftp-server":
+            exec_sftp_server()
+    except (AgentError, OSError) as exc:
+        emit({"result": "error", "message": f"{exc}"})
+        return EXIT_ERROR
     agent = Agent(args.root)
     agent.command = args.command
+    agent.user = user
     if args.command == "init":
         os.makedirs(agent.root, exist_ok=True)
     if args.command in ("activate", "rollback", "health", "update-trust", "init", "link"):

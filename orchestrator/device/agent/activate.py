@@ -177,6 +177,7 @@ class Activation(Verifier, Health):
                 self.step("verified")
                 make_read_only(tmp)
                 os.rename(tmp, dest)
+                make_read_only(dest)  # files 0444, folders 0555: installed versions never change
                 fsync_dir(self.versions)
                 self.step("installed")
         finally:

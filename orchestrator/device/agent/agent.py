@@ -8,7 +8,8 @@ import sys
 from .activate import Activation
 from .clock import iso
 from .errors import Nothing, Refusal
-from .files import read_json, remove_tree, write_json
+from .files import make_read_only, read_json, remove_tree, write_json
+from .privilege import SETTING, identity
 from .runtimes import RUNTIME_DISTRIBUTIONS, runtime_version
 
 AGENT_VERSION = "1"
@@ -16,6 +17,8 @@ AGENT_VERSION = "1"
 
 class Agent(Activation):
     """The device side of edgeship, rooted at one install root."""
+
+    user: dict | None = None  # who the agent runs as (privilege.enter), set by __main__
 
     def status(self) -> dict:
         self.recover()
@@ -35,6 +38,7 @@ class Agent(Activation):
             "versions": state.get("versions", {}),
             "python": sys.executable,
             "runtimes": {name: runtime_version(name) for name in RUNTIME_DISTRIBUTIONS},
+            "user": self.user or identity(),  # the agent user: name, uid, gid, groups
         }
         try:
             trust = self.trust()
@@ -71,6 +75,7 @@ class Agent(Activation):
         first = reset_trust or not os.path.isfile(os.path.join(self.trust_path(), "root.json"))
         trust = self.update_trust(trust_file, None, first=first)
         previous = read_json(self.device_path) if os.path.isfile(self.device_path) else None
+        me = self.user or identity()
         device = {
             "name": name,
             "family": family,
@@ -78,8 +83,12 @@ class Agent(Activation):
             "enrolled_at": (previous or {}).get("enrolled_at") or iso(),
             "agent_version": AGENT_VERSION,
             "python": sys.executable,
+            SETTING: me["name"],  # a root agent is refused unless this says root
+            "agent_uid": me["uid"],
         }
         write_json(self.device_path, device)
+        for version in self.installed():  # versions installed before they were made read-only
+            make_read_only(self.version_dir(version))
         self.log(
             "enrolled",
             name=name,

@@ -1,19 +1,24 @@
 """The health check: the current bundle's smoke test, run with the device's own runtime.
 
 The agent runs it in a child process (``health-run``, which imports the runtime
-and numpy) so that a crashing runtime cannot take the agent down.
+and numpy) so that a crashing runtime cannot take the agent down, with the least
+rights (see :mod:`.privilege`): the agent user's (never more), resource limits, a
+scrubbed environment, its cwd in the version folder and stdin closed. The result
+says which uid it ran as.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 from .errors import EXIT_OK, EXIT_UNHEALTHY, Nothing
 from .files import read_json
+from .privilege import health_env, health_limits, identity, limit_resources
 from .state import Install
 
 
@@ -33,25 +38,52 @@ class Health(Install):
         folder = self.version_dir(version) if version is not None else None
         if folder is None or not os.path.isdir(folder):
             return {"result": "fail", "reason": "no version to check", "version": version}
-        cmd = [*agent_command(), "--root", self.root, "health-run", folder]
+        me = identity()
+        cmd = [*agent_command(), "--root", self.root, "--user", me["name"], "health-run", folder]
         try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+            limits = health_limits(read_json(os.path.join(folder, "runtime.json")))
+        except (OSError, ValueError):
+            limits = health_limits({})
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=folder,
+            env=health_env(folder),
+            preexec_fn=lambda: limit_resources(limits),
+            start_new_session=True,  # a timeout stops the runtime's own children too
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             return {
                 "result": "fail",
                 "reason": f"health check timed out after {timeout}s",
                 "version": version,
+                "uid": me["uid"],
+                "user": me["name"],
             }
         try:
-            result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+            reason = f"health check exited with {proc.returncode}: {' | '.join(tail)}"
+            if proc.returncode == -signal.SIGKILL or proc.returncode == -signal.SIGXCPU:
+                reason += f" (killed; limits: {limits})"
             return {
                 "result": "fail",
-                "reason": f"health check exited with {proc.returncode}: {' | '.join(tail)}",
+                "reason": reason,
                 "version": version,
+                "uid": me["uid"],
+                "user": me["name"],
             }
         result["version"] = version
+        result.setdefault("uid", me["uid"])
+        result.setdefault("user", me["name"])
+        result["limits"] = limits
         return result
 
     def health(self, timeout: float) -> tuple:
@@ -169,4 +201,6 @@ def health_run(folder: str) -> dict:
         "deployment": runtime.get("deployment"),
         "outputs": report,
         "argmax_agreement": agreement,
+        "uid": os.getuid(),  # who ran the model: the agent user, never root unless enrolled so
+        "user": identity()["name"],
     }

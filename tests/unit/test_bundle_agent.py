@@ -159,7 +159,11 @@ def test_agent_json_limits_on_raw_bytes(agent: SimpleNamespace) -> None:
     assert deep.value.code == "too_deep"
     with pytest.raises(rootmeta.RootError) as dup:
         rootmeta.strict_loads(b'{"a": 1, "a": 2}', "x")
-    assert "duplicate key 'a'" in dup.value.message
+    assert dup.value.code == "duplicate_key" and "'a' appears twice" in dup.value.message
+    with pytest.raises(rootmeta.RootError) as floats:
+        rootmeta.strict_loads(b'{"a": [1.5]}', "x")
+    assert "floating-point" in floats.value.message
+    assert rootmeta.strict_loads(b'{"a": [1.5]}', "x", floats=True) == {"a": [1.5]}
     with pytest.raises(rootmeta.RootError) as big:
         rootmeta.strict_loads(b" " * (rootmeta.MAX_ROOT_BYTES + 1), "x")
     assert big.value.code == "too_large"

@@ -9,8 +9,8 @@ documents). A new root version is accepted only when it is exactly one version
 newer and signed by the root threshold of the root already trusted AND by its
 own root threshold, as the TUF specification (section 5.3) says.
 
-This module is standalone (Python 3.8 standard library, no relative imports):
-the device agent and the phone client share it. The signature check itself is
+This module (Python 3.8 standard library, and the agent's raw-JSON rules in
+:mod:`.rules`) is shared by the device agent and the phone client. The signature check itself is
 passed in as ``verify(pem, data, signature) -> bool``: stock ``openssl`` on
 devices, the platform's Ed25519 in apps.
 """
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from datetime import datetime, timezone
 from typing import Callable
+
+from .rules import DuplicateKey, json_depth_problem, strict_json
 
 Verify = Callable[[str, bytes, bytes], bool]  # (public key PEM, data, signature) -> valid
 
@@ -41,58 +42,45 @@ class RootError(ValueError):
         self.message = message
 
 
-def _no_duplicates(pairs: list) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def strict_loads(
     data: bytes, source: str, limit: int = MAX_ROOT_BYTES, max_depth: int = 16, floats: bool = False
 ) -> object:
     """JSON from bytes no larger than ``limit`` nor nested deeper than ``max_depth``.
 
-    Duplicate keys are refused (a signed document means one thing), and so are
-    floating-point numbers unless ``floats`` (canonical JSON has none).
+    Size and depth are checked on the raw bytes first (:func:`.rules.json_depth_problem`);
+    duplicate keys and NaN are refused (:func:`.rules.strict_json`: a signed document
+    means one thing), and so are floating-point numbers unless ``floats`` (canonical
+    JSON has none).
     """
     if len(data) > limit:
         raise RootError("too_large", f"{source}: {len(data)} bytes; at most {limit} accepted")
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in data:  # nesting depth on the raw bytes, before any recursive parser runs
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    if deepest > max_depth:
-        raise RootError(
-            "too_deep", f"{source}: nested {deepest} deep; at most {max_depth} accepted"
-        )
-
-    def no_float(text: str) -> object:
-        raise ValueError(f"floating-point number {text} (canonical JSON has none)")
-
+    deep = json_depth_problem(data, max_depth)
+    if deep is not None:
+        raise RootError("too_deep", f"{source}: {deep}")
     try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=float if floats else no_float,
-        )
+        doc = strict_json(data)
+    except DuplicateKey as exc:
+        raise RootError("duplicate_key", f"{source}: {exc}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise RootError("malformed_trust", f"{source}: invalid JSON ({exc})") from exc
+    if not floats and _has_float(doc):
+        raise RootError(
+            "malformed_trust", f"{source}: a floating-point number (canonical JSON has none)"
+        )
+    return doc
+
+
+def _has_float(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _string(text: str) -> str:

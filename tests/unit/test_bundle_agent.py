@@ -169,6 +169,21 @@ def test_agent_json_limits_on_raw_bytes(agent: SimpleNamespace) -> None:
     assert big.value.code == "too_large"
 
 
+def _runner(agent_program: Path, root: Path):  # type: ignore[no-untyped-def]
+    """Run the agent zipapp locally as its caller (root on purpose); (exit code, JSON)."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+
+    def run(*args: str) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, str(agent_program), "--root", str(root), "--user", me, *args],
+            capture_output=True,
+            text=True,
+        )
+        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
+
+
 @pytest.mark.skipif(
     not (shutil.which("openssl") and shutil.which("sha256sum")), reason="needs openssl, sha256sum"
 )
@@ -180,15 +195,7 @@ def test_agent_verify_exit_codes_locally(agent_program: Path, tmp_path: Path) ->
     trust = tmp_path / "1.root.json"
     trust.write_bytes(store.trust_files())
 
-    me = pwd.getpwuid(os.getuid()).pw_name  # the agent runs as its caller (root: on purpose)
-
-    def run(*args: str) -> tuple[int, dict]:
-        proc = subprocess.run(
-            [sys.executable, str(agent_program), "--root", str(root), "--user", me, *args],
-            capture_output=True,
-            text=True,
-        )
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+    run = _runner(agent_program, root)
 
     assert run("status")[1]["enrolled"] is False
     assert run("verify", str(bundle.path))[0] == 13  # not enrolled yet
@@ -216,14 +223,7 @@ def test_agent_refuses_bundles_once_its_root_of_trust_expired(
     trust.write_bytes(store.trust_files())
     root = tmp_path / "device"
 
-    def run(*args: str) -> tuple[int, dict]:
-        proc = subprocess.run(
-            [sys.executable, str(agent_program), "--root", str(root), *args],
-            capture_output=True,
-            text=True,
-        )
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
-
+    run = _runner(agent_program, root)
     assert run("init", "--name", "d1", "--family", "server", "--trust", str(trust))[0] == 0
     code, answer = run("verify", str(bundle.path))
     assert (code, answer["refusal"]) == (10, "trust_expired")

@@ -186,7 +186,7 @@ def test_air_gapped_export_installs_with_the_agent_alone(lab: ShipLab) -> None:
     from registry.bundle import export_bundle
 
     lab.enroll(["dev02"])
-    lab.store.rotate()  # the device never saw the new key: the file carries the trust set too
+    lab.store.rotate()  # the device never saw the new key: the file carries the root versions too
     bundle = lab.bundle()
     tarball = export_bundle(
         bundle, lab.base / "usb" / "posture_server.tar", lab.store.trust_chain(0)

@@ -70,7 +70,7 @@ def test_cli_keys_bundle_enroll_deploy_tamper_refused(
     assert main(["deploy", "deployment=posture_server", fleet, "device=dev01"]) == 7
     captured = capsys.readouterr()
     assert "is refused before anything is sent" in captured.err
-    assert "does not verify with any key the trust set allows" in captured.err
+    assert "does not verify with any key of the targets role of root version 1" in captured.err
     assert "(bad_signature)" in captured.err
 
     assert main(["device-status", fleet, "device=dev01,dev02"]) == 0

@@ -19,6 +19,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
+from orchestrator.errors import BundleError
 from registry.bundle import export_bundle
 from registry.keys import KeyStore, tuf_key
 from tests.sshd import ShipLab
@@ -93,13 +94,19 @@ def test_a_leaked_targets_key_cannot_capture_a_devices_trust(lab: ShipLab, tmp_p
     health = lab.agent("dev01", "health")
     assert health.code == 0 and health.json()["result"] == "pass"
 
-    # the attacker's bundle is refused over SSH too, and once the root threshold revokes the
-    # leaked key, so is everything it signs
+    # the attacker's bundle is refused by this host before anything is sent, and by the
+    # device when sent anyway (no key store: the device judges alone); once the root
+    # threshold revokes the leaked key, so is everything it signs
     leaked = lab.store.signing_key()[0]
     signed_by_leaked = lab.bundle()
-    assert lab.deploy(evil, ["dev01"]).outcomes[0].refusal == "untrusted_key"
+    with pytest.raises(BundleError, match="refused before anything is sent"):
+        lab.deploy(evil, ["dev01"])
+    assert lab.deploy(evil, ["dev01"], store=None).outcomes[0].refusal == "untrusted_key"
     assert lab.store.rotate().published and lab.store.revoke(leaked).published
-    outcome = lab.deploy(signed_by_leaked, ["dev01"]).outcomes[0]
+    with pytest.raises(BundleError, match="targets role of root version 3"):
+        lab.deploy(signed_by_leaked, ["dev01"])
+    assert not lab.enroll(["dev01"]).failed  # brings the device's root to version 3
+    outcome = lab.deploy(signed_by_leaked, ["dev01"], store=None).outcomes[0]
     assert outcome.result == "refused" and outcome.refusal == "untrusted_key", outcome.summary()
     assert lab.status("dev01")["trust"]["serial"] == 3
     fresh = lab.bundle()

@@ -163,7 +163,7 @@ def hash_mismatches(
     if not entries:
         return []
     names = " ".join(shlex.quote(e["path"]) for e in entries)
-    res = session.run(f"cd {shlex.quote(folder)} && sha256sum -- {names}")
+    res = session.run_as_agent_user(f"cd {shlex.quote(folder)} && sha256sum -- {names}")
     found = {}
     for line in res.stdout.splitlines():
         digest, _, name = line.partition("  ")
@@ -181,7 +181,7 @@ def _disk_full(session: DeviceSession, folder: str, needed: int) -> str | None:
         return None
     if free_kb * 1024 >= max(needed, 64 * 1024):
         return None
-    session.run(f"rm -rf {shlex.quote(folder)}", timeout=60)
+    session.run_as_agent_user(f"rm -rf {shlex.quote(folder)}", timeout=60)
     return (
         f"no space left on the device: {free_kb} kB free under {session.root} when the "
         f"upload of {needed / 1000:.1f} kB stopped; the staged files were removed, the active "
@@ -268,14 +268,16 @@ def stage_bundle(
         outcome.refusal = answer.get("refusal")
         outcome.version = answer.get("current")
         outcome.message = str(answer.get("message") or check.stderr.strip())
-        session.run(f"rm -rf {shlex.quote(folder)}")
+        session.run_as_agent_user(f"rm -rf {shlex.quote(folder)}")
         raise DeviceDone()
     _mkdirs(session, folder, list(expected))
     present = _remote_files(sftp, folder)
     keep = set(expected) | {p + ".part" for p in expected} | set(envelope)
     stray = [p for p in present if p not in keep]
     if stray:
-        session.run("rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in stray))
+        session.run_as_agent_user(
+            "rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in stray)
+        )
     complete = {
         p for p, size in present.items() if p in expected and size == int(expected[p]["size"])
     }
@@ -316,7 +318,7 @@ def stage_bundle(
     bad = hash_mismatches(session, folder, [e for e in entries if e["path"] not in linked])
     if bad:
         outcome.notes.append("re-sent after a hash mismatch: " + ", ".join(bad))
-        session.run("rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in bad))
+        session.run_as_agent_user("rm -f -- " + " ".join(shlex.quote(f"{folder}/{p}") for p in bad))
         for entry in entries:
             if entry["path"] in bad:
                 send(entry)

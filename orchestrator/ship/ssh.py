@@ -220,6 +220,17 @@ class DeviceSession:
         )
         return RemoteResult(int(result.exited), result.stdout, result.stderr)
 
+    def run_as_agent_user(self, command: str, timeout: float | None = None) -> RemoteResult:
+        """Run a shell command on the agent's own folders with the agent user's rights.
+
+        Logged in as root with a dedicated agent user, root never acts on paths that user
+        can change (a link planted in staging/ would turn root's ``rm`` elsewhere): the
+        agent drops to its user first (``edgeship-agent as-agent-user``).
+        """
+        if self.sftp_user is None:
+            return self.run(command, timeout=timeout)
+        return self.run(f"{self.agent_cmd} as-agent-user {shlex.quote(command)}", timeout=timeout)
+
     def agent(
         self, args: str, env: dict[str, str] | None = None, timeout: float | None = None
     ) -> RemoteResult:

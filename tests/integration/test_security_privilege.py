@@ -145,6 +145,12 @@ def test_privilege_enrolment_as_root_runs_agent_and_health_check_as_agent_user(p
     result = plab.deploy(plab.bundle(), ["dev01"])
     out = result.outcomes[0]
     assert out.result == "activated", out.message
+    # the sender's sha256sum of the staged files ran as the agent user, and agreed
+    assert out.files_sent > 0 and not [n for n in out.notes if "hash mismatch" in n], out.notes
+    with plab.session("dev01") as s:
+        s.upload_as(USER)
+        me = s.run_as_agent_user("id -u")
+    assert me.stdout.strip() == str(pw.pw_uid), me
     assert out.health["result"] == "pass"
     assert out.health["uid"] == pw.pw_uid != 0 and out.health["user"] == USER
     assert out.health["limits"]["RLIMIT_NOFILE"] == 512

@@ -19,6 +19,8 @@ Commands (JSON on stdout)::
     inventory              sha256 -> path of every installed file (for deduplicated uploads)
     link --plan FILE       copy installed files into a staging folder (checked, never linked)
     sftp-server            OpenSSH's sftp-server as the agent user (uploads into staging/)
+    as-agent-user CMD      a shell command as the agent user (the sender's checks of staged
+                           files: sha256sum, removal of a refused upload)
 
 ``--user NAME`` (set by the wrapper ``<root>/bin/edgeship-agent``) is the agent
 user: started as root, the agent drops to it before anything else, and it
@@ -104,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("link", help="copy installed files into staging")
     s.add_argument("--plan", required=True)
     sub.add_parser("sftp-server", help="OpenSSH's sftp-server as the agent user")
+    s = sub.add_parser("as-agent-user", help="a shell command as the agent user")
+    s.add_argument("shell_command")
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
     return p
@@ -118,6 +122,9 @@ def main(argv: list | None = None) -> int:
         user = enter(args.user, args.root)  # before anything reads the install root
         if args.command == "sftp-server":
             exec_sftp_server()
+        if args.command == "as-agent-user":  # never with root's rights on the agent's folders
+            sys.stdout.flush()
+            os.execv("/bin/sh", ["/bin/sh", "-c", args.shell_command])
     except (AgentError, OSError) as exc:
         emit({"result": "error", "message": f"{exc}"})
         return EXIT_ERROR

@@ -15,6 +15,7 @@ import json
 import logging
 import shlex
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -256,7 +257,12 @@ class DeviceSession:
             try:
                 sftp.stat(current)
             except FileNotFoundError:
-                sftp.mkdir(current)
+                try:
+                    sftp.mkdir(current)
+                except OSError:
+                    # another session (a device sharing this parent) made it meanwhile
+                    if not stat.S_ISDIR(sftp.stat(current).st_mode or 0):
+                        raise
 
     def close(self) -> None:
         if self._sftp is not None:

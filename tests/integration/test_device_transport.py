@@ -185,3 +185,30 @@ def test_trust_update_needs_the_root_threshold_and_the_next_version(
     stale = push(chain[0][1])
     assert (stale["code"], stale["refusal"]) == (10, "stale_trust")
     assert lab.status("dev01")["trust"]["serial"] == 2
+
+
+def test_sessions_creating_the_same_folders_at_once_do_not_fail(lab: ShipLab) -> None:
+    """Devices enrolled in parallel may share a parent folder: its mkdir race is no error."""
+    import threading
+
+    assert not lab.enroll(["dev01"]).failed
+    shared = lab.base / "shared-parent" / "a" / "b"
+    errors: list[BaseException] = []
+    ready = threading.Barrier(6)
+
+    def make(i: int) -> None:
+        try:
+            with lab.session("dev01") as s:
+                s.sftp()
+                ready.wait()  # every session connected: the mkdirs race
+                s.makedirs(f"{shared}/leaf-{i}")
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(p.name for p in shared.iterdir()) == [f"leaf-{i}" for i in range(6)]

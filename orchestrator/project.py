@@ -1,12 +1,22 @@
 """The project: where it is, and every path and environment variable edgeship reads.
 
-An edgeship project is a folder holding ``conf/config.yaml``. Every other module
-asks this one for the project root and the folders under it, so the lookup order
-(environment variable, then the default beside the project) is written once.
+An edgeship project is a folder whose ``conf/`` holds a ``deployment/`` folder (what
+``edgeship init`` makes) or a ``config.yaml``. Every other module asks this one for the
+project root and the folders under it, so the lookup order (environment variable, then
+the default beside the project) is written once.
+
+The built-in config groups (``conf/recipe``, ``conf/target``, ``conf/rollout`` and the
+root ``conf/config.yaml`` of edgeship's repository) ship inside the package as
+``orchestrator/builtin_conf/`` (copied there when the wheel is built); a source checkout
+uses the repository's ``conf/`` itself. A project's own ``conf/`` adds options to them
+and overrides a built-in option of the same name.
+
+The project root is importable while edgeship works on it (:func:`importable`), so a
+spec names the project's own Python (``mypkg.model:build``) without ``PYTHONPATH``.
 
 | variable | default | what it is |
 |---|---|---|
-| ``EDGESHIP_ROOT`` | nearest folder upward with ``conf/config.yaml`` | the project |
+| ``EDGESHIP_ROOT`` | nearest folder upward that :func:`is_project` | the project |
 | ``EDGESHIP_ARTIFACTS`` | ``<project>/artifacts`` | built artifacts, one folder per deployment |
 | ``EDGESHIP_BUNDLES`` | beside the artifacts folder: ``bundles`` | signed bundles |
 | ``EDGESHIP_ROLLOUTS`` | ``<project>/.edgeship/rollouts`` | rollout journals and locks |
@@ -20,7 +30,9 @@ asks this one for the project root and the folders under it, so the lookup order
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 from orchestrator.errors import Problem, SpecError
@@ -36,22 +48,54 @@ ENV_FULL_ERROR = "EDGESHIP_FULL_ERROR"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 MARKER = Path("conf") / "config.yaml"
+MARKER_DIR = Path("conf") / "deployment"
+BUILTIN_GROUPS = ("recipe", "target", "rollout")  # config groups edgeship ships options of
+BUILTIN_PACKAGE_DIR = "builtin_conf"  # orchestrator/<this>/ in a built wheel
+
+
+def is_project(folder: Path) -> bool:
+    """Whether ``folder`` is an edgeship project: ``conf/deployment/`` or ``conf/config.yaml``."""
+    return (folder / MARKER_DIR).is_dir() or (folder / MARKER).is_file()
 
 
 def project_root(start: Path | None = None) -> Path:
     """``$EDGESHIP_ROOT``, else the nearest folder upward (from ``start`` or the working
-    folder) holding ``conf/config.yaml``."""
+    folder) that :func:`is_project`."""
     env = os.environ.get(ENV_ROOT)
     if env:
         return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / MARKER).is_file():
+        if is_project(candidate):
             return candidate
     raise SpecError(
-        [Problem(str(here), "", "no conf/config.yaml here or in any parent folder")],
-        title="not inside an edgeship project (set EDGESHIP_ROOT or cd into one)",
+        [
+            Problem(
+                str(here),
+                "",
+                "expected conf/deployment/ or conf/config.yaml here or in a parent folder, "
+                "found neither",
+            )
+        ],
+        title="not inside an edgeship project (run `edgeship init`, set EDGESHIP_ROOT "
+        "or cd into one)",
     )
+
+
+def builtin_conf_dir() -> Path:
+    """The built-in config groups: ``orchestrator/builtin_conf`` in an installed wheel,
+    the repository's ``conf/`` in a source checkout (or an editable install)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / BUILTIN_PACKAGE_DIR
+    return packaged if packaged.is_dir() else package.parent / "conf"
+
+
+def importable(root: Path) -> None:
+    """Put the project root first on ``sys.path``: specs name the project's own modules."""
+    entry = str(root.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+        importlib.invalidate_caches()
 
 
 def conf_dir(root: Path) -> Path:

@@ -23,15 +23,17 @@ def _err(msg: str) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from orchestrator.passes.base import registered_passes
-    from orchestrator.spec.compose import list_options
+    from orchestrator.spec.files import list_options, option_origin
     from targets.base import registered_targets
 
     root = project_root()
+    print(f"project: {root}")
     for group in ("deployment", "model", "recipe", "target", "fleet", "rollout"):
         options = list_options(root, group)
         print(f"{group}s ({len(options)}):")
+        width = max((len(o) for o in options), default=0)
         for o in options:
-            print(f"  {o}")
+            print(f"  {o:<{width}}  ({option_origin(root, group, o)})")
     print("target families:")
     for fam, cls in sorted(registered_targets().items()):
         print(f"  {fam:<14} {cls.runtime:<12} {cls.description}")
@@ -98,6 +100,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             problems.extend(exc.problems)
     if problems:
         raise SpecError(problems)
+    if specs:
+        from orchestrator.spec.dvc_stages import refresh_stage_lists
+
+        for note in refresh_stage_lists(specs[0].root):
+            _err(f"note: {note}")
     failures = 0
     for spec in specs:
         report_dir = None

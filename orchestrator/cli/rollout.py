@@ -209,6 +209,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         resume_rollout,
         start_rollout,
     )
+    from orchestrator.spec.files import option_label
     from orchestrator.spec.fleet import load_fleet
     from orchestrator.spec.strategy import load_rollout
 
@@ -244,7 +245,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     fleet = load_fleet(opts["fleet"], root)
     strategy = load_rollout(opts["rollout"], root)
     source = (
-        f"conf/rollout/{opts['rollout']}.yaml"
+        option_label(root, "rollout", opts["rollout"])
         if not opts["rollout"].endswith((".yaml", ".yml")) and "/" not in opts["rollout"]
         else opts["rollout"]
     )

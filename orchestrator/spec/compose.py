@@ -19,8 +19,14 @@ from omegaconf import OmegaConf
 from orchestrator.core.schema import GROUP_SCHEMAS, EdgeshipConfig, register_schemas
 from orchestrator.core.typecheck import check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
-from orchestrator.project import project_root
-from orchestrator.spec.files import list_options, read_yaml_into
+from orchestrator.project import builtin_conf_dir, conf_dir, importable, project_root
+from orchestrator.spec.files import (
+    list_options,
+    option_file,
+    option_label,
+    read_yaml,
+    read_yaml_into,
+)
 from orchestrator.spec.rules import check_spec
 
 BUILD_GROUPS = ("model", "recipe", "target", "deployment")
@@ -36,7 +42,7 @@ class ComposedSpec:
     choices: dict[str, str]
     overrides: list[str]
     root: Path
-    files: dict[str, str] = field(default_factory=dict)  # group -> conf/<group>/<option>.yaml
+    files: dict[str, str] = field(default_factory=dict)  # group -> the option's file, as shown
 
     @property
     def name(self) -> str:
@@ -157,6 +163,7 @@ def _deployment_file(
 def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
     """Compose and validate the spec selected by Hydra-style ``overrides``."""
     root = root or project_root()
+    importable(root)
     register_schemas()
     parsed = _parse_overrides(overrides)
     problems: list[Problem] = []
@@ -203,10 +210,10 @@ def compose(overrides: list[str], root: Path | None = None) -> ComposedSpec:
             )
     if problems:
         raise SpecError(problems)
-    files = {g: f"conf/{g}/{c}.yaml" for g, c in choices.items()}
+    files = {g: option_label(root, g, c) for g, c in choices.items()}
     for group, rel in files.items():
         if group != "deployment":
-            read_yaml_into(root / rel, rel, problems)
+            read_yaml_into(option_file(root, group, choices[group]), rel, problems)
     if problems:
         raise SpecError(problems)
 
@@ -263,10 +270,17 @@ def _hydra_compose(root: Path, overrides: list[str], problems: list[Problem]) ->
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    # the project's conf/ first, then the built-in groups: a project option of the same name wins
+    own, builtin = conf_dir(root).resolve(), builtin_conf_dir().resolve()
+    config_name = "config"
+    if builtin != own:
+        overrides = [*overrides, f"hydra.searchpath=['file://{builtin}']"]
+        if not (own / "config.yaml").is_file():
+            config_name = _builtin_root_config(builtin)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(root / "conf")):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        with initialize_config_dir(version_base="1.3", config_dir=str(own)):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
             container = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         text = " ".join(str(exc).split())
@@ -278,16 +292,28 @@ def _hydra_compose(root: Path, overrides: list[str], problems: list[Problem]) ->
     return {str(k): v for k, v in container.items()}
 
 
+def _builtin_root_config(builtin: Path) -> str:
+    """The built-in ``config.yaml`` as a ConfigStore node, for a project without its own
+    (Hydra looks the primary config up before it reads the search path of the overrides)."""
+    from hydra.core.config_store import ConfigStore
+
+    name = "edgeship_builtin_config"
+    data = read_yaml(builtin / "config.yaml", str(builtin / "config.yaml"))
+    ConfigStore.instance().store(name=name, node=data)
+    return name
+
+
 def load_option(group: str, option: str, root: Path | None = None) -> Any:
     """Load one option of a group on its own (e.g. a model for training), strictly checked."""
     root = root or project_root()
+    importable(root)
     schema = GROUP_SCHEMAS[group]
     options = list_options(root, group)
-    rel = f"conf/{group}/{option}.yaml"
     problems: list[Problem] = []
     if option not in options:
         raise SpecError([Problem(CLI, group, unknown_name_message(group, option, options))])
-    data = read_yaml_into(root / rel, rel, problems)
+    rel = option_label(root, group, option)
+    data = read_yaml_into(option_file(root, group, option), rel, problems)
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "defaults"}
         collect = _Collector({group: rel}, {}, {})

@@ -30,7 +30,7 @@ from omegaconf import MISSING, OmegaConf
 
 from orchestrator.core.typecheck import Report, check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.files import read_yaml
+from orchestrator.spec.files import list_options, option_file, option_label, read_yaml
 from orchestrator.spec.fleet import LABEL_KEYS
 
 CLI = "command line"
@@ -112,8 +112,8 @@ class RolloutConfig:
 
 
 def rollout_options(root: Path) -> list[str]:
-    """The strategies under ``conf/rollout/``."""
-    return sorted(p.stem for p in (root / "conf" / "rollout").glob("*.yaml"))
+    """The strategies: the project's ``conf/rollout/`` and the built-in ones."""
+    return list_options(root, "rollout")
 
 
 def _number(value: Any) -> TypeGuard[int | float]:
@@ -257,8 +257,9 @@ def load_rollout(name: str, root: Path) -> RolloutConfig:
     options = rollout_options(root)
     if name not in options:
         raise SpecError([Problem(CLI, "rollout", unknown_name_message("rollout", name, options))])
-    rel = f"conf/rollout/{name}.yaml"
-    return load_rollout_file(root / rel, rel)
+    return load_rollout_file(
+        option_file(root, "rollout", name), option_label(root, "rollout", name)
+    )
 
 
 def rollout_to_dict(config: RolloutConfig) -> dict[str, Any]:

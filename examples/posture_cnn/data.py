@@ -16,7 +16,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data" / "basicmotions"
+DATA_DIR: Path = Path(__file__).resolve().parent / "basicmotions"
 CHANNELS: list[str] = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"]
 SERIES_LENGTH: int = 100
 _FILES: dict[str, str] = {

@@ -194,7 +194,11 @@ def write_stage_lists(root: Path) -> list[str]:
     diff = changes(old, new)
     if old is None or diff:
         write_text(stages_path(root), HEADER + yaml.safe_dump(new, sort_keys=True))
-    return diff if old is not None else [f"wrote {STAGES_FILE}"]
+    if old is None:
+        return [
+            f"new: {len(new['deployments'])} deployment(s), {len(new['models'])} model(s) to train"
+        ]
+    return diff
 
 
 def refresh_stage_lists(root: Path) -> list[str]:

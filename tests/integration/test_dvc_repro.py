@@ -97,7 +97,7 @@ def test_dvc_repro_builds_then_noop_then_only_what_changed(repo: Path) -> None:
     assert not any(s.startswith("build@") for s in ran)
 
     # the posture data: retrain and rebuild both posture deployments
-    data = repo / "examples" / "data" / "basicmotions" / "BasicMotions_TRAIN.ts"
+    data = repo / "examples" / "posture_cnn" / "basicmotions" / "BasicMotions_TRAIN.ts"
     data.write_text("#re-exported\n" + data.read_text())
     ran = _repro(repo, *POSTURE)
     assert {"train@posture_cnn", *POSTURE} <= ran

@@ -1,4 +1,4 @@
-"""dvc.yaml stays in step with conf/: every deployment has its stages, with the right model."""
+"""dvc.yaml stays in step with conf/: its lists come from dvc-stages.yaml, which is current."""
 
 from __future__ import annotations
 
@@ -7,35 +7,50 @@ from pathlib import Path
 import yaml
 
 from orchestrator.spec.compose import compose, list_options
+from orchestrator.spec.dvc_stages import STAGES_FILE, read_stage_lists, stage_lists
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _dvc() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
 def _stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return _dvc()["stages"]
 
 
-def test_dvc_yaml_has_spec_and_build_stage_for_every_deployment() -> None:
+def test_dvc_yaml_runs_its_stages_over_the_lists_edgeship_dvc_writes() -> None:
+    assert _dvc()["vars"] == [STAGES_FILE]
     stages = _stages()
-    deployments = set(list_options(ROOT, "deployment"))
-    assert set(stages["spec"]["foreach"]) == deployments
-    assert set(stages["build"]["foreach"]) == deployments
+    assert stages["train"]["foreach"] == "${models}"
+    assert stages["spec"]["foreach"] == "${deployments}"
+    assert stages["build"]["foreach"] == "${deployments}"
+    assert stages["spec"]["do"]["cmd"].startswith("edgeship dvc --fail-if-changed && ")
 
 
-def test_dvc_yaml_build_items_name_the_model_the_spec_uses() -> None:
-    stages = _stages()
-    trained = set(stages["train"]["foreach"])
-    for name, item in stages["build"]["foreach"].items():
+def test_dvc_stages_yaml_is_current_with_conf() -> None:
+    lists = read_stage_lists(ROOT)
+    assert lists == stage_lists(ROOT), "dvc-stages.yaml is out of date: run `edgeship dvc`"
+    assert set(lists["deployments"]) == set(list_options(ROOT, "deployment"))
+
+
+def test_dvc_stages_name_the_model_the_spec_uses() -> None:
+    lists = stage_lists(ROOT)
+    for name, item in lists["deployments"].items():
         spec = compose([f"deployment={name}"], ROOT)
         assert item["model"] == spec.choices["model"], name
-        assert item["model"] in trained
-        train_item = stages["train"]["foreach"][item["model"]]
-        assert item["code"] == train_item["code"] and item["data"] == train_item["data"]
+        assert item["weights"] == spec.config.model.source.weights
+        assert item == {"model": item["model"], **lists["models"][item["model"]]}
+    assert lists["models"]["posture_cnn"] == {
+        "code": "examples/posture_cnn",
+        "weights": "models/posture_cnn.pt",
+    }
 
 
-def test_dvc_yaml_build_depends_on_composed_spec_and_weights() -> None:
+def test_dvc_yaml_build_depends_on_composed_spec_weights_and_code() -> None:
     deps = _stages()["build"]["do"]["deps"]
-    assert "specs/${key}.yaml" in deps and "models/${item.model}.pt" in deps
+    assert {"specs/${key}.yaml", "${item.weights}", "${item.code}"} <= set(deps)
 
 
 def test_dvc_analytics_off() -> None:

@@ -15,7 +15,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COPY = ["conf", "examples", "orchestrator", "targets", "registry", "dvc.yaml", ".dvcignore"]
+COPY = [
+    "conf",
+    "examples",
+    "orchestrator",
+    "targets",
+    "registry",
+    "dvc.yaml",
+    "dvc-stages.yaml",
+    ".dvcignore",
+]
 POSTURE = ["build@posture_server", "build@posture_nuc"]
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import BuildError, EdgeshipError, UserCodeError
+from orchestrator.errors import BuildError, EdgeshipError, SpecError, UserCodeError
+from orchestrator.project import project_root
 
 __all__ = ["UserCodeError", "call_user", "function_location", "resolve_callable"]
 
@@ -35,8 +36,8 @@ _EDGESHIP = tuple(
 
 def is_user_file(filename: str) -> bool:
     """Whether a source file is the project's code (not Python's, a package's, edgeship's)."""
-    if filename.startswith("<"):
-        return False
+    if filename.startswith("<") or not Path(filename).is_file():
+        return False  # (compiled extensions name .pyx files that are not on disk)
     path = str(Path(filename).resolve())
     if "site-packages" in path or "dist-packages" in path:
         return False
@@ -45,8 +46,13 @@ def is_user_file(filename: str) -> bool:
 
 def _shown(filename: str, root: Path | None) -> str:
     path = Path(filename).resolve()
+    if root is None:
+        try:
+            root = project_root()
+        except SpecError:
+            root = Path.cwd()
     try:
-        return str(path.relative_to((root or Path.cwd()).resolve()))
+        return str(path.relative_to(root.resolve()))
     except ValueError:
         return str(path)
 

@@ -73,7 +73,9 @@ _SOURCE_KEYS = {
     "onnx": ("path",),
     "mlflow": ("uri",),
 }
-_MLFLOW_URI = re.compile(r"(models:/[^/@\s]+(/[^/\s]+|@[^/\s]+)|runs:/[^/\s]+/\S+)")
+_MLFLOW_URI = re.compile(
+    r"(models:/[^/@\s]+(/[^/\s]+|@[^/\s]+)|models:/m-[0-9a-f]+|runs:/[^/\s]+/\S+)"
+)
 
 
 def check_model_source(source: Mapping[str, Any], report: Report) -> None:
@@ -112,7 +114,8 @@ def check_model_source(source: Mapping[str, Any], report: Report) -> None:
         elif isinstance(uri, str) and not _MLFLOW_URI.fullmatch(uri):
             report(
                 "model.source.uri",
-                "expected models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH, "
+                "expected models:/NAME/VERSION, models:/NAME@ALIAS, models:/MODEL_ID or "
+                "runs:/RUN_ID/PATH, "
                 f"found '{uri}'",
             )
 

@@ -115,7 +115,7 @@ def missing_source_files(
         path = root / rel
         if path.is_file():
             continue
-        msg = f"file {rel} does not exist ({path})"
+        msg = f"file {rel} does not exist in the project"
         if key == "model.source.weights":
             msg += (
                 "; builds never train: write it with `edgeship train model=NAME` "

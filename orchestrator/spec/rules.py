@@ -85,7 +85,7 @@ def check_model_source(source: Mapping[str, Any], report: Report) -> None:
         return  # the type check reports an unknown kind
     for key in ("factory", "weights", "train", "path", "uri"):
         if source.get(key) is not None and key not in _SOURCE_KEYS[kind]:
-            report(f"model.source.{key}", f"not used by a {kind} source; remove it")
+            report(f"model.source.{key}", f"not used when model.source.kind is {kind}; remove it")
     factory, path = source.get("factory"), source.get("path")
     if kind == "pytorch":
         if not factory and not path:

@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 13  # one or more devices did not answer (status, trace)
     ROLLOUT_HALTED = 14  # a rollout's failure budget was exceeded: halted, rolled back
     ROLLOUT_STATE = 15  # a rollout cannot be started or resumed as asked (journal, id)
+    USER_CODE = 16  # the project's own code named in a spec raised or cannot be imported
     USAGE = 64  # a bad command line: unknown verb, flag or KEY=VALUE word
     INTERRUPTED = 130  # Ctrl-C: nothing half-written was kept
 
@@ -54,6 +55,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.UNREACHABLE: "one or more devices did not answer",
     ExitCode.ROLLOUT_HALTED: "a rollout halted (failure budget exceeded) and rolled back",
     ExitCode.ROLLOUT_STATE: "a rollout cannot be started or resumed as asked",
+    ExitCode.USER_CODE: "the project's code named in a spec (factory, loader, train) failed",
     ExitCode.USAGE: "bad command line (unknown verb, flag or KEY=VALUE word)",
     ExitCode.INTERRUPTED: "interrupted; nothing half-written was kept",
 }
@@ -129,6 +131,25 @@ class BuildError(EdgeshipError):
     """A pass or an export failed while building an artifact."""
 
     exit_code = ExitCode.FAILED
+
+
+class UserCodeError(EdgeshipError):
+    """Code of the project named in a spec (a model factory, a data loader, preprocessing,
+    a train function, the model's own forward) raised or cannot be imported.
+
+    ``key`` is the spec key that names the code, ``where`` the user's ``file:line``.
+    """
+
+    exit_code = ExitCode.USER_CODE
+
+    def __init__(self, key: str, message: str, where: str | None = None) -> None:
+        self.key = key
+        self.where = where
+        lines = [f"error: {key}: {message}"]
+        if where:
+            lines.append(f"  at {where}")
+        lines.append("  (run with -v or EDGESHIP_FULL_ERROR=1 for the full traceback)")
+        super().__init__("\n".join(lines))
 
 
 class GateFailure(EdgeshipError):

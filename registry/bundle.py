@@ -313,6 +313,8 @@ def build_manifest(
         "provenance": {
             "git": build.get("git", {}),
             "mlflow": build.get("mlflow", {}),
+            "source": build.get("source", {}),
+            "code": build.get("code", {}),
             "built_at": build.get("built_at"),
             "choices": build.get("choices", {}),
             "validation": {

@@ -127,8 +127,16 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
-    def register(self, deployment: str, run_id: str, alias: str = CANDIDATE_ALIAS) -> str:
-        """Register the run's artifact as a new version of model ``deployment``; set ``alias``."""
+    def register(
+        self,
+        deployment: str,
+        run_id: str,
+        alias: str = CANDIDATE_ALIAS,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Register the run's artifact as a new version of model ``deployment``; set ``alias``.
+
+        ``tags`` land on the model version (e.g. the source model it was built from)."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -138,7 +146,9 @@ class Tracker:
                 deployment, description=f"edgeship deployment {deployment}"
             )
         source = f"{self.client.get_run(run_id).info.artifact_uri}/artifact"
-        version = self.client.create_model_version(deployment, source, run_id=run_id)
+        version = self.client.create_model_version(
+            deployment, source, run_id=run_id, tags=dict(tags or {})
+        )
         self.client.set_registered_model_alias(deployment, alias, version.version)
         return str(version.version)
 

@@ -19,46 +19,84 @@ log = logging.getLogger(__name__)
 
 
 def export_onnx(net: Any, model: ModelConfig, root: Path, out: Path) -> ModelFile:
-    """Write ``out`` (a single .onnx, weights inside) from the spec's model source."""
-    onnx = require("onnx")
+    """Write ``out`` (a single .onnx, weights inside) from a PyTorch module or an onnx source."""
     if model.source.kind == "onnx":
-        assert model.source.onnx is not None
-        src = root / model.source.onnx
-        if not src.is_file():
-            raise BuildError(f"error: model.source.onnx: file {src} does not exist")
-        proto = onnx.load(str(src))  # pulls in external data if the file has any
-    else:
-        torch = require("torch")
-        args = tuple(torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs)
-        tmp = out.with_suffix(".export.onnx")
-        quiet = logging.getLogger("torch.onnx")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                program = torch.onnx.export(
-                    net,
-                    args,
-                    dynamo=True,
-                    input_names=[t.name for t in model.inputs],
-                    output_names=[t.name for t in model.outputs],
-                    opset_version=model.source.opset,
-                    optimize=True,
-                    verbose=False,
-                )
+        assert model.source.path is not None
+        return import_onnx(root / model.source.path, model, out, "model.source.path")
+    return export_torch(net, model, out)
+
+
+def export_torch(net: Any, model: ModelConfig, out: Path, dynamo: bool = True) -> ModelFile:
+    """Export a torch module or ExportedProgram (``dynamo=False``: a TorchScript module,
+    through the TorchScript-based exporter) to ``out``."""
+    onnx = require("onnx")
+    torch = require("torch")
+    args = tuple(torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs)
+    tmp = out.with_suffix(".export.onnx")
+    names = {
+        "input_names": [t.name for t in model.inputs],
+        "output_names": [t.name for t in model.outputs],
+        "opset_version": model.source.opset,
+        "verbose": False,
+    }
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if dynamo:
+                program = torch.onnx.export(net, args, dynamo=True, optimize=True, **names)
                 program.save(str(tmp), external_data=False)
-            except Exception as exc:
-                raise BuildError(f"error: export to ONNX failed: {exc}") from exc
-            finally:
-                quiet.setLevel(level)
-        proto = onnx.load(str(tmp))
-        for p in tmp.parent.glob(tmp.name + "*"):
-            p.unlink()
+            else:
+                torch.onnx.export(net, args, str(tmp), dynamo=False, **names)
+        except Exception as exc:
+            raise BuildError(f"error: export to ONNX failed: {exc}") from exc
+        finally:
+            quiet.setLevel(level)
+    proto = onnx.load(str(tmp))
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink()
     # value_info written by exporters can disagree with what shape inference derives after
     # their graph rewrites; drop it and infer afresh so downstream tools see one truth
     del proto.graph.value_info[:]
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return _save_checked(proto, model, out)
+
+
+def import_onnx(src: Path, model: ModelConfig, out: Path, key: str) -> ModelFile:
+    """An ONNX source as the export: the file copied as it is (external data folded in)."""
+    onnx = require("onnx")
+    if not src.is_file():
+        raise BuildError(f"error: {key}: file {src} does not exist")
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:
+        raise BuildError(f"error: {key}: {src} is not an ONNX model: {exc}") from exc
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        shutil.copyfile(src, out)
+        try:
+            onnx.checker.check_model(str(out))
+        except Exception as exc:
+            raise BuildError(f"error: {key}: {src} is not a valid ONNX model: {exc}") from exc
+        _check_signature(onnx.load(str(out), load_external_data=False), model, out)
+        return ModelFile(out, "onnx", "fp32")
+    return _save_checked(onnx.load(str(src)), model, out)
+
+
+def onnx_signature(path: Path) -> tuple[list[str], list[str]]:
+    """The graph input and output names of an ONNX file (initializers excluded)."""
+    onnx = require("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    return (
+        [i.name for i in proto.graph.input if i.name not in inits],
+        [o.name for o in proto.graph.output],
+    )
+
+
+def _save_checked(proto: Any, model: ModelConfig, out: Path) -> ModelFile:
+    onnx = require("onnx")
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(out), save_as_external_data=False)
     for stray in out.parent.glob(out.name + ".data"):
@@ -68,7 +106,8 @@ def export_onnx(net: Any, model: ModelConfig, root: Path, out: Path) -> ModelFil
 
 
 def _check_signature(proto: Any, model: ModelConfig, path: Path) -> None:
-    got_in = [i.name for i in proto.graph.input]
+    inits = {i.name for i in proto.graph.initializer}
+    got_in = [i.name for i in proto.graph.input if i.name not in inits]
     got_out = [o.name for o in proto.graph.output]
     want_in = [t.name for t in model.inputs]
     want_out = [t.name for t in model.outputs]

@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 
 from orchestrator.build import reference as ref
+from orchestrator.build import sources
 from orchestrator.build.evidence import render_model_card, write_plots
-from orchestrator.build.export import copy_model, export_onnx
-from orchestrator.build.provenance import environment, git_info
+from orchestrator.build.export import copy_model
+from orchestrator.build.provenance import code_provenance, environment, git_info
 from orchestrator.build.report import render_report
 from orchestrator.build.validate import Validation, validate
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
+from orchestrator.core.schema import ModelConfig
 from orchestrator.errors import BuildError, EdgeshipError, GateFailure, MissingDependencyError
 from orchestrator.passes.base import PassContext, make_options, registered_passes
 from orchestrator.passes.common.evaluation import make_evaluation
@@ -109,28 +111,56 @@ def run_build(
     """
     t0 = time.perf_counter()
     cfg = spec.config
-    name = cfg.deployment.name
+    sources.check_source_files(cfg.model, spec.root, spec.files, spec.overrides)
     target = get_target(cfg.target)
     _check_available(target, spec)
+    steps = _Steps(on_step)
+    # the reference, its data and the project's code run before anything is written: an
+    # error in any of them leaves no artifact folder behind
+    steps("load reference and evaluation data")
+    source = sources.open_source(cfg.model, spec.root)
+    try:
+        return _build(
+            spec, target, source, steps, t0, record, report_dir, artifacts_dir, parent_run, register
+        )
+    finally:
+        source.close()
+
+
+def _build(
+    spec: ComposedSpec,
+    target: Target,
+    source: sources.Reference,
+    steps: _Steps,
+    t0: float,
+    record: bool,
+    report_dir: Path | None,
+    artifacts_dir: Path | None,
+    parent_run: str | None,
+    register: bool,
+) -> BuildResult:
+    cfg = spec.config
+    name = cfg.deployment.name
+    data = ref.load_eval(cfg.model)
+    reference_out = source.run(data.samples, cfg.model)
+    preprocessing = ref.preprocessing(cfg.model)
+    evidence = {
+        "source": source.lineage,
+        "code": code_provenance(spec.root, _spec_code_files(cfg.model)),
+    }
+    input_names = [t.name for t in cfg.model.inputs]
     out_root = artifacts_dir or artifacts_root(spec.root)
     out_root.mkdir(parents=True, exist_ok=True)
     recover(out_root)
     staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True)
     (staging / ".pid").write_text(str(os.getpid()))
-    steps = _Steps(on_step)
     tracker = None
     try:
         work = staging / ".work"
-        steps("load reference and evaluation data")
-        net = ref.load_reference(cfg.model, spec.root)
-        data = ref.load_eval(cfg.model)
-        input_names = [t.name for t in cfg.model.inputs]
-        reference_out = ref.run_reference(net, data.samples, input_names)
-
         steps("export to ONNX")
         (work / "export").mkdir(parents=True)
-        model = export_onnx(net, cfg.model, spec.root, work / "export" / "model.onnx")
+        model = source.export(cfg.model, work / "export" / "model.onnx")
         calibration: list[Any] = []
 
         def calib() -> list[Any]:
@@ -163,7 +193,9 @@ def run_build(
         _note_runtime_validation(target, final, result)
 
         steps("write artifact")
-        _write_artifact(staging, spec, target, final, result, data, reference_out, net)
+        _write_artifact(
+            staging, spec, target, final, result, data, reference_out, evidence, preprocessing
+        )
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None
@@ -173,18 +205,22 @@ def run_build(
 
             tracker = Tracker(spec.root)
             tags = run_tags(spec, status)
+            lineage_tags = sources.source_tags(source.lineage)
             with tracker.run(name, f"{name}-{cfg.recipe.name}", tags, parent=parent_run) as run:
                 run_id = run.info.run_id
-                write_json(staging / "build.json", _build_info(spec, run_id, None, status))
+                write_json(
+                    staging / "build.json", _build_info(spec, run_id, None, status, evidence)
+                )
                 params = {
                     **flatten(spec.data),
                     **{f"choice.{k}": v for k, v in spec.choices.items()},
+                    **_evidence_params(evidence),
                 }
-                tracker.log_build(run_id, params, result.metrics, staging, {})
+                tracker.log_build(run_id, params, result.metrics, staging, lineage_tags)
                 if result.passed and register:
-                    version = tracker.register(name, run_id)
+                    version = tracker.register(name, run_id, tags=lineage_tags)
                     tracker.set_tags(run_id, {"edgeship.model_version": version})
-        write_json(staging / "build.json", _build_info(spec, run_id, version, status))
+        write_json(staging / "build.json", _build_info(spec, run_id, version, status, evidence))
         steps.finish()
         (staging / ".pid").unlink()
         dest = out_root / name if result.passed else out_root / ".failed" / name
@@ -247,8 +283,43 @@ def run_tags(spec: ComposedSpec, status: str, **extra: str) -> dict[str, str]:
     }
 
 
+def _spec_code_files(model: ModelConfig) -> list[tuple[str, Path]]:
+    """The module files of every callable the model spec names, by spec key."""
+    refs = {
+        "model.source.factory": model.source.factory,
+        "model.source.train": model.source.train,
+        "model.preprocessing": model.preprocessing,
+        "model.data.eval": model.data.eval,
+        "model.data.calibration": model.data.calibration,
+    }
+    out = []
+    for key, callable_ref in refs.items():
+        path = ref.callable_file(callable_ref.fn) if callable_ref is not None else None
+        if path is not None:
+            out.append((key, path))
+    return out
+
+
+def _evidence_params(evidence: dict[str, Any]) -> dict[str, str]:
+    """MLflow params: the source's hash and files, the project's files, package versions."""
+    source = evidence.get("source") or {}
+    code = evidence.get("code") or {}
+    params = {"source.sha256": str(source.get("sha256"))}
+    for entry in [*source.get("files", []), *code.get("files", [])]:
+        params[f"file.{entry['key']}.path"] = str(entry["path"])
+        params[f"file.{entry['key']}.sha256"] = str(entry["sha256"])
+        params[f"file.{entry['key']}.git"] = str(entry["git"])
+    for dist, version in (code.get("packages") or {}).items():
+        params[f"package.{dist}"] = version
+    return params
+
+
 def _build_info(
-    spec: ComposedSpec, run_id: str | None, version: str | None, status: str
+    spec: ComposedSpec,
+    run_id: str | None,
+    version: str | None,
+    status: str,
+    evidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "deployment": spec.config.deployment.name,
@@ -263,6 +334,7 @@ def _build_info(
         "git": git_info(spec.root),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
+        **(evidence or {}),
     }
 
 
@@ -278,7 +350,8 @@ def _write_artifact(
     result: Validation,
     data: ref.Dataset,
     reference_out: list[list[np.ndarray]],
-    net: Any,
+    evidence: dict[str, Any],
+    preprocessing: dict[str, Any],
 ) -> None:
     cfg = spec.config
     weights = ref.weights_path(cfg.model, spec.root)
@@ -305,7 +378,7 @@ def _write_artifact(
         "inputs": [vars(t) | {"shape": list(t.shape)} for t in cfg.model.inputs],
         "outputs": [vars(t) | {"shape": list(t.shape)} for t in cfg.model.outputs],
         "labels": list(cfg.model.labels),
-        "preprocessing": ref.preprocessing(cfg.model),
+        "preprocessing": preprocessing,
         "settings": target.runtime_settings(model),
     }
     write_json(staging / "runtime.json", runtime)
@@ -314,6 +387,8 @@ def _write_artifact(
         "eval_data_sha256": data.sha256,
         "eval_samples": len(data),
         "weights_sha256": sha256_file(weights) if weights and weights.exists() else None,
+        "source_kind": cfg.model.source.kind,
+        "source_sha256": evidence["source"].get("sha256"),
     }
     write_json(staging / "validation.json", result.to_json() | {"data": data_info})
     (staging / "spec.yaml").write_text(spec.to_yaml())
@@ -339,7 +414,7 @@ def _write_artifact(
     (staging / "report.md").write_text(render_report(spec, runtime, result, data_info))
     write_plots(staging / "plots", spec, result, reference_out)
     status = "passed" if result.passed else "failed"
-    provenance = _build_info(spec, None, None, status)
+    provenance = _build_info(spec, None, None, status, evidence)
     (staging / "model_card.md").write_text(
         render_model_card(spec, runtime, result, data_info, provenance)
     )

@@ -1,32 +1,163 @@
-"""Where a build came from: git commit, dirty tree, versions of the tools."""
+"""Where a build came from: git commit and dirty state of the project, the files the
+spec references (hash, git state), the packages the project's code imports, and the
+versions of the tools."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 
-def _git(root: Path, *args: str) -> str | None:
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
     try:
         proc = subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() if strip else proc.stdout.rstrip("\n")
 
 
 def git_info(root: Path) -> dict[str, Any]:
-    """The commit of the project tree and whether it had uncommitted changes."""
+    """The commit of the project's repository and whether it had uncommitted changes.
+
+    New files that git does not ignore count as changes (a team's model code that was
+    never committed makes the tree dirty); ``changes`` lists the first of them.
+    """
     commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", ".", strip=False)
+    lines = [line for line in (status or "").splitlines() if line.strip()]
     return {
         "commit": commit or "unknown",
-        "dirty": bool(status) if status is not None else None,
+        "dirty": bool(lines) if status is not None else None,
         "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        "repository": _git(root, "rev-parse", "--show-toplevel"),
+        "changes": [line[3:] for line in lines[:MAX_CHANGES]],
+    }
+
+
+MAX_CHANGES = 20
+
+
+class GitStates:
+    """Git states of files, one ``git status`` per repository (cached)."""
+
+    def __init__(self) -> None:
+        self._repos: dict[Path, tuple[Path, list[tuple[str, str]]] | None] = {}
+
+    def _status(self, folder: Path) -> tuple[Path, list[tuple[str, str]]] | None:
+        if folder not in self._repos:
+            top = _git(folder, "rev-parse", "--show-toplevel")
+            status = None
+            if top is not None:
+                status = _git(Path(top), "status", "--porcelain", "--ignored", strip=False)
+            self._repos[folder] = (
+                None
+                if top is None or status is None
+                else (
+                    Path(top).resolve(),
+                    [(line[:2], line[3:].strip('"')) for line in status.splitlines()],
+                )
+            )
+        return self._repos[folder]
+
+    def state(self, path: Path) -> str:
+        """committed, modified, untracked, ignored, or not-in-git."""
+        found = self._status(path.resolve().parent)
+        if found is None:
+            return "not-in-git"
+        top, entries = found
+        rel = path.resolve().relative_to(top).as_posix()
+        for code, name in entries:
+            if rel == name or (name.endswith("/") and rel.startswith(name)):
+                return {"??": "untracked", "!!": "ignored"}.get(code, "modified")
+        return "committed"
+
+
+def file_record(path: Path, root: Path, states: GitStates | None = None) -> dict[str, Any]:
+    """A file the spec references: path (project-relative when inside), sha256, git state."""
+    from orchestrator.core.model_file import sha256_file
+
+    try:
+        shown = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        shown = str(path.resolve())
+    return {
+        "path": shown,
+        "sha256": sha256_file(path) if path.is_file() else None,
+        "git": (states or GitStates()).state(path),
+    }
+
+
+def user_modules(root: Path) -> dict[str, Path]:
+    """Loaded modules that are the project's own code: files under ``root`` that are not
+    edgeship's packages or an environment's installed packages."""
+    from orchestrator.build.usercode import is_user_file
+
+    base = root.resolve()
+    out: dict[str, Path] = {}
+    for name, module in list(sys.modules.items()):
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str) or not filename.endswith(".py"):
+            continue
+        if not Path(filename).is_absolute() or not is_user_file(filename):
+            continue  # (torch.ops and the like carry a made-up relative __file__)
+        if name.split(".")[0] in ("tests", "conftest"):
+            continue  # a test suite's own modules, when a build runs under pytest
+        path = Path(filename).resolve()
+        if base in path.parents and not any(
+            part in (".venv", "venv", "site-packages") for part in path.parts
+        ):
+            out[name] = path
+    return out
+
+
+def imported_distributions(files: list[Path], local: set[str]) -> dict[str, str]:
+    """Installed distributions (name -> version) that ``files`` import, found by reading
+    their import statements; ``local`` are the project's own top-level names."""
+    import ast
+
+    names: set[str] = set()
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    dists = metadata.packages_distributions()
+    out: dict[str, str] = {}
+    for name in sorted(names - local - set(sys.stdlib_module_names)):
+        for dist in dists.get(name, []):
+            try:
+                out[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                out[dist] = "not installed"
+    return out
+
+
+def code_provenance(root: Path, spec_files: list[tuple[str, Path]]) -> dict[str, Any]:
+    """The project's code a build ran: each module file with its hash and git state, the
+    spec's callables' files, and the distributions (with versions) that code imports."""
+    modules = user_modules(root)
+    local = {name.split(".")[0] for name in modules}
+    states = GitStates()
+    files = [{"key": key, **file_record(path, root, states)} for key, path in spec_files]
+    return {
+        "files": files,
+        "modules": {
+            name: file_record(path, root, states) for name, path in sorted(modules.items())
+        },
+        "packages": imported_distributions(list(modules.values()), local),
     }
 
 

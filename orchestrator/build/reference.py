@@ -1,10 +1,13 @@
 """The reference model and its data: resolving callables named in specs, loading weights,
-training when weights are missing, and turning loader output into per-sample inputs."""
+the explicit training step, and turning loader output into per-sample inputs.
+
+Builds never train: :func:`load_reference` refuses a missing weights file, and
+:func:`ensure_weights` (``edgeship train``, the DVC train stage, test fixtures) is the
+one place a train function runs."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.build import usercode
 from orchestrator.core.schema import CallableRef, ModelConfig
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Inputs
@@ -22,21 +26,25 @@ log = logging.getLogger(__name__)
 
 def resolve_callable(ref: str, key: str) -> Callable[..., Any]:
     """Import ``package.module:function``; a clear error names the spec key when it fails."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise BuildError(f"error: {key}: expected 'package.module:function', found '{ref}'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BuildError(f"error: {key}: cannot import module '{module_name}': {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise BuildError(f"error: {key}: module '{module_name}' has no callable '{attr}'")
-    return fn
+    return usercode.resolve_callable(ref, key)
 
 
 def call(ref: CallableRef, key: str, **extra: Any) -> Any:
-    return resolve_callable(ref.fn, f"{key}.fn")(**{**ref.args, **extra})
+    """Call the project's function named at ``key``; its errors name the key and file:line."""
+    fn = resolve_callable(ref.fn, f"{key}.fn")
+    return usercode.call_user(fn, key, ref.fn, **{**ref.args, **extra})
+
+
+def callable_file(ref: str) -> Path | None:
+    """The source file of the module of ``package.module:function`` (without importing it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(ref.partition(":")[0])
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return Path(origin) if origin and origin not in ("built-in", "frozen") else None
 
 
 @dataclass
@@ -107,7 +115,10 @@ def weights_path(model: ModelConfig, root: Path) -> Path | None:
 
 
 def ensure_weights(model: ModelConfig, root: Path) -> Path | None:
-    """Train the reference when its weights file is missing and the spec says how."""
+    """The explicit training step: run ``model.source.train`` when the weights file is missing.
+
+    Called by ``edgeship train`` (and test fixtures); never by a build.
+    """
     path = weights_path(model, root)
     if path is None or path.exists():
         return path
@@ -124,16 +135,43 @@ def ensure_weights(model: ModelConfig, root: Path) -> Path | None:
     return path
 
 
+def training_record(weights: Path | None) -> dict[str, Any] | None:
+    """What the explicit training step wrote beside the weights (``<weights>.json``), if any."""
+    import json
+
+    if weights is None:
+        return None
+    sidecar = weights.with_name(weights.name + ".json")
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def load_reference(model: ModelConfig, root: Path) -> Any:
-    """The reference torch.nn.Module in eval mode, with its weights."""
+    """The reference torch.nn.Module of a factory source in eval mode, with its weights.
+
+    A weights file the spec names must exist; it is never trained for here.
+    """
     import torch
 
-    if model.source.kind != "pytorch" or model.source.factory is None:
+    factory = model.source.factory
+    if model.source.kind != "pytorch" or factory is None:
+        raise BuildError(f"error: model.source.kind: '{model.source.kind}' has no PyTorch factory")
+    path = weights_path(model, root)
+    if path is not None and not path.is_file():
         raise BuildError(
-            f"error: model.source.kind: '{model.source.kind}' has no PyTorch reference"
+            f"error: model.source.weights: file {model.source.weights} does not exist ({path}); "
+            "builds never train: write it with `edgeship train` or correct the path"
         )
-    net = call(model.source.factory, "model.source.factory")
-    path = ensure_weights(model, root)
+    net = call(factory, "model.source.factory")
+    if not isinstance(net, torch.nn.Module):
+        raise usercode.UserCodeError(
+            "model.source.factory",
+            f"{factory.fn} returned {type(net).__name__}; expected a torch.nn.Module",
+            usercode.function_location(usercode.resolve_callable(factory.fn, "")),
+        )
     if path is not None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:
@@ -141,7 +179,7 @@ def load_reference(model: ModelConfig, root: Path) -> Any:
         except RuntimeError as exc:
             raise BuildError(
                 f"error: model.source.weights: {path} does not fit the model built by "
-                f"{model.source.factory.fn}: {str(exc).splitlines()[0]}"
+                f"{factory.fn}: {str(exc).splitlines()[0]}"
             ) from exc
     net.eval()
     return net

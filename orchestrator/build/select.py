@@ -36,6 +36,7 @@ from orchestrator.build.pipeline import (
     run_build,
     run_tags,
 )
+from orchestrator.build.sources import check_source_files
 from orchestrator.core.fsutil import (
     drop_dead_folders,
     install_dir,
@@ -259,6 +260,7 @@ def run_selection(
     """
     cfg = spec.config
     name = cfg.deployment.name
+    check_source_files(cfg.model, spec.root, spec.files, spec.overrides)
     usable, skipped = candidate_specs(spec)
     if not usable:
         raise SpecError(

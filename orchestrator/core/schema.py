@@ -46,15 +46,19 @@ class TensorSpec:
     dtype: str = field(default="float32", metadata=choices(*DTYPES))  # element type
 
 
+SOURCE_KINDS = ("pytorch", "onnx", "mlflow")
+
+
 @dataclass
 class SourceConfig:
-    """Where the reference model comes from."""
+    """Where the reference model comes from (see docs/model-sources.md)."""
 
-    kind: str = field(default="pytorch", metadata=choices("pytorch", "onnx"))  # reference kind
+    kind: str = field(default="pytorch", metadata=choices(*SOURCE_KINDS))  # reference kind
     factory: Optional[CallableRef] = None  # builds the torch.nn.Module (kind=pytorch)
-    weights: Optional[str] = None  # state_dict file, relative to the project root
-    train: Optional[CallableRef] = None  # trains and writes `weights` when they are missing
-    onnx: Optional[str] = None  # ONNX file, relative to the project root (kind=onnx)
+    weights: Optional[str] = None  # state_dict file for the factory's module, project-relative
+    train: Optional[CallableRef] = None  # what `edgeship train` runs to write `weights`
+    path: Optional[str] = None  # model file: .onnx (onnx), TorchScript .pt or .pt2 (pytorch)
+    uri: Optional[str] = None  # MLflow model: models:/name/version, models:/name@alias, runs:/
     opset: int = 18  # ONNX opset used by the exporter
 
 

@@ -6,6 +6,7 @@ one pass over a spec shows everything wrong with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,9 @@ def _get(data: Mapping[str, Any], *path: str) -> Any:
 
 
 def check_model(model: Mapping[str, Any], report: Report) -> None:
-    source = _get(model, "source") or {}
-    kind = source.get("kind", "pytorch")
-    if kind == "pytorch" and not source.get("factory"):
-        report(
-            "model.source.factory", "missing; a pytorch source needs a factory (fn: module:func)"
-        )
-    if kind == "pytorch" and not source.get("weights") and not source.get("train"):
-        pass  # a factory may return a model with initialised weights; allowed
-    if kind == "onnx" and not source.get("onnx"):
-        report("model.source.onnx", "missing; an onnx source needs the path of the ONNX file")
+    source = _get(model, "source")
+    if isinstance(source, Mapping):
+        check_model_source(source, report)
     for group in ("inputs", "outputs"):
         tensors = model.get(group)
         if isinstance(tensors, list) and not tensors:
@@ -71,6 +65,59 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
                 )
     if task == "segmentation" and isinstance(labels, list) and not labels:
         report("model.labels", "expected the class names of a segmentation model, found none")
+
+
+_SOURCE_KEYS = {
+    # kind -> (keys it may set besides kind and opset, what it needs)
+    "pytorch": ("factory", "weights", "train", "path"),
+    "onnx": ("path",),
+    "mlflow": ("uri",),
+}
+_MLFLOW_URI = re.compile(
+    r"(models:/[^/@\s]+(/[^/\s]+|@[^/\s]+)|models:/m-[0-9a-f]+|runs:/[^/\s]+/\S+)"
+)
+
+
+def check_model_source(source: Mapping[str, Any], report: Report) -> None:
+    """What each source kind needs, and keys that belong to another kind."""
+    kind = source.get("kind", "pytorch")
+    if kind not in _SOURCE_KEYS:
+        return  # the type check reports an unknown kind
+    for key in ("factory", "weights", "train", "path", "uri"):
+        if source.get(key) is not None and key not in _SOURCE_KEYS[kind]:
+            report(f"model.source.{key}", f"not used when model.source.kind is {kind}; remove it")
+    factory, path = source.get("factory"), source.get("path")
+    if kind == "pytorch":
+        if not factory and not path:
+            report(
+                "model.source.factory",
+                "missing; a pytorch source needs a factory (fn: module:func) or a path "
+                "(a TorchScript .pt or torch.export .pt2 file)",
+            )
+        elif factory and path:
+            report(
+                "model.source.path",
+                "a pytorch source takes a factory (+ weights) or a whole-model file, not both",
+            )
+        if path and (source.get("weights") or source.get("train")):
+            key = "model.source.weights" if source.get("weights") else "model.source.train"
+            report(key, "a whole-model file (model.source.path) carries its weights; remove it")
+    if kind == "onnx":
+        if not path:
+            report("model.source.path", "missing; an onnx source needs the path of the ONNX file")
+        elif isinstance(path, str) and not path.endswith(".onnx"):
+            report("model.source.path", f"expected a .onnx file, found '{path}'")
+    if kind == "mlflow":
+        uri = source.get("uri")
+        if not uri:
+            report("model.source.uri", "missing; an mlflow source needs a model URI")
+        elif isinstance(uri, str) and not _MLFLOW_URI.fullmatch(uri):
+            report(
+                "model.source.uri",
+                "expected models:/NAME/VERSION, models:/NAME@ALIAS, models:/MODEL_ID or "
+                "runs:/RUN_ID/PATH, "
+                f"found '{uri}'",
+            )
 
 
 def check_target(target: Mapping[str, Any], report: Report) -> None:

@@ -120,4 +120,31 @@ CASES: dict[str, dict] = {
             ("conf/target/server.yaml", "family: server", "family: servr"),
         ],
     },
+    "onnx_source_without_path": {
+        "args": ["show", "deployment=posture_server", "model.source.kind=onnx"],
+    },
+    "mlflow_source_with_a_malformed_uri": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "model.source.kind=mlflow",
+            "model.source.uri=models/team_tiny/1",
+            "model.source.factory=null",
+            "model.source.weights=null",
+            "model.source.train=null",
+        ],
+    },
+    "pytorch_source_with_factory_and_path": {
+        "args": ["show", "deployment=posture_server", "model.source.path=models/posture_cnn.pt2"],
+    },
+    "unknown_source_kind": {
+        "args": ["show", "deployment=posture_server", "model.source.kind=tensorflow"],
+    },
+    "misspelt_source_key": {
+        "args": ["show", "deployment=posture_server"],
+        "replace": [("conf/model/posture_cnn.yaml", "  weights:", "  weigths:")],
+    },
+    "missing_weights_file": {
+        "args": ["build", "deployment=posture_server", "model.source.weights=models/nope.pt"],
+    },
 }

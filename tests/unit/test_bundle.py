@@ -58,6 +58,8 @@ def make_artifact(folder: Path, status: str = "passed") -> Path:
         "git": {"commit": "abc123", "dirty": False},
         "mlflow": {"run_id": None, "model_version": None, "model_name": "demo"},
         "built_at": "2026-01-01T00:00:00+00:00",
+        "source": {"kind": "onnx", "format": "onnx", "sha256": "s" * 64},
+        "code": {"packages": {"numpy": "2.0.0"}},
     }
     (folder / "build.json").write_text(json.dumps(build))
     (folder / "metrics.json").write_text("{}")
@@ -113,6 +115,8 @@ def test_manifest_lists_every_file_with_hash_size_and_provenance(
     }
     prov = m["provenance"]
     assert prov["git"] == {"commit": "abc123", "dirty": False}
+    assert prov["source"] == {"kind": "onnx", "format": "onnx", "sha256": "s" * 64}
+    assert prov["code"]["packages"] == {"numpy": "2.0.0"}
     assert prov["validation"]["gates"][0]["gate"] == "agreement >= 0.95"
     assert prov["validation"]["data"]["eval_data_sha256"] == "d" * 64
     assert prov["signing_key_id"] == m["signing"]["key_id"] == store.trust().active

@@ -52,6 +52,14 @@ class Target(ABC):
     def load(self, model: ModelFile) -> Session:
         """Load an artifact for inference with this target's settings (threads, precision)."""
 
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        """Why this target on ``device`` runs only static input shapes (None: dynamic ones run).
+
+        The spec rules refuse a dynamic dimension on such a target before any work.
+        """
+        return None
+
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
         """Runtime options a device needs to load the artifact the way it was validated."""
         return {}

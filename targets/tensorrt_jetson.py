@@ -138,6 +138,12 @@ class JetsonOrinTarget(Target):
         ort = require("onnxruntime")
         return f"not installed here (ONNX validated with onnxruntime {ort.__version__})"
 
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        if device in DLA_DEVICES:
+            return "TensorRT builds DLA engines only for profiles with min = opt = max"
+        return None
+
     def dla_core(self) -> int | None:
         return DLA_DEVICES.get(self.config.device)
 

@@ -15,6 +15,7 @@ from orchestrator.build.reference import Dataset
 from orchestrator.core.metrics import dice
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import EdgeshipConfig
+from orchestrator.core.shapes import declared_batches
 from orchestrator.errors import BuildError
 from orchestrator.spec.gates import GateResult, evaluate_gates, parse_gate
 from targets.base import Target
@@ -102,7 +103,7 @@ def measure_in_subprocess(
         "inputs": [dataclasses.asdict(t) for t in spec.model.inputs],
         "warmup": v.latency_warmup,
         "runs": v.latency_runs,
-        "batch": v.latency_batch,
+        "batch": declared_batches(spec.model, v.latency_batches)[0],
     }
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.build.measure"],

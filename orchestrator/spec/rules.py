@@ -14,6 +14,7 @@ from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_m
 from orchestrator.passes.base import registered_passes
 from orchestrator.spec.files import list_options, read_option
 from orchestrator.spec.gates import GateSyntaxError, measured_metrics, parse_gate
+from orchestrator.spec.shapes import check_latency_batches, check_servable, check_shapes
 from targets.base import registered_targets
 
 Report = Callable[[str, str], None]
@@ -43,12 +44,7 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
         tensors = model.get(group)
         if isinstance(tensors, list) and not tensors:
             report(f"model.{group}", "expected at least one tensor, found an empty list")
-        for i, t in enumerate(tensors if isinstance(tensors, list) else []):
-            shape = t.get("shape") if isinstance(t, Mapping) else None
-            if isinstance(shape, list) and any(
-                isinstance(d, int) and not isinstance(d, bool) and d <= 0 for d in shape
-            ):
-                report(f"model.{group}[{i}].shape", f"expected positive dimensions, found {shape}")
+    check_shapes(model, report)
     task = model.get("task")
     labels = model.get("labels")
     outputs = model.get("outputs")
@@ -307,5 +303,7 @@ def check_spec(
     if isinstance(target, Mapping):
         check_target(target, report)
     check_recipe(spec, report, f"conf/model/{choices.get('model')}.yaml", root)
+    check_servable(spec, report)
     check_gates(spec, report)
     check_deployment(spec, report, choices.get("deployment", ""))
+    check_latency_batches(spec, report)

@@ -62,6 +62,7 @@ class MetricRef:
 
     fn: str = MISSING  # "package.module:function"
     args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to fn
+    names: List[str] = field(default_factory=list)  # the values it returns (default: fn's name)
 
 
 @dataclass

@@ -140,6 +140,35 @@ def bounded_dims(tensor: TensorSpec, bounds: dict[str, Bounds]) -> list[int | tu
     return [(bounds[d].min, bounds[d].max) if isinstance(d, str) else d for d in dims_of(tensor)]
 
 
+def input_bounds(model: ModelConfig) -> dict[str, list[int | tuple[int, int]]] | None:
+    """Input name -> bounded dims, for models with dynamic inputs (None when all static)."""
+    if not is_dynamic(model):
+        return None
+    bounds = dim_bounds(model)
+    return {t.name: bounded_dims(t, bounds) for t in model.inputs}
+
+
+def openvino_shapes(ov: Any, bounds: dict[str, list[int | tuple[int, int]]]) -> dict[str, Any]:
+    """``ov.Model.reshape`` argument: each input's PartialShape with bounded dynamic dims."""
+    return {
+        name: ov.PartialShape(
+            [ov.Dimension(*d) if isinstance(d, tuple) else ov.Dimension(d) for d in dims]
+        )
+        for name, dims in bounds.items()
+    }
+
+
+def tensor_json(tensor: TensorSpec) -> dict[str, Any]:
+    """A tensor as runtime.json writes it (dynamic dims named, with their ranges)."""
+    out: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype}
+    if tensor.dynamic:
+        out["dynamic"] = {
+            str(n): {"min": int(b.min), "opt": int(b.opt), "max": int(b.max)}
+            for n, b in tensor.dynamic.items()
+        }
+    return out
+
+
 def dynamic_names(model: ModelConfig) -> list[str]:
     seen: dict[str, None] = {}
     for t in model.inputs:

@@ -38,6 +38,8 @@ class PassContext:
     calibration: Callable[[], list[Inputs]]  # calibration samples (batch 1 each), lazily loaded
     threads: int = 0  # CPU threads the pass may use (0 = library default)
     evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
+    input_bounds: dict[str, list[int | tuple[int, int]]] | None = None
+    # input name -> each dim as an int, or (min, max) for a dynamic one; None: all static
 
 
 class Pass(ABC):

@@ -6,18 +6,27 @@ one pass over a spec shows everything wrong with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.schema import TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
 from orchestrator.passes.base import registered_passes
 from orchestrator.spec.files import list_options, read_option
-from orchestrator.spec.gates import GateSyntaxError, measured_metrics, parse_gate
-from orchestrator.spec.shapes import check_latency_batches, check_servable, check_shapes
+from orchestrator.spec.gates import GateSyntaxError, measured_metrics, metric_names, parse_gate
+from orchestrator.spec.shapes import (
+    check_latency_batches,
+    check_servable,
+    check_shapes,
+    gate_batches,
+)
 from targets.base import registered_targets
 
 Report = Callable[[str, str], None]
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_METRIC_NAME = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def _get(data: Mapping[str, Any], *path: str) -> Any:
@@ -65,6 +74,34 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
                     f"expected {classes} labels (outputs[0].shape{[axis]} = {classes}), "
                     f"found {len(labels)}",
                 )
+    if model.get("multi_label") is True and task != "classification":
+        report(
+            "model.multi_label",
+            f"expected false for a {task} model; multi_label is a kind of classification",
+        )
+    metrics = model.get("metrics")
+    seen: dict[str, int] = {}
+    for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+        if not isinstance(m, Mapping):
+            continue
+        fn = m.get("fn")
+        if isinstance(fn, str) and not _CALLABLE.match(fn):
+            report(f"model.metrics[{i}].fn", f"expected 'package.module:function', found '{fn}'")
+            continue
+        for name in metric_names(m):
+            if not _METRIC_NAME.match(name):
+                report(
+                    f"model.metrics[{i}].names",
+                    f"expected metric names of letters, digits and _ (usable in gates), "
+                    f"found '{name}'",
+                )
+            elif name in seen:
+                report(
+                    f"model.metrics[{i}].names",
+                    f"'{name}' is already reported by model.metrics[{seen[name]}]",
+                )
+            else:
+                seen[name] = i
     if task == "segmentation" and isinstance(labels, list) and not labels:
         report("model.labels", "expected the class names of a segmentation model, found none")
 
@@ -257,9 +294,16 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
     gates = _get(spec, "deployment", "gates")
     task = _get(spec, "model", "task")
     labels = _get(spec, "model", "labels") or []
-    if not isinstance(gates, list) or task not in ("classification", "segmentation"):
+    if not isinstance(gates, list) or task not in TASKS:
         return
-    measured = measured_metrics(task, labels if isinstance(labels, list) else [])
+    measured = measured_metrics(
+        task,
+        labels if isinstance(labels, list) else [],
+        multi_label=_get(spec, "model", "multi_label") is True,
+        outputs=_names(_get(spec, "model", "outputs")),
+        user=[n for m in _list(_get(spec, "model", "metrics")) for n in metric_names(m)],
+        batches=gate_batches(spec),
+    )
     for i, text in enumerate(gates):
         if not isinstance(text, str):
             continue
@@ -274,6 +318,14 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
             near = closest(gate.metric, measured)
             msg += f" (did you mean '{near}'?)" if near else f"; measured: {', '.join(measured)}"
             report(key, msg)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _names(tensors: Any) -> list[str]:
+    return [str(t["name"]) for t in _list(tensors) if isinstance(t, Mapping) and "name" in t]
 
 
 def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> None:

@@ -173,6 +173,26 @@ def check_servable(spec: Mapping[str, Any], report: Report) -> None:
             )
 
 
+def gate_batches(spec: Mapping[str, Any]) -> list[int]:
+    """The batch sizes latency is measured at, from the plain spec (see core.shapes)."""
+    model = spec.get("model") if isinstance(spec.get("model"), Mapping) else {}
+    deployment = spec.get("deployment") if isinstance(spec.get("deployment"), Mapping) else {}
+    assert isinstance(model, Mapping) and isinstance(deployment, Mapping)
+    validation = deployment.get("validation")
+    requested = validation.get("latency_batches") if isinstance(validation, Mapping) else None
+    if isinstance(requested, list) and requested:
+        return [int(b) for b in requested if _int(b)]
+    inputs = model.get("inputs")
+    first = inputs[0] if isinstance(inputs, list) and inputs else None
+    shape = first.get("shape") if isinstance(first, Mapping) else None
+    if not isinstance(shape, list) or not shape:
+        return []
+    if _int(shape[0]):
+        return [int(shape[0])]
+    b = declared_dims(model).get(str(shape[0]))
+    return list(dict.fromkeys(b)) if b else []
+
+
 def check_latency_batches(spec: Mapping[str, Any], report: Report) -> None:
     """Every batch size latency is measured at is one the model serves."""
     model = spec.get("model")

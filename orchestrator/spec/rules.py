@@ -81,6 +81,7 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
         )
     metrics = model.get("metrics")
     seen: dict[str, int] = {}
+    builtin = measured_metrics(str(task), [], multi_label=model.get("multi_label") is True)
     for i, m in enumerate(metrics if isinstance(metrics, list) else []):
         if not isinstance(m, Mapping):
             continue
@@ -94,6 +95,13 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
                     f"model.metrics[{i}].names",
                     f"expected metric names of letters, digits and _ (usable in gates), "
                     f"found '{name}'",
+                )
+            elif set(derived(name)) & set(builtin):
+                clash = sorted(set(derived(name)) & set(builtin))[0]
+                report(
+                    f"model.metrics[{i}].names",
+                    f"'{name}' would report '{clash}', which edgeship measures itself for a "
+                    f"{task} model; choose another name",
                 )
             elif name in seen:
                 report(
@@ -318,6 +326,11 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
             near = closest(gate.metric, measured)
             msg += f" (did you mean '{near}'?)" if near else f"; measured: {', '.join(measured)}"
             report(key, msg)
+
+
+def derived(name: str) -> list[str]:
+    """The metrics a user metric ``name`` reports: itself, ``reference_`` and ``_drop``."""
+    return [name, f"reference_{name}", f"{name}_drop"]
 
 
 def _list(value: Any) -> list[Any]:

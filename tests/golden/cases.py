@@ -173,6 +173,25 @@ CASES: dict[str, dict] = {
             ("conf/model/posture_cnn.yaml", "shape: [1, 4]", "shape: [batch, 4]"),
         ],
     },
+    "gate_on_a_user_metric_never_measured": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "model.metrics=[{fn: 'mypkg.metrics:auroc'}]",
+        ],
+        "replace": [
+            ("conf/deployment/posture_server.yaml", "agreement >= 0.95", "aucroc >= 0.9"),
+            ("conf/deployment/posture_server.yaml", "accuracy_drop <= 0.05", "f1_drop <= 0.01"),
+        ],
+    },
+    "user_metric_names_and_task_options": {
+        "args": [
+            "build",
+            "deployment=ct_seg_server",
+            "model.multi_label=true",
+            "model.metrics=[{fn: 'mypkg.metrics'}, {fn: 'a.b:c', names: [dice_drop, 'p@k']}]",
+        ],
+    },
     "every_problem_at_once": {
         "args": [
             "build",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from orchestrator.core.model_file import ModelFile
-from orchestrator.core.schema import TargetConfig
+from orchestrator.core.schema import ModelConfig, TargetConfig
 
 
 class Session(Protocol):
@@ -36,8 +36,9 @@ class Target(ABC):
     formats: ClassVar[tuple[str, ...]]  # artifact formats this target loads
     install_hint: ClassVar[str]  # how to install the runtime when it is missing
 
-    def __init__(self, config: TargetConfig) -> None:
+    def __init__(self, config: TargetConfig, model: ModelConfig | None = None) -> None:
         self.config = config
+        self.model = model  # the model spec (its declared shapes), when the caller has it
 
     @classmethod
     @abstractmethod
@@ -51,6 +52,14 @@ class Target(ABC):
     @abstractmethod
     def load(self, model: ModelFile) -> Session:
         """Load an artifact for inference with this target's settings (threads, precision)."""
+
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        """Why this target on ``device`` runs only static input shapes (None: dynamic ones run).
+
+        The spec rules refuse a dynamic dimension on such a target before any work.
+        """
+        return None
 
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
         """Runtime options a device needs to load the artifact the way it was validated."""
@@ -91,6 +100,6 @@ def registered_targets() -> dict[str, type[Target]]:
     return dict(_TARGETS)
 
 
-def get_target(config: TargetConfig) -> Target:
-    """Instantiate the target family named by ``config.family``."""
-    return registered_targets()[config.family](config)
+def get_target(config: TargetConfig, model: ModelConfig | None = None) -> Target:
+    """Instantiate the target family named by ``config.family`` (for ``model``'s shapes)."""
+    return registered_targets()[config.family](config, model)

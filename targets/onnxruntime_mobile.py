@@ -120,6 +120,12 @@ class AndroidPhoneTarget(OrtMobileTarget):
     }
     package = "com.microsoft.onnxruntime:onnxruntime-android"
 
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        if device == "NNAPI":
+            return "ONNX Runtime's NNAPI execution provider takes only fixed input shapes"
+        return None
+
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
         settings = super().runtime_settings(model)
         if "XNNPACK" in settings["execution_providers"]:
@@ -143,3 +149,9 @@ class IosPhoneTarget(OrtMobileTarget):
         }
     }
     package = "onnxruntime-objc (CocoaPods)"
+
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        if device == "CoreML":
+            return "the CoreML execution provider runs with RequireStaticInputShapes=1"
+        return None

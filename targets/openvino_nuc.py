@@ -9,6 +9,7 @@ import numpy as np
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
+from orchestrator.core.shapes import input_bounds, openvino_shapes
 from targets.base import Session, Target, register_target
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ class OpenVinoNucTarget(Target):
         ov = require("openvino")
         core = ov.Core()
         config = ov_config(model, self.config.device, self.config.threads)
-        compiled = core.compile_model(core.read_model(str(model.path)), self.config.device, config)
+        net = core.read_model(str(model.path))
+        bounds = input_bounds(self.model) if self.model is not None else None
+        if bounds:  # dynamic dims bounded to the declared range
+            net.reshape(openvino_shapes(ov, bounds))
+        compiled = core.compile_model(net, self.config.device, config)
         return OvSession(compiled)
 
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:

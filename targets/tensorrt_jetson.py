@@ -24,6 +24,7 @@ import numpy as np
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
+from orchestrator.core.shapes import profiles as shape_profiles
 from orchestrator.device import tensorrt_engine as engine_builder
 from orchestrator.errors import BuildError, MissingDependencyError
 from targets.base import Session, Target, register_target
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_MB = 2048  # Orin's GPU shares the module's DRAM with the CPU
 OPTIMIZATION_LEVEL = 3  # TensorRT's default tactic search
-MAX_BATCH = 8  # upper bound of the optimisation profile of a dynamic batch dimension
+MAX_BATCH = 8  # profile bound of a dynamic batch the spec does not declare (an ONNX source)
 DLA_DEVICES = {"DLA0": 0, "DLA1": 1}  # target.device -> DLA core (Jetson AGX Orin has two)
 ENGINE_BUILDER = "orchestrator/device/tensorrt_engine.py"
 
@@ -138,6 +139,12 @@ class JetsonOrinTarget(Target):
         ort = require("onnxruntime")
         return f"not installed here (ONNX validated with onnxruntime {ort.__version__})"
 
+    @classmethod
+    def static_shapes_reason(cls, device: str) -> str | None:
+        if device in DLA_DEVICES:
+            return "TensorRT builds DLA engines only for profiles with min = opt = max"
+        return None
+
     def dla_core(self) -> int | None:
         return DLA_DEVICES.get(self.config.device)
 
@@ -155,8 +162,12 @@ class JetsonOrinTarget(Target):
         elif model.precision == "int8":
             flags = ("INT8", "FP16") if _has_qdq(model) else ("FP16",)
         profiles: dict[str, dict[str, list[int]]] = {}
+        declared = shape_profiles(self.model) if self.model is not None else {}
         for name, dims in _onnx_inputs(model):
             if all(d is not None for d in dims):
+                continue
+            if name in declared:  # the spec's min/opt/max (model.inputs[].dynamic)
+                profiles[name] = declared[name]
                 continue
             if any(d is None for d in dims[1:]):
                 raise BuildError(

@@ -13,6 +13,7 @@ import numpy as np
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from orchestrator.core.schema import ModelConfig
+from orchestrator.core.shapes import Bounds, concrete_shape, dim_bounds, input_shapes, is_dynamic
 from orchestrator.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def export_torch(net: Any, model: ModelConfig, out: Path, dynamo: bool = True) -
     through the TorchScript-based exporter) to ``out``."""
     onnx = require("onnx")
     torch = require("torch")
-    args = tuple(torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in model.inputs)
+    shapes = example_shapes(model)
+    args = tuple(torch.zeros(shapes[t.name], dtype=getattr(torch, t.dtype)) for t in model.inputs)
     tmp = out.with_suffix(".export.onnx")
     names = {
         "input_names": [t.name for t in model.inputs],
@@ -46,10 +48,28 @@ def export_torch(net: Any, model: ModelConfig, out: Path, dynamo: bool = True) -
         warnings.simplefilter("ignore")
         try:
             if dynamo:
-                program = torch.onnx.export(net, args, dynamo=True, optimize=True, **names)
+                program = torch.onnx.export(
+                    net,
+                    args,
+                    dynamo=True,
+                    optimize=True,
+                    dynamic_shapes=torch_dynamic_shapes(model),
+                    **names,
+                )
                 program.save(str(tmp), external_data=False)
             else:
-                torch.onnx.export(net, args, str(tmp), dynamo=False, **names)
+                axes = {
+                    t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                    for t in [*model.inputs, *model.outputs]
+                }
+                torch.onnx.export(
+                    net,
+                    args,
+                    str(tmp),
+                    dynamo=False,
+                    dynamic_axes={k: v for k, v in axes.items() if v} or None,
+                    **names,
+                )
         except Exception as exc:
             raise BuildError(f"error: export to ONNX failed: {exc}") from exc
         finally:
@@ -105,6 +125,36 @@ def _save_checked(proto: Any, model: ModelConfig, out: Path) -> ModelFile:
     return ModelFile(out, "onnx", "fp32")
 
 
+def example_shapes(model: ModelConfig) -> dict[str, list[int]]:
+    """Shapes of the export's example inputs: every dynamic dim at its opt size.
+
+    torch.export specialises a dimension whose example size is 1, so a dynamic dim whose
+    opt is 1 is exported with an example of 2 (within its range: min < max always).
+    """
+    bounds = {
+        name: Bounds(b.min, max(b.opt, min(2, b.max)), b.max)
+        for name, b in dim_bounds(model).items()
+    }
+    return {t.name: concrete_shape(t, bounds, "opt") for t in model.inputs}
+
+
+def torch_dynamic_shapes(model: ModelConfig) -> tuple[dict[int, Any] | None, ...] | None:
+    """``dynamic_shapes`` for torch.onnx.export: one ``torch.export.Dim`` per named dim,
+    shared by every input that names it, bounded by its min and max."""
+    if not is_dynamic(model):
+        return None
+    import torch
+
+    dims = {
+        name: torch.export.Dim(name, min=b.min, max=b.max) for name, b in dim_bounds(model).items()
+    }
+    out: list[dict[int, Any] | None] = []
+    for t in model.inputs:
+        axes = {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)}
+        out.append(axes or None)
+    return tuple(out)
+
+
 def _check_signature(proto: Any, model: ModelConfig, path: Path) -> None:
     inits = {i.name for i in proto.graph.initializer}
     got_in = [i.name for i in proto.graph.input if i.name not in inits]
@@ -132,5 +182,7 @@ def copy_model(model: ModelFile, dest_dir: Path, stem: str = "model") -> ModelFi
     return ModelFile(primary, model.format, model.precision, tuple(extra))
 
 
-def zeros_like_inputs(model: ModelConfig, batch: int = 1) -> dict[str, np.ndarray]:
-    return {t.name: np.zeros([batch, *t.shape[1:]], dtype=np.dtype(t.dtype)) for t in model.inputs}
+def zeros_like_inputs(model: ModelConfig, batch: int | None = None) -> dict[str, np.ndarray]:
+    """Zero inputs at the declared shapes (dynamic dims at opt; ``batch`` replaces the batch)."""
+    shapes = input_shapes(model, "opt", batch)
+    return {t.name: np.zeros(shapes[t.name], dtype=np.dtype(t.dtype)) for t in model.inputs}

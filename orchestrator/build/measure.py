@@ -1,4 +1,7 @@
-"""Latency and peak memory of one artifact, measured in a fresh process.
+"""Latency, throughput and peak memory of one artifact, measured in a fresh process.
+
+Each requested batch size is measured in turn (inputs at the declared shapes, dynamic
+dims other than the batch at their opt size); the first is the headline ``p50_ms``.
 
 A fresh process keeps the measurement honest: no PyTorch threads, caches or
 allocations of the build are around, and the process's peak resident memory is
@@ -32,28 +35,46 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     session = target.load(model)
     load_ms = (time.perf_counter() - t0) * 1e3
     rng = np.random.default_rng(0)
-    batch = int(request.get("batch", 1))
-    inputs = {
-        t["name"]: rng.standard_normal([batch, *t["shape"][1:]]).astype(t["dtype"])
-        for t in request["inputs"]
-    }
-    for _ in range(int(request["warmup"])):
-        session.run(inputs)
-    times = []
-    for _ in range(int(request["runs"])):
-        start = time.perf_counter_ns()
-        session.run(inputs)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    arr = np.array(times)
+    metrics: dict[str, Any] = {}
+    by_batch: list[dict[str, Any]] = []
+    samples: list[float] = []
+    for i, entry in enumerate(request["batches"]):
+        batch = int(entry["batch"])
+        inputs = {t["name"]: _random(rng, t["shape"], t["dtype"]) for t in entry["inputs"]}
+        for _ in range(int(request["warmup"])):
+            session.run(inputs)
+        times = []
+        for _ in range(int(request["runs"])):
+            start = time.perf_counter_ns()
+            session.run(inputs)
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        arr = np.array(times)
+        row = {
+            "p50_ms": float(np.percentile(arr, 50)),
+            "p95_ms": float(np.percentile(arr, 95)),
+            "p99_ms": float(np.percentile(arr, 99)),
+            "mean_ms": float(arr.mean()),
+            "throughput": batch * 1e3 / float(arr.mean()),  # samples per second
+        }
+        by_batch.append({"batch": batch, **row})
+        for key, value in row.items():
+            metrics[f"{key}.batch{batch}"] = value
+        if i == 0:
+            metrics.update(row)
+            samples = [round(t, 4) for t in times]
     return {
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p95_ms": float(np.percentile(arr, 95)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "mean_ms": float(arr.mean()),
+        **metrics,
         "load_ms": load_ms,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "latency_samples_ms": [round(t, 4) for t in times],
+        "latency_samples_ms": samples,
+        "by_batch": by_batch,
     }
+
+
+def _random(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarray:
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def main() -> None:

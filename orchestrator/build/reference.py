@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.build import usercode
+from orchestrator.build.loaders import normalise
 from orchestrator.core.schema import CallableRef, ModelConfig
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Inputs
@@ -59,31 +60,22 @@ class Dataset:
         return len(self.samples)
 
 
-def to_dataset(raw: Any, input_names: list[str], key: str, limit: int = 0) -> Dataset:
-    """Normalise a loader's ``(inputs, labels)`` (inputs an array or a dict of arrays)."""
-    if isinstance(raw, tuple) and len(raw) == 2:
-        inputs, labels = raw
-    else:
-        inputs, labels = raw, None
-    if isinstance(inputs, np.ndarray):
-        if len(input_names) != 1:
-            raise BuildError(
-                f"error: {key}: returned one array but the model has inputs {input_names}"
-            )
-        inputs = {input_names[0]: inputs}
-    if not isinstance(inputs, dict) or set(inputs) != set(input_names):
-        raise BuildError(f"error: {key}: expected arrays for inputs {input_names}")
-    count = len(next(iter(inputs.values())))
-    if limit:
-        count = min(count, limit)
+def to_dataset(
+    raw: Any,
+    input_names: list[str],
+    key: str,
+    limit: int = 0,
+    ranks: dict[str, int] | None = None,
+) -> Dataset:
+    """Normalise a loader's output (see :mod:`orchestrator.build.loaders`) into samples."""
+    samples, labels = normalise(raw, input_names, key, ranks)
+    count = min(len(samples), limit) if limit else len(samples)
+    samples = samples[:count]
     digest = hashlib.sha256()
-    samples = []
-    for i in range(count):
-        sample = {n: np.ascontiguousarray(inputs[n][i : i + 1]) for n in input_names}
-        samples.append(sample)
+    for sample in samples:
         for n in input_names:
             digest.update(sample[n].tobytes())
-    label_array = None if labels is None else np.asarray(labels)[:count]
+    label_array = None if labels is None else labels[:count]
     if label_array is not None:
         digest.update(np.ascontiguousarray(label_array).tobytes())
     return Dataset(samples, label_array, digest.hexdigest())
@@ -92,7 +84,8 @@ def to_dataset(raw: Any, input_names: list[str], key: str, limit: int = 0) -> Da
 def load_eval(model: ModelConfig) -> Dataset:
     names = [t.name for t in model.inputs]
     raw = call(model.data.eval, "model.data.eval")
-    return to_dataset(raw, names, "model.data.eval", model.data.eval_samples)
+    ranks = {t.name: len(t.shape) for t in model.inputs}
+    return to_dataset(raw, names, "model.data.eval", model.data.eval_samples, ranks)
 
 
 def load_calibration(model: ModelConfig) -> list[Inputs]:
@@ -100,7 +93,8 @@ def load_calibration(model: ModelConfig) -> list[Inputs]:
         raise BuildError("error: model.data.calibration: a pass needs calibration data; none set")
     names = [t.name for t in model.inputs]
     raw = call(model.data.calibration, "model.data.calibration")
-    return to_dataset(raw, names, "model.data.calibration").samples
+    ranks = {t.name: len(t.shape) for t in model.inputs}
+    return to_dataset(raw, names, "model.data.calibration", ranks=ranks).samples
 
 
 def preprocessing(model: ModelConfig) -> dict[str, Any]:

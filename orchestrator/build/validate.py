@@ -11,10 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.build.batching import run_batched
+from orchestrator.build.metrics_user import user_metrics
 from orchestrator.build.reference import Dataset
-from orchestrator.core.metrics import dice
+from orchestrator.build.tasks import task_metrics
 from orchestrator.core.model_file import ModelFile
-from orchestrator.core.schema import EdgeshipConfig
+from orchestrator.core.schema import EdgeshipConfig, ModelConfig
+from orchestrator.core.shapes import batch_dim, declared_batches, eval_batch, input_shapes
 from orchestrator.errors import BuildError
 from orchestrator.spec.gates import GateResult, evaluate_gates, parse_gate
 from targets.base import Target
@@ -47,62 +50,44 @@ class Validation:
         }
 
 
-def classification_metrics(
-    out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, names: list[str]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    pred, ref_pred = out.argmax(-1), ref.argmax(-1)
-    metrics = {"agreement": float((pred == ref_pred).mean())}
-    details: dict[str, Any] = {}
-    if labels is not None:
-        metrics["accuracy"] = float((pred == labels).mean())
-        metrics["reference_accuracy"] = float((ref_pred == labels).mean())
-        metrics["accuracy_drop"] = metrics["reference_accuracy"] - metrics["accuracy"]
-        k = out.shape[-1]
-        confusion = np.zeros((k, k), dtype=int)
-        for t, p in zip(labels, pred, strict=True):
-            confusion[int(t), int(p)] += 1
-        details["confusion_matrix"] = {"labels": names, "rows_true_cols_pred": confusion.tolist()}
-    return metrics, details
+def eval_chunking(model: ModelConfig) -> tuple[int, bool]:
+    """How validation batches samples: (size, pad). A static batch is filled up to its size."""
+    return eval_batch(model), isinstance(batch_dim(model), int)
 
 
-def segmentation_metrics(
-    out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, names: list[str]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    pred, ref_pred = out.argmax(1), ref.argmax(1)
-    metrics: dict[str, float] = {}
-    vs_ref = {n: dice(pred, ref_pred, c) for c, n in enumerate(names) if c > 0}
-    for n, d in vs_ref.items():
-        metrics[f"dice_vs_reference.{n}"] = d
-    metrics["dice_vs_reference"] = float(np.mean(list(vs_ref.values())))
-    metrics["min_dice_vs_reference"] = float(min(vs_ref.values()))
-    if labels is not None:
-        vs_lab = {n: dice(pred, labels, c) for c, n in enumerate(names) if c > 0}
-        ref_lab = {n: dice(ref_pred, labels, c) for c, n in enumerate(names) if c > 0}
-        for n, d in vs_lab.items():
-            metrics[f"dice_vs_labels.{n}"] = d
-        metrics["dice_vs_labels"] = float(np.mean(list(vs_lab.values())))
-        metrics["reference_dice_vs_labels"] = float(np.mean(list(ref_lab.values())))
-        metrics["dice_drop"] = metrics["reference_dice_vs_labels"] - metrics["dice_vs_labels"]
-    return metrics, {"classes": names}
-
-
-def run_artifact(target: Target, model: ModelFile, data: Dataset) -> list[list[np.ndarray]]:
+def run_artifact(
+    target: Target, model: ModelFile, data: Dataset, spec_model: ModelConfig | None = None
+) -> list[list[np.ndarray]]:
     session = target.load(model)
-    return [session.run(sample) for sample in data.samples]
+    size, pad = eval_chunking(spec_model) if spec_model is not None else (1, False)
+    return run_batched(session.run, data.samples, size, pad)
 
 
 def measure_in_subprocess(
     spec: EdgeshipConfig, target: Target, model: ModelFile, timeout: float = 1800
 ) -> dict[str, Any]:
-    """Latency percentiles and peak memory from a fresh interpreter."""
+    """Latency percentiles (per declared batch size) and peak memory from a fresh interpreter."""
     v = spec.deployment.validation
+    batches = declared_batches(spec.model, v.latency_batches)
     request = {
         "target": dataclasses.asdict(target.config),
         "model": {"path": str(model.path), "format": model.format, "precision": model.precision},
-        "inputs": [dataclasses.asdict(t) for t in spec.model.inputs],
+        "batches": [
+            {
+                "batch": b,
+                "inputs": [
+                    {"name": t.name, "shape": shape, "dtype": t.dtype}
+                    for t, shape in zip(
+                        spec.model.inputs,
+                        input_shapes(spec.model, "opt", b).values(),
+                        strict=True,
+                    )
+                ],
+            }
+            for b in batches
+        ],
         "warmup": v.latency_warmup,
         "runs": v.latency_runs,
-        "batch": v.latency_batch,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.build.measure"],
@@ -119,6 +104,45 @@ def measure_in_subprocess(
     return result
 
 
+def output_parity(
+    names: list[str], outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Every output over every sample, the artifact's and the reference's, and per output
+    its shape and |artifact - reference| (max, mean). A differing shape is a BuildError."""
+    out_all: dict[str, np.ndarray] = {}
+    ref_all: dict[str, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    if outputs and len(outputs[0]) != len(names):
+        raise BuildError(
+            f"error: the artifact returns {len(outputs[0])} outputs; model.outputs declares "
+            f"{len(names)} ({', '.join(names)})"
+        )
+    if reference and len(reference[0]) != len(names):
+        raise BuildError(
+            f"error: the reference model returns {len(reference[0])} outputs; model.outputs "
+            f"declares {len(names)} ({', '.join(names)})"
+        )
+    for k, name in enumerate(names):
+        out = np.concatenate([o[k] for o in outputs])
+        ref = np.concatenate([r[k] for r in reference])
+        if out.shape != ref.shape:
+            raise BuildError(
+                f"error: model.outputs[{k}] ({name}): artifact output shape {list(out.shape)} "
+                f"differs from the reference's {list(ref.shape)}"
+            )
+        err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        rows.append(
+            {
+                "output": name,
+                "shape": list(out.shape[1:]),
+                "max_abs_error": float(err.max()) if err.size else 0.0,
+                "mean_abs_error": float(err.mean()) if err.size else 0.0,
+            }
+        )
+        out_all[name], ref_all[name] = out, ref
+    return out_all, ref_all, rows
+
+
 def validate(
     spec: EdgeshipConfig,
     target: Target,
@@ -127,27 +151,25 @@ def validate(
     reference: list[list[np.ndarray]],
 ) -> Validation:
     """Measure the artifact and check the deployment's gates."""
-    outputs = run_artifact(target, model, data)
-    out = np.concatenate([o[0] for o in outputs])
-    ref = np.concatenate([r[0] for r in reference])
-    if out.shape != ref.shape:
-        raise BuildError(
-            f"error: artifact output shape {out.shape} differs from the reference's {ref.shape}"
-        )
-    names = list(spec.model.labels)
-    if spec.model.task == "classification":
-        metrics, details = classification_metrics(out, ref, data.labels, names)
-    else:
-        metrics, details = segmentation_metrics(out, ref, data.labels, names)
-    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    metrics["max_abs_error"] = float(err.max())
-    metrics["mean_abs_error"] = float(err.mean())
+    outputs = run_artifact(target, model, data, spec.model)
+    names = [t.name for t in spec.model.outputs]
+    out_all, ref_all, parity = output_parity(names, outputs, reference)
+    metrics, details = task_metrics(spec.model, out_all[names[0]], ref_all[names[0]], data.labels)
+    metrics.update(user_metrics(list(spec.model.metrics), out_all, ref_all, data.labels))
+    for row in parity:
+        metrics[f"max_abs_error.{row['output']}"] = row["max_abs_error"]
+        metrics[f"mean_abs_error.{row['output']}"] = row["mean_abs_error"]
+    metrics["max_abs_error"] = max(r["max_abs_error"] for r in parity)
+    metrics["mean_abs_error"] = float(np.mean([r["mean_abs_error"] for r in parity]))
+    details["outputs"] = parity
     metrics["size_mb"] = model.size_bytes() / 1e6
     timing = measure_in_subprocess(spec, target, model)
     details["latency_samples_ms"] = timing.pop("latency_samples_ms")
     details["load_ms"] = timing.pop("load_ms")
+    details["latency_by_batch"] = timing.pop("by_batch")
     metrics.update(timing)
     details["eval_samples"] = len(data)
+    details["eval_batch"] = eval_chunking(spec.model)[0]
     details["eval_data_sha256"] = data.sha256
     gates = evaluate_gates([parse_gate(g) for g in spec.deployment.gates], metrics)
     return Validation(metrics, gates, details, outputs)

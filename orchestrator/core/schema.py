@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "regression", "custom")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -38,12 +38,31 @@ class CallableRef:
 
 
 @dataclass
+class DynamicDim:
+    """The range a named dynamic dimension takes: every size from min to max runs."""
+
+    min: int = MISSING  # smallest size the artifact serves (1 or more)
+    opt: int = MISSING  # the size it is tuned for (TensorRT profile, export example, eval)
+    max: int = MISSING  # largest size it serves
+
+
+@dataclass
 class TensorSpec:
     """One input or output tensor of the model graph."""
 
     name: str = MISSING  # tensor name in the exported graph
-    shape: List[int] = MISSING  # static shape, batch dimension first
+    shape: List[Any] = MISSING  # dims, batch first: a positive int, or a name declared in dynamic
     dtype: str = field(default="float32", metadata=choices(*DTYPES))  # element type
+    dynamic: Dict[str, DynamicDim] = field(default_factory=dict)  # inputs: name -> its range
+
+
+@dataclass
+class MetricRef:
+    """A user metric: ``fn(outputs, labels)`` returning ``{name: value}``."""
+
+    fn: str = MISSING  # "package.module:function"
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to fn
+    names: List[str] = field(default_factory=list)  # the values it returns (default: fn's name)
 
 
 SOURCE_KINDS = ("pytorch", "onnx", "mlflow")
@@ -82,6 +101,9 @@ class ModelConfig:
     inputs: List[TensorSpec] = MISSING  # graph inputs, in order
     outputs: List[TensorSpec] = MISSING  # graph outputs, in order (first = logits)
     labels: List[str] = field(default_factory=list)  # class names, index order
+    multi_label: bool = False  # classification: independent classes (sigmoid), not one of k
+    threshold: float = 0.5  # multi_label: a class is predicted when its sigmoid >= threshold
+    metrics: List[MetricRef] = field(default_factory=list)  # user metrics, usable in gates
     preprocessing: Optional[CallableRef] = None  # returns the constants an app applies first
     data: DataConfig = field(default_factory=DataConfig)  # evaluation and calibration data
 
@@ -126,8 +148,9 @@ class ValidationConfig:
     """How an artifact is measured."""
 
     latency_warmup: int = 5  # untimed runs before measuring
-    latency_runs: int = 50  # timed runs (batch 1, the declared input shape)
-    latency_batch: int = 1  # batch size of the latency input
+    latency_runs: int = 50  # timed runs per batch size
+    latency_batches: List[int] = field(default_factory=list)
+    # batch sizes measured (empty: a static batch's size; a dynamic batch's min, opt and max)
 
 
 @dataclass

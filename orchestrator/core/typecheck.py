@@ -110,6 +110,10 @@ def check_value(value: Any, tp: Any, key: str, report: Report, meta: Mapping[str
     if origin in (dict, typing.Dict):  # noqa: UP006
         if not isinstance(value, Mapping):
             report(key, f"expected a mapping, found {describe(value)}")
+            return
+        if len(args) == 2 and args[1] is not Any:
+            for k, item in value.items():
+                check_value(item, args[1], join(key, str(k)), report, {})
         return
     if tp is bool:
         if not isinstance(value, bool):

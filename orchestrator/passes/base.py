@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +38,8 @@ class PassContext:
     calibration: Callable[[], list[Inputs]]  # calibration samples (batch 1 each), lazily loaded
     threads: int = 0  # CPU threads the pass may use (0 = library default)
     evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
+    input_bounds: dict[str, list[int | tuple[int, int]]] | None = None
+    # input name -> each dim as an int, or (min, max) for a dynamic one; None: all static
 
 
 class Pass(ABC):
@@ -51,6 +53,14 @@ class Pass(ABC):
     runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "openvino", "tensorrt")  # who runs it
     needs_calibration: ClassVar[bool] = False  # requires model.data.calibration
     backend: ClassVar[str] = "onnx"  # library the pass uses; its import is checked at build
+
+    @classmethod
+    def static_shapes_reason(cls, options: Mapping[str, Any]) -> str | None:
+        """Why this pass with ``options`` needs static input shapes (None: dynamic ones work).
+
+        The spec rules refuse a dynamic dimension in a recipe with such a pass before any work.
+        """
+        return None
 
     def output_precision(self, options: Any, current: str) -> str:
         """Precision of the output model given the input model's precision."""

@@ -7,6 +7,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -28,7 +29,9 @@ COMMON_METRICS = (
     "mean_ms",
     "size_mb",
     "peak_memory_mb",
+    "throughput",
 )
+LATENCY_METRICS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput")
 TASK_METRICS = {
     "classification": ("agreement", "accuracy", "reference_accuracy", "accuracy_drop"),
     "segmentation": (
@@ -38,17 +41,67 @@ TASK_METRICS = {
         "reference_dice_vs_labels",
         "dice_drop",
     ),
+    "multi_label": (
+        "agreement",
+        "label_agreement",
+        "accuracy",
+        "reference_accuracy",
+        "accuracy_drop",
+        "f1",
+        "reference_f1",
+        "f1_drop",
+    ),
+    "regression": (
+        "mae",
+        "rmse",
+        "r2",
+        "reference_mae",
+        "reference_rmse",
+        "reference_r2",
+        "mae_increase",
+        "rmse_increase",
+        "r2_drop",
+    ),
 }
 
 
-def measured_metrics(task: str, labels: Iterable[str]) -> list[str]:
-    """Every metric validation reports for a model of this task."""
-    names = list(COMMON_METRICS) + list(TASK_METRICS.get(task, ()))
+def measured_metrics(
+    task: str,
+    labels: Iterable[str],
+    *,
+    multi_label: bool = False,
+    outputs: Iterable[str] = (),
+    user: Iterable[str] = (),
+    batches: Iterable[int] = (),
+) -> list[str]:
+    """Every metric validation reports for a model of this task.
+
+    ``outputs``: output names (``max_abs_error.<output>``); ``user``: the names of the
+    model's own metrics (each also as ``reference_<name>`` and ``<name>_drop``);
+    ``batches``: the batch sizes latency is measured at (``p95_ms.batch8``).
+    """
+    kind = "multi_label" if task == "classification" and multi_label else task
+    names = list(COMMON_METRICS) + list(TASK_METRICS.get(kind, ()))
+    for u in user:
+        names += [u, f"reference_{u}", f"{u}_drop"]
+    for o in outputs:
+        names += [f"max_abs_error.{o}", f"mean_abs_error.{o}"]
+    for b in batches:
+        names += [f"{m}.batch{b}" for m in LATENCY_METRICS]
     if task == "segmentation":
         for label in list(labels)[1:]:
             names.append(f"dice_vs_reference.{label}")
             names.append(f"dice_vs_labels.{label}")
     return names
+
+
+def metric_names(entry: Any) -> list[str]:
+    """The names a ``model.metrics`` entry reports: its ``names``, else the function's name."""
+    get = entry.get if isinstance(entry, Mapping) else lambda k: getattr(entry, k, None)
+    names, fn = get("names"), get("fn")
+    if names:
+        return [str(n) for n in names]
+    return [fn.rpartition(":")[2]] if isinstance(fn, str) and fn else []
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.schema import TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
 from orchestrator.passes.base import registered_passes
 from orchestrator.spec.files import list_options, read_option
-from orchestrator.spec.gates import GateSyntaxError, measured_metrics, parse_gate
+from orchestrator.spec.gates import GateSyntaxError, measured_metrics, metric_names, parse_gate
+from orchestrator.spec.shapes import (
+    check_latency_batches,
+    check_servable,
+    check_shapes,
+    gate_batches,
+)
 from targets.base import registered_targets
 
 Report = Callable[[str, str], None]
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_METRIC_NAME = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def _get(data: Mapping[str, Any], *path: str) -> Any:
@@ -37,12 +46,7 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
         tensors = model.get(group)
         if isinstance(tensors, list) and not tensors:
             report(f"model.{group}", "expected at least one tensor, found an empty list")
-        for i, t in enumerate(tensors if isinstance(tensors, list) else []):
-            shape = t.get("shape") if isinstance(t, Mapping) else None
-            if isinstance(shape, list) and any(
-                isinstance(d, int) and not isinstance(d, bool) and d <= 0 for d in shape
-            ):
-                report(f"model.{group}[{i}].shape", f"expected positive dimensions, found {shape}")
+    check_shapes(model, report)
     task = model.get("task")
     labels = model.get("labels")
     outputs = model.get("outputs")
@@ -63,6 +67,42 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
                     f"expected {classes} labels (outputs[0].shape{[axis]} = {classes}), "
                     f"found {len(labels)}",
                 )
+    if model.get("multi_label") is True and task != "classification":
+        report(
+            "model.multi_label",
+            f"expected false for a {task} model; multi_label is a kind of classification",
+        )
+    metrics = model.get("metrics")
+    seen: dict[str, int] = {}
+    builtin = measured_metrics(str(task), [], multi_label=model.get("multi_label") is True)
+    for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+        if not isinstance(m, Mapping):
+            continue
+        fn = m.get("fn")
+        if isinstance(fn, str) and not _CALLABLE.match(fn):
+            report(f"model.metrics[{i}].fn", f"expected 'package.module:function', found '{fn}'")
+            continue
+        for name in metric_names(m):
+            if not _METRIC_NAME.match(name):
+                report(
+                    f"model.metrics[{i}].names",
+                    f"expected metric names of letters, digits and _ (usable in gates), "
+                    f"found '{name}'",
+                )
+            elif set(derived(name)) & set(builtin):
+                clash = sorted(set(derived(name)) & set(builtin))[0]
+                report(
+                    f"model.metrics[{i}].names",
+                    f"'{name}' would report '{clash}', which edgeship measures itself for a "
+                    f"{task} model; choose another name",
+                )
+            elif name in seen:
+                report(
+                    f"model.metrics[{i}].names",
+                    f"'{name}' is already reported by model.metrics[{seen[name]}]",
+                )
+            else:
+                seen[name] = i
     if task == "segmentation" and isinstance(labels, list) and not labels:
         report("model.labels", "expected the class names of a segmentation model, found none")
 
@@ -308,9 +348,16 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
     gates = _get(spec, "deployment", "gates")
     task = _get(spec, "model", "task")
     labels = _get(spec, "model", "labels") or []
-    if not isinstance(gates, list) or task not in ("classification", "segmentation"):
+    if not isinstance(gates, list) or task not in TASKS:
         return
-    measured = measured_metrics(task, labels if isinstance(labels, list) else [])
+    measured = measured_metrics(
+        task,
+        labels if isinstance(labels, list) else [],
+        multi_label=_get(spec, "model", "multi_label") is True,
+        outputs=_names(_get(spec, "model", "outputs")),
+        user=[n for m in _list(_get(spec, "model", "metrics")) for n in metric_names(m)],
+        batches=gate_batches(spec),
+    )
     for i, text in enumerate(gates):
         if not isinstance(text, str):
             continue
@@ -325,6 +372,19 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
             near = closest(gate.metric, measured)
             msg += f" (did you mean '{near}'?)" if near else f"; measured: {', '.join(measured)}"
             report(key, msg)
+
+
+def derived(name: str) -> list[str]:
+    """The metrics a user metric ``name`` reports: itself, ``reference_`` and ``_drop``."""
+    return [name, f"reference_{name}", f"{name}_drop"]
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _names(tensors: Any) -> list[str]:
+    return [str(t["name"]) for t in _list(tensors) if isinstance(t, Mapping) and "name" in t]
 
 
 def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> None:
@@ -354,5 +414,7 @@ def check_spec(
     if isinstance(target, Mapping):
         check_target(target, report)
     check_recipe(spec, report, f"conf/model/{choices.get('model')}.yaml", root)
+    check_servable(spec, report)
     check_gates(spec, report)
     check_deployment(spec, report, choices.get("deployment", ""))
+    check_latency_batches(spec, report)

@@ -23,7 +23,7 @@ CASES: dict[str, dict] = {
         "args": ["show", "deployment=posture_server", "model.inptus=[]"],
     },
     "unknown_choice_value": {
-        "args": ["show", "deployment=posture_server", "model.task=regression"],
+        "args": ["show", "deployment=posture_server", "model.task=detection"],
     },
     "unknown_pass_in_recipe_file": {
         "args": ["build", "deployment=posture_server", "recipe=ort_int8_static"],
@@ -105,6 +105,92 @@ CASES: dict[str, dict] = {
     },
     "candidates_in_a_recipe_that_does_not_select": {
         "args": ["build", "deployment=posture_server", "recipe.candidates=[ort_fp32]"],
+    },
+    "dimension_minus_one_or_null": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [("conf/model/posture_cnn.yaml", "shape: [1, 6, 100]", "shape: [-1, 6, null]")],
+    },
+    "dynamic_dimension_not_declared": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [
+            ("conf/model/posture_cnn.yaml", "shape: [1, 6, 100]", "shape: [batch, 6, 100]"),
+            ("conf/model/posture_cnn.yaml", "shape: [1, 4]", "shape: [bacth, 4]"),
+        ],
+    },
+    "dynamic_declaration_out_of_order_or_unused": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 6, 100], dtype: float32}",
+                "shape: [batch, 6, 100], dtype: float32,\n"
+                "     dynamic: {batch: {min: 8, opt: 4, max: 32}, time: {min: 1, opt: 2, max: 3}}}",
+            ),
+        ],
+    },
+    "dynamic_dimension_with_min_equal_max_and_missing_opt": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 6, 100], dtype: float32}",
+                "shape: [batch, 6, time], dtype: float32,\n"
+                "     dynamic: {batch: {min: 4, opt: 4, max: 4}, time: {min: 50, max: 200}}}",
+            ),
+        ],
+    },
+    "dynamic_batch_on_a_static_shape_target": {
+        "args": ["show", "deployment=posture_phone", "target=ios_phone"],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 6, 100], dtype: float32}",
+                "shape: [batch, 6, 100], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: 8, max: 32}}}",
+            ),
+        ],
+    },
+    "latency_batch_the_model_does_not_serve": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "deployment.validation.latency_batches=[1,16]",
+        ],
+    },
+    "latency_batch_outside_the_dynamic_range": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "deployment.validation.latency_batches=[8,64]",
+        ],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 6, 100], dtype: float32}",
+                "shape: [batch, 6, 100], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: 8, max: 32}}}",
+            ),
+            ("conf/model/posture_cnn.yaml", "shape: [1, 4]", "shape: [batch, 4]"),
+        ],
+    },
+    "gate_on_a_user_metric_never_measured": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "model.metrics=[{fn: 'mypkg.metrics:auroc'}]",
+        ],
+        "replace": [
+            ("conf/deployment/posture_server.yaml", "agreement >= 0.95", "aucroc >= 0.9"),
+            ("conf/deployment/posture_server.yaml", "accuracy_drop <= 0.05", "f1_drop <= 0.01"),
+        ],
+    },
+    "user_metric_names_and_task_options": {
+        "args": [
+            "build",
+            "deployment=ct_seg_server",
+            "model.multi_label=true",
+            "model.metrics=[{fn: 'mypkg.metrics'}, {fn: 'a.b:c', names: [dice_drop, 'p@k']}]",
+        ],
     },
     "every_problem_at_once": {
         "args": [

@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
+from orchestrator.core.shapes import openvino_shapes
 from orchestrator.passes.base import Pass, PassContext, register_pass
 
 
@@ -30,6 +31,9 @@ class OvConvert(Pass):
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         ov = require("openvino")
         ov_model = ov.convert_model(str(model.path))
+        if ctx.input_bounds:
+            # dynamic dims bounded to the declared range: the CPU plugin sizes its buffers once
+            ov_model.reshape(openvino_shapes(ov, ctx.input_bounds))
         out = ctx.workdir / "model.xml"
         ov.save_model(ov_model, str(out), compress_to_fp16=options.compress_to_fp16)
         return ModelFile(out, "openvino_ir", self.output_precision(options, model.precision))

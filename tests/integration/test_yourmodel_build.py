@@ -1,0 +1,94 @@
+"""A team's own models build end to end: two inputs with a dynamic batch and two outputs on
+ONNX Runtime and OpenVINO, a regression model, a multi-label model with a user metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.build.pipeline import run_build
+from orchestrator.errors import GateFailure
+from orchestrator.spec.compose import compose
+from tests.yourmodel import make_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("yourmodel"))
+
+
+def _build(project: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> Path:
+    monkeypatch.setenv("EDGESHIP_ARTIFACTS", str(tmp / "artifacts"))
+    spec = compose(list(overrides), project)
+    return run_build(spec, record=False).artifact_dir
+
+
+@pytest.mark.parametrize("deployment", ["two_inputs_server", "two_inputs_nuc"])
+def test_two_input_model_with_dynamic_batch_builds_and_compares_every_output(
+    deployment: str, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    art = _build(project, tmp_path, monkeypatch, f"deployment={deployment}")
+    validation = json.loads((art / "validation.json").read_text())
+    assert validation["passed"]
+    metrics = validation["metrics"]
+    # latency and throughput at the declared batch sizes: min, opt, max
+    assert [b["batch"] for b in validation["details"]["latency_by_batch"]] == [1, 4, 16]
+    for b in (1, 4, 16):
+        assert metrics[f"p95_ms.batch{b}"] > 0
+        assert metrics[f"throughput.batch{b}"] > 0
+    # every output compared, in metrics, validation.json and the report
+    assert [o["output"] for o in validation["details"]["outputs"]] == ["logits", "aux"]
+    assert metrics["max_abs_error.aux"] <= 1e-3
+    assert metrics["max_abs_error"] == max(
+        metrics["max_abs_error.logits"], metrics["max_abs_error.aux"]
+    )
+    report = (art / "report.md").read_text()
+    assert "Parity per output" in report and "`aux`" in report
+    assert "Latency by batch size" in report
+    runtime = json.loads((art / "runtime.json").read_text())
+    assert runtime["inputs"][0]["shape"] == ["batch", 6, 100]
+    assert runtime["inputs"][0]["dynamic"] == {"batch": {"min": 1, "opt": 4, "max": 16}}
+    # the smoke test holds a batch at the opt size, both outputs
+    smoke = np.load(art / "smoke" / "expected.npz")
+    assert sorted(smoke.files) == ["aux", "logits"] and smoke["logits"].shape == (4, 4)
+
+
+def test_regression_model_reports_its_errors_against_labels_and_reference(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    art = _build(project, tmp_path, monkeypatch, "deployment=regressor_server")
+    metrics = json.loads((art / "metrics.json").read_text())
+    for name in ("mae", "rmse", "r2", "reference_mae", "mae_increase", "r2_drop"):
+        assert name in metrics
+    assert abs(metrics["mae_increase"]) < 1e-3
+    assert metrics["r2"] > 0.5
+
+
+def test_multi_label_model_with_a_user_metric_passes_its_gates(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    art = _build(project, tmp_path, monkeypatch, "deployment=tagger_server")
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["auroc"] == pytest.approx(metrics["reference_auroc"], abs=1e-6)
+    assert metrics["auroc_drop"] == pytest.approx(0.0, abs=1e-6)
+    for name in ("agreement", "label_agreement", "accuracy", "f1", "reference_f1", "f1_drop"):
+        assert name in metrics
+    validation = json.loads((art / "validation.json").read_text())
+    assert {g["gate"] for g in validation["gates"]} >= {"auroc >= 0.6", "auroc_drop <= 0.01"}
+
+
+def test_gate_on_a_user_metric_fails_the_build_when_missed(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(GateFailure) as info:
+        _build(
+            project,
+            tmp_path,
+            monkeypatch,
+            "deployment=tagger_server",
+            "deployment.gates=['auroc >= 1.01']",
+        )
+    assert any("auroc >= 1.01: FAIL" in line for line in info.value.failed)

@@ -25,7 +25,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     for rel in [*written, Path("dvc-stages.yaml")]:
         print(f"  {rel}")
     where = "" if folder == Path.cwd().resolve() else f"cd {args.dir} && "
-    print(f"next: {where}edgeship build deployment=mymodel_server   (see README.md)")
+    print(
+        f"next: {where}edgeship train model=mymodel && edgeship build "
+        "deployment=mymodel_server   (see README.md)"
+    )
     return 0
 
 

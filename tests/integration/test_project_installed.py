@@ -81,9 +81,14 @@ def test_installed_edgeship_builds_a_team_project_with_builtin_recipe_and_target
     assert re.search(r"ort_fp32\s+\(built-in\)", listed)
     assert re.search(r"\n  server\s+\(built-in\)", listed)
 
+    # a build never makes weights up: it names the key and says how to make them
+    refused = _edgeship(tool, project, "build", "deployment=mymodel_server", ok=False)
+    assert refused.returncode == 2 and "model.source.weights" in refused.stderr
+    assert not (project / "artifacts").exists()
+    _edgeship(tool, project, "train", "model=mymodel")
+    assert (project / "models" / "mymodel.pt").is_file()  # trained by the project's own code
     built = _edgeship(tool, project, "build", "deployment=mymodel_server", "--no-record")
     assert "mymodel_server: PASSED" in built.stdout
-    assert (project / "models" / "mymodel.pt").is_file()  # trained by the project's own code
     assert (project / "artifacts" / "mymodel_server" / "model" / "model.onnx").is_file()
 
     # the project's own recipe of a built-in's name wins

@@ -263,6 +263,10 @@ def stage_bundle(
     check = session.agent(f"verify --manifest-only {shlex.quote(folder)}")
     if check.code != 0:
         answer = check.json_or_none() or {}
+        if check.code != 10 and not session.aborted:  # the agent could not even check it
+            full = _disk_full(session, folder, sum(int(e["size"]) for e in entries))
+            if full is not None:
+                raise DeviceDiskFullError(full)
         outcome.agent = answer
         outcome.result = "refused" if check.code == 10 else "error"
         outcome.refusal = answer.get("refusal")
@@ -286,8 +290,21 @@ def stage_bundle(
         plan = [{"sha256": e["sha256"], "dest": f"staging/{name}/{e['path']}"} for e in to_link]
         plan_path = f"{session.root}/staging/.plan-{name}.json"
         session.put_bytes(json.dumps(plan).encode(), plan_path)
-        answer = session.agent(f"link --plan {shlex.quote(plan_path)}").json()
-        missing = set(answer.get("missing", []))
+        res = session.agent(f"link --plan {shlex.quote(plan_path)}")
+        answer = res.json_or_none() or {}
+        if res.code == 0:
+            missing = set(answer.get("missing", []))
+        else:  # nothing copied for sure: a full disk stops here, anything else sends the files
+            needed = sum(int(e["size"]) for e in entries)
+            full = None if session.aborted else _disk_full(session, folder, needed)
+            if full is not None:
+                raise DeviceDiskFullError(full)
+            outcome.notes.append(
+                "copying installed files on the device failed ("
+                + str(answer.get("message") or res.stderr.strip())[:200]
+                + "); sending them instead"
+            )
+            missing = {f"staging/{name}/{e['path']}" for e in to_link}
         outcome.files_linked = len(to_link) - len(missing)
         complete |= {e["path"] for e in to_link if f"staging/{name}/{e['path']}" not in missing}
     outcome.files_present = len([p for p in complete if p in present])

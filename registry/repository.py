@@ -75,15 +75,25 @@ class Repository:
         shutil.copyfile(self.folder / f"{newest}.root.json", self.folder / "root.json")
         return newest
 
+    def _next(self, role: str, cls: type) -> Metadata:
+        """The role's metadata as the next version (version 1 when there is none yet)."""
+        md = self._load(role)
+        if md is None:
+            return Metadata(cls(version=1))
+        md.signed.version += 1
+        return md
+
+    def _publish(self, md: Metadata, role: str, days: float, signer_role: str) -> None:
+        """Give ``md`` a new expiry, sign it with the online key of ``signer_role``, write it."""
+        md.signed.expires = _expiry(days)
+        md.sign(self.store.online_signer(signer_role))
+        self._write(md, f"{role}.json")
+
     def add_bundle(self, folder: Path, deployment: str, version: int) -> int:
         """List every file of the bundle ``folder`` as targets; returns the targets version."""
         with exclusive_lock(self.root / ".tuf.lock"):
             self.sync_roots()
-            targets = self._load("targets")
-            if targets is None:
-                targets = Metadata(Targets(version=1))
-            else:
-                targets.signed.version += 1
+            targets = self._next("targets", Targets)
             signed = targets.signed
             assert isinstance(signed, Targets)
             prefix = f"{deployment}/{version}/"
@@ -97,36 +107,22 @@ class Repository:
                         "edgeship": {"deployment": deployment, "version": version}
                     }
                 signed.targets[name] = target
-            signed.expires = _expiry(TARGETS_DAYS)
-            targets.sign(self.store.online_signer("targets"))
-            self._write(targets, "targets.json")
+            self._publish(targets, "targets", TARGETS_DAYS, "targets")
             self._snapshot_and_timestamp(signed.version)
             log.info(
                 "targets metadata version %d lists %s v%d", signed.version, deployment, version
             )
             return int(signed.version)
 
-    def _snapshot_and_timestamp(self, targets_version: int) -> None:
-        snapshot = self._load("snapshot")
-        if snapshot is None:
-            snapshot = Metadata(Snapshot(version=1))
-        else:
-            snapshot.signed.version += 1
-        assert isinstance(snapshot.signed, Snapshot)
+    def _snapshot_and_timestamp(self, targets_version: int) -> Metadata:
+        """New snapshot (over ``targets_version``) and timestamp; returns the timestamp."""
+        snapshot = self._next("snapshot", Snapshot)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets_version)
-        snapshot.signed.expires = _expiry(SNAPSHOT_DAYS)
-        snapshot.sign(self.store.online_signer("timestamp"))
-        self._write(snapshot, "snapshot.json")
-        timestamp = self._load("timestamp")
-        if timestamp is None:
-            timestamp = Metadata(Timestamp(version=1))
-        else:
-            timestamp.signed.version += 1
-        assert isinstance(timestamp.signed, Timestamp)
+        self._publish(snapshot, "snapshot", SNAPSHOT_DAYS, "timestamp")
+        timestamp = self._next("timestamp", Timestamp)
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
-        timestamp.signed.expires = _expiry(TIMESTAMP_DAYS)
-        timestamp.sign(self.store.online_signer("timestamp"))
-        self._write(timestamp, "timestamp.json")
+        self._publish(timestamp, "timestamp", TIMESTAMP_DAYS, "timestamp")
+        return timestamp
 
     def refresh(self) -> tuple[int, datetime]:
         """Re-sign the snapshot and timestamp with new expiries (and copy new root versions).
@@ -136,15 +132,7 @@ class Repository:
         """
         with exclusive_lock(self.root / ".tuf.lock"):
             self.sync_roots()
-            targets = self._load("targets")
-            if targets is None:
-                targets = Metadata(Targets(version=1))
-            else:  # re-signed: the targets key may have been rotated
-                targets.signed.version += 1
-            targets.signed.expires = _expiry(TARGETS_DAYS)
-            targets.sign(self.store.online_signer("targets"))
-            self._write(targets, "targets.json")
-            self._snapshot_and_timestamp(int(targets.signed.version))
-            timestamp = self._load("timestamp")
-            assert timestamp is not None
+            targets = self._next("targets", Targets)  # re-signed: the key may have been rotated
+            self._publish(targets, "targets", TARGETS_DAYS, "targets")
+            timestamp = self._snapshot_and_timestamp(int(targets.signed.version))
             return int(timestamp.signed.version), timestamp.signed.expires

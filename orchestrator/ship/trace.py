@@ -105,50 +105,50 @@ def _rollouts_for(
             "unfinished",
         )
         bundle_version = started["bundle"]["version"]
+        journal = {
+            "rollout": path.stem,
+            "bundle_version": bundle_version,
+            "bundle_digest": started["bundle"]["digest"],
+            "strategy": started["strategy"]["name"],
+            "fleet": started["fleet"]["name"],
+            "rollout_status": status,
+        }
         for e in entries:
             if e.get("event") == "device_done" and e.get("device") == device:
-                out.append(
-                    {
-                        "rollout": path.stem,
-                        "at": e.get("ts"),
-                        "result": e.get("result"),
-                        "version": e.get("version"),
-                        "from_version": e.get("from_version"),
-                        "bundle_version": started["bundle"]["version"],
-                        "bundle_digest": started["bundle"]["digest"],
-                        "strategy": started["strategy"]["name"],
-                        "fleet": started["fleet"]["name"],
-                        "rollout_status": status,
-                        "ok": e.get("ok"),
-                        "change": _change(e, bundle_version),
-                        "current": version is not None
-                        and e.get("version") == version
-                        and started["bundle"]["version"] == version,
-                    }
-                )
+                current = version is not None and e.get("version") == version == bundle_version
+                change = _change(e, bundle_version)
+                out.append(_entry(journal, e, e.get("result"), e.get("version"), change, current))
             elif e.get("event") == "device_rollback" and e.get("device") == device:
-                out.append(
-                    {
-                        "rollout": path.stem,
-                        "at": e.get("ts"),
-                        "result": "rollback",
-                        "version": e.get("version") or e.get("to_version"),
-                        "from_version": e.get("from_version"),
-                        "bundle_version": started["bundle"]["version"],
-                        "bundle_digest": started["bundle"]["digest"],
-                        "strategy": started["strategy"]["name"],
-                        "fleet": started["fleet"]["name"],
-                        "rollout_status": status,
-                        "ok": e.get("ok"),
-                        "change": (
-                            f"{_v(e.get('from_version'))} -> {_v(e.get('version'))}"
-                            if e.get("result") == "rolled_back"
-                            else f"{e.get('result')}: {_v(e.get('version') or e.get('to_version'))}"
-                        ),
-                        "current": False,
-                    }
+                to = e.get("version") or e.get("to_version")
+                change = (
+                    f"{_v(e.get('from_version'))} -> {_v(e.get('version'))}"
+                    if e.get("result") == "rolled_back"
+                    else f"{e.get('result')}: {_v(to)}"
                 )
+                out.append(_entry(journal, e, "rollback", to, change, False))
     return out
+
+
+def _entry(
+    journal: dict[str, Any],
+    e: dict[str, Any],
+    result: Any,
+    version: Any,
+    change: str,
+    current: bool,
+) -> dict[str, Any]:
+    """One journal entry that moved a device, with the rollout it belongs to."""
+    return {
+        "rollout": journal["rollout"],
+        "at": e.get("ts"),
+        "result": result,
+        "version": version,
+        "from_version": e.get("from_version"),
+        **{k: v for k, v in journal.items() if k != "rollout"},
+        "ok": e.get("ok"),
+        "change": change,
+        "current": current,
+    }
 
 
 def _v(version: Any) -> str:

@@ -225,20 +225,17 @@ def check_root_update(current: dict, doc: dict, source: str, verify: Verify) -> 
             f"{source}: root version {new} does not follow the trusted version {have} "
             f"(expected {have + 1})",
         )
-    count, threshold = count_signatures(doc, current["signed"], "root", verify)
-    if count < threshold:
-        raise RootError(
-            "untrusted_root",
-            f"{source}: root version {new} is signed by {count} of the trusted root keys; "
-            f"the trusted root (version {have}) requires {threshold}",
-        )
-    count, threshold = count_signatures(doc, doc["signed"], "root", verify)
-    if count < threshold:
-        raise RootError(
-            "untrusted_root",
-            f"{source}: root version {new} is signed by {count} of its own root keys; "
-            f"it requires {threshold}",
-        )
+    trusted = f"of the trusted root keys; the trusted root (version {have}) requires"
+    for signers, needs in (
+        (current["signed"], trusted),
+        (doc["signed"], "of its own root keys; it requires"),
+    ):
+        count, threshold = count_signatures(doc, signers, "root", verify)
+        if count < threshold:
+            raise RootError(
+                "untrusted_root",
+                f"{source}: root version {new} is signed by {count} {needs} {threshold}",
+            )
 
 
 def expired(signed: dict, now: datetime | None = None) -> bool:

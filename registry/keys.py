@@ -56,8 +56,8 @@ from tuf.api.serialization.json import JSONSerializer
 
 from orchestrator import project
 from orchestrator.core.fsutil import exclusive_lock
+from orchestrator.device.agent import rootmeta
 from orchestrator.errors import KeyStoreError
-from registry.signing import public_pem
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,9 @@ def tuf_key(public: Any) -> SSlibKey:
 
 
 def key_pem(key: Any) -> str:
-    """A TUF ed25519 key as SubjectPublicKeyInfo PEM (what ``openssl -pubin`` reads)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    return public_pem(Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.keyval["public"])))
+    """A TUF ed25519 key as SubjectPublicKeyInfo PEM (what ``openssl -pubin`` reads): the
+    same conversion devices make (:func:`orchestrator.device.agent.rootmeta.key_pem`)."""
+    return rootmeta.key_pem({"keyval": key.keyval})
 
 
 @dataclass

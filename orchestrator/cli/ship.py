@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.cli.common import human_size, integer, key_store, pairs, project_dir, split_list
 from orchestrator.core.text import terminal
-from orchestrator.errors import BundleError, KeyStoreError, RolloutError
+from orchestrator.errors import BundleError, KeyStoreError, RolloutError, SpecError
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ def _refresh_repository(store: Any) -> None:
 
     try:
         root = bundles_root(project_dir())
-    except Exception:
+    except SpecError:  # no project here: no bundle repository to refresh
         return
     if (root / METADATA_DIR).is_dir():
         version, expires = Repository(root, store).refresh()

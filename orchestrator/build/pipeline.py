@@ -321,7 +321,8 @@ def _evidence_params(evidence: dict[str, Any]) -> dict[str, str]:
         params[f"file.{entry['key']}.path"] = str(entry["path"])
         params[f"file.{entry['key']}.sha256"] = str(entry["sha256"])
         params[f"file.{entry['key']}.git"] = str(entry["git"])
-    for dist, version in (code.get("packages") or {}).items():
+    packages = {**(code.get("packages") or {}), **(source.get("packages") or {})}
+    for dist, version in packages.items():
         params[f"package.{dist}"] = version
     return params
 

@@ -5,7 +5,9 @@
 - ``pytorch`` + ``path``: a ``.pt2`` archive (``torch.export.save``; the ExportedProgram
   is exported) or a TorchScript file (``torch.jit.save``; the TorchScript exporter);
 - ``onnx`` + ``path``: ONNX Runtime (FP32, CPU) on the original file; the export is a copy;
-- ``mlflow`` + ``uri``: the onnx flavour as ``onnx``, else the pytorch flavour as above.
+- ``mlflow`` + ``uri``: the onnx flavour as ``onnx``, else the pytorch flavour as above;
+- ``huggingface`` and ``monai_bundle`` + ``path`` (a folder): see
+  :mod:`orchestrator.build.framework_sources`.
 
 Nothing here trains or invents weights: a file the spec names must exist
 (:func:`missing_source_files`), and training is the explicit ``edgeship train``.
@@ -16,75 +18,19 @@ references, and for MLflow the model version it came from.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from orchestrator.build import reference as ref
-from orchestrator.build.export import export_torch, import_onnx, onnx_signature
-from orchestrator.build.usercode import call_user
-from orchestrator.core.model_file import ModelFile, sha256_file
+from orchestrator.build.export import onnx_signature
+from orchestrator.build.reference_model import Reference, tree_sha256
+from orchestrator.core.model_file import sha256_file
 from orchestrator.core.schema import ModelConfig
 from orchestrator.errors import BuildError, Problem, SpecError
-from orchestrator.passes.base import Inputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reference:
-    """A loaded reference model: runs the evaluation samples, exports to ONNX, says where
-    it came from. ``close()`` removes anything downloaded for it."""
-
-    kind: str  # the spec's model.source.kind
-    format: str  # state_dict, factory, torchscript, torch_export, onnx, mlflow:<flavour>
-    key: str  # the spec key that names the model (for errors)
-    lineage: dict[str, Any]
-    module: Any = None  # a torch module (pytorch sources and the pytorch flavour)
-    exportable: Any = None  # what torch.onnx.export takes (the module or an ExportedProgram)
-    dynamo: bool = True  # False: TorchScript, exported by the TorchScript-based exporter
-    onnx_path: Path | None = None  # onnx sources: the original file
-    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
-
-    def run(self, samples: list[Inputs], model: ModelConfig) -> list[list[np.ndarray]]:
-        """The reference's outputs for every sample (FP32, CPU)."""
-        input_names = [t.name for t in model.inputs]
-        if self.onnx_path is not None:
-            return _run_onnx(self.onnx_path, samples, [t.name for t in model.outputs])
-        return call_user(
-            ref.run_reference,
-            self.key,
-            "the model's forward",
-            self.module,
-            samples,
-            input_names,
-        )
-
-    def export(self, model: ModelConfig, out: Path) -> ModelFile:
-        """Write the single-file ONNX model the recipe's passes start from."""
-        if self.onnx_path is not None:
-            return import_onnx(self.onnx_path, model, out, self.key)
-        return export_torch(self.exportable, model, out, dynamo=self.dynamo)
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def _run_onnx(path: Path, samples: list[Inputs], output_names: list[str]) -> list[list[np.ndarray]]:
-    from orchestrator.core.runtime_imports import require
-
-    ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [list(session.run(output_names, dict(s))) for s in samples]
 
 
 # -- files a spec names ------------------------------------------------------------------------
@@ -94,6 +40,8 @@ def _spec_source(files: dict[str, str], overrides: list[str], key: str) -> str:
     """Where ``key`` was set: the override that set it, else the model's file."""
     for line in overrides:
         name = line.lstrip("+~").split("=", 1)[0]
+        if "." not in name:
+            continue  # a choice of group (model=NAME): the value comes from that file
         if key == name or key.startswith(name + "."):
             return f"command line ({line})"
     return files.get("model", "command line")
@@ -107,12 +55,17 @@ def missing_source_files(
     A missing weights file is never trained for silently: a build stops here, and the
     weights come from ``edgeship train`` (or the project's own pipeline).
     """
+    from orchestrator.build.framework_sources import folder_problems
+
     problems = []
     src = model.source
     for key, rel in (("model.source.weights", src.weights), ("model.source.path", src.path)):
         if not rel:
             continue
         path = root / rel
+        if src.kind in ("huggingface", "monai_bundle") and key == "model.source.path":
+            problems += folder_problems(src.kind, path, rel, _spec_source(files, overrides, key))
+            continue
         if path.is_file():
             continue
         msg = f"file {rel} does not exist in the project"
@@ -143,6 +96,12 @@ def open_source(model: ModelConfig, root: Path) -> Reference:
         return _open_onnx(model, root)
     if kind == "mlflow":
         return _open_mlflow(model, root)
+    if kind in ("huggingface", "monai_bundle"):
+        from orchestrator.build import framework_sources
+
+        if kind == "huggingface":
+            return framework_sources.open_huggingface(model, root)
+        return framework_sources.open_monai_bundle(model, root)
     if model.source.path:
         return _open_torch_file(model, root)
     return _open_factory(model, root)
@@ -238,16 +197,6 @@ def _open_onnx(model: ModelConfig, root: Path) -> Reference:
     return Reference("onnx", "onnx", "model.source.path", lineage, onnx_path=path)
 
 
-def tree_sha256(folder: Path) -> str:
-    """One hash over every file of a folder (relative paths and contents)."""
-    digest = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            digest.update(p.relative_to(folder).as_posix().encode() + b"\0")
-            digest.update(sha256_file(p).encode())
-    return digest.hexdigest()
-
-
 def _open_mlflow(model: ModelConfig, root: Path) -> Reference:
     from registry.model_source import fetch_model, load_pytorch
 
@@ -302,7 +251,11 @@ def source_tags(lineage: dict[str, Any]) -> dict[str, str]:
         "edgeship.source.sha256": str(lineage.get("sha256")),
     }
     for entry in lineage.get("files", []):
+        if "/" in entry["key"]:
+            continue  # a file of a model folder: the folder's hash (sha256) covers them
         tags[f"edgeship.source.file.{entry['key'].rsplit('.', 1)[-1]}"] = str(entry["path"])
+    if lineage.get("folder"):
+        tags["edgeship.source.folder"] = str(lineage["folder"])
     mlflow = lineage.get("mlflow") or {}
     for k in ("uri", "registered_model", "version", "alias", "run_id", "model_id"):
         if mlflow.get(k):

@@ -65,7 +65,7 @@ class MetricRef:
     names: List[str] = field(default_factory=list)  # the values it returns (default: fn's name)
 
 
-SOURCE_KINDS = ("pytorch", "onnx", "mlflow")
+SOURCE_KINDS = ("pytorch", "onnx", "mlflow", "huggingface", "monai_bundle")
 
 
 @dataclass
@@ -76,7 +76,8 @@ class SourceConfig:
     factory: Optional[CallableRef] = None  # builds the torch.nn.Module (kind=pytorch)
     weights: Optional[str] = None  # state_dict file for the factory's module, project-relative
     train: Optional[CallableRef] = None  # what `edgeship train` runs to write `weights`
-    path: Optional[str] = None  # model file: .onnx (onnx), TorchScript .pt or .pt2 (pytorch)
+    path: Optional[str] = None  # .onnx, TorchScript .pt or .pt2, a folder (huggingface, monai)
+    auto_class: Optional[str] = None  # huggingface: transformers class (default: config's)
     uri: Optional[str] = None  # MLflow model: models:/name/version, models:/name@alias, runs:/
     opset: int = 18  # ONNX opset used by the exporter
 

@@ -10,7 +10,10 @@ entry of it, so adding ``conf/deployment/foo.yaml`` needs no edit of ``dvc.yaml`
 
 ``code`` is the project folder (or file) holding the Python a model's spec names
 (factory, training, data loaders, preprocessing): the package of those modules, so a
-model keeps its code and the data files it reads in one package folder.
+model keeps its code and the data files it reads in one package folder. ``weights`` is
+the file or folder holding the model (``model.source.weights`` or ``model.source.path``);
+an MLflow model lives outside the project, so its spec file stands in and DVC does not
+see a new version registered under the same alias (``dvc repro --force`` rebuilds).
 
 DVC reads the lists when ``dvc repro`` starts. Each ``spec@`` stage first runs
 ``edgeship dvc --fail-if-changed``: when ``conf/`` gained or lost a deployment or a
@@ -82,16 +85,13 @@ def _model_entry(root: Path, name: str, problems: list[Problem]) -> dict[str, st
         home = _module_home(root, ref.partition(":")[0])
         if home is not None:
             homes.add(home)
-    source = data.get("source") or {}
-    weights = source.get("weights") or source.get("onnx")
-    if not isinstance(weights, str):
-        problems.append(
-            Problem(
-                label, "model.source.weights", "expected the weights (or onnx) file, found none"
-            )
-        )
-        return None
-    entry = {"weights": weights}
+    raw = data.get("source")
+    source: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    # the file (or folder) holding the model: the weights of a factory, a whole-model file,
+    # an ONNX file, a Hugging Face or MONAI bundle folder; an MLflow model (or a factory
+    # without weights) has none in the project, and its spec file stands in
+    weights = source.get("weights") or source.get("path")
+    entry = {"weights": weights if isinstance(weights, str) else label}
     if homes:
         common = Path(os.path.commonpath([str(h) for h in homes]))
         if common == root:

@@ -112,6 +112,13 @@ _SOURCE_KEYS = {
     "pytorch": ("factory", "weights", "train", "path"),
     "onnx": ("path",),
     "mlflow": ("uri",),
+    "huggingface": ("path", "auto_class"),
+    "monai_bundle": ("path",),
+}
+_FOLDER_KINDS = {
+    # kind -> what its path names
+    "huggingface": "a Hugging Face model folder (config.json and the weights)",
+    "monai_bundle": "a MONAI bundle folder (configs/ and models/)",
 }
 _MLFLOW_URI = re.compile(
     r"(models:/[^/@\s]+(/[^/\s]+|@[^/\s]+)|models:/m-[0-9a-f]+|runs:/[^/\s]+/\S+)"
@@ -123,7 +130,7 @@ def check_model_source(source: Mapping[str, Any], report: Report) -> None:
     kind = source.get("kind", "pytorch")
     if kind not in _SOURCE_KEYS:
         return  # the type check reports an unknown kind
-    for key in ("factory", "weights", "train", "path", "uri"):
+    for key in ("factory", "weights", "train", "path", "uri", "auto_class"):
         if source.get(key) is not None and key not in _SOURCE_KEYS[kind]:
             report(f"model.source.{key}", f"not used when model.source.kind is {kind}; remove it")
     factory, path = source.get("factory"), source.get("path")
@@ -147,6 +154,22 @@ def check_model_source(source: Mapping[str, Any], report: Report) -> None:
             report("model.source.path", "missing; an onnx source needs the path of the ONNX file")
         elif isinstance(path, str) and not path.endswith(".onnx"):
             report("model.source.path", f"expected a .onnx file, found '{path}'")
+    if kind in _FOLDER_KINDS:
+        if not path:
+            report("model.source.path", f"missing; expected the path of {_FOLDER_KINDS[kind]}")
+        elif isinstance(path, str) and path.endswith((".onnx", ".pt", ".pt2", ".pth", ".ts")):
+            report("model.source.path", f"expected {_FOLDER_KINDS[kind]}, found the file '{path}'")
+    auto_class = source.get("auto_class")
+    if (
+        kind == "huggingface"
+        and isinstance(auto_class, str)
+        and not re.fullmatch(r"[A-Z][A-Za-z0-9_]*", auto_class)
+    ):
+        report(
+            "model.source.auto_class",
+            "expected a transformers class name such as AutoModelForSequenceClassification, "
+            f"found '{auto_class}'",
+        )
     if kind == "mlflow":
         uri = source.get("uri")
         if not uri:

@@ -233,4 +233,30 @@ CASES: dict[str, dict] = {
     "missing_weights_file": {
         "args": ["build", "deployment=posture_server", "model.source.weights=models/nope.pt"],
     },
+    "huggingface_source_naming_a_file_and_a_bad_class": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "model.source.kind=huggingface",
+            "model.source.path=models/posture_cnn.pt",
+            "model.source.auto_class=auto-model",
+            "model.source.factory=null",
+            "model.source.weights=null",
+            "model.source.train=null",
+        ],
+    },
+    "auto_class_on_a_pytorch_source": {
+        "args": ["show", "deployment=posture_server", "model.source.auto_class=AutoModel"],
+    },
+    "monai_bundle_folder_missing": {
+        "args": [
+            "build",
+            "deployment=ct_seg_server",
+            "model.source.kind=monai_bundle",
+            "model.source.path=models/spleen_bundle",
+            "model.source.factory=null",
+            "model.source.weights=null",
+            "model.source.train=null",
+        ],
+    },
 }

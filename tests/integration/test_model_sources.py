@@ -161,3 +161,27 @@ def test_source_mlflow_pytorch_flavour_by_alias(project: UserProject) -> None:
     assert source["format"] == "mlflow:pytorch"
     assert source["mlflow"]["alias"] == "champion"
     assert source["mlflow"]["version"] == "1"
+
+
+def test_source_mlflow_pyfunc_only_model_is_refused_naming_its_flavours(
+    project: UserProject, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from orchestrator.errors import BuildError
+
+    class Rules(mlflow.pyfunc.PythonModel):  # Python code, no graph to export
+        def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
+            return model_input
+
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=Rules(), registered_model_name="rules")
+    project.model("rules", "kind: mlflow\nuri: models:/rules/1")
+    spec = compose(["deployment=tiny_server", "model=rules"], project.root)
+    with pytest.raises(BuildError) as info:
+        run_build(spec, record=False)
+    assert (
+        "model.source.uri: 'models:/rules/1' has the flavours python_function; edgeship takes "
+        "an onnx or a pytorch flavour"
+    ) in str(info.value)
+    assert not (tmp_path / "artifacts").exists()

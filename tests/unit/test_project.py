@@ -113,3 +113,31 @@ def test_dvc_stage_lists_refuse_model_code_spread_over_packages(project: Path) -
     model.write_text(model.read_text().replace("fn: mymodel.data:eval_set", "fn: other:eval_set"))
     with pytest.raises(SpecError, match="expected the Python the model names in one package"):
         stage_lists(project)
+
+
+def test_dvc_stage_lists_take_the_model_file_of_every_source_kind(project: Path) -> None:
+    """An ONNX file or a model folder is the build's dependency; an MLflow model has no file
+    in the project, so its spec file stands in (a project with one still gets its lists)."""
+    conf = project / "conf"
+    base = (conf / "model" / "mymodel.yaml").read_text()
+    start, end = base.index("source:"), base.index("\ndata:")
+    sources = {
+        "handed": "source:\n  kind: onnx\n  path: models/handed.onnx\n",
+        "registered": "source:\n  kind: mlflow\n  uri: models:/ecg@champion\n",
+        "bundle": "source:\n  kind: monai_bundle\n  path: models/spleen_bundle\n",
+    }
+    deployment = (conf / "deployment" / "mymodel_server.yaml").read_text()
+    for name, source in sources.items():
+        text = base[:start] + source + base[end:]
+        (conf / "model" / f"{name}.yaml").write_text(text.replace("name: mymodel", f"name: {name}"))
+        (conf / "deployment" / f"{name}_server.yaml").write_text(
+            deployment.replace("mymodel", name)
+        )
+    lists = stage_lists(project)
+    weights = {n: lists["deployments"][f"{n}_server"]["weights"] for n in sources}
+    assert weights == {
+        "handed": "models/handed.onnx",
+        "registered": "conf/model/registered.yaml",
+        "bundle": "models/spleen_bundle",
+    }
+    assert set(lists["models"]) == {"mymodel"}  # only a model that says how to train it

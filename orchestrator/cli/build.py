@@ -7,12 +7,14 @@ Parsing and printing only: the logic lives in :mod:`orchestrator.spec` and
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli.common import words
 from orchestrator.errors import GateFailure, SpecError
 from orchestrator.project import project_root
 
@@ -27,8 +29,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     from targets.base import registered_targets
 
     root = project_root()
+    groups = ("deployment", "model", "recipe", "target", "fleet", "rollout")
+    if args.json:
+        listing: dict[str, Any] = {"project": str(root)}
+        for group in groups:
+            listing[f"{group}s"] = [
+                {"name": o, "origin": option_origin(root, group, o)}
+                for o in list_options(root, group)
+            ]
+        listing["target_families"] = [
+            {"family": fam, "runtime": cls.runtime, "description": cls.description}
+            for fam, cls in sorted(registered_targets().items())
+        ]
+        listing["passes"] = [
+            {"name": name, "description": pcls.description}
+            for name, pcls in sorted(registered_passes().items())
+        ]
+        _print_json(listing)
+        return 0
     print(f"project: {root}")
-    for group in ("deployment", "model", "recipe", "target", "fleet", "rollout"):
+    for group in groups:
         options = list_options(root, group)
         print(f"{group}s ({len(options)}):")
         width = max((len(o) for o in options), default=0)
@@ -47,8 +67,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     from orchestrator.spec.compose import compose
 
     spec = compose(args.overrides)
-    text = f"# deployment {spec.name}: " + ", ".join(f"{k}={v}" for k, v in spec.choices.items())
-    text += "\n" + spec.to_yaml()
+    if args.json:
+        shown = {
+            "deployment": spec.name,
+            "choices": spec.choices,
+            "files": spec.files,
+            "spec": spec.data,
+        }
+        text = json.dumps(shown, indent=2, sort_keys=True, default=str) + "\n"
+    else:
+        text = f"# deployment {spec.name}: " + ", ".join(
+            f"{k}={v}" for k, v in spec.choices.items()
+        )
+        text += "\n" + spec.to_yaml()
     if args.output:
         from pathlib import Path
 
@@ -106,6 +137,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         for note in refresh_stage_lists(specs[0].root):
             _err(f"note: {note}")
     failures = 0
+    outcomes: list[dict[str, Any]] = []
     for spec in specs:
         report_dir = None
         if args.report_dir:
@@ -125,8 +157,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         except GateFailure as exc:
             failures += 1
             _err(str(exc))
+            outcomes.append(
+                {
+                    "deployment": exc.deployment,
+                    "passed": False,
+                    "failed_gates": exc.failed,
+                    "run_id": exc.run_id,
+                }
+            )
             continue
-        _print_result(result)
+        if args.json:
+            outcomes.append(_result_json(result))
+        else:
+            _print_result(result)
+    if args.json:
+        _print_json(outcomes)
     if failures:
         _err(f"{failures} of {len(specs)} build(s) failed their gates")
         return GateFailure.exit_code
@@ -146,14 +191,35 @@ def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None)
             report_dir=report_dir,
         )
     except NoCandidatePassedError as exc:
-        print(exc.result.markdown())
+        (_err if args.json else print)(exc.result.markdown())
         raise
-    print(selection.markdown())
-    if selection.parent_run_id:
-        print(f"  selection run: {selection.parent_run_id}")
+    if args.json:
+        _err(selection.markdown())
+    else:
+        print(selection.markdown())
+        if selection.parent_run_id:
+            print(f"  selection run: {selection.parent_run_id}")
     build = selection.winner_build()
     build.seconds = time.perf_counter() - t0  # the whole selection, every candidate
     return build
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    v = result.validation
+    return {
+        "deployment": result.deployment,
+        "passed": v.passed,
+        "seconds": round(result.seconds, 3),
+        "artifact": str(result.artifact_dir),
+        "run_id": result.run_id,
+        "model_version": result.model_version,
+        "gates": [{"gate": str(g.gate), "value": g.value, "passed": g.passed} for g in v.gates],
+        "metrics": v.metrics,
+    }
 
 
 def _print_result(result: object) -> None:
@@ -178,11 +244,13 @@ def _print_result(result: object) -> None:
 def register(sub: Any) -> None:
     """Add the build verbs to the ``edgeship`` parser."""
     p = sub.add_parser("list", help="deployments, models, recipes, targets, fleets, passes")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="print the composed, validated spec as YAML")
     p.add_argument("-o", "--output", help="write the YAML to this file (atomically)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    p.add_argument("--json", action="store_true", help="the spec, choices and files as JSON")
+    words(p, "Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("build", help="export -> optimise -> validate -> record")
@@ -191,14 +259,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-record", action="store_true", help="do not write to MLflow")
     p.add_argument(
+        "--json", action="store_true", help="print each build's outcome as JSON (steps: stderr)"
+    )
+    p.add_argument(
         "--report-dir",
         help="also copy metrics.json and plot data here (for dvc metrics / dvc plots); "
         "with -m, one sub-folder per deployment",
     )
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deployment=NAME key=value")
+    words(p, "Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="train a reference model (model=NAME)")
     p.add_argument("--force", action="store_true", help="retrain even when weights exist")
-    p.add_argument("overrides", nargs="*", help="model=NAME")
+    words(p, "model=NAME")
     p.set_defaults(func=cmd_train)

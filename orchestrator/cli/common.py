@@ -74,3 +74,28 @@ def key_store() -> Any:
 def human_size(n: int) -> str:
     """Bytes as ``12.3 kB`` / ``4.5 MB``."""
     return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
+
+
+_COMPLETED_GROUPS = ("deployment", "model", "recipe", "target", "fleet", "rollout")
+
+
+def complete_words(prefix: str, **_: Any) -> list[str]:
+    """Shell completion of ``KEY=VALUE`` words: group names, then the options of a group."""
+    from orchestrator.spec.files import list_options
+
+    group, sep, start = prefix.partition("=")
+    if not sep:
+        return [f"{g}=" for g in _COMPLETED_GROUPS if g.startswith(prefix)]
+    if group not in _COMPLETED_GROUPS:
+        return []
+    try:
+        options = list_options(project_dir(), group)
+    except SpecError:
+        return []
+    return [f"{group}={o}" for o in options if o.startswith(start)]
+
+
+def words(parser: Any, help_text: str) -> None:
+    """The verb's ``KEY=VALUE`` positional words, completed in the shell."""
+    action = parser.add_argument("overrides", nargs="*", help=help_text)
+    action.completer = complete_words

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``edgeship`` command line: a thin layer over the verbs' modules.
 
 Every module of this package with a ``register(sub)`` function adds its verbs;
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -31,11 +34,54 @@ def _err(msg: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, exiting with :attr:`ExitCode.USAGE` (not 2, which means an invalid spec)."""
+    """argparse, exiting with :attr:`ExitCode.USAGE` (not 2, which means an invalid spec),
+    with the closest verb or flag suggested for a mistyped one."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+        hint = self._suggestion(message)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}{hint}\n")
+
+    def _suggestion(self, message: str) -> str:
+        from orchestrator.core.typecheck import closest
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2))
+            near = closest(choice.group(1), options)
+            return f" (did you mean '{near}'?)" if near else ""
+        unknown = re.search(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = set(self._flags())
+            hints = []
+            for word in unknown.group(1).split():
+                name = word.split("=", 1)[0]
+                near = closest(name, flags) if name.startswith("-") else None
+                if near:
+                    hints.append(f"'{near}' for '{name}'")
+            return f" (did you mean {', '.join(hints)}?)" if hints else ""
+        return ""
+
+    def _flags(self) -> list[str]:
+        """Every option string of this parser and of its verbs' parsers."""
+        out: list[str] = []
+        for action in self._actions:
+            out += [o for o in action.option_strings if o.startswith("--")]
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    if isinstance(parser, _Parser):
+                        out += parser._flags()
+        return out
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("edgeship")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    return f"edgeship {version} (Python {sys.version.split()[0]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log steps and show tracebacks"
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in verb_modules():
         module.register(sub)
@@ -67,6 +114,10 @@ def verb_modules() -> list[Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # a shell asking for completions (docs/cli.md)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     verbose = args.verbose or full_errors()
     logging.basicConfig(
@@ -83,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; nothing half-written was kept")
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (`edgeship list --json | head`): not an error here;
+        # stdout goes to /dev/null so Python's own flush at exit stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from orchestrator.cli.common import CLI, human_size, integer, key_store, pairs, project_dir
+from orchestrator.cli.common import CLI, human_size, integer, key_store, pairs, project_dir, words
 from orchestrator.cli.ship import bundle_from
 from orchestrator.errors import Problem, UsageError
 
@@ -91,9 +91,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "publish", help="phones: publish a bundle on a channel of the fleet's signed update feed"
     )
-    p.add_argument(
-        "overrides", nargs="*", help="deployment=NAME fleet=NAME channel=NAME [version=N]"
-    )
+    words(p, "deployment=NAME fleet=NAME channel=NAME [version=N]")
     p.add_argument(
         "--fraction",
         type=float,

@@ -25,6 +25,7 @@ from orchestrator.cli.common import (
     pairs,
     project_dir,
     split_list,
+    words,
 )
 from orchestrator.core.text import terminal
 from orchestrator.errors import ExitCode, Problem, SpecError, UsageError
@@ -595,9 +596,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("status", help="what every device of a fleet runs (a table, in parallel)")
-    p.add_argument(
-        "overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g] [site=..] [ward=..]"
-    )
+    words(p, "fleet=NAME [device=a,b] [group=g] [site=..] [ward=..]")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds per device")
     p.add_argument("--parallel", type=int, default=16, help="devices asked at a time")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -607,8 +606,11 @@ def register(sub: Any) -> None:
         "trace", help="what runs on a device, back to bundle, MLflow run, commit, data, gates"
     )
     p.add_argument("device", help="device name")
-    p.add_argument("overrides", nargs="*", help="[fleet=NAME] (needed when several fleets have it)")
+    words(p, "[fleet=NAME] (needed when several fleets have it)")
     p.add_argument("--format", choices=("text", "html", "json"), default="text")
+    p.add_argument(
+        "--json", action="store_const", dest="format", const="json", help="same as --format json"
+    )
     p.add_argument("-o", "--output", help="write the report to this file")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds for the device to answer")
     p.add_argument("--no-mlflow", action="store_true", help="do not consult MLflow")

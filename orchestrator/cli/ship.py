@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.common import human_size, integer, key_store, pairs, project_dir, split_list
+from orchestrator.cli.common import (
+    human_size,
+    integer,
+    key_store,
+    pairs,
+    project_dir,
+    split_list,
+    words,
+)
 from orchestrator.core.text import terminal
 from orchestrator.errors import BundleError, KeyStoreError, RolloutError, SpecError
 
@@ -367,7 +375,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("bundle", help="sign a passing artifact as the next bundle version")
-    p.add_argument("overrides", nargs="*", help="deployment=NAME")
+    words(p, "deployment=NAME")
     p.add_argument(
         "--valid-days", type=float, default=None, help="validity (default 90; rollback orders 7)"
     )
@@ -408,7 +416,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")
-    p.add_argument("overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g]")
+    words(p, "fleet=NAME [device=a,b] [group=g]")
     p.add_argument(
         "--repin", action="store_true", help="accept the devices' current host keys again"
     )
@@ -420,9 +428,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("deploy", help="push a bundle to devices: verify, activate, health check")
-    p.add_argument(
-        "overrides", nargs="*", help="deployment=NAME fleet=NAME [device=a,b] [group=g] [version=N]"
-    )
+    words(p, "deployment=NAME fleet=NAME [device=a,b] [group=g] [version=N]")
     p.add_argument(
         "--bundle", metavar="PATH", help="a bundle folder or exported .tar instead of deployment="
     )
@@ -440,7 +446,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("device-status", help="what each device of a fleet runs (agent status)")
-    p.add_argument("overrides", nargs="*", help="fleet=NAME [device=a,b] [group=g]")
+    words(p, "fleet=NAME [device=a,b] [group=g]")
     p.add_argument("--parallel", type=int, default=4, help="devices at a time")
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     p.set_defaults(func=cmd_device_status)

@@ -70,11 +70,40 @@ def _parse_overrides(overrides: list[str]) -> list[Any]:
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    try:
-        return parser.parse_overrides(overrides)
-    except OverrideParseException as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SpecError([Problem(CLI, "", f"cannot parse override: {first}")]) from exc
+    parsed, problems = [], []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except OverrideParseException:
+            problems.append(_unparsable(line))
+    if problems:
+        raise SpecError(problems)
+    return parsed
+
+
+def _unparsable(line: str) -> Problem:
+    """An override Hydra's grammar refuses, with the quoted form that it accepts."""
+    key, sep, value = line.partition("=")
+    if not sep:
+        return Problem(CLI, line, "expected KEY=VALUE (or group=option), found no '='")
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        items = [i.strip() for i in value[1:-1].split(",") if i.strip()]
+        quoted = "[" + ", ".join(_quote(i) for i in items) + "]"
+    else:
+        quoted = _quote(value)
+    return Problem(
+        f"{CLI} ({line})",
+        key.lstrip("+~"),
+        "cannot be parsed: a value with spaces or any of = , [ ] { } ( ) needs quotes, "
+        f"e.g. {key}={quoted} (in a shell, wrap the whole word in double quotes)",
+    )
+
+
+def _quote(text: str) -> str:
+    if text[:1] in ("'", '"') and text[-1:] == text[:1]:
+        return text
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 class _Collector:

@@ -259,4 +259,11 @@ CASES: dict[str, dict] = {
             "model.source.train=null",
         ],
     },
+    "gate_with_spaces_unquoted_on_command_line": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "deployment.gates=[p95_ms <= 3, agreement >= 0.9]",
+        ],
+    },
 }

@@ -252,6 +252,15 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     )
     printer_list: list[Callable[[dict[str, Any]], None]] = [printer] if not args.json else []
     with bundle_from(args, opts) as bundle:
+        if args.dry_run:
+            from orchestrator.cli.ship import print_dry_run
+            from orchestrator.ship.dry_run import dry_run_rollout
+            from orchestrator.ship.rollout.plan import plan_rollout
+
+            family = str((bundle.manifest.get("target") or {}).get("family"))
+            plan = plan_rollout(fleet, strategy, family, _selection(opts), source)
+            locks = rollouts_dir(root) / "locks"
+            return print_dry_run(dry_run_rollout(fleet, plan, bundle, store, locks), args.json)
         try:
             report = start_rollout(
                 root,
@@ -593,6 +602,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-record", action="store_true", help="do not record the rollout in MLflow")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the waves, budgets, bytes per device and refusals; touch nothing",
+    )
     p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("status", help="what every device of a fleet runs (a table, in parallel)")

@@ -319,6 +319,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         health_timeout=args.health_timeout,
     )
     with bundle_from(args, opts) as bundle:
+        if args.dry_run:
+            from orchestrator.ship.dry_run import dry_run_deploy
+
+            plan = dry_run_deploy(
+                devices,
+                bundle,
+                store if store.exists() else None,
+                rollouts_dir(project_dir()) / "locks",
+            )
+            return print_dry_run(plan, args.json)
         print(
             f"deploy {bundle.deployment} v{bundle.version} ({bundle.digest[:12]}) "
             f"to {len(devices)} "
@@ -335,6 +345,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 raise
     _print_outcomes(result, args.json)
     return 0
+
+
+def print_dry_run(plan: Any, as_json: bool) -> int:
+    """Print a dry run's plan; returns the exit code the real run would start with."""
+    if as_json:
+        print(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in plan.lines():
+            print(terminal(line))
+    return int(plan.exit_code)
 
 
 def cmd_device_status(args: argparse.Namespace) -> int:
@@ -443,6 +463,11 @@ def register(sub: Any) -> None:
         "--health-timeout", type=float, default=300.0, help="seconds for the health check"
     )
     p.add_argument("--json", action="store_true", help="print the per-device outcomes as JSON")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (devices, bytes per device, refusals); send, lock and write nothing",
+    )
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("device-status", help="what each device of a fleet runs (agent status)")

@@ -51,18 +51,45 @@ def _key_from_line(text: str) -> paramiko.PKey:
     return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
 
 
+def connect_failure(exc: BaseException, timeout: float) -> str:
+    """Why a connection failed, in words (paramiko's own text says ``[Errno None]``)."""
+    import errno
+
+    inner: BaseException = exc
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
+        inner = next(iter(exc.errors.values()))
+    if isinstance(inner, socket.gaierror):
+        return "the address does not resolve (DNS or /etc/hosts)"
+    if isinstance(inner, (socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:g}s (device off, or a firewall drops the packets)"
+    code = getattr(inner, "errno", None)
+    words = {
+        errno.ECONNREFUSED: "connection refused (no SSH server listens on that port)",
+        errno.EHOSTUNREACH: "no route to the host (device off or on another network)",
+        errno.ENETUNREACH: "the network is unreachable from here",
+        errno.ECONNRESET: "the connection was reset by the device",
+        errno.ETIMEDOUT: f"no answer within {timeout:g}s (device off, or a firewall drops it)",
+    }
+    if code in words:
+        return words[code]
+    if isinstance(inner, EOFError) or "Error reading SSH protocol banner" in str(inner):
+        return "something answered on that port, but not an SSH server"
+    return str(inner).replace("[Errno None] ", "") or type(inner).__name__
+
+
 def fetch_host_key(device: DeviceConfig, timeout: float = CONNECT_TIMEOUT) -> paramiko.PKey:
     """The host key the device presents now (used only at enrolment)."""
+    where = f"{device.name} ({device.address} port {device.port})"
     try:
         sock = socket.create_connection((device.address, device.port), timeout=timeout)
     except OSError as exc:
-        raise DeviceUnreachableError(f"{device.address}:{device.port}: {exc}") from exc
+        raise DeviceUnreachableError(f"{where}: {connect_failure(exc, timeout)}") from exc
     transport = paramiko.Transport(sock)
     try:
         transport.start_client(timeout=timeout)
         return transport.get_remote_server_key()
-    except paramiko.SSHException as exc:
-        raise DeviceUnreachableError(f"{device.address}:{device.port}: {exc}") from exc
+    except (paramiko.SSHException, EOFError) as exc:
+        raise DeviceUnreachableError(f"{where}: {connect_failure(exc, timeout)}") from exc
     finally:
         transport.close()
 
@@ -304,7 +331,7 @@ def connect(
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.get_host_keys().clear()
     client.get_host_keys().load(str(known_hosts))
-    where = f"{device.name} ({host_entry(device)})"
+    where = f"{device.name} ({device.address} port {device.port})"
     try:
         connection.open()
     except paramiko.BadHostKeyException as exc:
@@ -322,8 +349,8 @@ def connect(
                 f"error: {where}: host key not pinned in {known_hosts}; refusing to connect "
                 "(enrol the device first: edgeship enroll)"
             ) from exc
-        raise DeviceUnreachableError(f"{where}: {exc}") from exc
-    except OSError as exc:
+        raise DeviceUnreachableError(f"{where}: {connect_failure(exc, timeout)}") from exc
+    except (OSError, EOFError) as exc:
         connection.close()
-        raise DeviceUnreachableError(f"{where}: {exc}") from exc
+        raise DeviceUnreachableError(f"{where}: {connect_failure(exc, timeout)}") from exc
     return DeviceSession(device, connection)

@@ -140,7 +140,7 @@ def main(argv: list | None = None) -> int:
     try:
         if args.command == "health-run":
             try:
-                result = health_run(args.folder)
+                result = health_run(args.folder, agent.root)
             except Exception as exc:  # the runtime refused the model: report it as the reason
                 result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
             emit(result)

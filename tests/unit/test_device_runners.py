@@ -219,3 +219,52 @@ def test_tensorrt_runner_builds_caches_reports_and_runs_the_engine_with_trtexec(
     wrong = _bundle(tmp_path / "w", "tensorrt", {"engine": ENGINE}, expected=INPUT * 3)
     failed = runners.smoke_check(str(wrong), str(cache))
     assert failed["result"] == "fail" and failed["reason"].startswith("logits: max |diff|")
+
+
+def test_health_check_records_the_engine_built_on_the_device_and_trace_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from orchestrator.cli.rollout import _trace_text
+    from orchestrator.device.agent.health import Health
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "trtexec"
+    exe.write_text(STANDIN_TRTEXEC.format(python=sys.executable))
+    exe.chmod(0o755)
+    # the health check runs in a child process with the agent's PATH and PYTHONPATH only
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root = tmp_path / "root"
+    version = _bundle(root / "versions" / "1", "tensorrt", {"engine": ENGINE})
+    (version / "manifest.json").write_text("{}")  # an installed version (health does not verify)
+    os.symlink("versions/1", root / "current")
+    agent = Health(str(root))
+    agent.command = "health"
+    result, code = agent.health(120)
+    assert (code, result["result"]) == (0, "pass"), result
+
+    state = json.loads((root / "state.json").read_text())
+    engine = state["versions"]["1"]["engine"]
+    built = root / "cache" / "tensorrt" / f"{engine['cache_key']}.engine"
+    assert engine["sha256"] == hashlib.sha256(built.read_bytes()).hexdigest()
+    assert engine["tensorrt_version"] == "10.3.0" and engine["gpu"]
+    logged = [json.loads(line) for line in (root / "log" / "agent.log").read_text().splitlines()]
+    assert [e["sha256"] for e in logged if e["event"] == "engine"] == [engine["sha256"]]
+
+    trace = SimpleNamespace(
+        device={"name": "icu-1", "address": "10.0.0.1:22", "fleet": "icu", "labels": {}},
+        running={"deployment": "tiny", "version": 1, "health": "pass", "engine": engine},
+        bundle={},
+        provenance={},
+        mlflow=None,
+        rollouts=[],
+        checks=[],
+        source="device",
+    )
+    assert (
+        f"engine      engine {engine['sha256']} built on the device with TensorRT 10.3.0 on "
+        f"{engine['gpu']}, from ONNX sha256 {engine['onnx_sha256']}"
+    ) in _trace_text(trace).splitlines()

@@ -86,6 +86,27 @@ class Health(Install):
         result["limits"] = limits
         return result
 
+    def record_health(self, state: dict, version: int, result: dict) -> None:
+        """Keep a health result in ``state`` for ``version``; a TensorRT engine built for it
+        (hash, TensorRT version, GPU) is kept beside it as ``engine`` and logged."""
+        entry = state["versions"].setdefault(str(version), {})
+        entry["health"] = result
+        engine = (result.get("runtime") or {}).get("engine")
+        if isinstance(engine, dict) and engine.get("built"):
+            entry["engine"] = {
+                k: engine.get(k)
+                for k in ("sha256", "tensorrt_version", "gpu", "onnx_sha256", "settings_sha256")
+            }
+            entry["engine"]["cache_key"] = engine.get("cache_key")
+            self.log(
+                "engine",
+                version=version,
+                sha256=engine.get("sha256"),
+                tensorrt_version=engine.get("tensorrt_version"),
+                gpu=engine.get("gpu"),
+                cache_hit=engine.get("cache_hit"),
+            )
+
     def health(self, timeout: float) -> tuple:
         self.recover()
         version = self.link_version(self.current)
@@ -93,7 +114,7 @@ class Health(Install):
             raise Nothing("no current version on this device")
         result = self.run_health(version, timeout)
         state = self.state()
-        state["versions"].setdefault(str(version), {})["health"] = result
+        self.record_health(state, version, result)
         if state.get("pending_health") == version and result["result"] == "pass":
             state["pending_health"] = None
         self.save_state(state)

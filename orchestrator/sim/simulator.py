@@ -16,7 +16,9 @@ Two layers:
 Simulated devices can differ the way real ones do: a device in the fleet group
 ``ort-minimal-op18`` runs a minimal ONNX Runtime build whose kernels stop at opset
 18 (see :data:`RUNTIME_PROFILES`); a model exported at a newer opset fails its
-health check there and nowhere else.
+health check there and nowhere else. Devices in the profile ``jetson-without-gpu`` stand
+in for Jetsons: TensorRT is registered but its libraries are absent, so a Jetson bundle's
+health check reaches the TensorRT runner and fails with that reason.
 """
 
 from __future__ import annotations

@@ -210,6 +210,12 @@ class DeviceDiskFullError(EdgeshipError):
     exit_code = ExitCode.DEVICES_FAILED
 
 
+class DeviceRequirementError(EdgeshipError):
+    """A device lacks what the agent needs (a Python it runs on, openssl, sha256sum)."""
+
+    exit_code = ExitCode.DEVICES_FAILED
+
+
 class RolloutError(EdgeshipError):
     """One or more devices failed; carries every device's outcome (like Fabric's GroupException).
 

@@ -4,7 +4,7 @@ A TensorRT engine is only valid for the exact TensorRT version and GPU it was
 built with, so the artifact is an ONNX model ready for TensorRT (FP16, or INT8 as
 explicit symmetric Q/DQ) plus the engine build settings (``settings.engine`` in
 runtime.json). The engine is built on the device at activation time by
-``orchestrator/device/tensorrt_engine.py`` (standard library + TensorRT only), cached by
+``orchestrator/device/agent/tensorrt_engine.py`` (standard library + TensorRT only), cached by
 (ONNX sha256, TensorRT version, GPU name, settings hash).
 
 Where this machine has TensorRT and a CUDA GPU, validation builds the engine with
@@ -25,7 +25,7 @@ import numpy as np
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from orchestrator.core.shapes import profiles as shape_profiles
-from orchestrator.device import tensorrt_engine as engine_builder
+from orchestrator.device.agent import tensorrt_engine as engine_builder
 from orchestrator.errors import BuildError, MissingDependencyError
 from targets.base import Session, Target, register_target
 from targets.onnxruntime_server import ort_session
@@ -36,7 +36,7 @@ WORKSPACE_MB = 2048  # Orin's GPU shares the module's DRAM with the CPU
 OPTIMIZATION_LEVEL = 3  # TensorRT's default tactic search
 MAX_BATCH = 8  # profile bound of a dynamic batch the spec does not declare (an ONNX source)
 DLA_DEVICES = {"DLA0": 0, "DLA1": 1}  # target.device -> DLA core (Jetson AGX Orin has two)
-ENGINE_BUILDER = "orchestrator/device/tensorrt_engine.py"
+ENGINE_BUILDER = "orchestrator/device/agent/tensorrt_engine.py"
 
 
 @cache

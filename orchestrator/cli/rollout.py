@@ -393,6 +393,8 @@ def _status_table(fleet: str, rows: list[Any]) -> None:
             health = r.health or "-"
             if r.health == "pass" and r.latency_ms:
                 health = f"pass {r.latency_ms:.2f} ms"
+                if r.engine:
+                    health += f", {engine_summary(r.engine)}"
             elif r.health == "fail" and r.health_reason:
                 health = f"FAIL: {r.health_reason[:40]}"
             change = f"{r.last_change} {r.last_event}" if r.last_change else "-"
@@ -496,6 +498,18 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return ExitCode.UNREACHABLE if trace.source == "journal" else ExitCode.DEVICES_FAILED
 
 
+def engine_summary(engine: dict[str, Any], full: bool = False) -> str:
+    """A TensorRT engine built on a device: its hash, TensorRT version and GPU."""
+    digest = str(engine.get("sha256") or "-")
+    text = (
+        f"engine {digest if full else digest[:12]} built on the device with TensorRT "
+        f"{engine.get('tensorrt_version') or '?'} on {engine.get('gpu') or '?'}"
+    )
+    if full and engine.get("onnx_sha256"):
+        text += f", from ONNX sha256 {engine['onnx_sha256']}"
+    return text
+
+
 def _trace_text(t: Any) -> str:
     d, r, b, p = t.device, t.running, t.bundle, t.provenance
     lines = []
@@ -512,6 +526,8 @@ def _trace_text(t: Any) -> str:
         + (f" since {r['last_change']} ({r['last_event']})" if r.get("last_change") else "")
         + f"; health {health}"
     )
+    if r.get("engine"):
+        lines.append(f"engine      {engine_summary(r['engine'], full=True)}")
     if t.source == "journal":
         lines.append("            (the device did not answer: from the last rollout journal)")
     lines.append(f"bundle      manifest sha256 {b.get('manifest_sha256')}")

@@ -3,8 +3,9 @@
 What an app does with an edgeship feed (see :mod:`orchestrator.ship.feed`), in
 the standard library plus the app's own platform crypto (here ``cryptography``'s
 Ed25519) and ONNX Runtime. Of edgeship it imports only the standalone
-:mod:`orchestrator.device.agent.rootmeta` (TUF root checks), so it can be read
-(and ported) on its own::
+:mod:`orchestrator.device.agent.rootmeta` (TUF root checks) and
+:mod:`orchestrator.device.agent.runners` (the device runners and their output checks,
+shared with the device agent's health check), so it can be read (and ported) on its own::
 
     python -m orchestrator.device.phone_client --feed http://127.0.0.1:8000/ --channel beta \\
         --state ~/.posture-app --trust 1.root.json --family android_phone
@@ -26,8 +27,9 @@ One poll:
    signature against the trust set, its deployment and target family; download
    every file and check its size and SHA-256; no file outside the manifest;
 4. install side by side, switch ``current`` atomically (keeping ``previous``), run
-   the bundle's smoke test with ONNX Runtime (the ``.ort`` or ``.onnx`` model, the
-   session options of ``runtime.json``), and switch back when it fails;
+   the bundle's smoke test through the runner of its runtime (ONNX Runtime Mobile's ``.ort``
+   with the session options of ``runtime.json``) and the agent's checks (tolerances and
+   argmax agreement), and switch back when it fails;
 5. print (and keep) a JSON report.
 """
 
@@ -49,7 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from orchestrator.device.agent import rootmeta
+from orchestrator.device.agent import rootmeta, runners
 
 FEED_KIND = "edgeship.feed"
 TIMESTAMP_KIND = "edgeship.feed-timestamp"
@@ -57,13 +59,6 @@ MAX_DOCUMENT = 4 * 1024 * 1024  # an index, timestamp or manifest larger than th
 CHUNK = 256 * 1024
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*$")
-PROVIDERS = {
-    "CPU": "CPUExecutionProvider",
-    "XNNPACK": "XnnpackExecutionProvider",
-    "NNAPI": "NnapiExecutionProvider",
-    "CoreML": "CoreMLExecutionProvider",
-    "COREML": "CoreMLExecutionProvider",
-}
 
 
 class UpdateRefused(Exception):
@@ -423,60 +418,15 @@ class PhoneClient:
 
 
 def smoke_test(folder: Path) -> dict[str, Any]:
-    """Run the bundle's smoke test with ONNX Runtime as the app would (its session options)."""
-    import numpy as np
-    import onnxruntime as ort
-
+    """Run the bundle's smoke test as the app would: its runtime's runner (ONNX Runtime Mobile's
+    ``.ort`` with the app's session options), judged by the agent's own checks (tolerances and
+    argmax agreement, :func:`orchestrator.device.agent.runners.check_outputs`)."""
     try:
-        runtime = json.loads((folder / "runtime.json").read_text())
-        smoke = json.loads((folder / "smoke" / "smoke.json").read_text())
-        settings = runtime.get("settings") or {}
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 1))
-        for key, value in (settings.get("session_config_entries") or {}).items():
-            so.add_session_config_entry(key, str(value))
-        available = set(ort.get_available_providers())
-        wanted = [PROVIDERS.get(p, p) for p in settings.get("execution_providers") or ["CPU"]]
-        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        session = ort.InferenceSession(
-            str(folder / runtime["model"]["file"]), so, providers=providers
-        )
-        in_names = [t["name"] for t in runtime["inputs"]]
-        out_names = [t["name"] for t in runtime["outputs"]]
-        with np.load(folder / "smoke" / smoke.get("input", "input.npz")) as npz:
-            inputs = {
-                n: np.asarray(npz[n]).astype(t.get("dtype", "float32"))
-                for n, t in zip(in_names, runtime["inputs"])
-            }
-        with np.load(folder / "smoke" / smoke.get("expected", "expected.npz")) as npz:
-            expected = {n: np.asarray(npz[n]) for n in out_names}
-        start = time.perf_counter()
-        got = session.run(out_names, inputs)
-        latency_ms = (time.perf_counter() - start) * 1000.0
+        report: dict[str, Any] = runners.smoke_check(str(folder))
     except Exception as exc:
         return {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
-    atol = float(smoke.get("atol", 1e-3))
-    rtol = float(smoke.get("rtol", 0.0))
-    failures = []
-    if len(got) != len(out_names):
-        return {
-            "result": "fail",
-            "reason": f"the model gave {len(got)} output(s); runtime.json names {len(out_names)}",
-        }
-    for name, value in zip(out_names, got):
-        want = expected[name]
-        if value.shape != want.shape or not np.allclose(value, want, atol=atol, rtol=rtol):
-            diff = (
-                float(np.max(np.abs(value - want))) if value.shape == want.shape else float("inf")
-            )
-            failures.append(f"{name}: max |diff| {diff:.6g} > atol {atol:.6g}")
-    return {
-        "result": "fail" if failures else "pass",
-        "reason": "; ".join(failures) or None,
-        "latency_ms": round(latency_ms, 3),
-        "providers": providers,
-        "runtime": {"name": "onnxruntime", "version": ort.__version__},
-    }
+    report["providers"] = (report.get("runtime") or {}).get("providers")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

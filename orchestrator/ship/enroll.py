@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 from orchestrator.device.agent import AGENT_FILE, WRAPPER, agent_source, wrapper_script
-from orchestrator.errors import RolloutError
+from orchestrator.errors import DeviceRequirementError, RolloutError
 from orchestrator.ship.agent_user import prepare_agent_user
 from orchestrator.ship.results import DeviceDone, DeviceOutcome, RolloutResult, run_per_device
 from orchestrator.ship.ssh import DeviceSession, connect, pin_host_key
@@ -85,18 +85,49 @@ def install_agent(session: DeviceSession) -> list[str]:
     return user.notes
 
 
+AGENT_PYTHON = (3, 8)  # the oldest Python the device agent runs on (orchestrator/device/)
+
+
 def check_device_tools(session: DeviceSession) -> None:
-    """The device has openssl, sha256sum and a Python 3.8+ for the agent."""
-    py = shlex.quote(session.device.python)
+    """The device has openssl, sha256sum and a Python the agent runs on (3.8 or newer).
+
+    Raises :class:`DeviceRequirementError` naming the device, what was found and what is needed.
+    """
+    dev = session.device
+    py = shlex.quote(dev.python)
+    # the version line works on any Python (2.x included), so an old one is named, not crashed on
     res = session.run(
-        "command -v openssl >/dev/null || { echo 'openssl missing'; exit 3; }; "
-        "command -v sha256sum >/dev/null || { echo 'sha256sum missing'; exit 3; }; "
-        f"{py} -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 4)' "
-        f"|| {{ echo 'python {session.device.python} missing or older than 3.8'; exit 4; }}"
+        "command -v openssl >/dev/null || { echo 'openssl is missing'; exit 3; }; "
+        "command -v sha256sum >/dev/null || { echo 'sha256sum is missing'; exit 3; }; "
+        f"command -v {py} >/dev/null || {{ echo 'no such interpreter'; exit 5; }}; "
+        f"{py} -c 'import sys; print(\"%d.%d.%d\" % tuple(sys.version_info[:3]))'"
     )
-    if res.code != 0:
-        raise RuntimeError(
-            f"device is missing a tool the agent needs: {res.stdout.strip() or res.stderr.strip()}"
+    need = ".".join(str(n) for n in AGENT_PYTHON)
+    where = f"set python: in the fleet file ({dev.name} or defaults) to a Python {need}+"
+    if res.code == 3:
+        raise DeviceRequirementError(
+            f"device {dev.name}: {res.stdout.strip()}; the agent needs openssl and sha256sum"
+        )
+    if res.code == 5:
+        raise DeviceRequirementError(
+            f"device {dev.name}: no Python at '{dev.python}'; the edgeship agent needs "
+            f"Python {need} or newer; install one or {where}"
+        )
+    found = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+    try:
+        version = tuple(int(p) for p in found.split("."))
+    except ValueError:
+        version = ()
+    if res.code != 0 or not version:
+        detail = (res.stderr.strip() or res.stdout.strip() or f"exit {res.code}").splitlines()
+        raise DeviceRequirementError(
+            f"device {dev.name}: '{dev.python}' did not report its version ({detail[-1]}); "
+            f"the edgeship agent needs Python {need} or newer"
+        )
+    if version < AGENT_PYTHON:
+        raise DeviceRequirementError(
+            f"device {dev.name}: '{dev.python}' is Python {found}; the edgeship agent needs "
+            f"Python {need} or newer (standard library only); install one or {where}"
         )
 
 

@@ -42,6 +42,9 @@ class DeviceStatus:
     health: str | None = None  # pass | fail | pending
     health_reason: str | None = None
     latency_ms: float | None = None
+    engine: dict[str, Any] | None = (
+        None  # a TensorRT engine built on the device: sha256, version, GPU
+    )
     manifest_sha256: str | None = None
     key_id: str | None = None
     last_change: str | None = None  # ISO time of the last change on the device
@@ -129,6 +132,7 @@ def query_device(fleet: FleetConfig, device: DeviceConfig, timeout: float) -> De
         health = info.get("health") or {}
         out.manifest_sha256 = info.get("manifest_sha256")
         out.key_id = info.get("key_id")
+        out.engine = info.get("engine")
         if status.get("pending_health") == out.version:
             out.health = "pending"
         elif health:

@@ -276,6 +276,7 @@ def trace_device(
             )
             or {}
         ).get("runtime"),
+        "engine": status.engine,  # the TensorRT engine the device built: sha256, version, GPU
     }
     if status.version is None:
         raise TraceError(

@@ -16,7 +16,9 @@ Two layers:
 Simulated devices can differ the way real ones do: a device in the fleet group
 ``ort-minimal-op18`` runs a minimal ONNX Runtime build whose kernels stop at opset
 18 (see :data:`RUNTIME_PROFILES`); a model exported at a newer opset fails its
-health check there and nowhere else.
+health check there and nowhere else. Devices in the profile ``jetson-without-gpu`` stand
+in for Jetsons: TensorRT is registered but its libraries are absent, so a Jetson bundle's
+health check reaches the TensorRT runner and fails with that reason.
 """
 
 from __future__ import annotations
@@ -497,11 +499,31 @@ class _Finder(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Finder())
 '''
 
+# A Jetson stand-in: JetPack's TensorRT is registered (its package metadata names 10.3.0, so
+# jetson_orin bundles pass the agent's runtime check) but its libraries are absent, as on any
+# machine without an NVIDIA GPU. The health check reaches the TensorRT runner, which reports
+# that TensorRT is not installed and builds no engine; nothing passes.
+TENSORRT_STANDIN_GROUP = "jetson-without-gpu"
+TENSORRT_STANDIN_VERSION = "10.3.0"
+
 RUNTIME_PROFILES = {
     MINIMAL_RUNTIME_GROUP: (
         "devices running a minimal ONNX Runtime build with kernels up to opset 18",
         MINIMAL_RUNTIME_SITECUSTOMIZE.format(max_opset=18),
     ),
+    TENSORRT_STANDIN_GROUP: (
+        f"Jetson stand-ins: TensorRT {TENSORRT_STANDIN_VERSION} registered, its libraries "
+        "absent (no NVIDIA GPU)",
+        "",
+    ),
+}
+# files a profile adds beside its sitecustomize (relative path -> text)
+PROFILE_FILES = {
+    TENSORRT_STANDIN_GROUP: {
+        f"tensorrt-{TENSORRT_STANDIN_VERSION}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: tensorrt\nVersion: {TENSORRT_STANDIN_VERSION}\n"
+        ),
+    },
 }
 
 
@@ -511,7 +533,11 @@ def profile_env(folder: Path, profile: str) -> dict[str, str]:
         raise SimError(f"unknown runtime profile '{profile}'; known: {', '.join(RUNTIME_PROFILES)}")
     target = folder / profile
     target.mkdir(parents=True, exist_ok=True)
-    (target / "sitecustomize.py").write_text(RUNTIME_PROFILES[profile][1])
+    if RUNTIME_PROFILES[profile][1]:
+        (target / "sitecustomize.py").write_text(RUNTIME_PROFILES[profile][1])
+    for rel, text in PROFILE_FILES.get(profile, {}).items():
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel).write_text(text)
     return {"PYTHONPATH": str(target)}
 
 

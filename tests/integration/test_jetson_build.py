@@ -24,7 +24,7 @@ from targets.base import registered_targets
 from tests.conftest import build_once
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE_SCRIPT = ROOT / "orchestrator" / "device" / "tensorrt_engine.py"
+ENGINE_SCRIPT = ROOT / "orchestrator" / "device" / "agent" / "tensorrt_engine.py"
 NO_TENSORRT = (
     "TensorRT is not installable here: no NVIDIA GPU, and its wheels come from NVIDIA's "
     "package index; the engine is built and validated on the device"
@@ -33,7 +33,7 @@ NO_TENSORRT = (
 
 def _engine_module():  # the registry first, so every target family is discovered
     registered_targets()
-    from orchestrator.device import tensorrt_engine
+    from orchestrator.device.agent import tensorrt_engine
 
     return tensorrt_engine
 
@@ -77,7 +77,7 @@ def test_fp16_artifact_is_float16_onnx_with_float32_io_and_engine_settings(
     assert engine["precision"] == "fp16" and engine["strongly_typed"] is True
     assert engine["workspace_mb"] > 0 and engine["dla_core"] is None
     assert engine["profiles"] == {}  # static shapes: no optimisation profile needed
-    assert runtime["settings"]["engine_builder"] == "orchestrator/device/tensorrt_engine.py"
+    assert runtime["settings"]["engine_builder"] == "orchestrator/device/agent/tensorrt_engine.py"
     dla = registered_targets()["jetson_orin"](
         TargetConfig(name="j", family="jetson_orin", device="DLA0")
     )

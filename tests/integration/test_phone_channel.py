@@ -134,7 +134,7 @@ def test_publish_staged_rollout_and_reference_clients(
     assert {r["result"] for r in reports.values()} == {"activated"}
     first = reports[INSTALLS[0]]
     assert first["version"] == 1 and first["health"]["result"] == "pass"
-    assert first["health"]["runtime"]["name"] == "onnxruntime"
+    assert first["health"]["runtime"]["name"] == "onnxruntime_mobile"
     assert first["health"]["providers"][-1] == "CPUExecutionProvider"
 
     # v2 to 20%: exactly the installations the publisher's bucket puts below 0.2

@@ -2,9 +2,9 @@
 
 This package runs ON THE DEVICE, built into one zipapp (``edgeship_agent.pyz``)
 at enrolment. It needs only the Python standard library (3.8+), ``openssl`` and
-``sha256sum``; the health check imports the device's own runtime (onnxruntime
-or openvino, whichever the bundle's runtime.json names) and numpy. It never
-imports edgeship.
+``sha256sum``; the health check runs the bundle through the device runner of the
+runtime its runtime.json names (runners.py: onnxruntime, onnxruntime_mobile, openvino,
+tensorrt), which imports that runtime and numpy. It never imports edgeship.
 
 Commands (JSON on stdout)::
 
@@ -140,7 +140,7 @@ def main(argv: list | None = None) -> int:
     try:
         if args.command == "health-run":
             try:
-                result = health_run(args.folder)
+                result = health_run(args.folder, agent.root)
             except Exception as exc:  # the runtime refused the model: report it as the reason
                 result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
             emit(result)

@@ -239,7 +239,7 @@ class Activation(Verifier, Health):
         result = self.run_health(version, timeout)
         self.step("health_done")
         state = self.state()
-        state["versions"].setdefault(str(version), {})["health"] = result
+        self.record_health(state, version, result)
         state["pending_health"] = None
         state["pending_from"] = None
         self.save_state(state)

@@ -14,11 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from .errors import EXIT_OK, EXIT_UNHEALTHY, Nothing
 from .files import read_json
 from .privilege import health_env, health_limits, identity, limit_resources
+from .runners import smoke_check
 from .state import Install
 
 
@@ -86,6 +86,27 @@ class Health(Install):
         result["limits"] = limits
         return result
 
+    def record_health(self, state: dict, version: int, result: dict) -> None:
+        """Keep a health result in ``state`` for ``version``; a TensorRT engine built for it
+        (hash, TensorRT version, GPU) is kept beside it as ``engine`` and logged."""
+        entry = state["versions"].setdefault(str(version), {})
+        entry["health"] = result
+        engine = (result.get("runtime") or {}).get("engine")
+        if isinstance(engine, dict) and engine.get("built"):
+            entry["engine"] = {
+                k: engine.get(k)
+                for k in ("sha256", "tensorrt_version", "gpu", "onnx_sha256", "settings_sha256")
+            }
+            entry["engine"]["cache_key"] = engine.get("cache_key")
+            self.log(
+                "engine",
+                version=version,
+                sha256=engine.get("sha256"),
+                tensorrt_version=engine.get("tensorrt_version"),
+                gpu=engine.get("gpu"),
+                cache_hit=engine.get("cache_hit"),
+            )
+
     def health(self, timeout: float) -> tuple:
         self.recover()
         version = self.link_version(self.current)
@@ -93,7 +114,7 @@ class Health(Install):
             raise Nothing("no current version on this device")
         result = self.run_health(version, timeout)
         state = self.state()
-        state["versions"].setdefault(str(version), {})["health"] = result
+        self.record_health(state, version, result)
         if state.get("pending_health") == version and result["result"] == "pass":
             state["pending_health"] = None
         self.save_state(state)
@@ -104,103 +125,16 @@ class Health(Install):
 # -- the health check itself (child process; imports the device runtime and numpy) -----------------
 
 
-def health_run(folder: str) -> dict:
-    """Load the model as runtime.json says, run smoke/input.npz, compare with expected.npz."""
-    import numpy as np
+def engine_cache(root: str) -> str:
+    """Where runners keep what they build on first use (TensorRT engines): ``<root>/cache/``."""
+    return os.path.join(root, "cache", "tensorrt")
 
-    runtime = read_json(os.path.join(folder, "runtime.json"))
-    smoke_dir = os.path.join(folder, "smoke")
-    smoke = read_json(os.path.join(smoke_dir, "smoke.json"))
-    name = runtime["target"]["runtime"]
-    settings = runtime.get("settings") or {}
-    model_path = os.path.join(folder, runtime["model"]["file"])
-    in_names = [t["name"] for t in runtime["inputs"]]
-    out_names = [t["name"] for t in runtime["outputs"]]
-    with np.load(os.path.join(smoke_dir, smoke.get("input", "input.npz"))) as npz:
-        inputs = {n: np.asarray(npz[n]) for n in in_names}
-    for spec in runtime["inputs"]:
-        inputs[spec["name"]] = inputs[spec["name"]].astype(spec.get("dtype", "float32"))
-    with np.load(os.path.join(smoke_dir, smoke.get("expected", "expected.npz"))) as npz:
-        expected = {n: np.asarray(npz[n]) for n in out_names}
 
-    if name == "onnxruntime":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
-        so.inter_op_num_threads = int(settings.get("inter_op_num_threads", 0))
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = settings.get("graph_optimization_level", "ORT_ENABLE_ALL")
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        provider = settings.get("execution_provider", "CPUExecutionProvider")
-        session = ort.InferenceSession(model_path, so, providers=[provider])
-        version = ort.__version__
-
-        def infer() -> list:
-            return list(session.run(out_names, inputs))
-
-    elif name == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        device = settings.get("device", runtime["target"].get("device", "CPU"))
-        config = {k: v for k, v in settings.items() if k != "device"}
-        compiled = core.compile_model(core.read_model(model_path), device, config)
-        request = compiled.create_infer_request()
-        outputs = list(compiled.outputs)
-        version = ov.get_version()
-
-        def infer() -> list:
-            result = request.infer(inputs)
-            return [np.array(result[o]) for o in outputs]
-
-    else:
-        return {"result": "fail", "reason": f"unsupported runtime {name}"}
-
-    infer()  # warm-up
-    start = time.perf_counter()
-    got = infer()
-    latency_ms = (time.perf_counter() - start) * 1000.0
-    atol = float(smoke.get("atol", 1e-3))
-    rtol = float(smoke.get("rtol", 0.0))
-    report = {}
-    failures = []
-    for out_name, value in zip(out_names, got):
-        want = expected[out_name]
-        if value.shape != want.shape:
-            failures.append(f"{out_name}: shape {list(value.shape)}, expected {list(want.shape)}")
-            continue
-        diff = (
-            float(np.max(np.abs(value.astype(np.float64) - want.astype(np.float64))))
-            if value.size
-            else 0.0
-        )
-        ok = bool(np.allclose(value, want, atol=atol, rtol=rtol))
-        report[out_name] = {"max_abs_diff": diff, "atol": atol, "rtol": rtol, "passed": ok}
-        if not ok:
-            failures.append(f"{out_name}: max |diff| {diff:.6g} > atol {atol:.6g}")
-    agreement = None
-    if (
-        got
-        and expected.get(out_names[0]) is not None
-        and got[0].shape == expected[out_names[0]].shape
-    ):
-        axis = int(smoke.get("argmax_axis", -1))
-        agreement = float(
-            np.mean(np.argmax(got[0], axis=axis) == np.argmax(expected[out_names[0]], axis=axis))
-        )
-        needed = float(smoke.get("min_argmax_agreement", 1.0))
-        if agreement < needed:
-            failures.append(f"argmax agreement {agreement:.4f} < {needed:.4f}")
-    return {
-        "result": "fail" if failures else "pass",
-        "reason": "; ".join(failures) or None,
-        "latency_ms": round(latency_ms, 3),
-        "runtime": {"name": name, "version": str(version)},
-        "python": sys.version.split()[0],
-        "deployment": runtime.get("deployment"),
-        "outputs": report,
-        "argmax_agreement": agreement,
-        "uid": os.getuid(),  # who ran the model: the agent user, never root unless enrolled so
-        "user": identity()["name"],
-    }
+def health_run(folder: str, root: str | None = None) -> dict:
+    """The bundle's smoke test through its runtime's runner (:func:`.runners.smoke_check`)."""
+    cache = engine_cache(root) if root else None
+    result = smoke_check(folder, cache)
+    result["python"] = sys.version.split()[0]
+    result["uid"] = os.getuid()  # who ran the model: the agent user, never root unless enrolled so
+    result["user"] = identity()["name"]
+    return result

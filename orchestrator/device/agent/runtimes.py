@@ -11,7 +11,13 @@ RUNTIME_DISTRIBUTIONS = {
         "onnxruntime-openvino",
         "onnxruntime-directml",
     ),
+    # the mobile format (.ort) runs in the full runtime where a device has no app around it
+    "onnxruntime_mobile": (
+        "onnxruntime",
+        "onnxruntime-gpu",
+    ),
     "openvino": ("openvino",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt-libs"),
 }
 
 
@@ -60,7 +66,11 @@ def satisfies(version: str, specifier: str) -> bool:
 
 
 def runtime_version(runtime: str) -> str | None:
-    """The installed version of a runtime, from package metadata (no import)."""
+    """The installed version of a runtime, from package metadata (no import).
+
+    TensorRT without a Python package (JetPack's ``trtexec`` alone) is found by the version
+    ``trtexec`` reports.
+    """
     try:
         from importlib import metadata
     except ImportError:  # Python < 3.8
@@ -70,4 +80,9 @@ def runtime_version(runtime: str) -> str | None:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
+    if runtime == "tensorrt":
+        from .tensorrt_engine import trtexec_path, trtexec_version
+
+        if trtexec_path() is not None:
+            return trtexec_version()
     return None

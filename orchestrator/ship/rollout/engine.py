@@ -153,7 +153,8 @@ def _outcome_entry(outcome: DeviceOutcome) -> dict[str, Any]:
                 "result": health.get("result"),
                 "reason": health.get("reason"),
                 "latency_ms": health.get("latency_ms"),
-                "runtime": health.get("runtime"),
+                "runner": health.get("runner"),
+                "runtime": health.get("runtime"),  # with a TensorRT engine's provenance
             }
             if health
             else None

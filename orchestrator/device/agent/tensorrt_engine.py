@@ -123,12 +123,9 @@ def trtexec_path() -> str | None:
     return str(jetpack) if jetpack.is_file() else None
 
 
-def tensorrt_version() -> str | None:
-    """The TensorRT version of the Python package, else of ``trtexec``; None without either."""
-    trt = _tensorrt()
-    if trt is not None:
-        return str(trt.__version__)
-    exe = trtexec_path()
+def trtexec_version(exe: str | None = None) -> str | None:
+    """The TensorRT version ``trtexec`` reports (its banner), None without a trtexec."""
+    exe = exe or trtexec_path()
     if exe is None:
         return None
     try:
@@ -141,6 +138,31 @@ def tensorrt_version() -> str | None:
         return None
     number = int(match.group(1))  # e.g. 100300 -> 10.3.0
     return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def tensorrt_version() -> str | None:
+    """The TensorRT version of the Python package, else of ``trtexec``; None without either."""
+    trt = _tensorrt()
+    if trt is not None:
+        return str(trt.__version__)
+    return trtexec_version()
+
+
+def missing_reason() -> str:
+    """Why this machine cannot build an engine (for messages when tensorrt_version() is None)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        package = f"the tensorrt Python package cannot be imported ({type(exc).__name__}: {exc})"
+    else:  # pragma: no cover - importable, so tensorrt_version() was not None
+        package = "the tensorrt Python package is importable"
+    exe = trtexec_path()
+    tool = (
+        "trtexec is not on PATH nor in /usr/src/tensorrt/bin"
+        if exe is None
+        else (f"{exe} reports no TensorRT version")
+    )
+    return f"{package}, and {tool}"
 
 
 def gpu_name() -> str:

@@ -1,0 +1,130 @@
+"""The device side of every target family: its artifact runs through its runtime's runner.
+
+For each registered family: the movement classifier is built with the recipe the target
+contract uses (tests/contract/test_targets.py), then the agent as devices get it (the
+zipapp, run with ``python -I`` outside the repository, so nothing of edgeship is importable)
+runs ``health-run`` on the artifact folder: the runner of the family's runtime loads it,
+runs the smoke input and applies the shared checks. The same artifact with its expected
+outputs shifted along the class axis must fail, naming the argmax agreement.
+
+TensorRT's runner builds and runs an engine where TensorRT exists; elsewhere it must
+report that TensorRT is not installed (never pass), and the test then skips with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.device.agent import AGENT_FILE, agent_source
+from orchestrator.spec.compose import compose
+from targets.base import registered_targets
+from tests.contract.test_targets import DEPLOYMENT, FAMILIES, ROOT, _candidates, _target_yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ME = pwd.getpwuid(os.getuid()).pw_name  # the agent user of these runs: whoever runs the tests
+
+
+@pytest.fixture(scope="module")
+def agent_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("device-bin") / AGENT_FILE
+    path.write_bytes(agent_source())
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _project(isolated: Path) -> Path:
+    return isolated
+
+
+def _health_run(agent: Path, folder: Path, root: Path) -> tuple[int, dict]:
+    command = [sys.executable, "-I", str(agent), "--root", str(root), "--user", ME]
+    proc = subprocess.run(
+        [*command, "health-run", str(folder)],
+        cwd=root.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _shift_expected(artifact: Path, dest: Path) -> Path:
+    """The artifact with its expected outputs rolled by one class: every argmax moves."""
+    shutil.copytree(artifact, dest)
+    smoke = json.loads((dest / "smoke" / "smoke.json").read_text())
+    path = dest / "smoke" / smoke.get("expected", "expected.npz")
+    with np.load(path) as npz:
+        arrays = {k: np.asarray(npz[k]) for k in npz.files}
+    axis = int(smoke.get("argmax_axis", -1))
+    first = next(iter(arrays))
+    arrays[first] = np.roll(arrays[first], 1, axis=axis)
+    np.savez(path, **arrays)
+    return dest
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_artifact_runs_through_its_runtimes_device_runner(
+    family: str, agent_program: Path, isolated: Path, posture_weights: None
+) -> None:
+    if sys.platform != "linux":  # pragma: no cover - the agent's privilege code is POSIX
+        pytest.skip("the device agent runs on Linux devices")
+    from orchestrator.build.pipeline import run_build
+
+    cls = registered_targets()[family]
+    target_name = _target_yaml(family)
+    usable, _ = _candidates(target_name)
+    recipe = getattr(cls, "contract_recipe", None) or usable[0]
+    spec = compose(
+        [
+            f"deployment={DEPLOYMENT}",
+            f"target={target_name}",
+            f"recipe={recipe}",
+            "deployment.validation.latency_runs=5",
+        ],
+        ROOT,
+    )
+    artifact = run_build(spec, record=False).artifact_dir
+    root = isolated / "device-root"
+    root.mkdir()
+
+    code, result = _health_run(agent_program, artifact, root)
+    assert result["runner"] == cls.runtime
+    assert result["runtime"]["name"] == cls.runtime
+    if cls.runtime == "tensorrt" and result.get("unavailable"):
+        assert (code, result["result"]) == (11, "fail")
+        assert result["reason"].startswith("TensorRT is not installed on this device")
+        runtime = json.loads((artifact / "runtime.json").read_text())
+        assert result["runtime"]["engine"]["onnx_sha256"] == runtime["model"]["sha256"]
+        pytest.skip(f"{family}: {result['reason']}")
+    assert (code, result["result"]) == (0, "pass"), result
+    assert result["argmax_agreement"] == 1.0
+    assert all(o["passed"] for o in result["outputs"].values())
+    if cls.runtime == "tensorrt":  # the engine was built here and its provenance reported
+        engine = result["runtime"]["engine"]
+        assert engine["built"] and len(engine["sha256"]) == 64 and engine["tensorrt_version"]
+
+    code, shifted = _health_run(
+        agent_program, _shift_expected(artifact, isolated / "shifted"), root
+    )
+    assert (code, shifted["result"]) == (11, "fail")
+    assert "argmax agreement 0.0000 < " in shifted["reason"]
+
+
+@pytest.fixture(scope="module")
+def posture_weights() -> None:
+    from orchestrator.build import reference
+    from orchestrator.spec.compose import load_option
+
+    reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)

@@ -19,6 +19,9 @@ from orchestrator.errors import TrackingError
 log = logging.getLogger(__name__)
 
 CANDIDATE_ALIAS = "candidate"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CLASSIC_ML = "custom_model_development"
+ARTIFACT_DIGEST = "edgeship.artifact.sha256"
 
 
 def tracking_uri(root: Path) -> str:
@@ -27,6 +30,15 @@ def tracking_uri(root: Path) -> str:
 
 def _is_local(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "unknown"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -62,29 +74,40 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(deployment)
             if exp is not None:
+                if exp.tags.get(EXPERIMENT_KIND) != CLASSIC_ML:
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
                 return str(exp.experiment_id)
             location = None
             if _is_local(self.uri):
                 location = (self.root / "mlartifacts" / deployment).as_uri()
+            # models built and validated, not GenAI traces: MLflow's classic ML views
+            tags = {"edgeship.deployment": deployment, EXPERIMENT_KIND: CLASSIC_ML}
             return str(
-                self.client.create_experiment(
-                    deployment, artifact_location=location, tags={"edgeship.deployment": deployment}
-                )
+                self.client.create_experiment(deployment, artifact_location=location, tags=tags)
             )
         except Exception as exc:
             raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
 
     @contextmanager
     def run(
-        self, deployment: str, run_name: str, tags: Mapping[str, str], parent: str | None = None
+        self,
+        deployment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent: str | None = None,
+        started: float | None = None,
     ) -> Iterator[Any]:
-        """An MLflow run that ends FAILED if the block raises and KILLED on Ctrl-C."""
+        """An MLflow run that ends FAILED if the block raises and KILLED on Ctrl-C.
+
+        ``started`` (seconds since the epoch): when the work the run records began, so the
+        run's duration is the build's, not the recording's."""
         exp = self.experiment_id(deployment)
-        all_tags = dict(tags)
+        all_tags = {"mlflow.user": _user(), **tags}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
+        start_ms = int(started * 1000) if started is not None else None
         try:
-            run = self.client.create_run(exp, run_name=run_name, tags=all_tags)
+            run = self.client.create_run(exp, start_time=start_ms, run_name=run_name, tags=all_tags)
         except Exception as exc:
             raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
         run_id = run.info.run_id
@@ -127,16 +150,71 @@ class Tracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
+    def log_model(self, run_id: str, artifact_dir: Path) -> str:
+        """Log the artifact as an MLflow model under the run's ``model/`` (see
+        :mod:`registry.mlflow_model`); returns its flavour."""
+        import tempfile
+
+        from registry.mlflow_model import save_artifact_model
+
+        with tempfile.TemporaryDirectory(prefix="edgeship-mlmodel-") as tmp:
+            try:
+                flavour = save_artifact_model(artifact_dir, Path(tmp) / "model")
+                self.client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
+            except Exception as exc:
+                raise TrackingError(
+                    f"error: MLflow at {self.uri}: logging the MLflow model of {artifact_dir}: "
+                    f"{exc}"
+                ) from exc
+        return flavour
+
+    def log_datasets(self, run_id: str, datasets: list[tuple[str, str, Any, str, str]]) -> None:
+        """Record the run's data as MLflow datasets: (name, context, features, sha256, loader)
+        each, ``features`` a mapping of input name to array, ``loader`` the project's function
+        that returned it (MLflow keeps the schema, profile and digest; the data itself stays
+        where the project keeps it)."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, context, features, digest, loader in datasets:
+            source = CodeDatasetSource({"edgeship.loader": loader})
+            dataset = from_numpy(dict(features), source=source, name=name)
+            dataset._digest = digest[:36]  # edgeship's own hash of exactly these arrays
+            tags = [InputTag("mlflow.data.context", context)]
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: logging datasets: {exc}") from exc
+
+    def version_with_digest(self, deployment: str, digest: str) -> str | None:
+        """The newest registered version whose artifact has content digest ``digest``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(
+                f"name = '{deployment}' and tags.`{ARTIFACT_DIGEST}` = '{digest}'"
+            )
+        except MlflowException:
+            return None
+        return max((str(v.version) for v in found), key=int, default=None)
+
     def register(
         self,
         deployment: str,
         run_id: str,
         alias: str = CANDIDATE_ALIAS,
         tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+        model: bool = False,
     ) -> str:
         """Register the run's artifact as a new version of model ``deployment``; set ``alias``.
 
-        ``tags`` land on the model version (e.g. the source model it was built from)."""
+        ``tags`` land on the model version (e.g. the source model it was built from);
+        ``model``: the run logged an MLflow model (:meth:`log_model`), which the version
+        then points at (else the raw artifact folder)."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -145,9 +223,10 @@ class Tracker:
             self.client.create_registered_model(
                 deployment, description=f"edgeship deployment {deployment}"
             )
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/artifact"
+        folder = "model" if model else "artifact"
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{folder}"
         version = self.client.create_model_version(
-            deployment, source, run_id=run_id, tags=dict(tags or {})
+            deployment, source, run_id=run_id, tags=dict(tags or {}), description=description
         )
         self.client.set_registered_model_alias(deployment, alias, version.version)
         return str(version.version)

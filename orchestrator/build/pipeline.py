@@ -9,6 +9,7 @@ staging directory and leaves the last good artifact untouched.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -56,6 +57,7 @@ class BuildResult:
     model_version: str | None
     seconds: float
     steps: list[tuple[str, float]] = field(default_factory=list)
+    version_reused: bool = False  # the artifact equals a registered version: none was added
 
     @property
     def passed(self) -> bool:
@@ -211,14 +213,19 @@ def _build(
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None
+        reused = False
         if record:
             steps("record in MLflow")
-            from registry.tracking import Tracker, flatten
+            from registry.mlflow_model import artifact_digest
+            from registry.tracking import ARTIFACT_DIGEST, Tracker, flatten
 
             tracker = Tracker(spec.root)
-            tags = run_tags(spec, status)
+            digest = artifact_digest(staging)
+            tags = {**run_tags(spec, status), ARTIFACT_DIGEST: digest}
             lineage_tags = sources.source_tags(source.lineage)
-            with tracker.run(name, f"{name}-{cfg.recipe.name}", tags, parent=parent_run) as run:
+            started = time.time() - (time.perf_counter() - t0)
+            run_name = f"{name}-{cfg.recipe.name}"
+            with tracker.run(name, run_name, tags, parent=parent_run, started=started) as run:
                 run_id = run.info.run_id
                 write_json(
                     staging / "build.json", _build_info(spec, run_id, None, status, evidence)
@@ -229,8 +236,24 @@ def _build(
                     **_evidence_params(evidence),
                 }
                 tracker.log_build(run_id, params, result.metrics, staging, lineage_tags)
+                tracker.log_datasets(run_id, _datasets(cfg.model, data, calibration))
+                description = _description(spec, result)
+                tracker.set_tags(run_id, {"mlflow.note.content": description})
+                if result.passed:
+                    tracker.log_model(run_id, staging)
                 if result.passed and register:
-                    version = tracker.register(name, run_id, tags=lineage_tags)
+                    version = tracker.version_with_digest(name, digest)
+                    reused = version is not None
+                    if version is not None:  # the same artifact as a registered version
+                        tracker.set_alias(name, CANDIDATE, version)
+                    else:
+                        version = tracker.register(
+                            name,
+                            run_id,
+                            tags={**lineage_tags, ARTIFACT_DIGEST: digest},
+                            description=description,
+                            model=True,
+                        )
                     tracker.set_tags(run_id, {"edgeship.model_version": version})
         write_json(staging / "build.json", _build_info(spec, run_id, version, status, evidence))
         steps.finish()
@@ -243,10 +266,50 @@ def _build(
         raise
     if report_dir is not None:
         copy_reports(dest, report_dir)
-    build = BuildResult(name, dest, result, run_id, version, time.perf_counter() - t0, steps.done)
+    seconds = time.perf_counter() - t0
+    build = BuildResult(name, dest, result, run_id, version, seconds, steps.done, reused)
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
     return build
+
+
+CANDIDATE = "candidate"
+
+
+def _datasets(model: ModelConfig, data: Any, calibration: list[Any]) -> list[Any]:
+    """The evaluation data (and the calibration data, when a pass used it) for MLflow."""
+    names = [t.name for t in model.inputs]
+
+    def stacked(samples: list[Any]) -> dict[str, np.ndarray]:
+        return {n: np.concatenate([np.asarray(s[n]) for s in samples]) for n in names}
+
+    out = [
+        (f"{model.name}-eval", "evaluation", stacked(data.samples), data.sha256, model.data.eval.fn)
+    ]
+    if calibration and model.data.calibration is not None:
+        arrays = stacked(calibration)
+        digest = hashlib.sha256(b"".join(a.tobytes() for a in arrays.values())).hexdigest()
+        loader = model.data.calibration.fn
+        out.append((f"{model.name}-calibration", "calibration", arrays, digest, loader))
+    return out
+
+
+def _description(spec: ComposedSpec, result: Validation) -> str:
+    """The run's and the version's description (Markdown): verdict, choices, gates."""
+    cfg = spec.config
+    lines = [
+        f"**{cfg.deployment.name}**: {'PASSED' if result.passed else 'FAILED'} "
+        f"({spec.choices['model']} / {spec.choices['recipe']} / {spec.choices['target']})",
+        "",
+        "| gate | value | |",
+        "|---|---:|---|",
+    ]
+    for g in result.gates:
+        value = "n/a" if g.value is None else f"{g.value:.4g}"
+        lines.append(f"| `{g.gate}` | {value} | {'pass' if g.passed else 'FAIL'} |")
+    if cfg.deployment.description:
+        lines += ["", cfg.deployment.description]
+    return "\n".join(lines)
 
 
 def _note_runtime_validation(target: Target, model: ModelFile, result: Validation) -> None:

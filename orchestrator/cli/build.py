@@ -217,6 +217,7 @@ def _result_json(result: Any) -> dict[str, Any]:
         "artifact": str(result.artifact_dir),
         "run_id": result.run_id,
         "model_version": result.model_version,
+        "version_reused": result.version_reused,
         "gates": [{"gate": str(g.gate), "value": g.value, "passed": g.passed} for g in v.gates],
         "metrics": v.metrics,
     }
@@ -232,9 +233,8 @@ def _print_result(result: object) -> None:
     if result.run_id:
         print(f"  mlflow run:  {result.run_id}")
     if result.model_version:
-        print(
-            f"  registered:  {result.deployment} version {result.model_version} (alias candidate)"
-        )
+        how = "unchanged artifact, alias candidate" if result.version_reused else "alias candidate"
+        print(f"  registered:  {result.deployment} version {result.model_version} ({how})")
     width = max((len(str(g.gate)) for g in v.gates), default=10)
     for g in v.gates:
         shown = "n/a" if g.value is None else f"{g.value:.4g}"

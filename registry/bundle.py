@@ -328,6 +328,12 @@ def build_manifest(
                 "metrics": validation.get("metrics", {}),
                 "gates": validation.get("gates", []),
                 "data": validation.get("data", {}),
+                # where the gated figures were measured: a lab device, or the build machine
+                "device_validated": bool(validation.get("device_validated")),
+                "validated_on": validation.get("validated_on"),
+                "build_machine_gates": (
+                    (validation.get("details") or {}).get("build_machine") or {}
+                ).get("gates"),
             },
             "signing_key_id": key_id,
         },

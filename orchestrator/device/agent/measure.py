@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ import time
 
 from .activate import Activation, copy_checked
 from .errors import AgentError, Refusal
-from .files import read_json, remove_tree
+from .files import MANIFEST, SIGNATURE, read_json, remove_tree
 from .health import agent_command, engine_cache
 from .privilege import health_env, health_limits, identity, limit_resources
 from .rules import MEASURE_KIND, path_problem
@@ -75,6 +76,10 @@ class Measure(Activation):
                         "hash_mismatch",
                         "sha256 differs from the manifest: {}".format(entry["path"]),
                     )
+            for envelope in (MANIFEST, SIGNATURE):
+                src = os.path.join(folder, envelope)
+                if os.path.isfile(src) and not os.path.islink(src):
+                    shutil.copyfile(src, os.path.join(scratch, envelope))
             self.verify(scratch, policy=False, kinds=(MEASURE_KIND,))
             name = "{}-measure-{}".format(manifest["deployment"], info["manifest_sha256"][:12])
             out_path = os.path.join(self.staging, name + ".outputs.npz")

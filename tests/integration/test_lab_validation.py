@@ -170,6 +170,29 @@ def test_auto_picks_the_candidate_fastest_on_the_lab_device(
     # the same candidates, the same build machine: the lab device decided the pick
     assert picks == {"lab-int8": "ort_fp32", "lab-float": "ort_int8_dynamic"}
 
+    # the winner ships; trace says where each gated figure was measured
+    from orchestrator.ship.deploy import deploy
+    from orchestrator.spec.fleet import load_fleet_file
+    from registry.bundle import make_bundle
+    from registry.keys import KeyStore
+
+    store = KeyStore()
+    bundles = lab["artifacts"].parent / "bundles"  # where trace looks: beside the artifacts
+    bundle = make_bundle(lab["artifacts"] / "posture_server", store, bundles)
+    provenance = bundle.manifest["provenance"]["validation"]
+    assert provenance["device_validated"] is True
+    assert provenance["validated_on"]["device"] == "lab-float"
+    fleet = load_fleet_file(lab["fleet"], ROOT)
+    assert not deploy(fleet, [fleet.device("lab-int8")], bundle, store).failed
+    code = main(["trace", "lab-int8", f"fleet={lab['fleet']}", "--no-mlflow"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "measured on lab device lab-float of fleet lab" in out
+    gated = [line for line in out.splitlines() if "(lab device lab-float)" in line]
+    beside = [line for line in out.splitlines() if "(build machine, not gated)" in line]
+    assert any("agreement >= 0.9" in line for line in gated)
+    assert any("agreement >= 0.9" in line for line in beside)
+
 
 def test_validate_on_lab_without_a_lab_device_is_a_spec_error_before_any_work(
     lab: dict, capsys: pytest.CaptureFixture[str]

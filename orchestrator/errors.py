@@ -133,6 +133,12 @@ class BuildError(EdgeshipError):
     exit_code = ExitCode.FAILED
 
 
+class LabMeasurementError(BuildError):
+    """A lab device refused a candidate or could not measure it (validate_on=lab)."""
+
+    exit_code = ExitCode.DEVICES_FAILED
+
+
 class UserCodeError(EdgeshipError):
     """Code of the project named in a spec (a model factory, a data loader, preprocessing,
     a train function, the model's own forward) raised or cannot be imported.

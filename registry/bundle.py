@@ -56,8 +56,10 @@ MANIFEST = "manifest.json"
 SIGNATURE = MANIFEST + SIG_SUFFIX
 ROLLBACK = "rollback.json"
 ENVELOPE = frozenset({MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX})
-MANIFEST_KIND = "edgeship.bundle"
+MANIFEST_KIND = rules.BUNDLE_KIND
+MEASURE_KIND = rules.MEASURE_KIND  # a candidate measured on a lab device, never installed
 ROLLBACK_KIND = "edgeship.rollback"
+MEASURE_VALID_HOURS = 24.0
 DEFAULT_VALID_DAYS = 90
 ENV_BUNDLES = project.ENV_BUNDLES
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -114,7 +116,7 @@ class Bundle:
         if mpath.is_symlink() or not mpath.is_file():
             raise BundleError(f"error: {path}: no {MANIFEST}; not a bundle folder")
         manifest, data = read_manifest_bytes(mpath)
-        problems = rules.manifest_problems(manifest)
+        problems = rules.manifest_problems(manifest, (MANIFEST_KIND, MEASURE_KIND))
         if problems:
             raise BundleRuleError(problems[0][0], _problem_text(mpath, problems))
         return cls(path, manifest, sha256_bytes(data))
@@ -159,7 +161,11 @@ def read_manifest_bytes(mpath: Path, limit: int = rules.MAX_MANIFEST_BYTES) -> t
         raise BundleRuleError("duplicate_key", f"error: {mpath}: {exc} (duplicate_key)") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleRuleError("malformed", f"error: {mpath}: invalid JSON ({exc})") from exc
-    if not isinstance(parsed, dict) or parsed.get("kind") not in (MANIFEST_KIND, ROLLBACK_KIND):
+    if not isinstance(parsed, dict) or parsed.get("kind") not in (
+        MANIFEST_KIND,
+        MEASURE_KIND,
+        ROLLBACK_KIND,
+    ):
         raise BundleRuleError("malformed", f"error: {mpath}: kind: expected '{MANIFEST_KIND}'")
     return parsed, data
 
@@ -322,6 +328,12 @@ def build_manifest(
                 "metrics": validation.get("metrics", {}),
                 "gates": validation.get("gates", []),
                 "data": validation.get("data", {}),
+                # where the gated figures were measured: a lab device, or the build machine
+                "device_validated": bool(validation.get("device_validated")),
+                "validated_on": validation.get("validated_on"),
+                "build_machine_gates": (
+                    (validation.get("details") or {}).get("build_machine") or {}
+                ).get("gates"),
             },
             "signing_key_id": key_id,
         },
@@ -399,6 +411,72 @@ def make_bundle(
         )
     log.info("bundled %s version %d (%s) signed by %s", deployment, version, bundle.digest, kid)
     return Bundle(final, manifest, bundle.digest)
+
+
+def make_measure_bundle(
+    candidate: Path,
+    store: KeyStore,
+    dest: Path,
+    valid_hours: float = MEASURE_VALID_HOURS,
+    now: datetime | None = None,
+) -> Bundle:
+    """Sign a candidate folder as a measurement candidate for a lab device, into ``dest``.
+
+    ``candidate`` holds runtime.json, the model files and ``measure/`` (the evaluation
+    inputs and the latency plan; see :mod:`orchestrator.device.agent.measure`). The
+    manifest's kind is ``edgeship.measure``: it has no version, takes no place in the
+    ledger or the TUF repository, and devices refuse to activate it. It expires after
+    ``valid_hours``.
+    """
+    if valid_hours <= 0:
+        raise BundleError(f"error: validity must be positive, found {valid_hours} hours")
+    runtime = _read_json(candidate / "runtime.json")
+    _read_json(candidate / "measure" / "measure.json")
+    kid, private = store.signing_key()
+    created = now or datetime.now(UTC)
+    files: list[dict[str, Any]] = [
+        {
+            "path": rel.as_posix(),
+            "sha256": sha256_file(candidate / rel),
+            "size": (candidate / rel).stat().st_size,
+        }
+        for rel in artifact_files(candidate)
+    ]
+    target = runtime.get("target", {})
+    manifest: dict[str, Any] = {
+        "schema": 1,
+        "kind": MEASURE_KIND,
+        "deployment": runtime.get("deployment"),
+        "created_at": _iso(created),
+        "expires_at": _iso(created + timedelta(hours=valid_hours)),
+        "target": {
+            "family": target.get("family"),
+            "name": target.get("name"),
+            "runtime": target.get("runtime"),
+            "device": target.get("device"),
+            "runtime_requirement": runtime.get("runtime_requirement", ""),
+            "runtime_version_built_with": runtime.get("runtime_version_built_with"),
+        },
+        "model": runtime.get("model", {}),
+        "runtime_config": "runtime.json",
+        "measure": "measure/measure.json",
+        "files": files,
+        "signing": {"algorithm": "ed25519", "key_id": kid},
+    }
+    problems = rules.manifest_problems(manifest, (MEASURE_KIND,))
+    if problems:
+        raise BundleError(_problem_text(candidate, problems))
+    dest.mkdir(parents=True, exist_ok=False)
+    for entry in files:
+        target_path = dest / entry["path"]
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(candidate / entry["path"], target_path)
+        if sha256_file(target_path) != entry["sha256"]:
+            raise BundleError(f"error: {candidate / entry['path']} changed while signing")
+    data = canonical_json(manifest)
+    (dest / MANIFEST).write_bytes(data)
+    (dest / SIGNATURE).write_bytes(sign(private, data))
+    return Bundle(dest, manifest, sha256_bytes(data))
 
 
 def issue_rollback(

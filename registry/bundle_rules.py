@@ -20,6 +20,7 @@ from orchestrator.device.agent import unpack
 from orchestrator.device.agent.errors import Refusal
 from orchestrator.device.agent.files import ENVELOPE
 from orchestrator.device.agent.rules import (
+    BUNDLE_KIND,
     MAX_BUNDLE_BYTES,
     MAX_CLOCK_SKEW_SECONDS,
     MAX_FILE_BYTES,
@@ -33,6 +34,7 @@ from orchestrator.device.agent.rules import (
     MAX_TAR_MEMBERS,
     MAX_TAR_RATIO,
     MAX_TAR_READ,
+    MEASURE_KIND,
     TAR_RATIO_FLOOR,
     DuplicateKey,
     collision_problems,
@@ -46,6 +48,7 @@ from orchestrator.device.agent.rules import (
 from orchestrator.errors import BundleError
 
 __all__ = [
+    "BUNDLE_KIND",
     "ENVELOPE",
     "MAX_BUNDLE_BYTES",
     "MAX_CLOCK_SKEW_SECONDS",
@@ -60,6 +63,7 @@ __all__ = [
     "MAX_TAR_MEMBERS",
     "MAX_TAR_RATIO",
     "MAX_TAR_READ",
+    "MEASURE_KIND",
     "TAR_RATIO_FLOOR",
     "DuplicateKey",
     "ExportError",

@@ -28,6 +28,7 @@ from orchestrator.build import sources
 from orchestrator.build.batching import calibration_batches, first_chunk, run_batched
 from orchestrator.build.evidence import render_model_card, write_plots
 from orchestrator.build.export import copy_model
+from orchestrator.build.lab import DeviceMeasurer, validate_on_device
 from orchestrator.build.provenance import code_provenance, environment, git_info
 from orchestrator.build.report import render_report
 from orchestrator.build.validate import Validation, eval_chunking, validate
@@ -104,6 +105,7 @@ def run_build(
     artifacts_dir: Path | None = None,
     parent_run: str | None = None,
     register: bool = True,
+    measurer: DeviceMeasurer | None = None,
 ) -> BuildResult:
     """Build, validate and record one deployment. Raises GateFailure when a gate fails.
 
@@ -112,6 +114,8 @@ def run_build(
     ``artifacts_dir`` replaces the artifacts root, ``parent_run`` nests the MLflow run
     under another, and ``register=False`` records a passing build without registering
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
+    ``measurer`` (``deployment.validate_on.where: lab``) measures the artifact on a lab
+    device after the build machine did; the device's figures gate (orchestrator/build/lab.py).
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -125,7 +129,17 @@ def run_build(
     source = sources.open_source(cfg.model, spec.root)
     try:
         return _build(
-            spec, target, source, steps, t0, record, report_dir, artifacts_dir, parent_run, register
+            spec,
+            target,
+            source,
+            steps,
+            t0,
+            record,
+            report_dir,
+            artifacts_dir,
+            parent_run,
+            register,
+            measurer,
         )
     finally:
         source.close()
@@ -142,6 +156,7 @@ def _build(
     artifacts_dir: Path | None,
     parent_run: str | None,
     register: bool,
+    measurer: DeviceMeasurer | None = None,
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
@@ -205,11 +220,16 @@ def _build(
         steps("validate (parity, latency, size, memory)")
         result = validate(cfg, target, final, data, reference_out)
         _note_runtime_validation(target, final, result)
+        runtime = runtime_config(staging, spec, target, final, preprocessing)
+        if measurer is not None:
+            where = measurer.where
+            steps(f"validate on lab device {where['device']} (fleet {where['fleet']})")
+            result = validate_on_device(
+                cfg, staging, final, runtime, data, reference_out, result, measurer
+            )
 
         steps("write artifact")
-        _write_artifact(
-            staging, spec, target, final, result, data, reference_out, evidence, preprocessing
-        )
+        _write_artifact(staging, spec, runtime, final, result, data, reference_out, evidence)
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None
@@ -221,14 +241,15 @@ def _build(
 
             tracker = Tracker(spec.root)
             digest = artifact_digest(staging)
-            tags = {**run_tags(spec, status), ARTIFACT_DIGEST: digest}
+            tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
             lineage_tags = sources.source_tags(source.lineage)
             started = time.time() - (time.perf_counter() - t0)
             run_name = f"{name}-{cfg.recipe.name}"
             with tracker.run(name, run_name, tags, parent=parent_run, started=started) as run:
                 run_id = run.info.run_id
                 write_json(
-                    staging / "build.json", _build_info(spec, run_id, None, status, evidence)
+                    staging / "build.json",
+                    _build_info(spec, run_id, None, status, evidence, result.validated_on),
                 )
                 params = {
                     **flatten(spec.data),
@@ -255,7 +276,10 @@ def _build(
                             model=True,
                         )
                     tracker.set_tags(run_id, {"edgeship.model_version": version})
-        write_json(staging / "build.json", _build_info(spec, run_id, version, status, evidence))
+        write_json(
+            staging / "build.json",
+            _build_info(spec, run_id, version, status, evidence, result.validated_on),
+        )
         steps.finish()
         (staging / ".pid").unlink()
         dest = out_root / name if result.passed else out_root / ".failed" / name
@@ -328,6 +352,20 @@ def _note_runtime_validation(target: Target, model: ModelFile, result: Validatio
             result.metrics[key] = float(value)
 
 
+def validated_on_tags(result: Validation) -> dict[str, str]:
+    """MLflow tags saying where the gated figures were measured."""
+    where = result.validated_on
+    if where is None:
+        return {"edgeship.device_validated": "false", "edgeship.validated_on": "build machine"}
+    return {
+        "edgeship.device_validated": "true",
+        "edgeship.validated_on": str(where.get("device")),
+        "edgeship.validated_on.fleet": str(where.get("fleet")),
+        "edgeship.validated_on.runtime": f"{where.get('runtime')} {where.get('runtime_version')}",
+        "edgeship.validated_on.python": str(where.get("python")),
+    }
+
+
 def copy_reports(artifact_dir: Path, report_dir: Path) -> None:
     """The DVC metrics and plot data of an artifact (``metrics.json``, ``validation.json``,
     ``plots/*.json``), replaced as a whole in ``report_dir``."""
@@ -396,6 +434,7 @@ def _build_info(
     version: str | None,
     status: str,
     evidence: dict[str, Any] | None = None,
+    validated_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "deployment": spec.config.deployment.name,
@@ -410,6 +449,8 @@ def _build_info(
         "git": git_info(spec.root),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
+        "device_validated": validated_on is not None,
+        "validated_on": validated_on,
         **(evidence or {}),
     }
 
@@ -418,20 +459,16 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
-def _write_artifact(
+def runtime_config(
     staging: Path,
     spec: ComposedSpec,
     target: Target,
     model: ModelFile,
-    result: Validation,
-    data: ref.Dataset,
-    reference_out: list[list[np.ndarray]],
-    evidence: dict[str, Any],
     preprocessing: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
+    """The artifact's runtime.json: what a device needs to run the model as validated."""
     cfg = spec.config
-    weights = ref.weights_path(cfg.model, spec.root)
-    runtime = {
+    return {
         "schema": 1,
         "deployment": cfg.deployment.name,
         "task": cfg.model.task,
@@ -457,6 +494,20 @@ def _write_artifact(
         "preprocessing": preprocessing,
         "settings": target.runtime_settings(model),
     }
+
+
+def _write_artifact(
+    staging: Path,
+    spec: ComposedSpec,
+    runtime: dict[str, Any],
+    model: ModelFile,
+    result: Validation,
+    data: ref.Dataset,
+    reference_out: list[list[np.ndarray]],
+    evidence: dict[str, Any],
+) -> None:
+    cfg = spec.config
+    weights = ref.weights_path(cfg.model, spec.root)
     write_json(staging / "runtime.json", runtime)
     write_json(staging / "metrics.json", result.metrics)
     data_info = {
@@ -496,7 +547,7 @@ def _write_artifact(
     (staging / "report.md").write_text(render_report(spec, runtime, result, data_info))
     write_plots(staging / "plots", spec, result, reference_out)
     status = "passed" if result.passed else "failed"
-    provenance = _build_info(spec, None, None, status, evidence)
+    provenance = _build_info(spec, None, None, status, evidence, result.validated_on)
     (staging / "model_card.md").write_text(
         render_model_card(spec, runtime, result, data_info, provenance)
     )

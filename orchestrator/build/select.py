@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.build.lab import DeviceMeasurer
 from orchestrator.build.pipeline import (
     BuildResult,
     artifacts_root,
@@ -102,6 +103,7 @@ class SelectionResult:
     model_version: str | None = None
     artifact_dir: Path | None = None
     report_files: list[Path] = field(default_factory=list)
+    measured_on: dict[str, str] | None = None  # the lab device (device, fleet); None: here
 
     @property
     def passed(self) -> bool:
@@ -135,6 +137,16 @@ class SelectionResult:
                     self.parity_metric: m.get(self.parity_metric),
                     "max_abs_error": m.get("max_abs_error"),
                     "size_mb": m.get("size_mb"),
+                    **(
+                        {
+                            "measured_on": self.measured_on["device"],
+                            f"build_machine.{self.select_by}": m.get(
+                                f"build_machine.{self.select_by}"
+                            ),
+                        }
+                        if self.measured_on
+                        else {}
+                    ),
                     "why_not": "; ".join(c.failed_gates) or c.message,
                     "run_id": c.run_id or "",
                 }
@@ -145,8 +157,15 @@ class SelectionResult:
         """The comparison table as Markdown."""
         rows = self.rows()
         columns = list(rows[0]) if rows else []
+        where = (
+            f"lab device {self.measured_on['device']} of fleet {self.measured_on['fleet']}"
+            if self.measured_on
+            else "the build machine"
+        )
         lines = [
             f"# {self.deployment}: recipe selection on {self.target} (by {self.select_by})",
+            "",
+            f"Gated and ranked by the figures measured on {where}.",
             "",
             "| " + " | ".join(columns) + " |",
             "|" + "|".join("---" for _ in columns) + "|",
@@ -156,8 +175,8 @@ class SelectionResult:
         lines.append("")
         if self.winner is not None:
             lines.append(
-                f"Winner: `{self.winner.recipe}`, the lowest {self.select_by} among the "
-                "candidates that pass every gate."
+                f"Winner: `{self.winner.recipe}`, the lowest {self.select_by} on {where} among "
+                "the candidates that pass every gate."
             )
         else:
             lines.append("No candidate passed every gate; nothing was installed.")
@@ -252,8 +271,12 @@ def run_selection(
     on_step: Step | None = None,
     record: bool = True,
     report_dir: Path | None = None,
+    measurer: DeviceMeasurer | None = None,
 ) -> SelectionResult:
     """Build every candidate of a selecting recipe and install the fastest passing one.
+
+    With ``measurer`` (``deployment.validate_on.where: lab``) every candidate is measured
+    on the lab device too, and the device's figures gate and rank them.
 
     Raises :class:`NoCandidatePassedError` when no candidate passes every gate, and
     SpecError when no recipe can run on the target at all.
@@ -300,13 +323,13 @@ def run_selection(
                 name, f"{name}-auto", run_tags(spec, "running", selection="parent")
             ) as parent:
                 result.parent_run_id = parent.info.run_id
-                _build_candidates(result, usable, scratch, on_step, record)
+                _build_candidates(result, usable, scratch, on_step, record, measurer)
                 result.candidates += skipped
                 _choose(result)
                 result.report_files = _write_reports(result, scratch / "selection")
                 _record_parent(tracker, result, spec)
         else:
-            _build_candidates(result, usable, scratch, on_step, record)
+            _build_candidates(result, usable, scratch, on_step, record, measurer)
             result.candidates += skipped
             _choose(result)
             result.report_files = _write_reports(result, scratch / "selection")
@@ -329,7 +352,10 @@ def _build_candidates(
     scratch: Path,
     on_step: Step | None,
     record: bool,
+    measurer: DeviceMeasurer | None = None,
 ) -> None:
+    if measurer is not None:
+        result.measured_on = dict(measurer.where)
     for i, candidate in enumerate(usable, start=1):
         recipe = candidate.choices["recipe"]
         if on_step:
@@ -349,6 +375,7 @@ def _build_candidates(
                 artifacts_dir=home,
                 parent_run=result.parent_run_id,
                 register=False,
+                measurer=measurer,
             )
         except GateFailure as exc:
             failed_dir = home / ".failed" / result.deployment
@@ -463,6 +490,7 @@ def _record_parent(tracker: Any, result: SelectionResult, spec: ComposedSpec) ->
         "edgeship.status": "passed" if result.winner else "failed",
         "edgeship.selection.winner": result.winner.recipe if result.winner else "",
         "edgeship.selection.winner_run_id": (result.winner.run_id or "") if result.winner else "",
+        "edgeship.validated_on": (result.measured_on or {}).get("device", "build machine"),
     }
     tracker.log_build(run_id, params, metrics, None, tags)
     tracker.log_files(run_id, result.report_files, "selection")
@@ -487,6 +515,7 @@ def _install_winner(
     info["selection"] = {
         "recipe": "auto",
         "select_by": result.select_by,
+        "measured_on": result.measured_on or "build machine",
         "winner": winner.recipe,
         "parent_run_id": result.parent_run_id,
         "candidates": [c.summary() for c in result.candidates],

@@ -31,6 +31,9 @@ class Validation:
     gates: list[GateResult]
     details: dict[str, Any] = field(default_factory=dict)  # confusion matrix, per-class, latencies
     outputs: list[list[np.ndarray]] = field(default_factory=list)  # artifact outputs per sample
+    # where the gated figures were measured: None for the build machine, else the lab device
+    # (device, fleet, runtime, runtime_version, python); see orchestrator/build/lab.py
+    validated_on: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -42,6 +45,8 @@ class Validation:
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "device_validated": self.validated_on is not None,
+            "validated_on": self.validated_on,
             "metrics": self.metrics,
             "gates": [
                 {"gate": str(g.gate), "value": g.value, "passed": g.passed} for g in self.gates
@@ -63,29 +68,35 @@ def run_artifact(
     return run_batched(session.run, data.samples, size, pad)
 
 
+def latency_batches(spec: EdgeshipConfig) -> list[dict[str, Any]]:
+    """The batch sizes latency is measured at, each with its inputs' names, shapes and dtypes."""
+    v = spec.deployment.validation
+    batches = declared_batches(spec.model, v.latency_batches)
+    return [
+        {
+            "batch": b,
+            "inputs": [
+                {"name": t.name, "shape": shape, "dtype": t.dtype}
+                for t, shape in zip(
+                    spec.model.inputs,
+                    input_shapes(spec.model, "opt", b).values(),
+                    strict=True,
+                )
+            ],
+        }
+        for b in batches
+    ]
+
+
 def measure_in_subprocess(
     spec: EdgeshipConfig, target: Target, model: ModelFile, timeout: float = 1800
 ) -> dict[str, Any]:
     """Latency percentiles (per declared batch size) and peak memory from a fresh interpreter."""
     v = spec.deployment.validation
-    batches = declared_batches(spec.model, v.latency_batches)
     request = {
         "target": dataclasses.asdict(target.config),
         "model": {"path": str(model.path), "format": model.format, "precision": model.precision},
-        "batches": [
-            {
-                "batch": b,
-                "inputs": [
-                    {"name": t.name, "shape": shape, "dtype": t.dtype}
-                    for t, shape in zip(
-                        spec.model.inputs,
-                        input_shapes(spec.model, "opt", b).values(),
-                        strict=True,
-                    )
-                ],
-            }
-            for b in batches
-        ],
+        "batches": latency_batches(spec),
         "warmup": v.latency_warmup,
         "runs": v.latency_runs,
     }
@@ -152,6 +163,22 @@ def validate(
 ) -> Validation:
     """Measure the artifact and check the deployment's gates."""
     outputs = run_artifact(target, model, data, spec.model)
+    timing = measure_in_subprocess(spec, target, model)
+    return judge(spec, model, data, reference, outputs, timing)
+
+
+def judge(
+    spec: EdgeshipConfig,
+    model: ModelFile,
+    data: Dataset,
+    reference: list[list[np.ndarray]],
+    outputs: list[list[np.ndarray]],
+    timing: dict[str, Any],
+) -> Validation:
+    """Parity of ``outputs`` (per sample) against the reference, the latency figures of
+    ``timing`` (as :mod:`orchestrator.build.measure` reports them), and the gates' verdict.
+    The same code judges the build machine's figures and a lab device's."""
+    timing = dict(timing)
     names = [t.name for t in spec.model.outputs]
     out_all, ref_all, parity = output_parity(names, outputs, reference)
     metrics, details = task_metrics(spec.model, out_all[names[0]], ref_all[names[0]], data.labels)
@@ -163,7 +190,6 @@ def validate(
     metrics["mean_abs_error"] = float(np.mean([r["mean_abs_error"] for r in parity]))
     details["outputs"] = parity
     metrics["size_mb"] = model.size_bytes() / 1e6
-    timing = measure_in_subprocess(spec, target, model)
     details["latency_samples_ms"] = timing.pop("latency_samples_ms")
     details["load_ms"] = timing.pop("load_ms")
     details["latency_by_batch"] = timing.pop("by_batch")

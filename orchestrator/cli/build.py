@@ -145,14 +145,16 @@ def cmd_build(args: argparse.Namespace) -> int:
                 Path(args.report_dir) / spec.name if args.multirun else Path(args.report_dir)
             )
         try:
+            measurer = _lab_measurer(spec)
             if spec.config.recipe.select:
-                result = _run_selection(spec, args, report_dir)
+                result = _run_selection(spec, args, report_dir, measurer)
             else:
                 result = run_build(
                     spec,
                     on_step=_step_printer(spec.name),
                     record=not args.no_record,
                     report_dir=report_dir,
+                    measurer=measurer,
                 )
         except GateFailure as exc:
             failures += 1
@@ -178,7 +180,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None) -> object:
+def _lab_measurer(spec: Any) -> Any:
+    """The lab device measurer of ``deployment.validate_on.where: lab`` (None: build machine)."""
+    place = spec.config.deployment.validate_on
+    if place.where != "lab":
+        return None
+    from orchestrator.cli.common import key_store
+    from orchestrator.ship.lab import lab_measurer
+
+    family = spec.config.target.family
+    return lab_measurer(spec.root, family, place.fleet, place.device, key_store(), place.timeout)
+
+
+def _run_selection(
+    spec: Any, args: argparse.Namespace, report_dir: Path | None, measurer: Any = None
+) -> object:
     """recipe=auto: build every candidate, print the comparison, return the winner's build."""
     from orchestrator.build.select import NoCandidatePassedError, run_selection
 
@@ -189,6 +205,7 @@ def _run_selection(spec: Any, args: argparse.Namespace, report_dir: Path | None)
             on_step=_step_printer(spec.name),
             record=not args.no_record,
             report_dir=report_dir,
+            measurer=measurer,
         )
     except NoCandidatePassedError as exc:
         (_err if args.json else print)(exc.result.markdown())
@@ -220,6 +237,8 @@ def _result_json(result: Any) -> dict[str, Any]:
         "version_reused": result.version_reused,
         "gates": [{"gate": str(g.gate), "value": g.value, "passed": g.passed} for g in v.gates],
         "metrics": v.metrics,
+        "device_validated": v.validated_on is not None,
+        "validated_on": v.validated_on,
     }
 
 
@@ -230,6 +249,13 @@ def _print_result(result: object) -> None:
     v = result.validation
     print(f"{result.deployment}: {'PASSED' if v.passed else 'FAILED'} in {result.seconds:.1f}s")
     print(f"  artifact:    {result.artifact_dir}")
+    where = v.validated_on
+    if where is not None:
+        print(
+            f"  measured on: lab device {where['device']} (fleet {where['fleet']}, "
+            f"{where['runtime']} {where['runtime_version']}, Python {where['python']}); "
+            "build machine figures kept as build_machine.*"
+        )
     if result.run_id:
         print(f"  mlflow run:  {result.run_id}")
     if result.model_version:

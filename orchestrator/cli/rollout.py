@@ -567,11 +567,21 @@ def _trace_text(t: Any) -> str:
         f"validation  {'passed' if validation.get('passed') else 'NOT passed'}; built "
         f"{p.get('built_at') or '-'}"
     )
+    lines.append(f"measured on {measured_on(validation)}")
+    where = measured_where(validation)
     for g in validation.get("gates") or []:
         value = g.get("value")
         shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
         lines.append(
             f"            {g['gate']:<26} {shown:>10}  {'pass' if g.get('passed') else 'FAIL'}"
+            f"  ({where})"
+        )
+    for g in validation.get("build_machine_gates") or []:
+        value = g.get("value")
+        shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
+        lines.append(
+            f"            {g['gate']:<26} {shown:>10}  {'pass' if g.get('passed') else 'FAIL'}"
+            "  (build machine, not gated)"
         )
     for ro in t.rollouts:
         lines.append(
@@ -583,6 +593,24 @@ def _trace_text(t: Any) -> str:
         mark = "ok  " if c.ok else ("--  " if c.ok is None else "FAIL")
         lines.append(f"  {mark} {c.name}: {c.detail}")
     return "\n".join(terminal(line) for line in lines) + "\n"
+
+
+def measured_where(validation: dict[str, Any]) -> str:
+    """Where a build's gated figures were measured: the lab device's name or the build machine."""
+    on = validation.get("validated_on") if validation.get("device_validated") else None
+    return f"lab device {on.get('device')}" if isinstance(on, dict) else "build machine"
+
+
+def measured_on(validation: dict[str, Any]) -> str:
+    """:func:`measured_where` with the fleet, runtime and Python of a lab device."""
+    on = validation.get("validated_on") if validation.get("device_validated") else None
+    if not isinstance(on, dict):
+        return "the build machine (gated figures)"
+    return (
+        f"lab device {on.get('device')} of fleet {on.get('fleet')} (gated figures): "
+        f"{on.get('runtime')} {on.get('runtime_version')}, Python {on.get('python')}; "
+        "the build machine's figures are kept as build_machine.*"
+    )
 
 
 def register(sub: Any) -> None:

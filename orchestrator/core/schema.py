@@ -155,6 +155,16 @@ class ValidationConfig:
 
 
 @dataclass
+class ValidateOnConfig:
+    """Where candidates are measured: on the build machine, or on a fleet's lab device."""
+
+    where: str = field(default="build", metadata=choices("build", "lab"))  # build | lab
+    fleet: str = ""  # with lab: the fleet (default: the one fleet with a lab device of the family)
+    device: str = ""  # with lab: the lab device by name (default: the fleet's first of the family)
+    timeout: float = 1800.0  # with lab: seconds the device may take for one candidate
+
+
+@dataclass
 class DeploymentConfig:
     """A model x recipe x target, and the gates its artifact must pass."""
 
@@ -162,6 +172,7 @@ class DeploymentConfig:
     description: str = ""  # one line for people
     gates: List[str] = field(default_factory=list)  # e.g. "agreement >= 0.99"
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # measurement
+    validate_on: ValidateOnConfig = field(default_factory=ValidateOnConfig)  # build or lab device
 
 
 @dataclass

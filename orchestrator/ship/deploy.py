@@ -189,7 +189,9 @@ def _disk_full(session: DeviceSession, folder: str, needed: int) -> str | None:
     )
 
 
-def bundle_problems(bundle: Bundle, store: KeyStore | None) -> list[tuple[str, str]]:
+def bundle_problems(
+    bundle: Bundle, store: KeyStore | None, kinds: tuple[str, ...] = (bundle_rules.BUNDLE_KIND,)
+) -> list[tuple[str, str]]:
     """Why ``bundle`` must not leave this host, as (refusal code, message); empty when it may.
 
     Checked before any connection, byte or folder reaches a device: the manifest on disk
@@ -220,7 +222,7 @@ def bundle_problems(bundle: Bundle, store: KeyStore | None) -> list[tuple[str, s
         )
     problems += [
         (code, f"{bundle.path / 'manifest.json'}: {message}")
-        for code, message in bundle_rules.manifest_problems(bundle.manifest)
+        for code, message in bundle_rules.manifest_problems(bundle.manifest, kinds)
     ]
     return problems
 
@@ -236,7 +238,8 @@ def stage_bundle(
 
     ``inventory`` (sha256 -> path, from the agent) names the files the device already holds.
     """
-    name = f"{bundle.deployment}-{bundle.version}-{bundle.digest[:12]}"
+    label = bundle.manifest.get("version", "measure")  # a measurement candidate has no version
+    name = f"{bundle.deployment}-{label}-{bundle.digest[:12]}"
     folder = f"{session.root}/staging/{name}"
     entries = bundle.files()
     expected = {e["path"]: e for e in entries}

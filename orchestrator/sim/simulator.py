@@ -381,11 +381,13 @@ def write_fleet(
     extra: dict[str, Any] | None = None,
     header: str = "",
     agent_user: str = "root",
+    lab: list[str] | None = None,
 ) -> Path:
     """Write a fleet YAML for ``devices`` (name = the file's stem); returns its path.
 
     ``labels``/``device_groups`` map device names to their labels and groups; ``groups``
-    declares the groups; ``extra`` adds top-level sections (e.g. ``feed``).
+    declares the groups; ``extra`` adds top-level sections (e.g. ``feed``); ``lab`` names
+    the lab devices (``lab: true``: builds measure candidates there).
     ``agent_user`` defaults to root: simulated devices run this machine's Python and
     live in its temporary folders, which a dedicated user often cannot reach (a Python
     under /root, pytest's 0700 folders); least-privilege tests pass their own user.
@@ -416,6 +418,7 @@ def write_fleet(
             "port": d.port,
             "install_root": str(roots.get(d.name, d.install_root)),
             **({"family": fams[d.name]} if d.name in fams else {}),
+            **({"lab": True} if d.name in (lab or []) else {}),
             **({"labels": dict((labels or {})[d.name])} if d.name in (labels or {}) else {}),
             **(
                 {"groups": list((device_groups or {})[d.name])}
@@ -506,6 +509,84 @@ sys.meta_path.insert(0, _Finder())
 TENSORRT_STANDIN_GROUP = "jetson-without-gpu"
 TENSORRT_STANDIN_VERSION = "10.3.0"
 
+# Lab stand-ins whose speed differs from the build machine's the way real hardware does: a
+# CPU without fast INT8 kernels (models with integer-quantized operators are slow there) or
+# an INT8 accelerator whose float path falls back to a slow core (models without them are
+# slow). The device's onnxruntime sessions take SLOW_MS longer per inference for the models
+# the profile names; outputs are unchanged. For the simulator only: a real device is as fast
+# as it is.
+SLOW_SITECUSTOMIZE = '''\
+"""Simulated lab device: {slow} models take {delay_ms} ms longer per inference."""
+import importlib.abc
+import importlib.util
+import sys
+import time
+
+SLOW = "{slow}"  # "int8": models with integer-quantized operators; "float": the others
+DELAY_S = {delay_ms} / 1000.0
+QUANTIZED_OPS = {{
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "ConvInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+    "DynamicQuantizeMatMul", "QGemm", "QAttention",
+}}
+
+
+def _quantized(model):
+    if not isinstance(model, (str, bytes)) or (isinstance(model, str) and model.endswith(".ort")):
+        return None
+    try:
+        import onnx
+
+        proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(
+            model, load_external_data=False
+        )
+    except Exception:
+        return None
+    return any(node.op_type in QUANTIZED_OPS for node in proto.graph.node)
+
+
+def _patch(module):
+    real_init = module.InferenceSession.__init__
+    real_run = module.InferenceSession.run
+
+    def __init__(self, path_or_bytes, *args, **kwargs):
+        quantized = _quantized(path_or_bytes)
+        self._edgeship_slow = quantized is not None and quantized == (SLOW == "int8")
+        real_init(self, path_or_bytes, *args, **kwargs)
+
+    def run(self, *args, **kwargs):
+        if getattr(self, "_edgeship_slow", False):
+            time.sleep(DELAY_S)
+        return real_run(self, *args, **kwargs)
+
+    module.InferenceSession.__init__ = __init__
+    module.InferenceSession.run = run
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "onnxruntime":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            real_exec(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
+'''
+SLOW_MS = 50
+SLOW_INT8_GROUP = "lab-slow-int8"
+SLOW_FLOAT_GROUP = "lab-slow-float"
+
 RUNTIME_PROFILES = {
     MINIMAL_RUNTIME_GROUP: (
         "devices running a minimal ONNX Runtime build with kernels up to opset 18",
@@ -515,6 +596,16 @@ RUNTIME_PROFILES = {
         f"Jetson stand-ins: TensorRT {TENSORRT_STANDIN_VERSION} registered, its libraries "
         "absent (no NVIDIA GPU)",
         "",
+    ),
+    SLOW_INT8_GROUP: (
+        f"lab stand-ins without fast INT8 kernels: models with integer-quantized operators "
+        f"take {SLOW_MS} ms longer per inference",
+        SLOW_SITECUSTOMIZE.format(slow="int8", delay_ms=SLOW_MS),
+    ),
+    SLOW_FLOAT_GROUP: (
+        f"lab stand-ins with an INT8-only accelerator: models without integer-quantized "
+        f"operators take {SLOW_MS} ms longer per inference",
+        SLOW_SITECUSTOMIZE.format(slow="float", delay_ms=SLOW_MS),
     ),
 }
 # files a profile adds beside its sitecustomize (relative path -> text)

@@ -65,13 +65,34 @@ def split_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
+# short forms on the command line: validate_on=lab, validate_on.fleet=NAME, validate_on.device=NAME
+SHORT_KEYS = {"validate_on": "deployment.validate_on.where"}
+SHORT_PREFIXES = {"validate_on.": "deployment.validate_on."}
+
+
+def expand_short(line: str) -> str:
+    """An override with its short key spelled out (``validate_on=lab`` ->
+    ``deployment.validate_on.where=lab``); any other override unchanged."""
+    key, sep, value = line.partition("=")
+    if not sep:
+        return line
+    sign = key[: len(key) - len(key.lstrip("+~"))]
+    bare = key[len(sign) :]
+    if bare in SHORT_KEYS:
+        return f"{sign}{SHORT_KEYS[bare]}={value}"
+    for short, full in SHORT_PREFIXES.items():
+        if bare.startswith(short):
+            return f"{sign}{full}{bare[len(short) :]}={value}"
+    return line
+
+
 def _parse_overrides(overrides: list[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
     parsed, problems = [], []
-    for line in overrides:
+    for line in (expand_short(o) for o in overrides):
         try:
             parsed += parser.parse_overrides([line])
         except OverrideParseException:

@@ -76,6 +76,7 @@ class DeviceConfig:
     python: str = ""  # the device's interpreter for the agent
     agent_user: str = ""  # user the agent and health check run as
     host_key: str = ""  # pinned host key "ssh-ed25519 AAAA..." (else pinned at enrolment)
+    lab: bool = False  # a lab device: builds measure candidates here (deployment.validate_on)
     labels: DeviceLabels = field(default_factory=DeviceLabels)  # site, ward, bed
     groups: List[str] = field(default_factory=list)  # groups declared in the fleet's `groups`
 
@@ -189,6 +190,90 @@ class FleetConfig:
 
 
 LABEL_KEYS = tuple(f.name for f in dataclasses.fields(DeviceLabels))
+
+
+def lab_devices(fleet: FleetConfig, family: str) -> list[DeviceConfig]:
+    """The fleet's lab devices of a target family, in fleet order."""
+    return [d for d in fleet.devices if d.lab and d.family == family]
+
+
+def find_lab_device(
+    root: Path, family: str, fleet_name: str = "", device_name: str = ""
+) -> tuple[FleetConfig, DeviceConfig]:
+    """The lab device a build measures on: ``device_name`` (else the first lab device of
+    ``family``) of ``fleet_name`` (else of the one fleet under conf/fleet/ that has a lab
+    device of ``family``). SpecError (key ``deployment.validate_on.*``) when there is none."""
+    key = "deployment.validate_on"
+    if fleet_name:
+        fleets = [load_fleet(fleet_name, root)]
+    else:
+        fleets = []
+        for option in fleet_options(root):
+            try:
+                fleet = load_fleet(option, root)
+            except SpecError:
+                continue  # a broken fleet file is reported when it is used
+            if lab_devices(fleet, family):
+                fleets.append(fleet)
+        if len(fleets) != 1:
+            found = ", ".join(f.name for f in fleets) or "none"
+            raise SpecError(
+                [
+                    Problem(
+                        CLI,
+                        f"{key}.fleet",
+                        f"expected the fleet whose lab device measures (family {family}); "
+                        + (
+                            f"fleets with one: {found}; name one with validate_on.fleet=NAME"
+                            if fleets
+                            else "no fleet under conf/fleet/ has a device with `lab: true` of "
+                            f"family {family}"
+                        ),
+                    )
+                ]
+            )
+    fleet = fleets[0]
+    chosen = lab_devices(fleet, family)
+    if device_name:
+        named = [d for d in fleet.devices if d.name == device_name]
+        if not named:
+            raise SpecError(
+                [
+                    Problem(
+                        CLI,
+                        f"{key}.device",
+                        unknown_name_message("device", device_name, fleet.names()),
+                    )
+                ]
+            )
+        dev = named[0]
+        if not dev.lab or dev.family != family:
+            raise SpecError(
+                [
+                    Problem(
+                        CLI,
+                        f"{key}.device",
+                        f"expected a lab device (lab: true) of family {family}; {dev.name} of "
+                        f"fleet {fleet.name} is "
+                        + ("a lab device" if dev.lab else "not a lab device")
+                        + f" of family {dev.family}",
+                    )
+                ]
+            )
+        return fleet, dev
+    if not chosen:
+        labs = ", ".join(f"{d.name} ({d.family})" for d in fleet.devices if d.lab) or "none"
+        raise SpecError(
+            [
+                Problem(
+                    CLI,
+                    f"{key}.fleet",
+                    f"fleet {fleet.name} has no lab device of family {family} (expected a device "
+                    f"with `lab: true` and family {family}; lab devices: " + f"{labs})",
+                )
+            ]
+        )
+    return fleet, chosen[0]
 
 
 def device_labels(device: DeviceConfig) -> dict[str, str]:

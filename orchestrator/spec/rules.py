@@ -423,6 +423,31 @@ def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> No
         report("deployment.validation.latency_runs", f"expected 1 or more, found {runs}")
 
 
+def check_validate_on(spec: Mapping[str, Any], report: Report, root: Path) -> None:
+    """With ``deployment.validate_on.where: lab``, the fleet must have a lab device of the
+    target's family (checked before any work)."""
+    from orchestrator.errors import SpecError
+    from orchestrator.spec.fleet import find_lab_device
+
+    place = _get(spec, "deployment", "validate_on")
+    family = _get(spec, "target", "family")
+    if not isinstance(place, Mapping) or place.get("where") != "lab" or not isinstance(family, str):
+        return
+    fleet, device = place.get("fleet", ""), place.get("device", "")
+    if not isinstance(fleet, str) or not isinstance(device, str):
+        return  # the schema check reports the types
+    try:
+        find_lab_device(root, family, fleet, device)
+    except SpecError as exc:
+        for problem in exc.problems:
+            if problem.key.endswith(".fleet") and not fleet:  # no fleet named: where=lab asked
+                report("deployment.validate_on.where", problem.message)
+            elif problem.key.startswith("deployment.validate_on"):
+                report(problem.key, problem.message)
+            else:  # the fleet file itself
+                report("deployment.validate_on.fleet", str(problem))
+
+
 def check_spec(
     spec: Mapping[str, Any], report: Report, choices: Mapping[str, str], root: Path
 ) -> None:
@@ -441,3 +466,4 @@ def check_spec(
     check_gates(spec, report)
     check_deployment(spec, report, choices.get("deployment", ""))
     check_latency_batches(spec, report)
+    check_validate_on(spec, report, root)

@@ -130,8 +130,10 @@ def test_mlflow_models_serve_answers_a_prediction(project: UserProject, store: s
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     mlflow_bin = str(bin_dir / "mlflow")
     proc = subprocess.Popen(
-        [mlflow_bin, "models", "serve", "-m", "models:/tiny_server@candidate"]
-        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            *(mlflow_bin, "models", "serve", "-m", "models:/tiny_server@candidate"),
+            *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

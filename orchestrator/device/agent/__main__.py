@@ -12,6 +12,9 @@ Commands (JSON on stdout)::
                            (--manifest-only: all but the files, before uploading them)
     activate BUNDLE        verify, install, switch `current`, health check, roll back on failure
     health                 run the current bundle's smoke test with the device runtime
+    measure CANDIDATE      lab devices: verify a signed measurement candidate (kind
+                           edgeship.measure), run its evaluation inputs and a latency loop
+                           in a scratch folder, report; nothing is installed or switched
     rollback [--to V]      switch `current` back to `previous` (or to installed version V)
     status                 what is installed and active, trust set, runtimes
     update-trust FILE      accept a new trust set signed by a trusted key with a higher serial
@@ -34,7 +37,8 @@ Exit codes::
     1   agent error (a tool missing, a file unreadable)
     2   usage error
     10  refused: nothing was changed; the JSON says why (``refusal``)
-    11  health check failed (activate: rolled back to the previous version)
+    11  health check failed (activate: rolled back to the previous version); measure: the
+        candidate did not run (the JSON says why)
     12  health check failed and there is no previous version to go back to
     13  nothing to act on (not enrolled, no current or previous version)
     99  stopped on purpose at an activation step (EDGESHIP_AGENT_CRASH_AT, for tests)
@@ -62,7 +66,9 @@ from .errors import (
 )
 from .health import health_run
 from .log import emit
+from .measure import measure_run
 from .privilege import enter, exec_sftp_server
+from .rules import BUNDLE_KIND, MEASURE_KIND
 
 
 class _Once(argparse.Action):
@@ -87,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0, help="health check timeout (seconds)")
     s = sub.add_parser("health", help="health check of the current version")
     s.add_argument("--timeout", type=float, default=300.0)
+    s = sub.add_parser("measure", help="measure a signed candidate (lab devices); installs nothing")
+    s.add_argument("bundle")
+    s.add_argument("--timeout", type=float, default=1800.0, help="measurement timeout (seconds)")
     s = sub.add_parser("rollback", help="switch back to previous (or --to VERSION)")
     s.add_argument("--to", type=int, default=None)
     s = sub.add_parser("status", help="JSON status")
@@ -110,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("shell_command")
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
+    s = sub.add_parser("measure-run", help=argparse.SUPPRESS)
+    s.add_argument("folder")
+    s.add_argument("out")
     return p
 
 
@@ -133,7 +145,15 @@ def main(argv: list | None = None) -> int:
     agent.user = user
     if args.command == "init":
         os.makedirs(agent.root, exist_ok=True)
-    if args.command in ("activate", "rollback", "health", "update-trust", "init", "link"):
+    if args.command in (
+        "activate",
+        "rollback",
+        "health",
+        "update-trust",
+        "init",
+        "link",
+        "measure",
+    ):
         agent.lock(wait=True)
     elif args.command in ("status", "verify", "inventory"):
         agent.lock(wait=False)  # busy: answer without repairing anything
@@ -145,12 +165,24 @@ def main(argv: list | None = None) -> int:
                 result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
             emit(result)
             return EXIT_OK if result["result"] == "pass" else EXIT_UNHEALTHY
+        if args.command == "measure-run":
+            try:
+                result = measure_run(args.folder, args.out, agent.root)
+            except Exception as exc:  # the runtime refused the model: report it as the reason
+                result = {"result": "fail", "reason": f"{type(exc).__name__}: {exc}"}
+            emit(result)
+            return EXIT_OK if result["result"] == "measured" else EXIT_UNHEALTHY
+        if args.command == "measure":
+            result = agent.measure(args.bundle, args.timeout)
+            emit(result)
+            return EXIT_OK if result["result"] == "measured" else EXIT_UNHEALTHY
         if args.command == "verify":
             agent.recover()
             agent.device()
             folder, extracted = agent.open_bundle(args.bundle)
             try:
-                info = agent.verify(folder, files=not args.manifest_only)
+                kinds = (BUNDLE_KIND, MEASURE_KIND)  # a sender asks before uploading either
+                info = agent.verify(folder, files=not args.manifest_only, kinds=kinds)
             finally:
                 if extracted:
                     shutil.rmtree(extracted, ignore_errors=True)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
-from .activate import Activation
 from .clock import iso
 from .errors import Nothing, Refusal
 from .files import make_read_only, read_json, remove_tree, write_json
+from .measure import Measure
 from .privilege import SETTING, identity
 from .runtimes import RUNTIME_DISTRIBUTIONS, runtime_version
 
 AGENT_VERSION = "1"
 
 
-class Agent(Activation):
+class Agent(Measure):
     """The device side of edgeship, rooted at one install root."""
 
     user: dict | None = None  # who the agent runs as (privilege.enter), set by __main__
@@ -64,7 +64,7 @@ class Agent(Activation):
         if bundle:
             self._drop_staged(bundle)
         for name in os.listdir(self.staging):
-            if name.startswith(("tar-", ".verify-")):
+            if name.startswith(("tar-", ".verify-", ".measure-")):
                 remove_tree(os.path.join(self.staging, name))
 
     def init(

@@ -37,6 +37,8 @@ MAX_TAR_READ = 1024 * 1024  # the most tarfile may ask for at once (pax/longname
 # A manifest created further in the future than this (by the device's clock) is refused
 # (future_manifest): it was signed with a wrong clock, or made to outlive its expiry.
 MAX_CLOCK_SKEW_SECONDS = 3600
+BUNDLE_KIND = "edgeship.bundle"  # a signed bundle: installed and activated
+MEASURE_KIND = "edgeship.measure"  # a signed candidate for a lab device: measured, never installed
 
 # one path component: ASCII letters, digits and ._+- ; never starting with '.' or '-'
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
@@ -138,21 +140,29 @@ def version_problem(value: object, what: str = "version") -> str | None:
     return f"{what}: expected a whole number from 1 to 2^53, found {value!r}"[:300]
 
 
-def manifest_problems(manifest: object) -> list:
-    """Every structural, name and path problem of a parsed manifest, as (code, message)."""
+def manifest_problems(manifest: object, kinds: tuple = (BUNDLE_KIND,)) -> list:
+    """Every structural, name and path problem of a parsed manifest, as (code, message).
+
+    ``kinds``: the manifest kinds accepted here. A bundle (``edgeship.bundle``) carries a
+    version; a measurement candidate (``edgeship.measure``, measured on a lab device and
+    never installed) carries none.
+    """
     if not isinstance(manifest, dict):
         return [("malformed", "manifest: expected a JSON object")]
     problems = []
-    if manifest.get("kind") != "edgeship.bundle":
-        problems.append(
-            ("malformed", f"kind: expected 'edgeship.bundle', found {manifest.get('kind')!r}")
-        )
+    kind = manifest.get("kind")
+    if kind not in kinds:
+        expected = " or ".join(repr(k) for k in kinds)
+        problems.append(("malformed", f"kind: expected {expected}, found {kind!r}"))
     why = identifier_problem(manifest.get("deployment"), "deployment")
     if why:
         problems.append(("unsafe_path", why))
-    why = version_problem(manifest.get("version"))
-    if why:
-        problems.append(("malformed", why))
+    if kind != MEASURE_KIND:
+        why = version_problem(manifest.get("version"))
+        if why:
+            problems.append(("malformed", why))
+    elif "version" in manifest:
+        problems.append(("malformed", "version: a measurement candidate has no version"))
     signing = manifest.get("signing")
     if not isinstance(signing, dict) or not isinstance(signing.get("key_id"), str):
         problems.append(("malformed", "signing.key_id: expected a key id"))

@@ -27,10 +27,12 @@ from .crypto import openssl_verify, sha256_bytes, sha256sum_check
 from .errors import AgentError, Refusal
 from .files import ENVELOPE, MANIFEST, ROLLBACK, ROLLBACK_SIG, SIGNATURE, remove_tree
 from .rules import (
+    BUNDLE_KIND,
     MAX_CLOCK_SKEW_SECONDS,
     MAX_MANIFEST_BYTES,
     MAX_ORDER_BYTES,
     MAX_SIGNATURE_BYTES,
+    MEASURE_KIND,
     DuplicateKey,
     claimed_key_id,
     json_depth_problem,
@@ -102,11 +104,12 @@ class Verifier(Trust):
             f"bad signature: {what} does not verify with any key trusted to sign bundles",
         )
 
-    def load_manifest(self, folder: str) -> tuple:
+    def load_manifest(self, folder: str, kinds: tuple = (BUNDLE_KIND,)) -> tuple:
         """(manifest, sha256 of its bytes, id of the key that signed it); raises Refusal.
 
         On the raw bytes first: size, nesting depth, the signature by a bundle key;
-        then the parse (duplicate keys refused) and every rule of :mod:`.rules`.
+        then the parse (duplicate keys refused) and every rule of :mod:`.rules`
+        (``kinds``: the manifest kinds accepted).
         """
         path = os.path.join(folder, MANIFEST)
         if not os.path.lexists(path):
@@ -123,7 +126,7 @@ class Verifier(Trust):
         if kid is None:
             raise self._signature_refusal(data, SIGNATURE)
         manifest = self._parse(path, data)
-        problems = manifest_problems(manifest)
+        problems = manifest_problems(manifest, kinds)
         if problems:
             raise Refusal(
                 problems[0][0],
@@ -142,14 +145,14 @@ class Verifier(Trust):
         except (ValueError, UnicodeDecodeError) as exc:
             raise Refusal("malformed", f"{path}: not valid JSON ({exc})") from exc
 
-    def read_manifest(self, folder: str) -> tuple:
+    def read_manifest(self, folder: str, kinds: tuple = (BUNDLE_KIND,)) -> tuple:
         """(manifest, digest) of a signed, well-formed manifest; raises Refusal."""
-        manifest, digest, _ = self.load_manifest(folder)
+        manifest, digest, _ = self.load_manifest(folder, kinds)
         return manifest, digest
 
-    def check_signature(self, folder: str) -> tuple:
+    def check_signature(self, folder: str, kinds: tuple = (BUNDLE_KIND,)) -> tuple:
         """Signature of the manifest by a trusted, unrevoked key (openssl), then its rules."""
-        return self.read_manifest(folder)
+        return self.read_manifest(folder, kinds)
 
     def check_files(self, folder: str, manifest: dict) -> list:
         """Every file listed, none unlisted, every hash right (sha256sum). Returns problems."""
@@ -287,7 +290,9 @@ class Verifier(Trust):
     def check_policy(self, folder: str, manifest: dict, digest: str) -> tuple:
         """Expiry, creation time, family, deployment, version order (rollback orders), runtime.
 
-        Returns (problems, unchanged, the rollback order that allows a lower version or None).
+        A measurement candidate (never installed) is judged on all but deployment and
+        version. Returns (problems, unchanged, the rollback order that allows a lower
+        version or None).
         """
         problems = []
         order = None
@@ -331,7 +336,7 @@ class Verifier(Trust):
         current = self.link_version(self.current)
         deployment = manifest.get("deployment")
         unchanged = False
-        if current is not None:
+        if current is not None and manifest.get("kind") != MEASURE_KIND:
             if state.get("deployment") and deployment != state.get("deployment"):
                 problems.append(
                     (
@@ -384,13 +389,16 @@ class Verifier(Trust):
                 )
         return problems, unchanged, order
 
-    def verify(self, folder: str, policy: bool = True, files: bool = True) -> dict:
+    def verify(
+        self, folder: str, policy: bool = True, files: bool = True, kinds: tuple = (BUNDLE_KIND,)
+    ) -> dict:
         """Everything a device checks before it installs a bundle; raises Refusal.
 
         ``files=False`` checks only the signed manifest (signature, key, policy): a
-        sender asks that before uploading the files.
+        sender asks that before uploading the files. ``kinds``: the manifest kinds
+        accepted (activation takes bundles only; ``measure`` takes measurement candidates).
         """
-        manifest, digest = self.check_signature(folder)
+        manifest, digest = self.check_signature(folder, kinds)
         problems = []
         unchanged = False
         order = None
@@ -403,7 +411,8 @@ class Verifier(Trust):
             raise Refusal(code, message, problems[1:])
         return {
             "deployment": manifest.get("deployment"),
-            "version": int(manifest["version"]),
+            "version": manifest.get("version"),
+            "kind": manifest.get("kind"),
             "manifest_sha256": digest,
             "key_id": manifest["signing"]["key_id"],
             "unchanged": unchanged,

@@ -74,7 +74,8 @@ def test_build_posture_server_records_run_and_registers_candidate(tracked: Path,
     files = {f.path for f in client.list_artifacts(run_id, "artifact")}
     assert "artifact/metrics.json" in files and "artifact/model" in files
     version = client.get_model_version_by_alias("posture_server", "candidate")
-    assert version.run_id == run_id
+    digest = "edgeship.artifact.sha256"  # this run's artifact (or the same one built before)
+    assert version.tags[digest] == run.data.tags[digest]
     assert build["mlflow"]["model_version"] == version.version
 
 

@@ -390,6 +390,17 @@ def make_bundle(
                 tracker.record_bundle(
                     str(run_id), staging / MANIFEST, bundle.digest, bundle.signature, version, kid
                 )
+                source = (manifest.get("provenance") or {}).get("mlflow") or {}
+                if source.get("model_name") and source.get("model_version"):
+                    # the link back: the registered model version names its bundles
+                    tracker.tag_version(
+                        str(source["model_name"]),
+                        str(source["model_version"]),
+                        {
+                            "edgeship.bundle.version": str(version),
+                            f"edgeship.bundle.{version}.sha256": bundle.digest,
+                        },
+                    )
             final = folder / str(version)
             os.rename(staging, final)
         except BaseException:

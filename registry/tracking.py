@@ -371,6 +371,29 @@ class Tracker:
                 f"error: MLflow at {self.uri}: tagging the build run: {exc}"
             ) from exc
 
+    def tag_version(self, model: str, version: str, tags: Mapping[str, str]) -> None:
+        """Tags on a registered model version (bundles issued from it, rollouts of it)."""
+        try:
+            for k, v in tags.items():
+                self.client.set_model_version_tag(model, version, k, str(v))
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: tagging {model} v{version}: {exc}"
+            ) from exc
+
+    def withdraw_alias(self, model: str, alias: str, version: str) -> bool:
+        """Remove ``alias`` when it points at ``version`` (a version whose rollout halted is
+        no longer a candidate); returns whether it did."""
+        if self.alias_version(model, alias) != str(version):
+            return False
+        try:
+            self.client.delete_registered_model_alias(model, alias)
+        except Exception as exc:
+            raise TrackingError(
+                f"error: MLflow at {self.uri}: removing alias {alias} of {model}: {exc}"
+            ) from exc
+        return True
+
     def promote(self, model: str, version: str, alias: str) -> None:
         """Point ``alias`` (e.g. ``production-north``) at ``model`` version ``version``."""
         try:

@@ -79,8 +79,11 @@ class ProgressPrinter:
         self.width = max([len(n) for n in names] + [6])
         strategy = e["strategy"]
         _out(f"rollout {e['id']}")
+        model_version = (b.get("mlflow") or {}).get("model_version")
+        model = f" (MLflow model version {model_version})" if model_version else ""
         _out(
-            f"  {e['deployment']} v{b['version']} ({b['digest'][:12]}) to {len(names)} device(s) "
+            f"  {e['deployment']} bundle v{b['version']}{model} ({b['digest'][:12]}) "
+            f"to {len(names)} device(s) "
             f"of fleet {e['fleet']['name']}, strategy {strategy['name']} ({strategy['source']})"
         )
         config = strategy["config"]
@@ -179,7 +182,15 @@ class ProgressPrinter:
         if e.get("error"):
             _out(f"mlflow: {e['error']}")
         elif e.get("alias"):
-            _out(f"mlflow: {e['model']} version {e['model_version']} is now alias {e['alias']}")
+            _out(
+                f"mlflow: {e['model']} version {e['model_version']} (bundle v{self.version}) "
+                f"is now alias {e['alias']}"
+            )
+        elif e.get("candidate_withdrawn"):
+            _out(
+                f"mlflow: rollout recorded as {e['status']}; {e['model']} version "
+                f"{e['model_version']} is no longer alias candidate"
+            )
         elif e.get("alias_kept") and e.get("status") == "completed":
             _out(
                 f"mlflow: rollout recorded as completed; alias {e['alias_kept']} not moved "

@@ -183,10 +183,17 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_version_note(bundle: Any) -> str:
+    """`` (MLflow model version N)`` for a bundle built from a registered version."""
+    source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+    version = source.get("model_version")
+    return f" (MLflow model version {version})" if version else ""
+
+
 def _print_bundle(bundle: Any, made: Any, store: Any) -> None:
     m = bundle.manifest
     size = sum(int(e["size"]) for e in m["files"])
-    print(f"{bundle.deployment}: bundle version {bundle.version}")
+    print(f"{bundle.deployment}: bundle version {bundle.version}{model_version_note(bundle)}")
     print(f"  folder:     {bundle.path}")
     print(f"  manifest:   sha256 {bundle.digest}")
     print(f"  signed by:  {bundle.key_id} (ed25519)")
@@ -330,7 +337,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             )
             return print_dry_run(plan, args.json)
         print(
-            f"deploy {bundle.deployment} v{bundle.version} ({bundle.digest[:12]}) "
+            f"deploy {bundle.deployment} v{bundle.version}{model_version_note(bundle)} "
+            f"({bundle.digest[:12]}) "
             f"to {len(devices)} "
             f"device(s) of fleet {fleet.name}"
         )

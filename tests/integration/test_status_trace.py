@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
 
 from orchestrator.cli.main import main
 from orchestrator.errors import ExitCode
@@ -153,7 +154,13 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     assert main(["rollout", "deployment=posture_server", fleet, "rollout=canary"]) == 0
     out = capsys.readouterr().out
     assert "wave 1/2 (canary): 1 device(s)" in out and "bed-01  health after soak: pass" in out
-    assert f"posture_server version {build.model_version} is now alias production-north" in out
+    assert (
+        f"posture_server version {build.model_version} (bundle v1) is now alias production-north"
+    ) in out
+    assert f"bundle v1 (MLflow model version {build.model_version})" in out
+    version_tags = client.get_model_version("posture_server", str(build.model_version)).tags
+    assert version_tags["edgeship.bundle.version"] == "1"  # the version names its bundle
+    assert version_tags["edgeship.rollout.north"] == "completed"
     alias = client.get_model_version_by_alias("posture_server", "production-north")
     assert str(alias.version) == str(build.model_version)  # int or str, by MLflow store
     runs = client.search_runs(
@@ -196,6 +203,15 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     assert halted[0].data.metrics["rolled_back"] == 3
     v2_run = v2.manifest["provenance"]["mlflow"]["run_id"]
     assert client.get_run(v2_run).data.tags["edgeship.rollout.north.status"] == "halted"
+    # the halted version is no longer the candidate, and says why
+    v2_version = str(v2.manifest["provenance"]["mlflow"]["model_version"])
+    assert (
+        client.get_model_version("posture_server", v2_version).tags["edgeship.rollout.north"]
+        == "halted"
+    )
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("posture_server", "candidate")
+    assert "is no longer alias candidate" in captured.out
 
     # status: every device, the one that does not answer too
     ward["devices"]["bed-04"].stop()

@@ -66,6 +66,7 @@ from orchestrator.spec.fleet import DeviceConfig, FleetConfig, load_fleet
 from orchestrator.spec.strategy import RolloutConfig, check_rollout_data, rollout_to_dict
 from registry.bundle import Bundle
 from registry.keys import KeyStore
+from registry.tracking import CANDIDATE_ALIAS
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +538,22 @@ class Rollout:
                 self.tracker.tag_build_rollout(
                     build_run, self.fleet.name, self.journal.id, status, self.bundle.version
                 )
+            model_name, model_version = mlflow.get("model_name"), mlflow.get("model_version")
+            withdrawn = False
+            if model_name and model_version:
+                self.tracker.tag_version(
+                    str(model_name),
+                    str(model_version),
+                    {
+                        f"edgeship.rollout.{self.fleet.name}": status,
+                        f"edgeship.rollout.{self.fleet.name}.id": self.journal.id,
+                        "edgeship.bundle.version": str(self.bundle.version),
+                    },
+                )
+                if status != "completed":  # halted or failed: no longer the candidate
+                    withdrawn = self.tracker.withdraw_alias(
+                        str(model_name), CANDIDATE_ALIAS, str(model_version)
+                    )
             promoted = None
             whole = self.state.started.get("covers_fleet", True)
             if (
@@ -554,6 +571,7 @@ class Rollout:
                 model=mlflow.get("model_name"),
                 model_version=mlflow.get("model_version"),
                 alias_kept=None if whole else alias,
+                candidate_withdrawn=withdrawn,
             )
         except TrackingError as exc:
             self.record("mlflow", error=str(exc))

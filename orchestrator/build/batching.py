@@ -24,26 +24,32 @@ def _key(sample: Inputs) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((n, tuple(a.shape)) for n, a in sample.items())
 
 
+def _groups(samples: list[Inputs], size: int) -> list[list[Inputs]]:
+    """Consecutive samples in groups of at most ``size``, a new group at each shape change."""
+    out: list[list[Inputs]] = []
+    for s in samples:
+        if out and len(out[-1]) < size and _key(out[-1][0]) == _key(s):
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
 def chunks(samples: list[Inputs], size: int, pad: bool) -> list[tuple[Inputs, int]]:
     """Samples stacked into chunks of ``size`` (fewer at a shape change or at the end);
     each with how many of its rows are real samples. ``pad`` fills every chunk to ``size``."""
     out: list[tuple[Inputs, int]] = []
-    group: list[Inputs] = []
-
-    def flush() -> None:
-        if not group:
-            return
-        real = len(group)
-        rows = group + [group[-1]] * (size - real if pad else 0)
-        out.append(({n: np.concatenate([r[n] for r in rows]) for n in rows[0]}, real))
-        group.clear()
-
-    for s in samples:
-        if group and (len(group) == size or _key(group[0]) != _key(s)):
-            flush()
-        group.append(s)
-    flush()
+    for group in _groups(samples, max(size, 1)):
+        rows = group + [group[-1]] * (size - len(group) if pad else 0)
+        out.append(({n: np.concatenate([r[n] for r in rows]) for n in rows[0]}, len(group)))
     return out
+
+
+def padding(samples: list[Inputs], size: int, pad: bool) -> int:
+    """How many copies :func:`chunks` adds to fill its chunks (rows no metric counts)."""
+    if not pad or size <= 1:
+        return 0
+    return sum(size - len(g) for g in _groups(samples, size))
 
 
 def calibration_batches(model: ModelConfig, samples: list[Inputs]) -> list[Inputs]:

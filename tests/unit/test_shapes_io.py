@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.build.batching import calibration_batches, chunks, run_batched
+from orchestrator.build.batching import calibration_batches, chunks, padding, run_batched
 from orchestrator.build.loaders import normalise
 from orchestrator.build.metrics_user import user_metrics
 from orchestrator.core.model_file import ModelFile
@@ -97,6 +97,8 @@ def test_run_batched_chunks_pads_a_static_batch_and_splits_outputs_per_sample() 
     run_batched(run, samples, 4, pad=False)
     assert seen == [4, 1]
     assert [len(c["x"]) for c, _ in chunks(samples, 3, pad=True)] == [3, 3]
+    assert padding(samples, 4, pad=True) == 3 and padding(samples, 4, pad=False) == 0
+    assert padding(samples, 5, pad=True) == 0
     model = _model(batch=4)
     assert [len(c["imu"]) for c in calibration_batches(model, [_imu(i) for i in range(6)])] == [
         4,

@@ -174,7 +174,13 @@ def _build(
         passes = registered_passes()
         evaluation = (
             make_evaluation(
-                cfg.model.task, data.samples, data.labels, reference_out, len(cfg.model.labels)
+                cfg.model.task,
+                data.samples,
+                data.labels,
+                reference_out,
+                len(cfg.model.labels),
+                size,
+                pad,
             )
             if cfg.model.task in ("classification", "segmentation") and not cfg.model.multi_label
             else None

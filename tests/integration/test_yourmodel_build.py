@@ -1,6 +1,6 @@
 """A team's own models build end to end: two inputs with a dynamic batch and two outputs on
-ONNX Runtime and OpenVINO, the same model with a static batch of 16, a regression model, a
-multi-label model with a user metric."""
+ONNX Runtime and OpenVINO, the same model with a static batch of 16, both in INT8 (ONNX Runtime
+static QDQ, NNCF), a regression model, a multi-label model with a user metric."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+from orchestrator.build import reference
+from orchestrator.build.batching import calibration_batches
 from orchestrator.build.pipeline import run_build
 from orchestrator.errors import GateFailure
 from orchestrator.spec.compose import compose
-from tests.yourmodel import make_project
+from tests.yourmodel import INT8_GATES, make_project
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,48 @@ def test_static_batch_of_16_validates_in_batches_and_drops_the_padding(
     assert runtime["inputs"][0]["shape"] == [16, 6, 100] and "dynamic" not in runtime["inputs"][0]
     smoke = np.load(art / "smoke" / "input.npz")
     assert smoke["imu"].shape == (16, 6, 100) and smoke["meta"].shape == (16, 3)
+
+
+@pytest.mark.parametrize(
+    ("deployment", "batches", "calibration_rows"),
+    [
+        # dynamic batch (min 1, opt 4, max 16): 10 samples calibrate as one batch of 10
+        ("two_inputs_server_int8", [1, 4, 16], [10]),
+        ("two_inputs_nuc_int8", [1, 4, 16], [10]),
+        # static batch of 16: 20 samples calibrate as two full batches
+        ("static_batch_server_int8", [16], [16, 16]),
+        ("static_batch_nuc_int8", [16], [16, 16]),
+    ],
+)
+def test_int8_with_batches_calibrates_in_batches_and_passes_its_parity_gates(
+    deployment: str,
+    batches: list[int],
+    calibration_rows: list[int],
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = compose([f"deployment={deployment}"], project)
+    samples = reference.load_calibration(spec.config.model)
+    stacked = calibration_batches(spec.config.model, samples)
+    assert [len(b["imu"]) for b in stacked] == calibration_rows
+    assert all(len(b["meta"]) == len(b["imu"]) for b in stacked)
+
+    art = _build(project, tmp_path, monkeypatch, f"deployment={deployment}")
+    validation = json.loads((art / "validation.json").read_text())
+    assert validation["passed"]
+    assert {g["gate"] for g in validation["gates"]} == set(INT8_GATES)
+    runtime = json.loads((art / "runtime.json").read_text())
+    assert runtime["model"]["precision"] == "int8"
+    assert runtime["inputs"][0]["shape"] == ([16, 6, 100] if batches == [16] else ["batch", 6, 100])
+    model_file = art / runtime["model"]["file"]
+    if model_file.suffix == ".onnx":
+        ops = {n.op_type for n in onnx.load(str(model_file)).graph.node}
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    else:
+        assert "FakeQuantize" in model_file.read_text()
+    assert [b["batch"] for b in validation["details"]["latency_by_batch"]] == batches
+    assert {r["batch"] for r in _latency_plot_data(art)} == set(batches)
 
 
 def test_regression_model_reports_its_errors_against_labels_and_reference(

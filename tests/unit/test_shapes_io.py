@@ -15,6 +15,7 @@ from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import DynamicDim, MetricRef, ModelConfig, TargetConfig, TensorSpec
 from orchestrator.core.shapes import declared_batches, input_shapes, profiles
 from orchestrator.errors import BuildError
+from orchestrator.passes.base import calibration_rows, first_rows
 from targets.tensorrt_jetson import JetsonOrinTarget
 
 
@@ -104,6 +105,18 @@ def test_run_batched_chunks_pads_a_static_batch_and_splits_outputs_per_sample() 
         4,
         4,
     ]
+
+
+def test_calibration_batches_fill_static_batches_and_stack_dynamic_ones_to_the_max() -> None:
+    samples = [_imu(i) for i in range(6)]
+    static = calibration_batches(_model(batch=4), samples)
+    assert [b["imu"][:, 0, 0].tolist() for b in static] == [[0, 1, 2, 3], [4, 5, 0, 1]]
+    dynamic = calibration_batches(_model(), [_imu(i) for i in range(40)])  # max 32
+    assert [len(b["imu"]) for b in dynamic] == [32, 8]
+    assert [len(b["meta"]) for b in dynamic] == [32, 8]
+    assert calibration_rows(dynamic) == 40
+    assert [len(b["imu"]) for b in first_rows(dynamic, 10)] == [32]
+    assert len(first_rows(dynamic, 33)) == 2 and first_rows(dynamic, 0) == dynamic
 
 
 def _imu(i: int) -> dict[str, np.ndarray]:

@@ -234,7 +234,10 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
                 skipped.append(Candidate(name, "n/a", message=problems[0] + more))
                 continue
         try:
-            candidate = compose([*base, f"recipe={name}"], spec.root)
+            # a deployment file that narrows recipe.candidates narrows them for the selecting
+            # recipe; the candidate recipe itself runs passes and selects nothing
+            candidate = compose([*base, f"recipe={name}", "recipe.candidates=[]"], spec.root)
+            candidate.overrides = [*base, f"recipe={name}"]
         except SpecError as exc:
             reason = exc.problems[0].message if exc.problems else str(exc)
             if len(exc.problems) > 1:

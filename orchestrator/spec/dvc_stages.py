@@ -8,6 +8,9 @@ entry of it, so adding ``conf/deployment/foo.yaml`` needs no edit of ``dvc.yaml`
     models:        # one train@ stage each (the models that say how to train them)
       mymodel: {code: mymodel, weights: models/mymodel.pt}
 
+``weights`` is the file the reference model comes from (``model.source.weights``, or the
+whole-model or ONNX file at ``model.source.path``), or the model's spec when the reference
+has no file in the project (an MLflow model, a factory without weights).
 ``code`` is the project folder (or file) holding the Python a model's spec names
 (factory, training, data loaders, preprocessing): the package of those modules, so a
 model keeps its code and the data files it reads in one package folder.
@@ -83,12 +86,13 @@ def _model_entry(root: Path, name: str, problems: list[Problem]) -> dict[str, st
         if home is not None:
             homes.add(home)
     source = data.get("source") or {}
-    weights = source.get("weights") or source.get("onnx")
+    # the file the reference comes from; the model's spec when it has none in the project
+    # (an MLflow model, a factory without weights)
+    weights = source.get("weights") or source.get("path") or source.get("onnx") or label
     if not isinstance(weights, str):
+        key = next(k for k in ("weights", "path", "onnx") if source.get(k))
         problems.append(
-            Problem(
-                label, "model.source.weights", "expected the weights (or onnx) file, found none"
-            )
+            Problem(label, f"model.source.{key}", f"expected a file path, found {weights!r}")
         )
         return None
     entry = {"weights": weights}

@@ -36,7 +36,7 @@ from orchestrator.build.pipeline import (
     run_build,
     run_tags,
 )
-from orchestrator.build.sources import check_source_files
+from orchestrator.build.sources import check_source_files, source_tags
 from orchestrator.core.fsutil import (
     drop_dead_folders,
     install_dir,
@@ -476,16 +476,18 @@ def _install_winner(
 ) -> None:
     winner = result.winner
     assert winner is not None and winner.artifact_dir is not None
+    info_path = winner.artifact_dir / "build.json"
+    info = json.loads(info_path.read_text())
     if tracker is not None and winner.run_id is not None:
-        result.model_version = tracker.register(result.deployment, winner.run_id)
+        # the registered version names the source it was built from, as a plain build's does
+        lineage = source_tags(info["source"]) if info.get("source") else {}
+        result.model_version = tracker.register(result.deployment, winner.run_id, tags=lineage)
         tracker.set_tags(
             winner.run_id,
             {"edgeship.model_version": result.model_version, "edgeship.selection": "winner"},
         )
         if result.parent_run_id:
             tracker.set_tags(result.parent_run_id, {"edgeship.model_version": result.model_version})
-    info_path = winner.artifact_dir / "build.json"
-    info = json.loads(info_path.read_text())
     info["mlflow"]["model_version"] = result.model_version
     info["selection"] = {
         "recipe": "auto",

@@ -62,6 +62,15 @@ class BuildResult:
         return self.validation.passed
 
 
+@dataclass
+class ExportCache:
+    """The ONNX export of a model, kept in ``folder`` for the next build of the same model
+    spec: recipe selection exports once for all its candidates."""
+
+    folder: Path
+    model: ModelFile | None = None
+
+
 def _check_available(target: Target, spec: ComposedSpec) -> None:
     reason = target.unavailable_reason()
     if reason:
@@ -102,6 +111,7 @@ def run_build(
     artifacts_dir: Path | None = None,
     parent_run: str | None = None,
     register: bool = True,
+    export_cache: ExportCache | None = None,
 ) -> BuildResult:
     """Build, validate and record one deployment. Raises GateFailure when a gate fails.
 
@@ -110,6 +120,7 @@ def run_build(
     ``artifacts_dir`` replaces the artifacts root, ``parent_run`` nests the MLflow run
     under another, and ``register=False`` records a passing build without registering
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
+    ``export_cache`` holds the ONNX export for the next build of the same model spec.
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -123,7 +134,17 @@ def run_build(
     source = sources.open_source(cfg.model, spec.root)
     try:
         return _build(
-            spec, target, source, steps, t0, record, report_dir, artifacts_dir, parent_run, register
+            spec,
+            target,
+            source,
+            steps,
+            t0,
+            record,
+            report_dir,
+            artifacts_dir,
+            parent_run,
+            register,
+            export_cache,
         )
     finally:
         source.close()
@@ -140,6 +161,7 @@ def _build(
     artifacts_dir: Path | None,
     parent_run: str | None,
     register: bool,
+    export_cache: ExportCache | None = None,
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
@@ -161,9 +183,15 @@ def _build(
     tracker = None
     try:
         work = staging / ".work"
-        steps("export to ONNX")
+        cached = export_cache.model if export_cache is not None else None
+        steps("export to ONNX" if cached is None else "export to ONNX: the one made before")
         (work / "export").mkdir(parents=True)
-        model = source.export(cfg.model, work / "export" / "model.onnx")
+        if cached is not None:
+            model = copy_model(cached, work / "export")
+        else:
+            model = source.export(cfg.model, work / "export" / "model.onnx")
+            if export_cache is not None:
+                export_cache.model = copy_model(model, export_cache.folder)
         calibration: list[Any] = []
 
         def calib() -> list[Any]:

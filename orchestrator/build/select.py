@@ -31,6 +31,7 @@ from typing import Any
 
 from orchestrator.build.pipeline import (
     BuildResult,
+    ExportCache,
     artifacts_root,
     copy_reports,
     run_build,
@@ -333,6 +334,8 @@ def _build_candidates(
     on_step: Step | None,
     record: bool,
 ) -> None:
+    # every candidate starts from the same ONNX export of the same model spec
+    export = ExportCache(scratch / ".export")
     for i, candidate in enumerate(usable, start=1):
         recipe = candidate.choices["recipe"]
         if on_step:
@@ -352,6 +355,7 @@ def _build_candidates(
                 artifacts_dir=home,
                 parent_run=result.parent_run_id,
                 register=False,
+                export_cache=export,
             )
         except GateFailure as exc:
             failed_dir = home / ".failed" / result.deployment
@@ -387,6 +391,7 @@ def _build_candidates(
                 build=build,
             )
         )
+    shutil.rmtree(export.folder, ignore_errors=True)
 
 
 def _choose(result: SelectionResult) -> None:

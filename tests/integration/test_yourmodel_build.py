@@ -14,6 +14,7 @@ import pytest
 from orchestrator.build import reference
 from orchestrator.build.batching import calibration_batches
 from orchestrator.build.pipeline import run_build
+from orchestrator.build.select import run_selection
 from orchestrator.errors import GateFailure
 from orchestrator.spec.compose import compose
 from tests.yourmodel import INT8_GATES, make_project
@@ -140,6 +141,31 @@ def test_int8_with_batches_calibrates_in_batches_and_passes_its_parity_gates(
         assert "FakeQuantize" in model_file.read_text()
     assert [b["batch"] for b in validation["details"]["latency_by_batch"]] == batches
     assert {r["batch"] for r in _latency_plot_data(art)} == set(batches)
+
+
+def test_auto_exports_the_model_once_for_all_its_candidates(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGESHIP_ARTIFACTS", str(tmp_path / "artifacts"))
+    spec = compose(
+        [
+            "deployment=two_inputs_server",
+            "recipe=auto",
+            "recipe.candidates=[ort_fp32,ort_int8_static]",
+            "deployment.gates=['agreement >= 0.99']",
+        ],
+        project,
+    )
+    result = run_selection(spec, record=False)
+    steps = {}
+    for c in result.candidates:
+        assert c.status == "passed" and c.build is not None
+        steps[c.recipe] = [name for name, _ in c.build.steps if name.startswith("export")]
+    assert steps == {
+        "ort_fp32": ["export to ONNX"],
+        "ort_int8_static": ["export to ONNX: the one made before"],
+    }
+    assert not list((tmp_path / "artifacts" / ".auto").glob("*"))  # scratch and export removed
 
 
 def test_regression_model_reports_its_errors_against_labels_and_reference(

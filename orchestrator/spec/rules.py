@@ -73,8 +73,11 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
             f"expected false for a {task} model; multi_label is a kind of classification",
         )
     threshold = model.get("threshold")
-    number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
-    if number and not 0 < threshold < 1:
+    if (
+        isinstance(threshold, int | float)
+        and not isinstance(threshold, bool)
+        and not 0 < threshold < 1
+    ):
         report(
             "model.threshold",
             "expected a probability between 0 and 1, both excluded (a class is predicted "

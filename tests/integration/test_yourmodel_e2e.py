@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 from pathlib import Path
 
@@ -356,6 +357,12 @@ def test_four_own_models_build_record_and_bundle_for_server_and_nuc_with_the_ins
     for name in names:
         assert f"{name}: PASSED" in built, built
         assert f"{name}: bundle version 1" in bundled, bundled
+    # each signature checks out with stock openssl, as the bundle command says
+    checks = re.findall(r"check:\s+(openssl .+)", bundled)
+    assert len(checks) == len(names)
+    for check in checks:
+        verified = installed.run(tool, project, *shlex.split(check), env=env)
+        assert "Signature Verified Successfully" in verified.stdout
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     trust = KeyStore(home / ".config" / "edgeship" / "keys").trust()

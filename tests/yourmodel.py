@@ -45,6 +45,13 @@ def two_inputs_data():
     return {"imu": imu, "meta": meta}, torch.randint(0, 4, (10,), generator=g)
 
 
+def static_batch_data():
+    """20 samples for a model that takes exactly 16 at a time (one full batch, 4 over)."""
+    g = torch.Generator().manual_seed(3)
+    imu, meta = torch.randn(20, 6, 100, generator=g), torch.randn(20, 3, generator=g)
+    return {"imu": imu, "meta": meta}, torch.randint(0, 4, (20,), generator=g)
+
+
 def linear(inputs=5, outputs=1):
     torch.manual_seed(1)
     return torch.nn.Linear(inputs, outputs)
@@ -102,6 +109,23 @@ FILES = {
         labels: [a, b, c, d]
         data:
           eval: {fn: yourmodels:two_inputs_data}
+          calibration: {fn: yourmodels:two_inputs_data}
+    """,
+    "conf/model/static_batch.yaml": """
+        name: static_batch
+        task: classification
+        source:
+          factory: {fn: yourmodels:two_inputs}
+        inputs:
+          - {name: imu, shape: [16, 6, 100]}
+          - {name: meta, shape: [16, 3]}
+        outputs:
+          - {name: logits, shape: [16, 4]}
+          - {name: aux, shape: [16, 2]}
+        labels: [a, b, c, d]
+        data:
+          eval: {fn: yourmodels:static_batch_data}
+          calibration: {fn: yourmodels:static_batch_data}
     """,
     "conf/model/regressor.yaml": """
         name: regressor
@@ -137,9 +161,18 @@ FILES = {
 DEPLOYMENTS = {
     "two_inputs_server": ("two_inputs", "ort_fp32", "server"),
     "two_inputs_nuc": ("two_inputs", "ov_fp32", "intel_nuc"),
+    "two_inputs_server_int8": ("two_inputs", "ort_int8_static", "server"),
+    "two_inputs_nuc_int8": ("two_inputs", "int8_nncf", "intel_nuc"),
+    "static_batch_server": ("static_batch", "ort_fp32", "server"),
+    "static_batch_nuc": ("static_batch", "ov_fp32", "intel_nuc"),
+    "static_batch_server_int8": ("static_batch", "ort_int8_static", "server"),
+    "static_batch_nuc_int8": ("static_batch", "int8_nncf_parity", "intel_nuc"),
     "regressor_server": ("regressor", "ort_fp32", "server"),
     "tagger_server": ("tagger", "ort_fp32", "server"),
 }
+
+# parity of an INT8 artifact with the FP32 reference, on every output
+INT8_GATES = ["agreement >= 0.99", "max_abs_error <= 0.05"]
 
 GATES = {
     "two_inputs_server": [
@@ -148,6 +181,12 @@ GATES = {
         "p95_ms.batch16 <= 5000",
     ],
     "two_inputs_nuc": ["agreement >= 0.99", "max_abs_error.aux <= 0.001", "p95_ms.batch16 <= 5000"],
+    "two_inputs_server_int8": INT8_GATES,
+    "two_inputs_nuc_int8": INT8_GATES,
+    "static_batch_server_int8": INT8_GATES,
+    "static_batch_nuc_int8": INT8_GATES,
+    "static_batch_server": ["agreement >= 0.99", "max_abs_error <= 0.001", "p95_ms <= 5000"],
+    "static_batch_nuc": ["agreement >= 0.99", "max_abs_error <= 0.001", "p95_ms.batch16 <= 5000"],
     "regressor_server": ["mae_increase <= 0.001", "r2 >= 0.5", "max_abs_error <= 0.001"],
     "tagger_server": ["agreement >= 0.99", "f1_drop <= 0.01", "auroc >= 0.6", "auroc_drop <= 0.01"],
 }

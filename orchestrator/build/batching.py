@@ -2,58 +2,41 @@
 
 Evaluation data is kept one sample per entry (batch axis 1). A model with a static
 batch of 16 takes exactly 16 samples at a time, and a dynamic batch is validated
-at its ``opt`` size; :func:`run_batched` groups consecutive samples of equal shapes
-into chunks of that size (padding the last chunk with copies of its last sample
-when the batch is static), runs each chunk and hands back one output list per sample.
+at its ``opt`` size; :func:`run_batched` (in :mod:`orchestrator.core.batches`) groups
+consecutive samples of equal shapes into chunks of that size (padding the last chunk
+with copies of its last sample when the batch is static), runs each chunk and hands
+back one output list per sample. Calibration data is stacked the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import numpy as np
 
+from orchestrator.core.batches import Run, chunks, padding, run_batched
 from orchestrator.core.schema import ModelConfig
 from orchestrator.core.shapes import batch_dim, dim_bounds
 from orchestrator.passes.base import Inputs
 
-Run = Callable[[Inputs], Sequence[np.ndarray]]
-
-
-def _key(sample: Inputs) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple((n, tuple(a.shape)) for n, a in sample.items())
-
-
-def chunks(samples: list[Inputs], size: int, pad: bool) -> list[tuple[Inputs, int]]:
-    """Samples stacked into chunks of ``size`` (fewer at a shape change or at the end);
-    each with how many of its rows are real samples. ``pad`` fills every chunk to ``size``."""
-    out: list[tuple[Inputs, int]] = []
-    group: list[Inputs] = []
-
-    def flush() -> None:
-        if not group:
-            return
-        real = len(group)
-        rows = group + [group[-1]] * (size - real if pad else 0)
-        out.append(({n: np.concatenate([r[n] for r in rows]) for n in rows[0]}, real))
-        group.clear()
-
-    for s in samples:
-        if group and (len(group) == size or _key(group[0]) != _key(s)):
-            flush()
-        group.append(s)
-    flush()
-    return out
+__all__ = ["Run", "calibration_batches", "chunks", "first_chunk", "padding", "run_batched"]
 
 
 def calibration_batches(model: ModelConfig, samples: list[Inputs]) -> list[Inputs]:
-    """Calibration samples stacked to a batch the model takes: a static batch's size, else
-    the dynamic batch's min (padded with copies of the last sample)."""
+    """Calibration samples stacked to batches the model takes.
+
+    A static batch takes chunks of its size, the last one filled up with the first
+    samples again (then with copies of its last sample, where shapes differ); a dynamic
+    batch takes chunks of its max. Large, varied chunks matter to range estimators that
+    average each chunk's min and max (NNCF's defaults): such a chunk's range is close to
+    the whole data's, where a single sample's (or copies of one) is narrower.
+    """
     dim = batch_dim(model)
-    size = dim if isinstance(dim, int) else dim_bounds(model)[dim].min
-    if size <= 1:
+    size = dim if isinstance(dim, int) else dim_bounds(model)[dim].max
+    if size <= 1 or not samples:
         return samples
-    return [inputs for inputs, _ in chunks(samples, size, pad=True)]
+    if isinstance(dim, int) and len(samples) % size:
+        fill = size - len(samples) % size
+        samples = samples + [samples[i % len(samples)] for i in range(fill)]
+    return [inputs for inputs, _ in chunks(samples, size, pad=isinstance(dim, int))]
 
 
 def first_chunk(
@@ -63,15 +46,3 @@ def first_chunk(
     inputs, real = chunks(samples[: max(size, 1)], max(size, 1), pad)[0]
     rows = per_sample[:real] + [per_sample[real - 1]] * (len(next(iter(inputs.values()))) - real)
     return inputs, [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))]
-
-
-def run_batched(run: Run, samples: list[Inputs], size: int, pad: bool) -> list[list[np.ndarray]]:
-    """Outputs per sample (batch axis 1 each) from running ``run`` on chunks of ``size``."""
-    if size <= 1:
-        return [[np.asarray(o) for o in run(s)] for s in samples]
-    per_sample: list[list[np.ndarray]] = []
-    for inputs, real in chunks(samples, size, pad):
-        outs = [np.asarray(o) for o in run(inputs)]
-        for i in range(real):
-            per_sample.append([o[i : i + 1] for o in outs])
-    return per_sample

@@ -26,37 +26,54 @@ def _pyplot() -> Any:
     return plt
 
 
+def latency_rows(result: Validation) -> list[dict[str, Any]]:
+    """Every timed run of every measured batch size: ``{run, batch, latency_ms}``, ``run``
+    counting on across the batch sizes in the order they were measured."""
+    samples = result.details.get("latency_samples_ms") or {}
+    rows: list[dict[str, Any]] = []
+    for entry in result.details.get("latency_by_batch", []):
+        for t in samples.get(str(entry["batch"]), []):
+            rows.append({"run": len(rows), "batch": int(entry["batch"]), "latency_ms": t})
+    return rows
+
+
+def _latency_plot(folder: Path, name: str, result: Validation) -> str:
+    """One histogram per measured batch size, with its p50/p95/p99, and the data as JSON."""
+    plt = _pyplot()
+    rows = latency_rows(result)
+    by_batch = result.details.get("latency_by_batch", [])
+    fig, axes = plt.subplots(
+        max(1, len(by_batch)), 1, figsize=(6, 1.2 + 2.3 * max(1, len(by_batch))), squeeze=False
+    )
+    for ax, entry in zip(axes[:, 0], by_batch, strict=False):
+        batch = int(entry["batch"])
+        times = [r["latency_ms"] for r in rows if r["batch"] == batch]
+        ax.hist(times, bins=min(30, max(5, len(times) // 2)), color="#3b75af")
+        for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+            ax.axvline(entry[q], color="k", linestyle=style, label=f"{q[:-3]} {entry[q]:.2f} ms")
+        ax.set(xlabel="latency (ms)", ylabel="runs", title=f"{name}: latency, batch {batch}")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(folder / "latency_histogram.png", dpi=100)
+    plt.close(fig)
+    (folder / "latency.json").write_text(json.dumps(rows))
+    return "latency_histogram.png"
+
+
 def write_plots(
     folder: Path,
     spec: ComposedSpec,
     result: Validation,
     reference: list[list[np.ndarray]],
 ) -> list[str]:
-    """Latency histogram, parity scatter, and confusion matrix or per-class Dice."""
+    """Latency histograms (one per batch size), parity scatter, and confusion matrix or
+    per-class Dice."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     name = spec.config.deployment.name
     written = []
 
-    latencies = result.details.get("latency_samples_ms", [])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(latencies, bins=min(30, max(5, len(latencies) // 2)), color="#3b75af")
-    for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
-        ax.axvline(
-            result.metrics[q],
-            color="k",
-            linestyle=style,
-            label=f"{q[:-3]} {result.metrics[q]:.2f} ms",
-        )
-    ax.set(xlabel="latency (ms)", ylabel="runs", title=f"{name}: latency, batch 1")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "latency_histogram.png", dpi=100)
-    plt.close(fig)
-    written.append("latency_histogram.png")
-    (folder / "latency.json").write_text(
-        json.dumps([{"run": i, "latency_ms": t} for i, t in enumerate(latencies)])
-    )
+    written.append(_latency_plot(folder, name, result))
 
     out = np.concatenate([o[0] for o in result.outputs]).ravel()
     ref = np.concatenate([r[0] for r in reference]).ravel()

@@ -2,6 +2,7 @@
 
 Each requested batch size is measured in turn (inputs at the declared shapes, dynamic
 dims other than the batch at their opt size); the first is the headline ``p50_ms``.
+Every timed run is kept, per batch size (``latency_samples_ms``: batch -> runs in ms).
 
 A fresh process keeps the measurement honest: no PyTorch threads, caches or
 allocations of the build are around, and the process's peak resident memory is
@@ -37,7 +38,7 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     metrics: dict[str, Any] = {}
     by_batch: list[dict[str, Any]] = []
-    samples: list[float] = []
+    samples: dict[str, list[float]] = {}
     for i, entry in enumerate(request["batches"]):
         batch = int(entry["batch"])
         inputs = {t["name"]: _random(rng, t["shape"], t["dtype"]) for t in entry["inputs"]}
@@ -59,9 +60,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         by_batch.append({"batch": batch, **row})
         for key, value in row.items():
             metrics[f"{key}.batch{batch}"] = value
+        samples[str(batch)] = [round(t, 4) for t in times]
         if i == 0:
             metrics.update(row)
-            samples = [round(t, 4) for t in times]
     return {
         **metrics,
         "load_ms": load_ms,

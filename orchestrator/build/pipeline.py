@@ -65,6 +65,15 @@ class BuildResult:
         return self.validation.passed
 
 
+@dataclass
+class ExportCache:
+    """The ONNX export of a model, kept in ``folder`` for the next build of the same model
+    spec: recipe selection exports once for all its candidates."""
+
+    folder: Path
+    model: ModelFile | None = None
+
+
 def _check_available(target: Target, spec: ComposedSpec) -> None:
     reason = target.unavailable_reason()
     if reason:
@@ -106,6 +115,7 @@ def run_build(
     parent_run: str | None = None,
     register: bool = True,
     measurer: DeviceMeasurer | None = None,
+    export_cache: ExportCache | None = None,
 ) -> BuildResult:
     """Build, validate and record one deployment. Raises GateFailure when a gate fails.
 
@@ -116,6 +126,7 @@ def run_build(
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
     ``measurer`` (``deployment.validate_on.where: lab``) measures the artifact on a lab
     device after the build machine did; the device's figures gate (orchestrator/build/lab.py).
+    ``export_cache`` holds the ONNX export for the next build of the same model spec.
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -140,6 +151,7 @@ def run_build(
             parent_run,
             register,
             measurer,
+            export_cache,
         )
     finally:
         source.close()
@@ -157,6 +169,7 @@ def _build(
     parent_run: str | None,
     register: bool,
     measurer: DeviceMeasurer | None = None,
+    export_cache: ExportCache | None = None,
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
@@ -178,9 +191,15 @@ def _build(
     tracker = None
     try:
         work = staging / ".work"
-        steps("export to ONNX")
+        cached = export_cache.model if export_cache is not None else None
+        steps("export to ONNX" if cached is None else "export to ONNX: the one made before")
         (work / "export").mkdir(parents=True)
-        model = source.export(cfg.model, work / "export" / "model.onnx")
+        if cached is not None:
+            model = copy_model(cached, work / "export")
+        else:
+            model = source.export(cfg.model, work / "export" / "model.onnx")
+            if export_cache is not None:
+                export_cache.model = copy_model(model, export_cache.folder)
         calibration: list[Any] = []
 
         def calib() -> list[Any]:
@@ -191,7 +210,13 @@ def _build(
         passes = registered_passes()
         evaluation = (
             make_evaluation(
-                cfg.model.task, data.samples, data.labels, reference_out, len(cfg.model.labels)
+                cfg.model.task,
+                data.samples,
+                data.labels,
+                reference_out,
+                len(cfg.model.labels),
+                size,
+                pad,
             )
             if cfg.model.task in ("classification", "segmentation") and not cfg.model.multi_label
             else None

@@ -32,12 +32,13 @@ from typing import Any
 from orchestrator.build.lab import DeviceMeasurer
 from orchestrator.build.pipeline import (
     BuildResult,
+    ExportCache,
     artifacts_root,
     copy_reports,
     run_build,
     run_tags,
 )
-from orchestrator.build.sources import check_source_files
+from orchestrator.build.sources import check_source_files, source_tags
 from orchestrator.core.fsutil import (
     drop_dead_folders,
     install_dir,
@@ -253,7 +254,10 @@ def candidate_specs(spec: ComposedSpec) -> tuple[list[ComposedSpec], list[Candid
                 skipped.append(Candidate(name, "n/a", message=problems[0] + more))
                 continue
         try:
-            candidate = compose([*base, f"recipe={name}"], spec.root)
+            # a deployment file that narrows recipe.candidates narrows them for the selecting
+            # recipe; the candidate recipe itself runs passes and selects nothing
+            candidate = compose([*base, f"recipe={name}", "recipe.candidates=[]"], spec.root)
+            candidate.overrides = [*base, f"recipe={name}"]
         except SpecError as exc:
             reason = exc.problems[0].message if exc.problems else str(exc)
             if len(exc.problems) > 1:
@@ -356,6 +360,8 @@ def _build_candidates(
 ) -> None:
     if measurer is not None:
         result.measured_on = dict(measurer.where)
+    # every candidate starts from the same ONNX export of the same model spec
+    export = ExportCache(scratch / ".export")
     for i, candidate in enumerate(usable, start=1):
         recipe = candidate.choices["recipe"]
         if on_step:
@@ -376,6 +382,7 @@ def _build_candidates(
                 parent_run=result.parent_run_id,
                 register=False,
                 measurer=measurer,
+                export_cache=export,
             )
         except GateFailure as exc:
             failed_dir = home / ".failed" / result.deployment
@@ -411,6 +418,7 @@ def _build_candidates(
                 build=build,
             )
         )
+    shutil.rmtree(export.folder, ignore_errors=True)
 
 
 def _choose(result: SelectionResult) -> None:
@@ -501,16 +509,18 @@ def _install_winner(
 ) -> None:
     winner = result.winner
     assert winner is not None and winner.artifact_dir is not None
+    info_path = winner.artifact_dir / "build.json"
+    info = json.loads(info_path.read_text())
     if tracker is not None and winner.run_id is not None:
-        result.model_version = tracker.register(result.deployment, winner.run_id)
+        # the registered version names the source it was built from, as a plain build's does
+        lineage = source_tags(info["source"]) if info.get("source") else {}
+        result.model_version = tracker.register(result.deployment, winner.run_id, tags=lineage)
         tracker.set_tags(
             winner.run_id,
             {"edgeship.model_version": result.model_version, "edgeship.selection": "winner"},
         )
         if result.parent_run_id:
             tracker.set_tags(result.parent_run_id, {"edgeship.model_version": result.model_version})
-    info_path = winner.artifact_dir / "build.json"
-    info = json.loads(info_path.read_text())
     info["mlflow"]["model_version"] = result.model_version
     info["selection"] = {
         "recipe": "auto",

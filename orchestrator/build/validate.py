@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.build.batching import run_batched
+from orchestrator.build.batching import padding, run_batched
 from orchestrator.build.metrics_user import user_metrics
 from orchestrator.build.reference import Dataset
 from orchestrator.build.tasks import task_metrics
@@ -195,7 +195,11 @@ def judge(
     details["latency_by_batch"] = timing.pop("by_batch")
     metrics.update(timing)
     details["eval_samples"] = len(data)
-    details["eval_batch"] = eval_chunking(spec.model)[0]
+    size, pad = eval_chunking(spec.model)
+    details["eval_batch"] = size
+    # a static batch's last chunk is filled with copies of its last sample; the copies'
+    # outputs are dropped before any metric, so metrics count eval_samples rows only
+    details["eval_padding"] = padding(data.samples, size, pad)
     details["eval_data_sha256"] = data.sha256
     gates = evaluate_gates([parse_gate(g) for g in spec.deployment.gates], metrics)
     return Validation(metrics, gates, details, outputs)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.common import (
+    CLI,
     human_size,
     integer,
     key_store,
@@ -23,7 +24,14 @@ from orchestrator.cli.common import (
     words,
 )
 from orchestrator.core.text import terminal
-from orchestrator.errors import BundleError, KeyStoreError, RolloutError, SpecError
+from orchestrator.errors import (
+    BundleError,
+    KeyStoreError,
+    Problem,
+    RolloutError,
+    SpecError,
+    UsageError,
+)
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -114,12 +122,43 @@ def cmd_keys(args: argparse.Namespace) -> int:
 # -- bundle ------------------------------------------------------------------------------------
 
 
+_SINGLE_BUNDLE_FLAGS = {
+    "--list": "list",
+    "--rollback-to": "rollback_to",
+    "--version": "version",
+    "--export": "export",
+}
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     from orchestrator.ship import bundling
 
     opts = pairs(args.overrides, ("deployment",), ("deployment",))
     name = opts["deployment"]
     here = project_dir()
+    names = name.split(",")
+    if len(names) > 1:
+        # deployment=a,b: the next bundle version of each, signed with the same key
+        single = [
+            f for f, on in _SINGLE_BUNDLE_FLAGS.items() if getattr(args, on) not in (None, False)
+        ]
+        if single:
+            raise UsageError(
+                [
+                    Problem(
+                        CLI,
+                        "deployment",
+                        f"expected one NAME with {', '.join(single)}, found {len(names)}: {name}",
+                    )
+                ]
+            )
+        store = key_store()
+        for each in names:
+            made = bundling.bundle_artifact(
+                here, each, store, args.valid_days or 90, record=not args.no_record
+            )
+            _print_bundle(made.bundle, made, store)
+        return 0
     if args.list:
         folder, entries = bundling.issued(here, name)
         print(f"{name}: {len(entries)} bundle(s) in {folder}")
@@ -403,7 +442,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("bundle", help="sign a passing artifact as the next bundle version")
-    words(p, "deployment=NAME")
+    words(p, "deployment=NAME (or NAME,NAME,...)")
     p.add_argument(
         "--valid-days", type=float, default=None, help="validity (default 90; rollback orders 7)"
     )

@@ -35,11 +35,30 @@ class PassContext:
 
     workdir: Path  # an empty directory the pass writes its output into
     input_names: list[str]  # graph input names, in order
-    calibration: Callable[[], list[Inputs]]  # calibration samples (batch 1 each), lazily loaded
+    calibration: Callable[[], list[Inputs]]
+    # calibration data, lazily loaded, in batches the model takes (a static batch's size, else
+    # up to the dynamic batch's max; see calibration_rows and first_rows)
     threads: int = 0  # CPU threads the pass may use (0 = library default)
     evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
     input_bounds: dict[str, list[int | tuple[int, int]]] | None = None
     # input name -> each dim as an int, or (min, max) for a dynamic one; None: all static
+
+
+def calibration_rows(batches: list[Inputs]) -> int:
+    """How many samples calibration batches hold (rows of the first input, summed)."""
+    return sum(len(next(iter(b.values()))) for b in batches if b)
+
+
+def first_rows(batches: list[Inputs], samples: int) -> list[Inputs]:
+    """The first calibration batches that hold at least ``samples`` samples (all when 0)."""
+    if samples <= 0:
+        return batches
+    out: list[Inputs] = []
+    for b in batches:
+        if calibration_rows(out) >= samples:
+            break
+        out.append(b)
+    return out
 
 
 class Pass(ABC):

@@ -8,6 +8,9 @@ entry of it, so adding ``conf/deployment/foo.yaml`` needs no edit of ``dvc.yaml`
     models:        # one train@ stage each (the models that say how to train them)
       mymodel: {code: mymodel, weights: models/mymodel.pt}
 
+``weights`` is the file the reference model comes from (``model.source.weights``, or the
+whole-model or ONNX file at ``model.source.path``), or the model's spec when the reference
+has no file in the project (an MLflow model, a factory without weights).
 ``code`` is the project folder (or file) holding the Python a model's spec names
 (factory, training, data loaders, preprocessing): the package of those modules, so a
 model keeps its code and the data files it reads in one package folder. ``weights`` is
@@ -87,11 +90,16 @@ def _model_entry(root: Path, name: str, problems: list[Problem]) -> dict[str, st
             homes.add(home)
     raw = data.get("source")
     source: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    # the file (or folder) holding the model: the weights of a factory, a whole-model file,
-    # an ONNX file, a Hugging Face or MONAI bundle folder; an MLflow model (or a factory
-    # without weights) has none in the project, and its spec file stands in
-    weights = source.get("weights") or source.get("path")
-    entry = {"weights": weights if isinstance(weights, str) else label}
+    # the file the reference comes from; the model's spec when it has none in the project
+    # (an MLflow model, a factory without weights)
+    weights = source.get("weights") or source.get("path") or source.get("onnx") or label
+    if not isinstance(weights, str):
+        key = next(k for k in ("weights", "path", "onnx") if source.get(k))
+        problems.append(
+            Problem(label, f"model.source.{key}", f"expected a file path, found {weights!r}")
+        )
+        return None
+    entry = {"weights": weights}
     if homes:
         common = Path(os.path.commonpath([str(h) for h in homes]))
         if common == root:

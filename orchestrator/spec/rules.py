@@ -72,6 +72,17 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
             "model.multi_label",
             f"expected false for a {task} model; multi_label is a kind of classification",
         )
+    threshold = model.get("threshold")
+    if (
+        isinstance(threshold, int | float)
+        and not isinstance(threshold, bool)
+        and not 0 < threshold < 1
+    ):
+        report(
+            "model.threshold",
+            "expected a probability between 0 and 1, both excluded (a class is predicted "
+            f"when its sigmoid reaches it), found {threshold}",
+        )
     metrics = model.get("metrics")
     seen: dict[str, int] = {}
     builtin = measured_metrics(str(task), [], multi_label=model.get("multi_label") is True)

@@ -266,4 +266,72 @@ CASES: dict[str, dict] = {
             "deployment.gates=[p95_ms <= 3, agreement >= 0.9]",
         ],
     },
+    "dynamic_dimension_declared_twice_and_on_an_output": {
+        "args": ["build", "deployment=posture_server"],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "  - {name: imu, shape: [1, 6, 100], dtype: float32}",
+                "  - {name: imu, shape: [batch, 6, 100], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: 8, max: 32}}}\n"
+                "  - {name: meta, shape: [batch, 3], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: 4, max: 16}}}",
+            ),
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 4], dtype: float32}",
+                "shape: [batch, 4], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: 8, max: 32}}}",
+            ),
+        ],
+    },
+    "dynamic_range_and_latency_batches_of_the_wrong_type": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "deployment.validation.latency_batches=[one]",
+        ],
+        "replace": [
+            (
+                "conf/model/posture_cnn.yaml",
+                "shape: [1, 6, 100], dtype: float32}",
+                "shape: [batch, 6, 100], dtype: float32,\n"
+                "     dynamic: {batch: {min: 1, opt: eight, max: 32, step: 2}}}",
+            ),
+        ],
+    },
+    "regression_model_gated_on_classification_metrics": {
+        "args": ["build", "deployment=posture_server", "model.task=regression", "model.labels=[]"],
+    },
+    "custom_task_with_multi_label_a_threshold_out_of_range_and_a_gate_on_agreement": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "model.task=custom",
+            "model.multi_label=true",
+            "model.threshold=1.5",
+        ],
+    },
+    "user_metric_reported_twice_and_args_not_a_mapping": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "model.metrics=[{fn: 'mypkg.metrics:auroc'}, "
+            "{fn: 'mypkg.other:scores', names: [auroc], args: 3}]",
+        ],
+    },
+    "onnx_source_file_missing": {
+        "args": [
+            "build",
+            "deployment=posture_server",
+            "model.source={kind: onnx, path: models/mobilenet.onnx}",
+        ],
+    },
+    "mlflow_source_without_uri_with_a_path": {
+        "args": [
+            "show",
+            "deployment=posture_server",
+            "model.source={kind: mlflow, path: models/net.onnx}",
+        ],
+    },
 }

@@ -89,6 +89,9 @@ def test_auto_records_each_candidate_under_one_parent_and_installs_the_fastest_p
     digest = "edgeship.artifact.sha256"
     assert version.tags[digest] == winner_run.data.tags[digest]
     assert info["mlflow"]["model_version"] == version.version
+    # the registered winner names its source, as a plain build's version does
+    assert version.tags["edgeship.source.kind"] == "pytorch"
+    assert version.tags["edgeship.source.sha256"] == info["source"]["sha256"]
     loser = next(c for r, c in by_recipe.items() if r != selection["winner"])
     assert "edgeship.model_version" not in loser.data.tags  # only the winner is registered
 

@@ -8,65 +8,29 @@ any edit of dvc.yaml, recording into the project's local MLflow store (no server
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests import installed
+from tests.installed import BIN
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel of this checkout, unpacked, and an `edgeship` command that runs it."""
-    base = tmp_path_factory.mktemp("installed")
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
-            *("-w", str(base / "wheel"), str(ROOT)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = (base / "wheel").glob("edgeship-*.whl")
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(base / "site")
+    base = installed.install(tmp_path_factory.mktemp("installed"))
     assert (base / "site" / "orchestrator" / "builtin_conf" / "recipe" / "ort_fp32.yaml").is_file()
     assert not (base / "site" / "examples").exists()
-    bin_dir = base / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "edgeship"
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m orchestrator.cli.main "$@"\n')
-    script.chmod(0o755)
     return base
 
 
-def _env(tool: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGESHIP_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(tool / "site")
-    env["PATH"] = f"{tool / 'bin'}:{BIN}:{env['PATH']}"
-    return env
-
-
-def _run(tool: Path, cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        args, cwd=cwd, env=_env(tool), capture_output=True, text=True, timeout=900, check=False
-    )
-    if ok:
-        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _edgeship(tool: Path, cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    return _run(tool, cwd, str(tool / "bin" / "edgeship"), *args, ok=ok)
+_run = installed.run
+_edgeship = installed.edgeship
 
 
 def test_installed_edgeship_builds_a_team_project_with_builtin_recipe_and_target(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,31 @@ def test_explicit_candidates_and_overrides_reach_each_candidate(
     assert skipped == []
     assert all(s.config.target.threads == 1 for s in usable)
     assert all(not s.config.recipe.select for s in usable)
+
+
+def test_candidates_narrowed_in_the_deployment_file_build_as_plain_recipes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "conf", project / "conf")
+    src = project / "conf" / "deployment" / "posture_server.yaml"
+    text = src.read_text().replace("override /recipe: ort_int8_dynamic", "override /recipe: auto")
+    assert "override /recipe: auto" in text
+    src.write_text(text + "recipe:\n  candidates: [ort_int8_static, ort_fp32]\n")
+    monkeypatch.setenv("EDGESHIP_ROOT", str(project))
+    spec = compose(["deployment=posture_server"], project)
+    assert spec.config.recipe.select and spec.config.recipe.candidates == [
+        "ort_int8_static",
+        "ort_fp32",
+    ]
+    usable, skipped = candidate_specs(spec)
+    assert [s.choices["recipe"] for s in usable] == ["ort_int8_static", "ort_fp32"]
+    assert skipped == []
+    assert all(s.config.recipe.candidates == [] for s in usable)
+    assert [s.overrides for s in usable] == [
+        ["deployment=posture_server", "recipe=ort_int8_static"],
+        ["deployment=posture_server", "recipe=ort_fp32"],
+    ]
 
 
 def test_winner_is_the_fastest_candidate_that_passes_every_gate() -> None:

@@ -63,3 +63,15 @@ def test_errors_bad_flag_is_a_usage_error_not_an_invalid_spec(
     with pytest.raises(SystemExit) as info:
         main(["no-such-verb"])
     assert info.value.code == ExitCode.USAGE
+
+
+def test_errors_bundle_of_several_deployments_refuses_flags_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EDGESHIP_ROOT", str(ROOT))
+    monkeypatch.setenv("EDGESHIP_KEYS_DIR", str(tmp_path / "keys"))
+    code = main(["bundle", "deployment=posture_server,posture_nuc", "--export", "out.tar"])
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "deployment: expected one NAME with --export, found 2: posture_server,posture_nuc" in err
+    assert not (tmp_path / "keys").exists() and not Path("out.tar").exists()

@@ -243,3 +243,22 @@ def test_nncf_quantize_accuracy_keeps_the_metric_within_max_drop(tmp_path: Path)
     parity = evaluation.against_reference()
     metric = parity(lambda s: [np.asarray(request.infer(s)[compiled.outputs[0]])])
     assert metric >= 1.0  # agreement with the FP32 model may not drop at all
+
+
+def test_evaluation_runs_a_static_batch_in_full_chunks_and_scores_only_real_samples() -> None:
+    # the class is the sign of x: samples 0, 1, 0, 1, 0 against labels that say so
+    samples = [{"x": np.full((1, 1), i % 2 * 2 - 1, np.float32)} for i in range(5)]
+    evaluation = make_evaluation(
+        "classification", samples, np.array([0, 1, 0, 1, 0]), [], 2, 4, True
+    )
+    seen: list[int] = []
+
+    def predict(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        seen.append(len(inputs["x"]))
+        return [np.concatenate([-inputs["x"], inputs["x"]], axis=1)]
+
+    metric, per_item = evaluation.score(predict, [0, 1, 2, 3, 4])
+    assert seen == [4, 4] and per_item == [1.0] * 5 and metric == 1.0
+    seen.clear()
+    assert evaluation.against_reference().batch == 4
+    assert evaluation.score(predict, [3])[1] == [1.0] and seen == [4]

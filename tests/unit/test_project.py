@@ -107,6 +107,33 @@ def test_dvc_stage_lists_follow_conf_deployment(project: Path) -> None:
     assert write_stage_lists(project) == []
 
 
+def test_dvc_stage_lists_depend_on_the_onnx_file_or_the_spec_of_a_model_without_one(
+    project: Path,
+) -> None:
+    models = project / "conf" / "model"
+    data = "data:\n  eval: {fn: mymodel.data:eval_set}\n"
+    (models / "net.yaml").write_text(f"name: net\nsource: {{kind: onnx, path: m/net.onnx}}\n{data}")
+    (models / "reg.yaml").write_text(
+        f"name: reg\nsource: {{kind: mlflow, uri: 'models:/r/1'}}\n{data}"
+    )
+    lists = stage_lists(project)
+    assert lists["deployments"]["mymodel_server"]["weights"] == "models/mymodel.pt"
+    src = project / "conf" / "deployment" / "mymodel_server.yaml"
+    for model in ("net", "reg"):
+        text = src.read_text().replace("mymodel_server", model)
+        (src.parent / f"{model}.yaml").write_text(
+            text.replace("/model: mymodel", f"/model: {model}")
+        )
+    lists = stage_lists(project)
+    assert lists["deployments"]["net"] == {
+        "model": "net",
+        "code": "mymodel",
+        "weights": "m/net.onnx",
+    }
+    assert lists["deployments"]["reg"]["weights"] == "conf/model/reg.yaml"
+    assert set(lists["models"]) == {"mymodel"}  # only models that say how to train them
+
+
 def test_dvc_stage_lists_refuse_model_code_spread_over_packages(project: Path) -> None:
     model = project / "conf" / "model" / "mymodel.yaml"
     (project / "other.py").write_text("def eval_set():\n    return None\n")

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.build.batching import calibration_batches, chunks, run_batched
+from orchestrator.build.batching import calibration_batches, chunks, padding, run_batched
 from orchestrator.build.loaders import normalise
 from orchestrator.build.metrics_user import user_metrics
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import DynamicDim, MetricRef, ModelConfig, TargetConfig, TensorSpec
 from orchestrator.core.shapes import declared_batches, input_shapes, profiles
 from orchestrator.errors import BuildError
+from orchestrator.passes.base import calibration_rows, first_rows
 from targets.tensorrt_jetson import JetsonOrinTarget
 
 
@@ -97,11 +98,25 @@ def test_run_batched_chunks_pads_a_static_batch_and_splits_outputs_per_sample() 
     run_batched(run, samples, 4, pad=False)
     assert seen == [4, 1]
     assert [len(c["x"]) for c, _ in chunks(samples, 3, pad=True)] == [3, 3]
+    assert padding(samples, 4, pad=True) == 3 and padding(samples, 4, pad=False) == 0
+    assert padding(samples, 5, pad=True) == 0
     model = _model(batch=4)
     assert [len(c["imu"]) for c in calibration_batches(model, [_imu(i) for i in range(6)])] == [
         4,
         4,
     ]
+
+
+def test_calibration_batches_fill_static_batches_and_stack_dynamic_ones_to_the_max() -> None:
+    samples = [_imu(i) for i in range(6)]
+    static = calibration_batches(_model(batch=4), samples)
+    assert [b["imu"][:, 0, 0].tolist() for b in static] == [[0, 1, 2, 3], [4, 5, 0, 1]]
+    dynamic = calibration_batches(_model(), [_imu(i) for i in range(40)])  # max 32
+    assert [len(b["imu"]) for b in dynamic] == [32, 8]
+    assert [len(b["meta"]) for b in dynamic] == [32, 8]
+    assert calibration_rows(dynamic) == 40
+    assert [len(b["imu"]) for b in first_rows(dynamic, 10)] == [32]
+    assert len(first_rows(dynamic, 33)) == 2 and first_rows(dynamic, 0) == dynamic
 
 
 def _imu(i: int) -> dict[str, np.ndarray]:

@@ -11,6 +11,10 @@ returns the model's metric on the evaluation data, higher is better:
 
 ``against_reference()`` scores the same samples against the reference model's own
 predictions instead: parity with the FP32 model, whatever its accuracy.
+
+The predict function is called with batches the model takes (``batch`` samples, the
+last chunk filled with copies of its last sample when ``pad``: a static batch), and
+each sample is scored on its own rows of the outputs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator.core.batches import run_batched
 from orchestrator.core.metrics import mean_foreground_dice
 from orchestrator.passes.base import Inputs
 
@@ -37,12 +42,16 @@ class Evaluation:
     metric: str  # what the score means, for logs and reports
     reference_targets: list[np.ndarray] = field(default_factory=list)
     # per sample: the reference model's own prediction (what parity is scored on)
+    batch: int = 1  # samples the model runs at once
+    pad: bool = False  # a short chunk is filled up to ``batch`` (a static batch)
 
     def against_reference(self) -> Evaluation:
         """The same samples scored against the reference model's predictions (parity)."""
         metric = "agreement" if self.task == "classification" else "dice_vs_reference"
         targets = self.reference_targets
-        return Evaluation(self.samples, targets, self.task, self.classes, metric, targets)
+        return Evaluation(
+            self.samples, targets, self.task, self.classes, metric, targets, self.batch, self.pad
+        )
 
     def score_item(self, index: int, outputs: Sequence[np.ndarray]) -> float:
         """Score of one sample's outputs (the first output holds the logits)."""
@@ -56,7 +65,8 @@ class Evaluation:
     ) -> tuple[float, list[float]]:
         """The metric over ``indices`` (default: every sample) and each sample's score."""
         chosen = range(len(self.samples)) if indices is None else list(indices)
-        per_item = [self.score_item(i, predict(self.samples[i])) for i in chosen]
+        outputs = run_batched(predict, [self.samples[i] for i in chosen], self.batch, self.pad)
+        per_item = [self.score_item(i, out) for i, out in zip(chosen, outputs, strict=True)]
         return (float(np.mean(per_item)) if per_item else 0.0), per_item
 
     def __call__(self, predict: Predict) -> float:
@@ -72,13 +82,17 @@ def make_evaluation(
     labels: np.ndarray | None,
     reference: list[list[np.ndarray]],
     classes: int,
+    batch: int = 1,
+    pad: bool = False,
 ) -> Evaluation:
     """An Evaluation scoring against ``labels``, or against the reference outputs without them."""
     axis = -1 if task == "classification" else 1
     predicted = [np.asarray(r[0]).argmax(axis)[0] for r in reference]
-    parity = Evaluation(samples, predicted, task, classes, "", predicted).against_reference()
+    parity = Evaluation(
+        samples, predicted, task, classes, "", predicted, batch, pad
+    ).against_reference()
     if labels is None:
         return parity
     targets = [np.asarray(labels[i]) for i in range(len(samples))]
     metric = "accuracy" if task == "classification" else "dice_vs_labels"
-    return Evaluation(samples, targets, task, classes, metric, predicted)
+    return Evaluation(samples, targets, task, classes, metric, predicted, batch, pad)

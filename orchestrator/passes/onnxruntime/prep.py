@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
-from orchestrator.passes.base import Inputs, PassContext
+from orchestrator.passes.base import Inputs, PassContext, first_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def quantize_static_qdq(
     source = model.path
     if options.preprocess:
         source = preprocess_for_quantization(source, ctx.workdir)
-    samples = ctx.calibration()
-    if options.samples:
-        samples = samples[: options.samples]
+    samples = first_rows(ctx.calibration(), options.samples)
     methods = {
         "minmax": q.CalibrationMethod.MinMax,
         "entropy": q.CalibrationMethod.Entropy,

@@ -23,7 +23,7 @@ class QuantizeStaticOptions:
     per_channel: bool = True  # one weight scale per output channel
     activation_type: str = field(default="qint8", metadata={"choices": ("qint8", "quint8")})
     weight_type: str = field(default="qint8", metadata={"choices": ("qint8", "quint8")})
-    samples: int = 0  # calibration samples to use (0 = all the model provides)
+    samples: int = 0  # calibration samples to use, in whole batches (0 = all the model provides)
     preprocess: bool = True  # shape inference + graph clean-up before quantizing
     op_types: list[str] = field(default_factory=list)  # quantize only these ops (empty = all)
 

@@ -70,7 +70,7 @@ class NncfQuantizeAccuracy(Pass):
             )
         if options.against == "reference":
             evaluation = evaluation.against_reference()
-        calibration, count = calibration_dataset(nncf, ctx)
+        calibration, items = calibration_dataset(nncf, ctx, options.subset_size)
         # items are sample indices, so the validation function can score each one
         validation = nncf.Dataset(
             list(range(len(evaluation))), lambda i: dict(evaluation.samples[i])
@@ -100,7 +100,7 @@ class NncfQuantizeAccuracy(Pass):
             max_drop=options.max_drop,
             drop_type=drop_type,
             preset=quantization_preset(nncf, options.preset),
-            subset_size=min(options.subset_size, count),
+            subset_size=items,
             fast_bias_correction=options.fast_bias_correction,
             advanced_accuracy_restorer_parameters=advanced,
         )

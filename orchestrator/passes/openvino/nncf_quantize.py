@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
-from orchestrator.passes.base import Pass, PassContext, register_pass
+from orchestrator.passes.base import Pass, PassContext, first_rows, register_pass
 
 
 @dataclass
@@ -16,15 +16,17 @@ class NncfQuantizeOptions:
 
     preset: str = field(default="performance", metadata={"choices": ("performance", "mixed")})
     # performance: symmetric activations; mixed: asymmetric activations (better for ReLU-free nets)
-    subset_size: int = 300  # calibration samples NNCF draws at most
+    subset_size: int = 300  # calibration samples NNCF draws at most (whole batches of them)
     fast_bias_correction: bool = True  # False runs the slower, more exact bias correction
 
 
-def calibration_dataset(nncf: Any, ctx: PassContext) -> tuple[Any, int]:
-    """The model's calibration samples as an ``nncf.Dataset``, and how many there are."""
-    samples = ctx.calibration()
+def calibration_dataset(nncf: Any, ctx: PassContext, subset_size: int) -> tuple[Any, int]:
+    """The model's calibration batches as an ``nncf.Dataset``, and NNCF's ``subset_size``:
+    how many of its items (batches) hold ``subset_size`` samples, at most all of them."""
+    batches = ctx.calibration()
     names = ctx.input_names
-    return nncf.Dataset(samples, lambda s: {n: s[n] for n in names}), len(samples)
+    items = len(first_rows(batches, subset_size))
+    return nncf.Dataset(batches, lambda s: {n: s[n] for n in names}), items
 
 
 def quantization_preset(nncf: Any, name: str) -> Any:
@@ -58,12 +60,12 @@ class NncfQuantize(Pass):
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         ov = require("openvino")
         nncf = require("nncf")
-        dataset, count = calibration_dataset(nncf, ctx)
+        dataset, items = calibration_dataset(nncf, ctx, options.subset_size)
         quantized = nncf.quantize(
             ov.Core().read_model(str(model.path)),
             dataset,
             preset=quantization_preset(nncf, options.preset),
-            subset_size=min(options.subset_size, count),
+            subset_size=items,
             fast_bias_correction=options.fast_bias_correction,
         )
         return save_int8(ov, quantized, ctx)

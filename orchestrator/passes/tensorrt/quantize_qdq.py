@@ -26,7 +26,7 @@ class QuantizeQdqOptions:
         default="minmax", metadata={"choices": ("minmax", "entropy", "percentile")}
     )
     per_channel: bool = True  # one weight scale per output channel
-    samples: int = 0  # calibration samples to use (0 = all the model provides)
+    samples: int = 0  # calibration samples to use, in whole batches (0 = all the model provides)
     op_types: list[str] = field(default_factory=lambda: list(TENSORRT_INT8_OPS))
     # operators to quantize; the rest stay in the network's float precision
     preprocess: bool = True  # shape inference + graph clean-up before quantizing

@@ -1,0 +1,162 @@
+"""Prediction events end to end: real inference on a device (the agent zipapp, a signed and
+activated bundle), a real Mosquitto broker with a password and an ACL per device, the
+collector (SQLite), rules and a webhook received by a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from orchestrator.events.collector import BrokerSettings, Collector
+from orchestrator.events.rules import load_rules
+from orchestrator.events.store import EventQuery, EventStore
+from tests.conftest import ROOT, stop_group
+from tests.events_device import Device, samples
+from tests.mqtt import Broker, needs_mosquitto
+
+pytestmark = [pytest.mark.integration, needs_mosquitto]
+
+FLEET = "ward-a"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker", [(FLEET, "bed-12"), (FLEET, "bed-14")])
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    return Device(tmp_path / "bed-12", "bed-12", FLEET)
+
+
+class Running:
+    """A collector serving in a thread until the test ends."""
+
+    def __init__(self, broker: Broker, db: str, project: Path | None = None) -> None:
+        rules = load_rules(project) if project else []
+        self.store = EventStore(db)
+        self.collector = Collector(self.store, rules)
+        self.stop = threading.Event()
+        settings = BrokerSettings(
+            "127.0.0.1", broker.port, "collector", broker.users["collector"], client_id="c-test"
+        )
+        self.thread = threading.Thread(target=self.collector.serve, args=(settings, self.stop))
+        self.thread.start()
+        wait_for(lambda: self.collector.counters.subscribed >= 1, what="collector subscribed")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.collector.close()
+
+
+def send(device: Device, broker: Broker, user: str | None = None) -> tuple[int, dict]:
+    user = user or device.name
+    return device.run(
+        "send",
+        "--broker",
+        broker.address,
+        "--username",
+        user,
+        "--password-file",
+        str(broker.password_file(user)),
+        "--timeout",
+        "10",
+    )
+
+
+def infer(device: Device, tmp_path: Path, classes: list[int]) -> list[str]:
+    path = tmp_path / f"in-{time.monotonic_ns()}.npz"
+    np.savez(path, **samples(classes))
+    return list(device.ok("infer", "--inputs", str(path))["ids"])
+
+
+def test_events_device_cut_off_from_the_broker_loses_nothing_and_catches_up(
+    broker: Broker, device: Device, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'events.db'}"
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "config.yaml").write_text("{}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGESHIP_ROOT": str(project)}
+    log = (tmp_path / "collector.log").open("w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", "events", "serve", "--broker",
+         broker.address, "--username", "collector", "--password-file",
+         str(broker.password_file("collector")), "--db", db],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    store = EventStore(db)
+    try:
+        wait_for(lambda: _subscriptions(broker) == 1, what="collector subscribed")
+        first = infer(device, tmp_path, [2, 1, 0])
+        code, answer = send(device, broker)
+        assert code == 0 and answer["sent"] == 3, answer
+        wait_for(lambda: store.count() == 3, what="3 events stored")
+
+        broker.stop()
+        backlog = infer(device, tmp_path, [0, 0, 1, 2])
+        code, answer = send(device, broker)
+        assert code == 1 and "unreachable" in answer["message"]
+        assert device.ok("events")["outbox"]["pending"] == 4
+
+        broker.start()
+        # the collector reconnects and subscribes again before the device's backlog goes out
+        wait_for(lambda: _subscriptions(broker) == 2, what="collector subscribed again")
+        code, answer = send(device, broker)
+        assert code == 0 and answer["sent"] == 4, answer
+        assert answer["outbox"]["pending"] == 0
+        wait_for(lambda: store.count() == 7, what="backlog stored")
+        rows = store.query(EventQuery(device="bed-12", limit=100))
+        assert sorted(r["id"] for r in rows) == sorted(first + backlog)
+        assert {r["deployment"] for r in rows} == {"demo"}
+        assert {r["bundle_digest"] for r in rows} == {device.digest}
+        preds = {r["id"]: r["prediction"] for r in rows}
+        assert [preds[i] for i in backlog] == ["Standing", "Standing", "Walking", "Running"]
+
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli.main", "events", "--db", db,
+             "--device", "bed-12", "--version", "1", "--json"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert sorted(e["id"] for e in json.loads(out.stdout)) == sorted(first + backlog)
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli.main", "events", "--db", db,
+             "--device", "bed-14", "--json"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(out.stdout) == []
+    finally:
+        store.close()
+        stop_group(serve)
+        log.close()
+    assert "stored 7, duplicates 0, refused 0" in (tmp_path / "collector.log").read_text()
+
+
+def _subscriptions(broker: Broker, client: str = "edgeship-collector") -> int:
+    """How many times the broker's log shows the collector's subscription being granted."""
+    return broker.log.read_text().count(f"{client} 1 edgeship/+/+/events")

@@ -205,8 +205,16 @@ def test_events_device_cannot_publish_as_another_device(
 def test_events_duplicate_delivery_is_stored_once(broker: Broker, tmp_path: Path) -> None:
     collector = Running(broker, f"sqlite:///{tmp_path / 'events.db'}")
     try:
-        event = {"id": "0b7c9f0e-1", "deployment": "demo", "version": 1, "prediction": "Running",
-                 "score": 0.97, "device": "bed-12", "fleet": FLEET, "time": "2026-01-01T00:00:00Z"}  # fmt: skip
+        event = {
+            "id": "0b7c9f0e-1",
+            "deployment": "demo",
+            "version": 1,
+            "prediction": "Running",
+            "score": 0.97,
+            "device": "bed-12",
+            "fleet": FLEET,
+            "time": "2026-01-01T00:00:00Z",
+        }
         other = dict(event, id="0b7c9f0e-2")
         _publish(broker, "bed-12", f"edgeship/{FLEET}/bed-12/events", [event, event, other])
         wait_for(lambda: collector.collector.counters.duplicates == 1, what="the duplicate seen")
@@ -224,7 +232,7 @@ class _Hook(BaseHTTPRequestHandler):
     calls: list[dict] = []
     failures_left = 0
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if type(self).failures_left > 0:  # the receiver is down for a moment: a retry follows
             type(self).failures_left -= 1

@@ -103,19 +103,9 @@ def test_episodes_fire_once_per_run_of_consecutive_matches(tmp_path: Path) -> No
         "webhook: {url: 'http://127.0.0.1:1/x'}\n",
     )
     episodes = Episodes(load_rules(root))
-    fired = [
-        bool(episodes.feed({"prediction": p}, device))
-        for p, device in [
-            ("R", "a"),
-            ("R", "b"),
-            ("R", "a"),
-            ("R", "a"),
-            ("W", "a"),
-            ("R", "a"),
-            ("R", "b"),
-            ("R", "a"),
-        ]  # fmt: skip
-    ]
+    feed = [("R", "a"), ("R", "b"), ("R", "a"), ("R", "a"), ("W", "a"), ("R", "a"), ("R", "b")]
+    feed.append(("R", "a"))
+    fired = [bool(episodes.feed({"prediction": p}, device)) for p, device in feed]
     assert fired == [False, False, True, False, False, False, True, True]
 
 

@@ -286,3 +286,22 @@ def test_events_rule_fires_its_webhook_once_per_episode(
     finally:
         collector.close()
         server.shutdown()
+
+
+def test_events_run_replay_infers_and_sends_every_sample(
+    broker: Broker, device: Device, tmp_path: Path
+) -> None:
+    collector = Running(broker, f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        path = tmp_path / "replay.npz"
+        np.savez(path, **samples([0, 1, 2]))
+        answer = device.ok(
+            "run", "--replay", str(path), "--interval", "0", "--broker", broker.address,
+            "--username", "bed-12", "--password-file", str(broker.password_file("bed-12")),
+        )  # fmt: skip
+        assert (answer["sent"], answer["outbox"]["pending"]) == (3, 0)
+        wait_for(lambda: collector.store.count() == 3, what="3 replayed events stored")
+        rows = collector.store.query(EventQuery(device="bed-12"))
+        assert sorted(r["prediction"] for r in rows) == ["Running", "Standing", "Walking"]
+    finally:
+        collector.close()

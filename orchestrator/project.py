@@ -46,6 +46,7 @@ ENV_KEY_PASSPHRASE = "EDGESHIP_KEY_PASSPHRASE"
 ENV_SIM_STATE = "EDGESHIP_SIM_STATE"
 ENV_FULL_ERROR = "EDGESHIP_FULL_ERROR"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_EVENTS_DB = "EDGESHIP_EVENTS_DB"
 
 MARKER = Path("conf") / "config.yaml"
 MARKER_DIR = Path("conf") / "deployment"
@@ -145,3 +146,12 @@ def full_errors() -> bool:
 def tracking_uri(root: Path) -> str:
     """``$MLFLOW_TRACKING_URI``, else the SQLite store ``<project>/mlflow.db``."""
     return os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def events_db_url(root: Path) -> str:
+    """``$EDGESHIP_EVENTS_DB`` (a SQLAlchemy URL), else ``<project>/.edgeship/events.db``."""
+    env = os.environ.get(ENV_EVENTS_DB)
+    if env:
+        return env
+    (root / ".edgeship").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / '.edgeship' / 'events.db'}"

@@ -493,7 +493,17 @@ def runtime_config(
 ) -> dict[str, Any]:
     """The artifact's runtime.json: what a device needs to run the model as validated."""
     cfg = spec.config
-    return {
+    events = cfg.deployment.events
+    extra: dict[str, Any] = {}
+    if events.enabled:  # only then: an artifact without events keeps its runtime.json digest
+        extra["events"] = {
+            "fields": list(events.fields),
+            "include_inputs": bool(events.include_inputs),
+            "outbox_max": int(events.outbox_max),
+            "multi_label": bool(cfg.model.multi_label),
+            "threshold": float(cfg.model.threshold),
+        }
+    return extra | {
         "schema": 1,
         "deployment": cfg.deployment.name,
         "task": cfg.model.task,

@@ -164,6 +164,30 @@ class ValidateOnConfig:
     timeout: float = 1800.0  # with lab: seconds the device may take for one candidate
 
 
+EVENT_FIELDS = (
+    "prediction",  # classification: the top class; segmentation: per-class voxel counts
+    "score",  # classification: the top class's probability
+    "latency_ms",  # the inference's wall time on the device
+    "deployment",  # the deployment's name
+    "version",  # the bundle version the device runs
+    "bundle_digest",  # sha256 of the bundle's manifest.json
+    "model_sha256",  # sha256 of the model file
+    "device",  # the device's enrolled name
+    "fleet",  # the device's fleet
+    "time",  # UTC time of the inference (ISO 8601)
+)
+
+
+@dataclass
+class EventsConfig:
+    """Prediction events a device emits per inference (see docs/events.md)."""
+
+    enabled: bool = False  # emit one event per inference into the device's outbox
+    fields: List[str] = field(default_factory=lambda: list(EVENT_FIELDS))  # what each carries
+    include_inputs: bool = False  # also carry the raw inputs (patient data): only when asked
+    outbox_max: int = 10000  # events kept on the device; the oldest are dropped (and counted)
+
+
 @dataclass
 class DeploymentConfig:
     """A model x recipe x target, and the gates its artifact must pass."""
@@ -173,6 +197,7 @@ class DeploymentConfig:
     gates: List[str] = field(default_factory=list)  # e.g. "agreement >= 0.99"
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # measurement
     validate_on: ValidateOnConfig = field(default_factory=ValidateOnConfig)  # build or lab device
+    events: EventsConfig = field(default_factory=EventsConfig)  # prediction events from devices
 
 
 @dataclass
@@ -183,6 +208,29 @@ class EdgeshipConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+
+
+@dataclass
+class WebhookConfig:
+    """An HTTP POST with a JSON body: the rule, the device and the events that matched."""
+
+    url: str = MISSING  # http:// or https:// address
+    headers: Dict[str, str] = field(default_factory=dict)  # extra request headers
+    retries: int = 5  # attempts after the first one
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    timeout: float = 10.0  # seconds one request may take
+
+
+@dataclass
+class ActionRuleConfig:
+    """A rule under conf/actions/: a condition on event fields and what to do when it holds."""
+
+    name: str = MISSING  # rule identifier (the file name)
+    description: str = ""  # one line for people
+    when: str = MISSING  # e.g. 'prediction == "Running" and score >= 0.9'
+    consecutive: int = 1  # events of one device in a row that must match
+    deployment: str = ""  # only events of this deployment (empty: all)
+    webhook: WebhookConfig = MISSING  # the action
 
 
 # group name -> schema of one option of that group

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.schema import TASKS
+from orchestrator.core.schema import EVENT_FIELDS, TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
 from orchestrator.passes.base import registered_passes
 from orchestrator.spec.files import list_options, read_option
@@ -434,6 +434,32 @@ def check_deployment(spec: Mapping[str, Any], report: Report, option: str) -> No
         report("deployment.validation.latency_runs", f"expected 1 or more, found {runs}")
 
 
+def check_events(spec: Mapping[str, Any], report: Report) -> None:
+    """``deployment.events``: known fields, once each, and an outbox of at least one event."""
+    events = _get(spec, "deployment", "events")
+    if not isinstance(events, Mapping):
+        return
+    fields = events.get("fields")
+    seen: set[str] = set()
+    for i, name in enumerate(fields if isinstance(fields, list) else []):
+        key = f"deployment.events.fields[{i}]"
+        if not isinstance(name, str):
+            continue  # the schema check reports the type
+        if name not in EVENT_FIELDS:
+            report(key, unknown_name_message("event field", name, EVENT_FIELDS))
+        elif name in seen:
+            report(key, f"expected each field once, found '{name}' again")
+        seen.add(name)
+    size = events.get("outbox_max")
+    if isinstance(size, int) and not isinstance(size, bool) and size < 1:
+        report("deployment.events.outbox_max", f"expected 1 or more, found {size}")
+    if events.get("include_inputs") is True and events.get("enabled") is not True:
+        report(
+            "deployment.events.include_inputs",
+            "expected false while events are not enabled (enabled: false), found true",
+        )
+
+
 def check_validate_on(spec: Mapping[str, Any], report: Report, root: Path) -> None:
     """With ``deployment.validate_on.where: lab``, the fleet must have a lab device of the
     target's family (checked before any work)."""
@@ -478,3 +504,4 @@ def check_spec(
     check_deployment(spec, report, choices.get("deployment", ""))
     check_latency_batches(spec, report)
     check_validate_on(spec, report, root)
+    check_events(spec, report)

@@ -24,6 +24,11 @@ Commands (JSON on stdout)::
     sftp-server            OpenSSH's sftp-server as the agent user (uploads into staging/)
     as-agent-user CMD      a shell command as the agent user (the sender's checks of staged
                            files: sha256sum, removal of a refused upload)
+    infer --inputs FILE    run the current bundle on every sample of an .npz; one prediction
+                           event each into the outbox (runtime.json's events, docs/events.md)
+    send                   publish the outbox to the MQTT broker (QoS 1; needs paho-mqtt)
+    run --replay FILE      infer sample after sample and send as the network allows
+    events                 the outbox: waiting, sent and dropped events
 
 ``--user NAME`` (set by the wrapper ``<root>/bin/edgeship-agent``) is the agent
 user: started as root, the agent drops to it before anything else, and it
@@ -64,6 +69,7 @@ from .errors import (
     Nothing,
     Refusal,
 )
+from .events import events_command
 from .health import health_run
 from .log import emit
 from .measure import measure_run
@@ -117,6 +123,19 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sftp-server", help="OpenSSH's sftp-server as the agent user")
     s = sub.add_parser("as-agent-user", help="a shell command as the agent user")
     s.add_argument("shell_command")
+    s = sub.add_parser("infer", help="run the current bundle on an .npz; queue one event each")
+    s.add_argument("--inputs", required=True, help=".npz of runtime.json's inputs, batch first")
+    for name in ("send", "run"):
+        s = sub.add_parser(name, help="publish the event outbox" if name == "send" else "replay")
+        s.add_argument("--broker", default=None, metavar="HOST:PORT")
+        s.add_argument("--username", default=None)
+        s.add_argument("--password-file", default=None)
+        s.add_argument("--ca-file", default=None, help="CA of the broker's TLS certificate")
+        s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    s.add_argument("--replay", required=True, help=".npz whose samples are inferred in turn")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between inferences")
+    s.add_argument("--drain", type=float, default=60.0, help="seconds to keep sending after")
+    sub.add_parser("events", help="the event outbox: waiting, sent, dropped")
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
     s = sub.add_parser("measure-run", help=argparse.SUPPRESS)
@@ -211,6 +230,10 @@ def main(argv: list | None = None) -> int:
             agent.device()
             emit(agent.update_trust(args.file, args.sig))
             return EXIT_OK
+        if args.command in ("infer", "send", "run", "events"):
+            result = events_command(agent, args)
+            emit(result)
+            return EXIT_OK if result["result"] == "ok" else EXIT_ERROR
         if args.command == "init":
             emit(agent.init(args.name, args.family, args.trust, args.reset_trust, args.fleet))
             return EXIT_OK

@@ -68,7 +68,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def _install_ids(salt: str, fraction: float) -> tuple[str, str]:
     """(an install id inside a staged rollout of ``fraction``, one outside it)."""
-    inside = next(f"install-{i:03d}" for i in range(1000) if bucket(salt, f"install-{i:03d}") < fraction)
+    inside = next(
+        f"install-{i:03d}" for i in range(1000) if bucket(salt, f"install-{i:03d}") < fraction
+    )
     outside = next(
         f"install-{i:03d}" for i in range(1000) if bucket(salt, f"install-{i:03d}") >= fraction
     )
@@ -361,7 +363,11 @@ def _generate(
 
     act, ref = "activated", "refused"
     cases = [
-        case("activate", [("v1", act, 1, None)], note="a fresh install takes v1 and runs its smoke test"),
+        case(
+            "activate",
+            [("v1", act, 1, None)],
+            note="a fresh install takes v1 and runs its smoke test",
+        ),
         case("unchanged", [("v1", act, 1, None), ("v1", "unchanged", 1, None)]),
         case("upgrade", [("v1", act, 1, None), ("v2", act, 2, None)]),
         case("staged_in", [("v2_half", act, 2, None)], install_id=staged_in),
@@ -386,7 +392,9 @@ def _generate(
         case("unhealthy", [("v1", act, 1, None), ("v4_bad_smoke", "unhealthy", 1, None)]),
         case("unhealthy_fresh", [("v4_bad_smoke", "unhealthy", None, None)]),
         case("tampered_model", [("v1", act, 1, None), ("tampered_model", ref, 1, "hash_mismatch")]),
-        case("oversized_model", [("v1", act, 1, None), ("oversized_model", ref, 1, "hash_mismatch")]),
+        case(
+            "oversized_model", [("v1", act, 1, None), ("oversized_model", ref, 1, "hash_mismatch")]
+        ),
         case("forged_index", [("v1", act, 1, None), ("forged_index", ref, 1, "hash_mismatch")]),
         case(
             "replayed_index",

@@ -106,7 +106,9 @@ def test_typescript_client_gives_every_fixture_the_same_verdict(fixtures: Path) 
     if npm is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("npm is not installed (install Node.js 20 or later)", pytrace=False)
-        pytest.skip("npm is not installed: install Node.js 20 or later to test the TypeScript client")
+        pytest.skip(
+            "npm is not installed: install Node.js 20 or later to test the TypeScript client"
+        )
     env = dict(os.environ, EDGESHIP_PHONE_FIXTURES=str(fixtures))
     install = subprocess.run(
         [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],

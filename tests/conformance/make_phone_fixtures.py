@@ -21,6 +21,7 @@ and the TypeScript client (``clients/react-native``, ``npm test`` with
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -127,8 +128,6 @@ class FeedWriter:
         expires: datetime | None = None,
         key: Ed25519PrivateKey | None = None,
     ) -> None:
-        import hashlib
-
         moment = datetime.now(UTC)
         kid, private = self.store.timestamp_key()
         doc = {

@@ -190,6 +190,32 @@ class SelectionResult:
             lines.append(f"\nMeasured on the build machine: {note}")
         return "\n".join(lines) + "\n"
 
+    def summary(self, width: int = 100) -> str:
+        """The comparison for a terminal: plain columns within ``width`` characters (the
+        full table is comparison.md); a failed candidate's first reason, shortened."""
+        where = f"lab device {self.measured_on['device']}" if self.measured_on else "build machine"
+        head = (
+            f"{self.deployment}: {len(self.candidates)} candidate(s) on {self.target}, "
+            f"ranked by {self.select_by} measured on the {where}"
+        )
+        columns = ("recipe", "status", self.select_by, "p95_ms", self.parity_metric, "size_mb")
+        rows = [[_cell(r.get(c)) for c in columns] for r in self.rows()]
+        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+        lines = [head[:width], "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+        used = sum(widths) + 2 * len(widths)
+        for row, data in zip(rows, self.rows(), strict=True):
+            line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
+            why = str(data.get("why_not") or "").split("; ")[0]
+            room = width - used - 2
+            if why and room > 12:
+                line += "  " + (why if len(why) <= room else why[: room - 3] + "...")
+            lines.append(line.rstrip()[:width])
+        if self.winner is not None:
+            lines.append(f"winner: {self.winner.recipe}")
+        else:
+            lines.append("no candidate passed every gate; nothing was installed")
+        return "\n".join(lines) + "\n"
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -350,6 +376,24 @@ def run_selection(
     return result
 
 
+def _announce(result: SelectionResult, on_step: Step | None) -> None:
+    """The result of the candidate just built, as soon as it is known."""
+    if on_step is None:
+        return
+    c = result.candidates[-1]
+    m = c.metrics
+    figures = [
+        f"{name} {_cell(m.get(name))}"
+        for name in (result.select_by, result.parity_metric)
+        if m.get(name) is not None
+    ]
+    why = "; ".join(c.failed_gates) or c.message or ""
+    text = f"  {c.recipe}: {c.status.upper()} in {c.seconds:.1f}s"
+    text += (", " + ", ".join(figures)) if figures else ""
+    text += f" ({why})" if why and c.status != "passed" else ""
+    on_step(text)
+
+
 def _build_candidates(
     result: SelectionResult,
     usable: list[ComposedSpec],
@@ -398,6 +442,7 @@ def _build_candidates(
                     seconds=time.perf_counter() - t0,
                 )
             )
+            _announce(result, on_step)
             continue
         except (BuildError, MissingDependencyError) as exc:
             status = "skipped" if isinstance(exc, MissingDependencyError) else "error"
@@ -406,6 +451,7 @@ def _build_candidates(
             result.candidates.append(
                 Candidate(recipe, status, message=first, seconds=time.perf_counter() - t0)
             )
+            _announce(result, on_step)
             continue
         result.candidates.append(
             Candidate(
@@ -418,6 +464,7 @@ def _build_candidates(
                 build=build,
             )
         )
+        _announce(result, on_step)
     shutil.rmtree(export.folder, ignore_errors=True)
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +110,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _step_printer(prefix: str) -> Callable[[str], None]:
-    def show(step: str) -> None:
-        _err(f"[{prefix}] {step}")
+class _Steps:
+    """The steps of a build as they happen: on a terminal, rich's live lines (a spinner and
+    the time of the running step, every finished step with its time); otherwise (a pipe, a
+    log, CI) one plain line per step on stderr."""
 
-    return show
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.progress: Any = None
+        self.task: Any = None
+        if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                SpinnerColumn(finished_text="[green]done[/]"),
+                TextColumn("[bold]{task.fields[prefix]}[/] {task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.progress.start()
+
+    def __call__(self, step: str) -> None:
+        if self.progress is None:
+            _err(f"[{self.prefix}] {step}")
+            return
+        self._finish_task()
+        self.task = self.progress.add_task(step, total=1, prefix=self.prefix)
+
+    def _finish_task(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=1)
+            self.task = None
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self._finish_task()
+            self.progress.stop()
+            self.progress = None
+
+
+def _step_printer(prefix: str) -> _Steps:
+    return _Steps(prefix)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -149,13 +186,17 @@ def cmd_build(args: argparse.Namespace) -> int:
             if spec.config.recipe.select:
                 result = _run_selection(spec, args, report_dir, measurer)
             else:
-                result = run_build(
-                    spec,
-                    on_step=_step_printer(spec.name),
-                    record=not args.no_record,
-                    report_dir=report_dir,
-                    measurer=measurer,
-                )
+                steps = _step_printer(spec.name)
+                try:
+                    result = run_build(
+                        spec,
+                        on_step=steps,
+                        record=not args.no_record,
+                        report_dir=report_dir,
+                        measurer=measurer,
+                    )
+                finally:
+                    steps.close()
         except GateFailure as exc:
             failures += 1
             _err(str(exc))
@@ -199,21 +240,27 @@ def _run_selection(
     from orchestrator.build.select import NoCandidatePassedError, run_selection
 
     t0 = time.perf_counter()
+    steps = _step_printer(spec.name)
     try:
         selection = run_selection(
             spec,
-            on_step=_step_printer(spec.name),
+            on_step=steps,
             record=not args.no_record,
             report_dir=report_dir,
             measurer=measurer,
         )
     except NoCandidatePassedError as exc:
-        (_err if args.json else print)(exc.result.markdown())
+        steps.close()
+        (_err if args.json else print)(exc.result.summary())
         raise
+    finally:
+        steps.close()
+    table = selection.summary()
     if args.json:
-        _err(selection.markdown())
+        _err(table)
     else:
-        print(selection.markdown())
+        print(table, end="")
+        print("  full table: selection/comparison.md in the artifact folder")
         if selection.parent_run_id:
             print(f"  selection run: {selection.parent_run_id}")
     build = selection.winner_build()

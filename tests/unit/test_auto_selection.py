@@ -136,3 +136,18 @@ def test_no_passing_candidate_lists_every_failure_and_exits_4() -> None:
     assert "b: error: recipe.passes[0] (onnx_fp16) failed: boom" in text
     assert "c: skipped: tensorrt is not available" in text
     assert "foreign" not in text  # recipes the target cannot run were never candidates
+
+
+def test_terminal_summary_fits_100_columns_and_names_the_winner() -> None:
+    why = "agreement >= 0.99: FAIL (0.93); " + "p95_ms <= 1: FAIL " * 10
+    result = _result(
+        Candidate("a_recipe_with_a_rather_long_name", "failed", {"p50_ms": 1.0}, [why]),
+        Candidate("quick", "passed", {"p50_ms": 3.123456, "p95_ms": 4.0, "agreement": 1.0}),
+    )
+    _choose(result)
+    text = result.summary()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert lines[-1] == "winner: quick"
+    assert "agreement >= 0.99" in text  # the first reason, shortened to fit
+    assert "WINNER" in text and "3.123" in text

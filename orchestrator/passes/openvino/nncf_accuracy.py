@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.model_file import ModelFile
+from orchestrator.core.quiet import third_party_output
 from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
@@ -92,17 +93,18 @@ class NncfQuantizeAccuracy(Pass):
         drop_type = {"absolute": nncf.DropType.ABSOLUTE, "relative": nncf.DropType.RELATIVE}[
             options.drop_type
         ]
-        quantized = nncf.quantize_with_accuracy_control(
-            ov.Core().read_model(str(model.path)),
-            calibration,
-            validation,
-            validate,
-            max_drop=options.max_drop,
-            drop_type=drop_type,
-            preset=quantization_preset(nncf, options.preset),
-            subset_size=items,
-            fast_bias_correction=options.fast_bias_correction,
-            advanced_accuracy_restorer_parameters=advanced,
-        )
+        with third_party_output("nncf", ("nncf",)):
+            quantized = nncf.quantize_with_accuracy_control(
+                ov.Core().read_model(str(model.path)),
+                calibration,
+                validation,
+                validate,
+                max_drop=options.max_drop,
+                drop_type=drop_type,
+                preset=quantization_preset(nncf, options.preset),
+                subset_size=items,
+                fast_bias_correction=options.fast_bias_correction,
+                advanced_accuracy_restorer_parameters=advanced,
+            )
         log.info("nncf accuracy control on %s (max drop %s)", evaluation.metric, options.max_drop)
         return save_int8(ov, quantized, ctx)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.core.model_file import ModelFile
+from orchestrator.core.quiet import third_party_output
 from orchestrator.core.runtime_imports import require
 from orchestrator.passes.base import Pass, PassContext, first_rows, register_pass
 
@@ -61,11 +62,12 @@ class NncfQuantize(Pass):
         ov = require("openvino")
         nncf = require("nncf")
         dataset, items = calibration_dataset(nncf, ctx, options.subset_size)
-        quantized = nncf.quantize(
-            ov.Core().read_model(str(model.path)),
-            dataset,
-            preset=quantization_preset(nncf, options.preset),
-            subset_size=items,
-            fast_bias_correction=options.fast_bias_correction,
-        )
+        with third_party_output("nncf", ("nncf",)):
+            quantized = nncf.quantize(
+                ov.Core().read_model(str(model.path)),
+                dataset,
+                preset=quantization_preset(nncf, options.preset),
+                subset_size=items,
+                fast_bias_correction=options.fast_bias_correction,
+            )
         return save_int8(ov, quantized, ctx)

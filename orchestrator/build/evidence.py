@@ -37,8 +37,14 @@ def latency_rows(result: Validation) -> list[dict[str, Any]]:
     return rows
 
 
+def _gates_on(result: Validation, *metrics: str) -> list[Any]:
+    """The deployment's gates on any of ``metrics`` (drawn on the plot of that metric)."""
+    return [g.gate for g in result.gates if g.gate.metric in metrics]
+
+
 def _latency_plot(folder: Path, name: str, result: Validation) -> str:
-    """One histogram per measured batch size, with its p50/p95/p99, and the data as JSON."""
+    """One histogram per measured batch size, with its p50/p95/p99 and the latency gates on
+    that batch size (red), and the data as JSON."""
     plt = _pyplot()
     rows = latency_rows(result)
     by_batch = result.details.get("latency_by_batch", [])
@@ -51,6 +57,10 @@ def _latency_plot(folder: Path, name: str, result: Validation) -> str:
         ax.hist(times, bins=min(30, max(5, len(times) // 2)), color="#3b75af")
         for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
             ax.axvline(entry[q], color="k", linestyle=style, label=f"{q[:-3]} {entry[q]:.2f} ms")
+        plain = ("p50_ms", "p95_ms", "p99_ms", "mean_ms") if entry is by_batch[0] else ()
+        suffixed = tuple(f"{q}.batch{batch}" for q in ("p50_ms", "p95_ms", "p99_ms", "mean_ms"))
+        for gate in _gates_on(result, *plain, *suffixed):
+            ax.axvline(gate.threshold, color="#c44e52", linewidth=2, label=f"gate: {gate}")
         ax.set(xlabel="latency (ms)", ylabel="runs", title=f"{name}: latency, batch {batch}")
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -87,7 +97,7 @@ def write_plots(
     ax.set(
         xlabel="reference output (PyTorch)",
         ylabel="artifact output",
-        title=f"parity, max |error| {result.metrics['max_abs_error']:.3g}",
+        title=f"{name}: parity, max |error| {result.metrics['max_abs_error']:.3g}",
     )
     fig.tight_layout()
     fig.savefig(folder / "parity_scatter.png", dpi=100)
@@ -104,7 +114,7 @@ def write_plots(
         ax.set_yticks(range(len(labels)), labels)
         for (i, j), v in np.ndenumerate(matrix):
             ax.text(j, i, str(v), ha="center", va="center")
-        ax.set(xlabel="artifact prediction", ylabel="true label", title="confusion matrix")
+        ax.set(xlabel="artifact prediction", ylabel="true label", title=f"{name}: confusion")
         fig.tight_layout()
         fig.savefig(folder / "confusion_matrix.png", dpi=100)
         plt.close(fig)
@@ -125,7 +135,14 @@ def write_plots(
         ax.bar(x - 0.2, vs_ref, 0.4, label="vs reference output")
         ax.bar(x + 0.2, vs_lab, 0.4, label="vs labels")
         ax.set_xticks(x, classes, rotation=30, ha="right")
-        ax.set(ylim=(0, 1.05), ylabel="Dice", title=f"{name}: Dice per class")
+        gates = _gates_on(result, "dice_vs_reference", "min_dice_vs_reference", "dice_vs_labels")
+        for gate in gates:
+            ax.axhline(gate.threshold, color="#c44e52", linewidth=1.5, label=f"gate: {gate}")
+        # the gates speak of 0.99-level differences: the axis starts just below the lowest
+        # bar or threshold instead of at 0, so those differences are visible
+        shown = [v for v in [*vs_ref, *vs_lab, *(g.threshold for g in gates)] if v == v]
+        low = max(0.0, min(shown, default=0.0) - 0.02)
+        ax.set(ylim=(low, 1.002), ylabel="Dice", title=f"{name}: Dice per class")
         ax.legend(loc="lower right")
         fig.tight_layout()
         fig.savefig(folder / "dice_per_class.png", dpi=100)

@@ -392,14 +392,16 @@ def validated_on_tags(result: Validation) -> dict[str, str]:
 
 
 def copy_reports(artifact_dir: Path, report_dir: Path) -> None:
-    """The DVC metrics and plot data of an artifact (``metrics.json``, ``validation.json``,
-    ``plots/*.json``), replaced as a whole in ``report_dir``."""
+    """The DVC metrics and plots of an artifact (``metrics.json``, ``validation.json``,
+    ``plots/*.json`` and ``plots/*.png``), replaced as a whole in ``report_dir``."""
     reports = {
         "metrics.json": artifact_dir / "metrics.json",
         "validation.json": artifact_dir / "validation.json",
     }
     for plot in sorted((artifact_dir / "plots").glob("*.json")):
         reports[f"plots/{plot.name}"] = plot
+    for image in sorted((artifact_dir / "plots").glob("*.png")):  # `dvc plots`, offline
+        reports[f"plots/{image.name}"] = image
     copy_tree_atomic(reports, report_dir)
 
 

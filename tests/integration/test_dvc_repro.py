@@ -113,3 +113,15 @@ def test_dvc_repro_builds_then_noop_then_only_what_changed(repo: Path) -> None:
 
     metrics = _run(repo, str(BIN / "dvc"), "metrics", "show")
     assert "reports/posture_server/metrics.json" in metrics and "agreement" in metrics
+
+    # the plots are images the build rendered: `dvc plots show` writes them into its page,
+    # no vega specification (and so no script from a CDN) needed to see them
+    images = [
+        f"reports/{d}/plots/{p}.png"
+        for d in ("posture_server", "posture_nuc")
+        for p in ("latency_histogram", "parity_scatter")
+    ]
+    _run(repo, str(BIN / "dvc"), "plots", "show", "-o", "plots_out", *images)
+    page = (repo / "plots_out" / "index.html").read_text()
+    assert "latency_histogram.png" in page and "parity_scatter.png" in page
+    assert (repo / "reports" / "posture_nuc" / "plots" / "latency_histogram.png").is_file()

@@ -60,6 +60,11 @@ class Tracker:
     """A thin, typed facade over the MLflow client for edgeship's records."""
 
     def __init__(self, root: Path) -> None:
+        import os
+
+        # edgeship prints its own run lines; MLflow's "View run ... at" on stdout would be
+        # mixed into tables and --json answers
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -200,6 +205,30 @@ class Tracker:
         except MlflowException:
             return None
         return max((str(v.version) for v in found), key=int, default=None)
+
+    def register_artifact(
+        self,
+        deployment: str,
+        run_id: str,
+        digest: str,
+        tags: Mapping[str, str],
+        description: str | None = None,
+    ) -> tuple[str, bool]:
+        """Register the run's MLflow model as the ``candidate`` of ``deployment``, unless a
+        version with the same artifact digest exists: then that version becomes the
+        candidate again and nothing new is registered. Returns (version, reused)."""
+        version = self.version_with_digest(deployment, digest)
+        if version is not None:
+            self.set_alias(deployment, CANDIDATE_ALIAS, version)
+            return version, True
+        version = self.register(
+            deployment,
+            run_id,
+            tags={**tags, ARTIFACT_DIGEST: digest},
+            description=description,
+            model=True,
+        )
+        return version, False
 
     def register(
         self,

@@ -288,18 +288,9 @@ def _build(
                 if result.passed:
                     tracker.log_model(run_id, staging)
                 if result.passed and register:
-                    version = tracker.version_with_digest(name, digest)
-                    reused = version is not None
-                    if version is not None:  # the same artifact as a registered version
-                        tracker.set_alias(name, CANDIDATE, version)
-                    else:
-                        version = tracker.register(
-                            name,
-                            run_id,
-                            tags={**lineage_tags, ARTIFACT_DIGEST: digest},
-                            description=description,
-                            model=True,
-                        )
+                    version, reused = tracker.register_artifact(
+                        name, run_id, digest, lineage_tags, description
+                    )
                     tracker.set_tags(run_id, {"edgeship.model_version": version})
         write_json(
             staging / "build.json",
@@ -320,9 +311,6 @@ def _build(
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
     return build
-
-
-CANDIDATE = "candidate"
 
 
 def _datasets(model: ModelConfig, data: Any, calibration: list[Any]) -> list[Any]:

@@ -213,7 +213,7 @@ class SelectionResult:
         if self.winner is not None:
             lines.append(f"winner: {self.winner.recipe}")
         else:
-            lines.append("no candidate passed every gate; nothing was installed")
+            lines.append("No candidate passed every gate; nothing was installed.")
         return "\n".join(lines) + "\n"
 
 
@@ -560,8 +560,17 @@ def _install_winner(
     info = json.loads(info_path.read_text())
     if tracker is not None and winner.run_id is not None:
         # the registered version names the source it was built from, as a plain build's does
+        from registry.mlflow_model import artifact_digest
+
         lineage = source_tags(info["source"]) if info.get("source") else {}
-        result.model_version = tracker.register(result.deployment, winner.run_id, tags=lineage)
+        description = tracker.client.get_run(winner.run_id).data.tags.get("mlflow.note.content")
+        result.model_version, _ = tracker.register_artifact(
+            result.deployment,
+            winner.run_id,
+            artifact_digest(winner.artifact_dir),
+            lineage,
+            description,
+        )
         tracker.set_tags(
             winner.run_id,
             {"edgeship.model_version": result.model_version, "edgeship.selection": "winner"},

@@ -400,11 +400,22 @@ class Tracker:
                 f"error: MLflow at {self.uri}: tagging the build run: {exc}"
             ) from exc
 
-    def tag_version(self, model: str, version: str, tags: Mapping[str, str]) -> None:
-        """Tags on a registered model version (bundles issued from it, rollouts of it)."""
+    def tag_version(self, model: str, version: str, tags: Mapping[str, str]) -> bool:
+        """Tags on a registered model version (bundles issued from it, rollouts of it);
+        False when that version is not (or no longer) in the registry."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(model, version)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise TrackingError(f"error: MLflow at {self.uri}: {exc}") from exc
+            log.warning("MLflow: %s version %s is not registered; not tagged", model, version)
+            return False
         try:
             for k, v in tags.items():
                 self.client.set_model_version_tag(model, version, k, str(v))
+            return True
         except Exception as exc:
             raise TrackingError(
                 f"error: MLflow at {self.uri}: tagging {model} v{version}: {exc}"

@@ -134,7 +134,7 @@ def validate_on_device(
     figures = dict(answer.get("metrics") or {})
     timing = {
         **figures,
-        "latency_samples_ms": answer.get("latency_samples_ms") or [],
+        "latency_samples_ms": answer.get("latency_samples_ms") or {},
         "by_batch": answer.get("by_batch") or [],
         "load_ms": figures.get("load_ms"),
     }

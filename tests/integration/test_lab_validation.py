@@ -157,7 +157,7 @@ def test_auto_picks_the_candidate_fastest_on_the_lab_device(
     for device, slowed in (("lab-int8", "ort_int8_dynamic"), ("lab-float", "ort_fp32")):
         winner, rows = _select(lab, device)
         out = capsys.readouterr().out
-        assert f"ranked by the figures measured on lab device {device}" in out
+        assert f"ranked by p50_ms measured on the lab device {device}" in out
         other = next(r for r in rows if r != slowed)
         # the candidate the device slows down loses on the device's p50 whatever the build
         # machine measured for it

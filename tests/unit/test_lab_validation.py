@@ -46,7 +46,7 @@ class FakeMeasurer:
         return {
             "metrics": {**figures, "throughput": 1e3 / self.p50, "load_ms": 3.0},
             "by_batch": [{"batch": 1, **figures}],
-            "latency_samples_ms": [self.p50] * 3,
+            "latency_samples_ms": {"1": [self.p50] * 3},
             "runtime": {"name": "onnxruntime", "version": "9.9.9", "providers": ["CPU"]},
             "python": "3.8.10",
             "device": {"name": "lab-1", "family": "server", "fleet": "lab"},

@@ -246,7 +246,7 @@ def measure_run(folder: str, out_path: str, root: str | None = None) -> dict:
     rng = np.random.default_rng(int(plan.get("seed", 0)))
     metrics: dict = {}
     by_batch = []
-    samples: list = []
+    samples: dict = {}  # batch size (as text) -> every timed run in ms, as a build measures
     for i, entry in enumerate(plan["batches"]):
         batch = int(entry["batch"])
         inputs = {}
@@ -267,9 +267,9 @@ def measure_run(folder: str, out_path: str, root: str | None = None) -> dict:
         by_batch.append(dict({"batch": batch}, **row))
         for key, value in row.items():
             metrics[f"{key}.batch{batch}"] = value
+        samples[str(batch)] = [round(t, 4) for t in times]
         if i == 0:
             metrics.update(row)
-            samples = [round(t, 4) for t in times]
     metrics["load_ms"] = load_ms
     metrics["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {

@@ -364,7 +364,10 @@ def test_four_own_models_build_record_and_bundle_for_server_and_nuc_with_the_ins
         verified = installed.run(tool, project, *shlex.split(check), env=env)
         assert "Signature Verified Successfully" in verified.stdout
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    # the project's store for runs and registry alike (an earlier test may have set the
+    # process's registry URI elsewhere)
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
     trust = KeyStore(home / ".config" / "edgeship" / "keys").trust()
     for name in names:
         model = name.rsplit("_", 1)[0]

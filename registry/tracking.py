@@ -7,7 +7,12 @@ artifacts under ``mlartifacts/``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sqlite3
+import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +31,126 @@ ARTIFACT_DIGEST = "edgeship.artifact.sha256"
 
 def tracking_uri(root: Path) -> str:
     return project.tracking_uri(root)
+
+
+_opening: dict[str, tuple[threading.Thread, list[Any]]] = {}
+_opening_lock = threading.Lock()
+
+
+def prepare(root: Path) -> None:
+    """Start opening the MLflow store of ``root`` in the background (once per store).
+
+    Importing MLflow, connecting to the store (creating or migrating a new SQLite file) and
+    MLflow's scan of the installed packages when it writes a model's requirements take
+    seconds; a build starts this first so its recording step does only the recording."""
+    uri = tracking_uri(root)
+    with _opening_lock:
+        if uri in _opening:
+            return
+        box: list[Any] = []
+
+        def work() -> None:
+            try:
+                tracker = Tracker(root)
+                tracker.client.search_experiments(max_results=1)
+                box.append(tracker)
+                # the installed-package map MLflow builds to check a model's requirements
+                from mlflow.utils import requirements_utils
+
+                requirements_utils._init_packages_to_modules_map()
+            except Exception as exc:  # opening again in the caller reports it
+                log.debug("opening MLflow at %s in the background: %s", uri, exc)
+
+        thread = threading.Thread(target=work, name="edgeship-mlflow-open", daemon=True)
+        _opening[uri] = (thread, box)
+        thread.start()
+
+
+def open_tracker(root: Path) -> Tracker:
+    """The :class:`Tracker` of ``root``: the one :func:`prepare` opened, else a new one."""
+    with _opening_lock:
+        started = _opening.get(tracking_uri(root))
+    if started is not None:
+        thread, box = started
+        thread.join()
+        if box and box[0].root == root:
+            return box[0]
+    return Tracker(root)
+
+
+# where MLflow keeps absolute locations (table, column); a moved project rewrites them
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+ROOT_MARKER = Path(".edgeship") / "mlflow-root"
+
+
+def _store_root(db: sqlite3.Connection) -> str | None:
+    """The project folder a store's locations point into, read from its experiments (a
+    project's experiments keep their artifacts in ``<project>/mlartifacts/<name>``)."""
+    for name, location in db.execute("SELECT name, artifact_location FROM experiments"):
+        path = str(location or "")
+        path = urllib.parse.unquote(path[len("file://") :]) if path.startswith("file://") else path
+        tail = f"/mlartifacts/{name}"
+        if path.endswith(tail):
+            return path[: -len(tail)]
+    return None
+
+
+def follow_move(root: Path) -> str | None:
+    """Point the project's own MLflow store at ``root`` when the project folder was moved or
+    copied: MLflow records absolute artifact locations, so every location under the old
+    folder is rewritten to the same place under ``root`` (in one transaction; locations
+    elsewhere stay). Returns the old folder when something was rewritten."""
+    db_path = root / "mlflow.db"
+    marker = root / ROOT_MARKER
+    here = str(root.absolute())
+    if not db_path.is_file():  # a new store: its locations will be under ``root``
+        _write_marker(marker, here)
+        return None
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db:
+        try:
+            old = marker.read_text().strip() if marker.is_file() else _store_root(db)
+        except sqlite3.Error:  # not a store MLflow has set up yet
+            return None
+        moved = old is not None and old != here
+        if moved:
+            assert old is not None
+            prefixes = [
+                (Path(old).as_uri() + "/", Path(here).as_uri() + "/"),
+                ("file://" + old + "/", "file://" + here + "/"),
+                (old + "/", here + "/"),
+            ]
+            db.execute("BEGIN IMMEDIATE")
+            for table, column in _LOCATION_COLUMNS:
+                found = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in found:
+                    continue
+                rows = db.execute(f"SELECT rowid, {column} FROM {table}").fetchall()
+                for rowid, value in rows:
+                    for before, after in prefixes:
+                        if isinstance(value, str) and value.startswith(before):
+                            db.execute(
+                                f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                                (after + value[len(before) :], rowid),
+                            )
+                            break
+            db.commit()
+            log.warning("project moved from %s: MLflow locations now point into %s", old, here)
+    if old != here or not marker.is_file():
+        _write_marker(marker, here)
+    return old if moved else None
+
+
+def _write_marker(marker: Path, root: str) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(root + "\n")
+    os.replace(tmp, marker)
 
 
 def _is_local(uri: str) -> bool:
@@ -60,8 +185,6 @@ class Tracker:
     """A thin, typed facade over the MLflow client for edgeship's records."""
 
     def __init__(self, root: Path) -> None:
-        import os
-
         # edgeship prints its own run lines; MLflow's "View run ... at" on stdout would be
         # mixed into tables and --json answers
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -70,6 +193,8 @@ class Tracker:
 
         self.root = root
         self.uri = tracking_uri(root)
+        if not os.environ.get(project.ENV_TRACKING_URI):  # the project's own store
+            follow_move(root)
         mlflow.set_tracking_uri(self.uri)
         self.mlflow = mlflow
         self.client = MlflowClient(self.uri)

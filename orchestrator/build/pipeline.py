@@ -173,6 +173,10 @@ def _build(
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
+    if record:
+        from registry.tracking import prepare
+
+        prepare(spec.root)  # MLflow opens while the model builds
     data = ref.load_eval(cfg.model)
     size, pad = eval_chunking(cfg.model)
     reference_out = run_batched(lambda s: source.run([s], cfg.model)[0], data.samples, size, pad)
@@ -262,9 +266,9 @@ def _build(
         if record:
             steps("record in MLflow")
             from registry.mlflow_model import artifact_digest
-            from registry.tracking import ARTIFACT_DIGEST, Tracker, flatten
+            from registry.tracking import ARTIFACT_DIGEST, flatten, open_tracker
 
-            tracker = Tracker(spec.root)
+            tracker = open_tracker(spec.root)
             digest = artifact_digest(staging)
             tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
             lineage_tags = sources.source_tags(source.lineage)

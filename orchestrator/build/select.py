@@ -344,9 +344,10 @@ def run_selection(
     (scratch / ".pid").write_text(str(os.getpid()))
     tracker = None
     if record:
-        from registry.tracking import Tracker
+        from registry.tracking import open_tracker, prepare
 
-        tracker = Tracker(spec.root)
+        prepare(spec.root)
+        tracker = open_tracker(spec.root)
     try:
         if tracker is not None:
             with tracker.run(

@@ -11,12 +11,15 @@ exit with their code from :class:`orchestrator.errors.ExitCode`; ``-v`` or
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -141,5 +144,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
 
 
+def run() -> None:
+    """The ``edgeship`` command: :func:`main`, then back to the prompt at once.
+
+    The answer is complete when ``main`` returns: Python's exit handlers run (MLflow's, the
+    temporary folders', logging's) and threads are joined, but the interpreter's teardown of
+    every imported native library (PyTorch, OpenVINO, ONNX Runtime: seconds) is skipped.
+    """
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a reader that went away
+                stream.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.common import words
+from orchestrator.cli.progress import BuildSteps
 from orchestrator.errors import GateFailure, SpecError
 from orchestrator.project import project_root
 
@@ -110,48 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Steps:
-    """The steps of a build as they happen: on a terminal, rich's live lines (a spinner and
-    the time of the running step, every finished step with its time); otherwise (a pipe, a
-    log, CI) one plain line per step on stderr."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.progress: Any = None
-        self.task: Any = None
-        if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                SpinnerColumn(finished_text="[green]done[/]"),
-                TextColumn("[bold]{task.fields[prefix]}[/] {task.description}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.start()
-
-    def __call__(self, step: str) -> None:
-        if self.progress is None:
-            _err(f"[{self.prefix}] {step}")
-            return
-        self._finish_task()
-        self.task = self.progress.add_task(step, total=1, prefix=self.prefix)
-
-    def _finish_task(self) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=1)
-            self.task = None
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self._finish_task()
-            self.progress.stop()
-            self.progress = None
-
-
-def _step_printer(prefix: str) -> _Steps:
-    return _Steps(prefix)
+def _step_printer(prefix: str) -> BuildSteps:
+    return BuildSteps(prefix)
 
 
 def cmd_build(args: argparse.Namespace) -> int:

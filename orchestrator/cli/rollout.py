@@ -27,6 +27,7 @@ from orchestrator.cli.common import (
     split_list,
     words,
 )
+from orchestrator.cli.progress import ShipProgress
 from orchestrator.core.text import terminal
 from orchestrator.errors import ExitCode, Problem, SpecError, UsageError
 
@@ -59,8 +60,9 @@ def _selection(opts: dict[str, str]) -> Any:
 class ProgressPrinter:
     """Prints a rollout's journal entries as they are written: waves, devices, verdicts."""
 
-    def __init__(self, journal_dir: Path | None = None) -> None:
+    def __init__(self, journal_dir: Path | None = None, bars: ShipProgress | None = None) -> None:
         self.journal_dir = journal_dir or Path(".edgeship/rollouts")
+        self.bars = bars or ShipProgress(enabled=False)  # waves, uploads, soaks on a terminal
         self.waves = 0
         self.width = 8
         self.version: int | None = None
@@ -109,12 +111,14 @@ class ProgressPrinter:
         )
 
     def on_wave_started(self, e: dict[str, Any]) -> None:
+        self.bars.wave(f"wave {e['wave']}/{self.waves} ({e['name']})", len(e["devices"]))
         _out(
             f"wave {e['wave']}/{self.waves} ({e['name']}): {len(e['devices'])} device(s), "
             f"tolerates {e['allowed_failures']} failure(s)"
         )
 
     def on_device_done(self, e: dict[str, Any]) -> None:
+        self.bars.device_done(e["device"])
         w = self.width
         line = f"  {e['device']:<{w}}  {e.get('address', ''):<21} {e['result']:<11}"
         before, after = e.get("from_version"), e.get("version")
@@ -142,16 +146,20 @@ class ProgressPrinter:
             _out(f"  {'':<{w}}  {e['message']}")
 
     def on_device_skipped(self, e: dict[str, Any]) -> None:
+        self.bars.device_done(e["device"])
         _out(f"  {e['device']:<{self.width}}  not started: {e['reason']}")
 
     def on_soak_started(self, e: dict[str, Any]) -> None:
+        self.bars.soak(float(e["seconds"]), float(e["until"]))
         _out(f"  soak {float(e['seconds']):g}s, then health checks of the wave's devices")
 
     def on_soak_check(self, e: dict[str, Any]) -> None:
+        self.bars.soak_done()
         reason = f" ({e['reason']})" if e.get("reason") else ""
         _out(f"  {e['device']:<{self.width}}  health after soak: {e['result']}{reason}")
 
     def on_wave_done(self, e: dict[str, Any]) -> None:
+        self.bars.soak_done()
         failed = e.get("failed") or []
         verdict = "HALT: over budget" if e.get("halted") else "ok"
         _out(
@@ -214,6 +222,14 @@ class ProgressPrinter:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    bars = ShipProgress(enabled=False if args.json else None)
+    try:
+        return _rollout(args, bars)
+    finally:
+        bars.close()
+
+
+def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
     from orchestrator.cli.ship import bundle_from
     from orchestrator.ship.rollout.engine import (
         RolloutHaltedError,
@@ -236,7 +252,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return ExitCode.OK
     from orchestrator.ship.rollout.journal import rollouts_dir
 
-    printer = ProgressPrinter(rollouts_dir(root))
+    printer = ProgressPrinter(rollouts_dir(root), bars)
     store = key_store()
     store = store if store.exists() else None
     if args.resume is not None:
@@ -244,7 +260,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             raise UsageError(
                 [Problem(CLI, "resume", "takes no KEY=VALUE words; the journal has them all")]
             )
-        report = resume_rollout(root, args.resume or None, store, listeners=[printer])
+        report = resume_rollout(
+            root, args.resume or None, store, listeners=[printer], on_bytes=bars.upload
+        )
         for note in report.notes:
             _out(f"note: {note}")
         return ExitCode.OK if report.status == "completed" else ExitCode.ROLLOUT_HALTED
@@ -284,6 +302,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 store,
                 record=not args.no_record,
                 listeners=printer_list,
+                on_bytes=bars.upload,
             )
         except RolloutHaltedError as exc:
             if args.json:

@@ -23,6 +23,7 @@ from orchestrator.cli.common import (
     split_list,
     words,
 )
+from orchestrator.cli.progress import ShipProgress
 from orchestrator.core.text import terminal
 from orchestrator.errors import (
     BundleError,
@@ -386,7 +387,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             for note in notes:
                 print(terminal(f"note: {note}"))
             try:
-                result = deploy(fleet, devices, bundle, store if store.exists() else None, options)
+                bars = ShipProgress(enabled=False if args.json else None)
+                options.on_bytes = bars.upload
+                try:
+                    result = deploy(
+                        fleet, devices, bundle, store if store.exists() else None, options
+                    )
+                finally:
+                    bars.close()
             except RolloutError as exc:
                 _print_outcomes(exc.result, args.json)
                 raise

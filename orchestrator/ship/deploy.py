@@ -68,6 +68,10 @@ AGENT_RESULTS = {0: "activated", 10: "refused", 11: "rolled_back", 12: "unhealth
 StepCallback = Callable[[str, dict[str, Any]], None]
 
 
+# (device, bytes of the bundle's files on the device so far, bytes it needs in all)
+ByteProgress = Callable[[str, int, int], None]
+
+
 @dataclass
 class DeployOptions:
     """How to push."""
@@ -78,6 +82,7 @@ class DeployOptions:
     health_timeout: float = 300.0  # seconds the agent allows the health check
     connect_timeout: float = CONNECT_TIMEOUT  # seconds for the SSH connection and login
     device_timeout: float | None = None  # seconds for one device in all (None: no limit)
+    on_bytes: ByteProgress | None = None  # hears each device's upload: (device, sent, total)
 
 
 class Throttle:
@@ -130,8 +135,10 @@ def upload_resumable(
     size: int,
     throttle: Throttle,
     outcome: DeviceOutcome,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Upload ``local`` to ``remote`` through ``remote.part``, resuming a partial upload."""
+    """Upload ``local`` to ``remote`` through ``remote.part``, resuming a partial upload;
+    ``progress(n)`` hears every ``n`` bytes the device has (a resumed part at once)."""
     part = remote + ".part"
     offset = 0
     try:
@@ -143,10 +150,14 @@ def upload_resumable(
     with local.open("rb") as src, sftp.open(part, "ab" if offset else "wb") as dst:
         dst.set_pipelined(True)
         src.seek(offset)
+        if progress is not None and offset:
+            progress(offset)
         while block := src.read(CHUNK):
             dst.write(block)
             outcome.bytes_sent += len(block)
             throttle(len(block))
+            if progress is not None:
+                progress(len(block))
     outcome.bytes_resumed += offset
     outcome.files_sent += 1
     # pipelined SFTP writes can fail without an error (a full disk): check what arrived
@@ -313,6 +324,14 @@ def stage_bundle(
     outcome.files_present = len([p for p in complete if p in present])
     throttle = Throttle(options.limit_rate)
     linked = {e["path"] for e in to_link} & complete
+    total = sum(int(e["size"]) for e in entries if e["path"] not in complete)
+    arrived = 0
+
+    def advanced(count: int) -> None:
+        nonlocal arrived
+        arrived += count
+        if options.on_bytes is not None:
+            options.on_bytes(outcome.device, min(arrived, total), total)
 
     def send(entry: dict[str, Any]) -> None:
         upload_resumable(
@@ -322,6 +341,7 @@ def stage_bundle(
             int(entry["size"]),
             throttle,
             outcome,
+            advanced,
         )
 
     try:

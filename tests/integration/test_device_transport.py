@@ -77,10 +77,17 @@ def test_upload_killed_half_way_resumes_sending_only_the_rest(lab: ShipLab) -> N
     }
     total = sum(int(e["size"]) for e in bundle.files())
 
-    outcome = lab.deploy(bundle, ["dev02"]).outcomes[0]
+    heard: list[tuple[str, int, int]] = []
+    outcome = lab.deploy(bundle, ["dev02"], on_bytes=lambda *a: heard.append(a)).outcomes[0]
 
     assert outcome.result == "activated", outcome.summary()
     assert outcome.bytes_resumed == partial
+    # the progress the terminal shows: the resumed part at once, then every block, to the end
+    assert {d for d, _, _ in heard} == {"dev02"}
+    needed = heard[0][2]
+    assert heard[0][1] == partial and heard[-1][1] == needed
+    assert [s for _, s, _ in heard] == sorted(s for _, s, _ in heard)
+    assert needed == outcome.bytes_sent + partial
     listed_complete = sum(
         size for path, size in complete.items() if path in {e["path"] for e in bundle.files()}
     )

@@ -43,7 +43,7 @@ from orchestrator.errors import (
     RolloutStateError,
     TrackingError,
 )
-from orchestrator.ship.deploy import DeployOptions, deploy_device
+from orchestrator.ship.deploy import ByteProgress, DeployOptions, deploy_device
 from orchestrator.ship.enroll import agent_status
 from orchestrator.ship.results import DeviceOutcome, run_device
 from orchestrator.ship.rollout.journal import (
@@ -273,6 +273,7 @@ class Rollout:
         store: KeyStore | None,
         state: RolloutState,
         tracker: Any | None = None,
+        on_bytes: ByteProgress | None = None,
     ) -> None:
         self.journal = journal
         self.fleet = fleet
@@ -290,6 +291,7 @@ class Rollout:
             health_timeout=t.health,
             connect_timeout=t.connect,
             device_timeout=t.device,
+            on_bytes=on_bytes,
         )
         self.notes: list[str] = []
 
@@ -614,8 +616,12 @@ def start_rollout(
     store: KeyStore | None = None,
     record: bool = True,
     listeners: list[Listener] | None = None,
+    on_bytes: ByteProgress | None = None,
 ) -> RolloutReport:
     """Plan, lock, journal and run a new rollout; returns its report.
+
+    ``listeners`` hear every journal entry as it is written; ``on_bytes(device, sent,
+    total)`` hears each device's upload as it goes (not journalled).
 
     Raises :class:`RolloutHaltedError` when it halts and :class:`RolloutLockedError`
     when another running rollout holds any of its devices (nothing is changed then).
@@ -668,7 +674,7 @@ def start_rollout(
             started_at=locks.holder.started_at,
         )
         state = replay([state_entry], rollout_id)
-        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker)
+        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes)
         if mlflow_run:
             rollout.record("mlflow", run_id=mlflow_run, status="running")
         for holder in {h.rollout_id: h for h in stale.values()}.values():
@@ -740,6 +746,7 @@ def resume_rollout(
     rollout_id: str | None = None,
     store: KeyStore | None = None,
     listeners: list[Listener] | None = None,
+    on_bytes: ByteProgress | None = None,
 ) -> RolloutReport:
     """Carry on an interrupted rollout from its journal (the newest unfinished one by default).
 
@@ -789,7 +796,7 @@ def resume_rollout(
         for listener in listeners or []:
             listener(started)  # what is being resumed, before how it goes on
         tracker = _tracker_for(project, bundle) if state.mlflow.get("run_id") else None
-        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker)
+        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes)
         if torn:
             rollout.notes.append(torn)
         rollout.record(

@@ -40,6 +40,14 @@ def _out(line: str = "") -> None:
         print(terminal(line), flush=True)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _v(version: Any) -> str:
     return "-" if version is None else f"v{version}"
 
@@ -99,7 +107,7 @@ class ProgressPrinter:
             f"  max {config['max_parallel']} at a time, failure budget {budget_text}, "
             f"on failure: {config['on_failure']}"
         )
-        _out(f"  journal: {self.journal_dir}/{e['id']}.jsonl")
+        _out(f"  journal: {_shown(self.journal_dir / (str(e['id']) + '.jsonl'))}")
         for device, why in plan.get("excluded", {}).items():
             _out(f"  left out: {device} ({why})")
 
@@ -567,7 +575,7 @@ def _trace_text(t: Any) -> str:
             f"{b.get('created_at')}, expires {b.get('expires_at')}"
         )
     if b.get("issued"):
-        lines.append(f"            issued as {b['issued']['path']}")
+        lines.append(f"            issued as {_shown(Path(b['issued']['path']))}")
     ml = p.get("mlflow") or {}
     run = (t.mlflow or {}).get("run") or {}
     if ml.get("run_id"):

@@ -154,14 +154,23 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                 ]
             )
         store = key_store()
+        answers = []
         for each in names:
             made = bundling.bundle_artifact(
                 here, each, store, args.valid_days or 90, record=not args.no_record
             )
-            _print_bundle(made.bundle, made, store)
+            if args.json:
+                answers.append(bundle_json(made.bundle, made))
+            else:
+                _print_bundle(made.bundle, made, store)
+        if args.json:
+            print(json.dumps({"bundles": answers}, indent=2, sort_keys=True))
         return 0
     if args.list:
         folder, entries = bundling.issued(here, name)
+        if args.json:
+            print(json.dumps({"deployment": name, "folder": str(folder), "issued": entries}))
+            return 0
         print(f"{name}: {len(entries)} bundle(s) in {folder}")
         for e in entries:
             print(
@@ -211,6 +220,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             here, name, store, args.valid_days or 90, record=not args.no_record
         )
         bundle = made.bundle
+        if args.json and not args.export:
+            print(json.dumps({"bundles": [bundle_json(bundle, made)]}, indent=2, sort_keys=True))
+            return 0
         _print_bundle(bundle, made, store)
     if args.export:
         from registry.bundle import export_bundle
@@ -228,6 +240,25 @@ def model_version_note(bundle: Any) -> str:
     source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
     version = source.get("model_version")
     return f" (MLflow model version {version})" if version else ""
+
+
+def bundle_json(bundle: Any, made: Any) -> dict[str, Any]:
+    """What ``bundle --json`` answers for one bundle made."""
+    m = bundle.manifest
+    source = (m.get("provenance") or {}).get("mlflow") or {}
+    return {
+        "deployment": bundle.deployment,
+        "version": bundle.version,
+        "model_version": source.get("model_version"),
+        "folder": str(bundle.path),
+        "manifest_sha256": bundle.digest,
+        "key_id": bundle.key_id,
+        "files": len(m["files"]),
+        "bytes": sum(int(e["size"]) for e in m["files"]),
+        "target": m["target"],
+        "expires_at": m["expires_at"],
+        "mlflow_run_id": made.run_id if made.recorded else None,
+    }
 
 
 def _print_bundle(bundle: Any, made: Any, store: Any) -> None:
@@ -488,6 +519,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list", action="store_true", help="list issued bundle versions")
     p.add_argument("--no-record", action="store_true", help="do not record the bundle in MLflow")
+    p.add_argument(
+        "--json", action="store_true", help="print the bundle(s) made, or --list, as JSON"
+    )
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")

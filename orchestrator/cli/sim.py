@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.common import project_dir
+from orchestrator.cli.common import key_store, project_dir
 from orchestrator.errors import SimError
 from orchestrator.project import sim_state_dir
 
@@ -51,7 +51,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
                     f"file {feed['fleet_file']}"
                 )
             fleet_arg = fleet_path.stem if fleet_path.parent == root / "conf" / "fleet" else shown
-            print(f"next: edgeship enroll fleet={fleet_arg}")
+            if key_store().exists():
+                print(f"next: edgeship enroll fleet={fleet_arg}")
+            else:
+                print(
+                    "next: edgeship keys init (this project has no signing keys yet), "
+                    f"then edgeship enroll fleet={fleet_arg}"
+                )
             if profiles:
                 print(
                     f"  devices in group {MINIMAL_RUNTIME_GROUP} run an ONNX Runtime build with "

@@ -49,7 +49,10 @@ def test_sim_up_status_down_keeps_keys_and_ports(
         )
         out = capsys.readouterr().out
         assert "simulation t: 6 device(s) up" in out and "(ort-minimal-op18)" in out
-        assert f"next: edgeship enroll fleet={fleet_file}" in out
+        assert (
+            "next: edgeship keys init (this project has no signing keys yet), "
+            f"then edgeship enroll fleet={fleet_file}"
+        ) in out
         fleet = yaml.safe_load(fleet_file.read_text())
         labels = [d["labels"] for d in fleet["devices"]]
         assert {(lab["site"], lab["ward"]) for lab in labels} == {

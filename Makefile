@@ -34,6 +34,7 @@ lint: setup
 	$(BIN)/vermin -q -t=3.8- --no-tips --violations orchestrator/device
 
 mlflow-ui: setup
+	@echo "builds: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

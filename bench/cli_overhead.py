@@ -92,7 +92,8 @@ def main() -> int:
     print("\nthe prompt after the answer (target < 1 s)")
     print(f"  edgeship (exit handlers, no native teardown)   {median(tail_cli):6.2f} s")
     print(f"  sys.exit(main()) (full interpreter teardown)   {median(tail_plain):6.2f} s")
-    print(f"  ratio                                          {median(tail_plain) / max(median(tail_cli), 1e-3):6.1f}x")
+    ratio = median(tail_plain) / max(median(tail_cli), 1e-3)
+    print(f"  ratio                                          {ratio:6.1f}x")
 
     added = median(recorded) / median(unrecorded) - 1
     print(f"\nMLflow recording of {args.deployment} ({args.recipe}) (target < 10 % added)")

@@ -548,8 +548,30 @@ def _record_parent(tracker: Any, result: SelectionResult, spec: ComposedSpec) ->
         "edgeship.selection.winner_run_id": (result.winner.run_id or "") if result.winner else "",
         "edgeship.validated_on": (result.measured_on or {}).get("device", "build machine"),
     }
+    tags["mlflow.note.content"] = _parent_description(result, spec)
     tracker.log_build(run_id, params, metrics, None, tags)
     tracker.log_files(run_id, result.report_files, "selection")
+
+
+def _parent_description(result: SelectionResult, spec: ComposedSpec) -> str:
+    """The selection run's description (Markdown): the winner and every candidate's outcome."""
+    name = spec.config.deployment.name
+    verdict = (
+        f"winner **{result.winner.recipe}** (by {result.select_by})"
+        if result.winner
+        else "no candidate passed"
+    )
+    lines = [
+        f"**{name}**: `recipe=auto` over {len(result.candidates)} candidate(s); {verdict}",
+        "",
+        "| candidate | outcome | why |",
+        "|---|---|---|",
+    ]
+    for c in result.candidates:
+        why = ", ".join(f"`{g}`" for g in c.failed_gates) or c.message
+        lines.append(f"| {c.recipe} | {c.status} | {why.replace('|', '/')} |")
+    lines += ["", "The full comparison: `selection/comparison.md` among the run's artifacts."]
+    return "\n".join(lines)
 
 
 def _install_winner(

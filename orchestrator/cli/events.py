@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.common import project_dir
@@ -16,12 +18,10 @@ from orchestrator.errors import ExitCode, Problem, UsageError
 log = logging.getLogger(__name__)
 
 
-def _broker(value: str) -> tuple[str, int]:
+def _broker(value: str, flag: str = "--broker") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise UsageError(
-            [Problem("command line", "--broker", f"expected HOST:PORT, found {value!r}")]
-        )
+        raise UsageError([Problem("command line", flag, f"expected HOST:PORT, found {value!r}")])
     return host, int(port)
 
 
@@ -31,34 +31,80 @@ def _db(args: argparse.Namespace) -> str:
     return str(args.db) if args.db else events_db_url(project_dir())
 
 
+def _tokens(args: argparse.Namespace) -> Path:
+    return Path(args.tokens) if args.tokens else project_dir() / ".edgeship" / "event-tokens.json"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator.events.collector import BrokerSettings, Collector, read_password
     from orchestrator.events.rules import load_rules
     from orchestrator.events.store import EventStore
 
-    host, port = _broker(args.broker)
+    if not args.broker and not args.http:
+        raise UsageError(
+            [Problem("command line", "--broker", "expected --broker HOST:PORT and/or --http")]
+        )
     rules = load_rules(project_dir())
     collector = Collector(EventStore(_db(args)), rules)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    broker = BrokerSettings(
-        host=host,
-        port=port,
-        username=args.username or "",
-        password=read_password(args.password_file or ""),
-        ca_file=args.ca_file or "",
-        client_id=args.client_id,
-    )
-    log.info("collecting from %s:%d with %d rule(s)", host, port, len(rules))
-    print(f"collecting edgeship/+/+/events from {host}:{port}; rules: {len(rules)}", flush=True)
+    ingest = None
     try:
-        collector.serve(broker, stop)
+        if args.http:
+            from orchestrator.events.http_ingest import PATH, IngestServer
+
+            host, port = _broker(args.http, "--http")
+            ingest = IngestServer(
+                collector, _tokens(args), host, port, args.tls_cert or "", args.tls_key or ""
+            )
+            ingest.start()
+            scheme = "https" if args.tls_cert else "http"
+            bound = ingest.address
+            print(
+                f"collecting POST {scheme}://{bound[0]}:{bound[1]}{PATH} "
+                f"(device tokens: {_tokens(args)}); rules: {len(rules)}",
+                flush=True,
+            )
+        if args.broker:
+            host, port = _broker(args.broker)
+            broker = BrokerSettings(
+                host=host,
+                port=port,
+                username=args.username or "",
+                password=read_password(args.password_file or ""),
+                ca_file=args.ca_file or "",
+                client_id=args.client_id,
+            )
+            log.info("collecting from %s:%d with %d rule(s)", host, port, len(rules))
+            print(
+                f"collecting edgeship/+/+/events from {host}:{port}; rules: {len(rules)}",
+                flush=True,
+            )
+            collector.serve(broker, stop)
+        else:
+            stop.wait()
     finally:
+        if ingest is not None:
+            ingest.stop()
         collector.close()
     c = collector.counters
     print(
         f"stored {c.stored}, duplicates {c.duplicates}, refused {c.refused}, rules fired {c.fired}"
+    )
+    return ExitCode.OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from orchestrator.events.http_ingest import issue_token
+
+    path = _tokens(args)
+    token = issue_token(path, args.fleet, args.device)
+    print(token)
+    print(
+        f"a new events token for {args.fleet}/{args.device} (its SHA-256 is in {path}; any "
+        "earlier token of this device no longer works); give it to the app once",
+        file=sys.stderr,
     )
     return ExitCode.OK
 
@@ -117,10 +163,28 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_events)
     verbs = p.add_subparsers(dest="events_verb")
     s = verbs.add_parser("serve", help="the collector: MQTT -> database, rules -> webhooks")
-    s.add_argument("--broker", required=True, metavar="HOST:PORT")
+    s.add_argument("--broker", default=None, metavar="HOST:PORT", help="the MQTT broker")
     s.add_argument("--username", default=None)
     s.add_argument("--password-file", default=None)
     s.add_argument("--ca-file", default=None, help="CA of the broker's TLS certificate")
     s.add_argument("--client-id", default="edgeship-collector")
     s.add_argument("--db", default=None, help="SQLAlchemy URL (as for `edgeship events`)")
+    s.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="also take events over HTTP(S): POST /v1/events with a device token (apps)",
+    )
+    s.add_argument(
+        "--tokens",
+        default=None,
+        help="device tokens file (default .edgeship/event-tokens.json; edgeship events token)",
+    )
+    s.add_argument("--tls-cert", default=None, help="with --http: serve HTTPS with this cert")
+    s.add_argument("--tls-key", default=None, help="with --tls-cert: its private key")
     s.set_defaults(func=cmd_serve)
+    t = verbs.add_parser("token", help="issue a device's token for events over HTTPS")
+    t.add_argument("--fleet", required=True)
+    t.add_argument("--device", required=True)
+    t.add_argument("--tokens", default=None, help="tokens file (default .edgeship/...)")
+    t.set_defaults(func=cmd_token)

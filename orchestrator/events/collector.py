@@ -71,28 +71,25 @@ class Collector:
         self.counters.refusals.append(why)
         log.warning("refused: %s", why)
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Store one message; returns ``stored``, ``duplicate`` or ``refused: <why>``."""
         where = parse_topic(topic)
         if where is None:
-            self.refuse(f"{topic}: not an events topic")
-            return
+            return self.refused(f"{topic}: not an events topic")
         fleet, device = where
         try:
             event = json.loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
-            self.refuse(f"{topic}: not JSON ({exc})")
-            return
+            return self.refused(f"{topic}: not JSON ({exc})")
         if not isinstance(event, Mapping) or not isinstance(event.get("id"), str):
-            self.refuse(f"{topic}: expected an object with a string id")
-            return
+            return self.refused(f"{topic}: expected an object with a string id")
         for key, value in (("device", device), ("fleet", fleet)):
             if key in event and event[key] != value:
-                self.refuse(f"{topic}: event {event['id']} claims {key} {event[key]!r}")
-                return
+                return self.refused(f"{topic}: event {event['id']} claims {key} {event[key]!r}")
         with self.lock:
             if not self.store.add(fleet, device, event):
                 self.counters.duplicates += 1
-                return
+                return "duplicate"
             self.counters.stored += 1
             stored = dict(event, fleet=fleet, device=device)
             for rule, run in self.episodes.feed(stored, f"{fleet}/{device}"):
@@ -109,6 +106,11 @@ class Collector:
                         "events": run,
                     },
                 )
+        return "stored"
+
+    def refused(self, why: str) -> str:
+        self.refuse(why)
+        return f"refused: {why}"
 
     def serve(self, broker: BrokerSettings, stop: threading.Event, timeout: float = 30.0) -> None:
         """Receive until ``stop`` is set; reconnects by itself when the broker goes away."""

@@ -13,6 +13,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli.main import main
 from tests.browser import page_text, screenshot
 
+# MLflow 3's UI opens in its GenAI view unless told otherwise; builds are classic ML runs
+CLASSIC = "?workflowType=machine_learning"
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -28,11 +31,11 @@ def test_mlflow_ui_shows_build_runs_and_metrics(
     assert exp is not None
     agreement = client.get_run(run_id).data.metrics["agreement"]
 
-    runs_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs"
+    runs_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs{CLASSIC}"
     listing = page_text(runs_url)
     assert "posture_server-ort_int8_dynamic" in listing
 
-    run_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{run_id}"
+    run_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{run_id}{CLASSIC}"
     page = page_text(run_url)
     for metric in ("agreement", "accuracy_drop", "p95_ms", "size_mb", "peak_memory_mb"):
         assert metric in page, metric
@@ -85,14 +88,16 @@ def test_mlflow_ui_shows_the_model_version_and_the_auto_selection(
         f"{deployment}-int8_nncf",
     }
 
-    version_url = f"{mlflow_server}/#/models/{deployment}/versions/{version.version}"
+    version_url = f"{mlflow_server}/#/models/{deployment}/versions/{version.version}{CLASSIC}"
     page = page_text(version_url)
     assert f"Version {version.version}" in page
     assert "candidate" in page and "PASSED" in page  # the alias and the gate description
-    parent_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    parent_url = (
+        f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}{CLASSIC}"
+    )
     page = page_text(parent_url)
-    assert f"{deployment}-auto" in page
-    listing_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs"
+    assert f"{deployment}-auto" in page and "Evaluation runs" not in page
+    listing_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs{CLASSIC}"
     page = page_text(listing_url)
     assert f"{deployment}-ov_fp32" in page or f"{deployment}-auto" in page
 

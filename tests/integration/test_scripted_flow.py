@@ -64,13 +64,11 @@ def test_a_script_builds_bundles_and_rolls_out_from_json_and_exit_codes(
 
     done = _json(common, env)
     assert done["status"] == "completed" and sorted(done["succeeded"]) == names
-    assert {d: e["result"] for d, e in done["devices"].items()} == dict.fromkeys(
-        names, "activated"
-    )
+    assert {d: e["result"] for d, e in done["devices"].items()} == dict.fromkeys(names, "activated")
 
     # a gate the build fails: the documented exit code, the failure in the answer
     failed = _json(
-        ["build", "deployment=posture_server", "deployment.gates=[p95_ms <= 0.000001]"],
+        ["build", "deployment=posture_server", "deployment.gates=['p95_ms <= 0.000001']"],
         env,
         expect=ExitCode.GATES_FAILED,
     )

@@ -284,6 +284,15 @@ export class PhoneClient {
     return p ? `versions/${p.deployment}/${p.version}` : null;
   }
 
+  /** What runs, for events: the deployment, version and its signed manifest's SHA-256. */
+  async installed(): Promise<{ deployment: string; version: number; manifest_sha256: string } | null> {
+    const p = await this.pointer("current");
+    if (p === null) return null;
+    const manifest = await this.store.read(`versions/${p.deployment}/${p.version}/manifest.json`);
+    if (manifest === null) return null;
+    return { deployment: p.deployment, version: p.version, manifest_sha256: sha256Hex(manifest) };
+  }
+
   private async switchTo(name: "current" | "previous", to: Pointer | null): Promise<void> {
     if (to === null) await this.store.remove(name);
     else await writeAtomic(this.store, name, JSON.stringify(to) + "\n");

@@ -14,6 +14,7 @@ import { readFileSync } from "node:fs";
 import * as ort from "onnxruntime-node";
 import { PhoneClient, UpdateRefused, smokeCheck, OrtMobileRunner, parseNpz, type OrtModule } from "../src/index.js";
 import { NodeFsStorage } from "../src/node.js";
+import { sha256Hex } from "../src/crypto.js";
 
 const FIXTURES = process.env.EDGESHIP_PHONE_FIXTURES;
 const skip = FIXTURES ? false : "EDGESHIP_PHONE_FIXTURES is not set: generate the fixtures with tests/conformance/make_phone_fixtures.py";
@@ -83,6 +84,10 @@ for (const c of cases) {
       if (current) {
         const manifest = await storage.read(`versions/${current.deployment}/${current.version}/manifest.json`);
         assert.ok(manifest, `${c.name}: the running version's manifest is installed`);
+        // what events name as the running bundle: its version and signed manifest's digest
+        assert.deepEqual(await client.installed(), { ...current, manifest_sha256: sha256Hex(manifest) });
+      } else {
+        assert.equal(await client.installed(), null);
       }
     }
     assert.deepEqual(got, c.polls.map((p) => p.expect), `${c.name}: ${JSON.stringify(got)}`);

@@ -13,7 +13,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from orchestrator.device.phone_client import PhoneClient, UpdateRefused
 from tests.conformance.make_phone_fixtures import generate
+from tests.npm import npm_ci, npm_or_skip
 from tests.sshd import require_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,23 +102,9 @@ def test_python_client_gives_every_fixture_its_verdict(
 
 
 def test_typescript_client_gives_every_fixture_the_same_verdict(fixtures: Path) -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("npm is not installed (install Node.js 20 or later)", pytrace=False)
-        pytest.skip(
-            "npm is not installed: install Node.js 20 or later to test the TypeScript client"
-        )
+    npm = npm_or_skip()
     env = dict(os.environ, EDGESHIP_PHONE_FIXTURES=str(fixtures))
-    install = subprocess.run(
-        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-        cwd=CLIENT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    npm_ci(npm, env)
     proc = subprocess.run(
         [npm, "test"], cwd=CLIENT, capture_output=True, text=True, timeout=900, env=env
     )

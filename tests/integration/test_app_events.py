@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,30 +17,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, build_once, free_port, stop_group
+from tests.npm import CLIENT, npm_ci, npm_or_skip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CLIENT = ROOT / "clients" / "react-native"
 EDGESHIP = str(Path(sys.executable).parent / "edgeship")
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The compiled client (dist/), its dependencies installed as CI does."""
-    npm = shutil.which("npm")
-    if npm is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("npm is not installed (install Node.js 20 or later)", pytrace=False)
-        pytest.skip("npm is not installed: install Node.js 20 or later")
+    npm = npm_or_skip()
     if not (CLIENT / "node_modules" / "onnxruntime-node").is_dir():
-        res = subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
+        npm_ci(npm)
     res = subprocess.run(
         [npm, "run", "build"], cwd=CLIENT, capture_output=True, text=True, timeout=600
     )

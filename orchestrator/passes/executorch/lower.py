@@ -1,0 +1,118 @@
+"""executorch_lower: a torch.export program to an ExecuTorch ``.pte`` with the XNNPACK
+partitioner (``to_edge_transform_and_lower``), FP32.
+
+What XNNPACK does not take stays in ExecuTorch's portable kernels. A convolution left
+there is refused here, naming it: the portable convolution runs only 1-D and 2-D inputs
+(a 5-D one fails on the phone with error 0x12), and a 2-D one left undelegated (weights
+computed in ``forward``) runs about a hundred times slower. ``conv3d_to_2d`` before this
+pass turns 3-D convolutions into delegated 2-D ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.quiet import third_party_output
+from orchestrator.core.runtime_imports import require
+from orchestrator.errors import BuildError
+from orchestrator.passes.base import TORCH_PROGRAM, Pass, PassContext, register_pass
+from orchestrator.passes.common.torch_program import load_program
+
+log = logging.getLogger(__name__)
+
+FIX = "conv3d_to_2d"
+CONVOLUTIONS = ("convolution", "conv1d", "conv2d", "conv3d", "conv_transpose")
+
+
+def portable_ops(edge_program: Any) -> list[tuple[str, str, list[int]]]:
+    """The operators left outside any delegate: (op name, node name, first input's shape)."""
+    out = []
+    for node in edge_program.graph.nodes:
+        if (
+            node.op != "call_function"
+            or node.target.__class__.__name__ == "builtin_function_or_method"
+        ):
+            continue
+        name = str(getattr(node.target, "__name__", node.target))
+        if name == "executorch_call_delegate":
+            continue
+        first = node.args[0] if node.args else None
+        val = getattr(first, "meta", {}).get("val") if first is not None else None
+        shape = [int(d) if str(d).isdigit() else -1 for d in getattr(val, "shape", [])]
+        out.append((name, node.name, shape))
+    return out
+
+
+def check_delegated(
+    edge_program: Any, pass_name: str, allow_portable_convolutions: bool
+) -> dict[str, int]:
+    """Refuse convolutions left to the portable kernels; returns the portable ops' counts."""
+    left = portable_ops(edge_program)
+    bad = []
+    for op, node, shape in left:
+        if not any(c in op for c in CONVOLUTIONS):
+            continue
+        if len(shape) == 5:
+            bad.append(
+                f"{op} at node '{node}' on a 5-D input {shape}: ExecuTorch has no 3-D "
+                "convolution kernel (it fails on the phone with error 0x12)"
+            )
+        elif not allow_portable_convolutions:
+            bad.append(
+                f"{op} at node '{node}' (input {shape}) is not delegated to XNNPACK (weights "
+                "computed in forward, or an unsupported form): it would run in the slow "
+                "portable kernel"
+            )
+    if bad:
+        raise BuildError(
+            f"error: {pass_name}: operators ExecuTorch cannot run well on a phone:\n"
+            + "\n".join(f"  {b}" for b in bad)
+            + f"\nput the pass '{FIX}' first in the recipe (an exact rewrite of 3-D "
+            "convolutions as delegated 2-D ones with constant weights)"
+            + ("" if allow_portable_convolutions else "; or set allow_portable_convolutions")
+        )
+    return dict(sorted(Counter(op for op, _, _ in left).items()))
+
+
+def lower(
+    program: Any, out: Path, pass_name: str, allow_portable_convolutions: bool
+) -> dict[str, int]:
+    """Lower an ExportedProgram with the XNNPACK partitioner and write the ``.pte``."""
+    exir = require("executorch.exir", "executorch")
+    xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
+    with third_party_output("executorch", ("executorch",)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edge = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()])
+        portable = check_delegated(edge.exported_program(), pass_name, allow_portable_convolutions)
+        et = edge.to_executorch()
+    out.write_bytes(et.buffer)
+    return portable
+
+
+@dataclass
+class LowerOptions:
+    allow_portable_convolutions: bool = False  # keep 1-D/2-D convolutions XNNPACK did not take
+
+
+@register_pass
+class ExecutorchLower(Pass):
+    name = "executorch_lower"
+    description = "ExecuTorch .pte from the torch program, XNNPACK partitioner (FP32)"
+    Options = LowerOptions
+    input_formats = (TORCH_PROGRAM,)
+    output_format = "pte"
+    runtimes = ("executorch",)
+    backend = "executorch"
+
+    def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
+        program = load_program(model)
+        out = ctx.workdir / "model.pte"
+        portable = lower(program, out, self.name, options.allow_portable_convolutions)
+        log.info("executorch_lower: operators outside XNNPACK %s", portable)
+        return ModelFile(out, "pte", "fp32")

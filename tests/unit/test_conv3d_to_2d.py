@@ -107,9 +107,7 @@ def test_conv3d_to_2d_pass_keeps_the_dynamic_batch(tmp_path: Path) -> None:
         torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ConvTranspose3d(4, 2, 2, stride=2)
     ).eval()
     batch = torch.export.Dim("batch", min=1, max=4)
-    program = torch.export.export(
-        net, (torch.randn(2, 1, 4, 4, 4),), dynamic_shapes=({0: batch},)
-    )
+    program = torch.export.export(net, (torch.randn(2, 1, 4, 4, 4),), dynamic_shapes=({0: batch},))
     src = tmp_path / "in.pt2"
     torch.export.save(program, str(src))
     out_dir = tmp_path / "out"

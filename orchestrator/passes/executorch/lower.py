@@ -49,33 +49,38 @@ def portable_ops(edge_program: Any) -> list[tuple[str, str, list[int]]]:
     return out
 
 
+def _nodes(found: list[tuple[str, str, list[int]]]) -> str:
+    shown = ", ".join(f"'{node}' {shape}" for _, node, shape in found[:3])
+    return shown + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+
 def check_delegated(
     edge_program: Any, pass_name: str, allow_portable_convolutions: bool
 ) -> dict[str, int]:
     """Refuse convolutions left to the portable kernels; returns the portable ops' counts."""
     left = portable_ops(edge_program)
+    convs = [entry for entry in left if any(c in entry[0] for c in CONVOLUTIONS)]
+    five_d = [entry for entry in convs if len(entry[2]) == 5]
+    slow = [] if allow_portable_convolutions else [e for e in convs if len(e[2]) != 5]
     bad = []
-    for op, node, shape in left:
-        if not any(c in op for c in CONVOLUTIONS):
-            continue
-        if len(shape) == 5:
-            bad.append(
-                f"{op} at node '{node}' on a 5-D input {shape}: ExecuTorch has no 3-D "
-                "convolution kernel (it fails on the phone with error 0x12)"
-            )
-        elif not allow_portable_convolutions:
-            bad.append(
-                f"{op} at node '{node}' (input {shape}) is not delegated to XNNPACK (weights "
-                "computed in forward, or an unsupported form): it would run in the slow "
-                "portable kernel"
-            )
+    if five_d:
+        bad.append(
+            f"{len(five_d)} convolution(s) on 5-D inputs ({five_d[0][0]} at {_nodes(five_d)}): "
+            "ExecuTorch has no 3-D convolution kernel (the phone fails with error 0x12)"
+        )
+    if slow:
+        bad.append(
+            f"{len(slow)} convolution(s) not delegated to XNNPACK ({slow[0][0]} at "
+            f"{_nodes(slow)}): weights computed in forward, or a form XNNPACK lacks; the "
+            "portable kernel runs them about a hundred times slower"
+        )
     if bad:
         raise BuildError(
             f"error: {pass_name}: operators ExecuTorch cannot run well on a phone:\n"
             + "\n".join(f"  {b}" for b in bad)
             + f"\nput the pass '{FIX}' first in the recipe (an exact rewrite of 3-D "
             "convolutions as delegated 2-D ones with constant weights)"
-            + ("" if allow_portable_convolutions else "; or set allow_portable_convolutions")
+            + ("; or set allow_portable_convolutions: true" if slow else "")
         )
     return dict(sorted(Counter(op for op, _, _ in left).items()))
 

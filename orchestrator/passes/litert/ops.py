@@ -93,7 +93,8 @@ def check_runnable(path: Path, pass_name: str) -> list[Op]:
         raise BuildError(
             f"error: {pass_name}: {path.name} has operators LiteRT cannot run on a phone:\n"
             + "\n".join(f"  {b}" for b in bad)
-            + f"\n3-D convolutions convert to these; put the pass '{FIX}' first in the "
-            "recipe (an exact rewrite as 2-D convolutions)"
+            + "\n3-D convolutions convert to these (ConvTranspose3d to "
+            "STABLEHLO_CONVOLUTION; CONV_3D has float kernels only): put the pass "
+            f"'{FIX}' first in the recipe (an exact rewrite as 2-D convolutions)"
         )
     return ops

@@ -105,8 +105,11 @@ def test_mobile_ct_seg_without_the_rewrite_is_refused_for_litert(
     )
     err = capsys.readouterr().err
     assert code == ExitCode.FAILED
-    assert "litert_convert: model.tflite has operators LiteRT cannot run on a phone" in err
-    assert "STABLEHLO_CONVOLUTION" in err and "put the pass 'conv3d_to_2d' first" in err
+    assert (
+        "litert_convert: model.tflite has operators LiteRT cannot run on a phone "
+        "(STABLEHLO_CONVOLUTION); put the pass 'conv3d_to_2d' first in the recipe" in err
+    )
+    assert "STABLEHLO_CONVOLUTION: a StableHLO operator" in err
     assert not (isolated / "artifacts" / "ct_seg_phone_litert").exists()
 
 

@@ -5,7 +5,8 @@ What XNNPACK does not take stays in ExecuTorch's portable kernels. A convolution
 there is refused here, naming it: the portable convolution runs only 1-D and 2-D inputs
 (a 5-D one fails on the phone with error 0x12), and a 2-D one left undelegated (weights
 computed in ``forward``) runs about a hundred times slower. ``conv3d_to_2d`` before this
-pass turns 3-D convolutions into delegated 2-D ones.
+pass turns 3-D convolutions into delegated 2-D ones. The written program is then loaded in
+ExecuTorch's runtime, so a delegate that cannot compile it fails the build.
 """
 
 from __future__ import annotations
@@ -75,12 +76,13 @@ def check_delegated(
             "portable kernel runs them about a hundred times slower"
         )
     if bad:
+        what = "; ".join(b.split(" (")[0] for b in bad)
         raise BuildError(
-            f"error: {pass_name}: operators ExecuTorch cannot run well on a phone:\n"
+            f"error: {pass_name}: ExecuTorch cannot run this program well on a phone ({what}); "
+            f"put the pass '{FIX}' first in the recipe\n"
             + "\n".join(f"  {b}" for b in bad)
-            + f"\nput the pass '{FIX}' first in the recipe (an exact rewrite of 3-D "
-            "convolutions as delegated 2-D ones with constant weights)"
-            + ("; or set allow_portable_convolutions: true" if slow else "")
+            + f"\n'{FIX}' rewrites 3-D convolutions exactly as delegated 2-D ones with "
+            "constant weights" + ("; or set allow_portable_convolutions: true" if slow else "")
         )
     return dict(sorted(Counter(op for op, _, _ in left).items()))
 
@@ -97,7 +99,22 @@ def lower(
         portable = check_delegated(edge.exported_program(), pass_name, allow_portable_convolutions)
         et = edge.to_executorch()
     out.write_bytes(et.buffer)
+    check_loads(out, pass_name)
     return portable
+
+
+def check_loads(path: Path, pass_name: str, method: str = "forward") -> None:
+    """Load the program and its method in ExecuTorch's runtime, as the phone will: a delegate
+    that cannot compile its graph fails here, not on the phone."""
+    runtime = require("executorch.runtime", "executorch")
+    try:
+        runtime.Runtime.get().load_program(str(path)).load_method(method)
+    except Exception as exc:
+        raise BuildError(
+            f"error: {pass_name}: {path.name} does not load in ExecuTorch's runtime "
+            f"({str(exc).strip() or type(exc).__name__}); the runtime's log above names the "
+            "node its XNNPACK delegate refused"
+        ) from exc
 
 
 @dataclass

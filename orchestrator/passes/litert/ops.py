@@ -10,6 +10,8 @@ operator named and the pass that avoids it:
 - ``CONV_3D`` / ``CONV_3D_TRANSPOSE`` on INT8 tensors: TFLite has only float kernels.
 
 The rewrite ``conv3d_to_2d`` turns 3-D convolutions into 2-D ones before conversion.
+A model that passes is then loaded in the interpreter here (tensors allocated), as the
+app will load it.
 """
 
 from __future__ import annotations
@@ -90,11 +92,26 @@ def check_runnable(path: Path, pass_name: str) -> list[Op]:
     ops = model_ops(path)
     bad = unsupported(ops)
     if bad:
+        names = ", ".join(b.split(":")[0].split(" on ")[0] for b in bad)
         raise BuildError(
-            f"error: {pass_name}: {path.name} has operators LiteRT cannot run on a phone:\n"
+            f"error: {pass_name}: {path.name} has operators LiteRT cannot run on a phone "
+            f"({names}); put the pass '{FIX}' first in the recipe\n"
             + "\n".join(f"  {b}" for b in bad)
             + "\n3-D convolutions convert to these (ConvTranspose3d to "
-            "STABLEHLO_CONVOLUTION; CONV_3D has float kernels only): put the pass "
-            f"'{FIX}' first in the recipe (an exact rewrite as 2-D convolutions)"
+            "STABLEHLO_CONVOLUTION; CONV_3D has float kernels only); "
+            f"'{FIX}' rewrites them exactly as 2-D convolutions"
         )
+    _check_loads(path, pass_name)
     return ops
+
+
+def _check_loads(path: Path, pass_name: str) -> None:
+    """Load the model in LiteRT's interpreter and allocate its tensors, as the app will."""
+    interpreter = require("ai_edge_litert.interpreter", "ai_edge_litert")
+    try:
+        interpreter.Interpreter(model_path=str(path)).allocate_tensors()
+    except Exception as exc:
+        raise BuildError(
+            f"error: {pass_name}: {path.name} does not load in LiteRT's interpreter: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc

@@ -57,11 +57,13 @@ def conv3d_by_depth(
     sd, sh, sw = stride
     pd, ph, pw = padding
     dd, dh, dw = dilation
-    if pd:
-        x = f.pad(x, (0, 0, 0, 0, pd, pd))
     depth = d + 2 * pd
     out_d = (depth - dd * (len(taps) - 1) - 1) // sd + 1
-    x = x.permute(0, 2, 1, 3, 4)  # n, depth, c, h, w
+    x = x.permute(0, 2, 1, 3, 4)  # n, d, c, h, w
+    if pd:
+        # zero slices joined on, not a pad: XNNPACK refuses a quantized pad of this axis
+        zeros = x.new_zeros((n, pd, c, h, w))
+        x = torch.cat([zeros, x, zeros], dim=1)
     out = None
     for k, tap in enumerate(taps):
         start = k * dd

@@ -25,9 +25,11 @@ class _Wrap(torch.nn.Module):
         return self.layer(x)
 
 
-def _rewritten(net: torch.nn.Module, x: torch.Tensor) -> tuple[int, Any]:
+def _rewritten(
+    net: torch.nn.Module, x: torch.Tensor, depth_padding: str = "pad"
+) -> tuple[int, Any]:
     gm = torch.export.export(net.eval(), (x,)).module()
-    count = rewrite_module(gm)
+    count = rewrite_module(gm, depth_padding)
     return count, torch.export.export(gm, (x,))
 
 
@@ -51,14 +53,21 @@ def _conv_targets(program: Any) -> list[str]:
         ((2, 3, 3), (3, 2, 1), (0, 1, 2), (1, 1, 2), 1, True),
     ],
 )
+@pytest.mark.parametrize("depth_padding", ["pad", "concat"])
 def test_conv3d_to_2d_conv3d_parity(
-    kernel: Any, stride: Any, padding: Any, dilation: Any, groups: int, bias: bool
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    bias: bool,
+    depth_padding: str,
 ) -> None:
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(4, 6, kernel, stride, padding, dilation, groups, bias)
     net = _Wrap(conv)
     x = torch.randn(2, 4, 9, 10, 11)
-    count, program = _rewritten(net, x)
+    count, program = _rewritten(net, x, depth_padding)
     assert count == 1
     assert _conv_targets(program) and all("conv2d" in t for t in _conv_targets(program))
     torch.testing.assert_close(program.module()(x), net(x), atol=ATOL, rtol=0)

@@ -11,6 +11,12 @@ convolution kernels (LiteRT's interpreter, ExecuTorch's XNNPACK delegate).
   kernel position as channels, plus reshapes and 4-D transposes that put each position
   in its place. Any other transposed 3-D convolution is an error naming it.
 
+The depth padding is a constant pad by default; ``depth_padding: concat`` joins zero
+slices on instead, which XNNPACK takes for an INT8 program (it refuses a quantized pad of
+that axis) but which litert-torch 0.10.0 converts wrongly for the 3-D U-Net (parity
+errors of 8 in its logits): the recipes choose per runtime, and the parity gates catch a
+wrong choice.
+
 The rewrite is exact up to float summation order. It works on the torch.export
 program's graph (``aten.conv3d``, ``aten.conv_transpose3d`` and 5-D
 ``aten.convolution``), so any torch-input recipe can put it first, whatever the source.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.core.model_file import ModelFile
@@ -48,9 +54,14 @@ def conv3d_by_depth(
     padding: tuple[int, int, int],
     dilation: tuple[int, int, int],
     groups: int,
+    depth_padding: str,
     *taps: Any,
 ) -> Any:
-    """``conv3d(x, w, bias, ...)`` as a sum of ``conv2d`` over depth, ``taps[k] = w[:, :, k]``."""
+    """``conv3d(x, w, bias, ...)`` as a sum of ``conv2d`` over depth, ``taps[k] = w[:, :, k]``.
+
+    ``depth_padding``: ``pad`` pads the depth with a constant pad; ``concat`` joins zero
+    slices on instead (see :class:`Conv3dTo2dOptions`).
+    """
     torch = require("torch")
     f = torch.nn.functional
     n, c, d, h, w = x.shape
@@ -59,9 +70,10 @@ def conv3d_by_depth(
     dd, dh, dw = dilation
     depth = d + 2 * pd
     out_d = (depth - dd * (len(taps) - 1) - 1) // sd + 1
-    x = x.permute(0, 2, 1, 3, 4)  # n, d, c, h, w
-    if pd:
-        # zero slices joined on, not a pad: XNNPACK refuses a quantized pad of this axis
+    if pd and depth_padding == "pad":
+        x = f.pad(x, (0, 0, 0, 0, pd, pd))
+    x = x.permute(0, 2, 1, 3, 4)  # n, depth, c, h, w
+    if pd and depth_padding == "concat":
         zeros = x.new_zeros((n, pd, c, h, w))
         x = torch.cat([zeros, x, zeros], dim=1)
     out = None
@@ -190,7 +202,7 @@ def _describe(node: Any) -> str:
     return f"node '{node.name}'" + (f" (module {path})" if path else "")
 
 
-def rewrite_module(gm: Any) -> int:
+def rewrite_module(gm: Any, depth_padding: str = "pad") -> int:
     """Rewrite every 3-D convolution of a GraphModule in place; returns how many."""
     torch = require("torch")
     aten = torch.ops.aten
@@ -221,7 +233,16 @@ def rewrite_module(gm: Any) -> int:
                     b = gm.graph.get_attr(f"{prefix}_b")
                 new = gm.graph.call_function(
                     conv3d_by_depth,
-                    (x, b, conv.stride, conv.padding, conv.dilation, conv.groups, *taps),
+                    (
+                        x,
+                        b,
+                        conv.stride,
+                        conv.padding,
+                        conv.dilation,
+                        conv.groups,
+                        depth_padding,
+                        *taps,
+                    ),
                 )
             else:
                 kernel = tuple(int(k) for k in weight.shape[2:])
@@ -262,6 +283,13 @@ def rewrite_module(gm: Any) -> int:
     return count
 
 
+@dataclass
+class Conv3dTo2dOptions:
+    depth_padding: str = field(
+        default="pad", metadata={"choices": ("pad", "concat")}
+    )  # pad: a constant pad of the depth; concat: zero slices joined on (XNNPACK INT8 needs it)
+
+
 @register_pass
 class Conv3dTo2d(Pass):
     name = "conv3d_to_2d"
@@ -269,6 +297,7 @@ class Conv3dTo2d(Pass):
         "exact rewrite of 3-D convolutions as 2-D ones (Conv3d: sum over depth taps; "
         "ConvTranspose3d with kernel == stride: 1x1 conv + reshapes)"
     )
+    Options = Conv3dTo2dOptions
     input_formats = (TORCH_PROGRAM,)
     output_format = TORCH_PROGRAM
     runtimes = ("litert", "executorch", "coreml")
@@ -277,7 +306,7 @@ class Conv3dTo2d(Pass):
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         program = load_program(model)
         gm = program.module()
-        count = rewrite_module(gm)
+        count = rewrite_module(gm, options.depth_padding)
         log.info("conv3d_to_2d: %d 3-D convolution(s) rewritten", count)
         if count == 0:
             return save_program(program, ctx.workdir / "model.pt2", model.precision)

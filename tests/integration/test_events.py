@@ -56,13 +56,20 @@ def device(tmp_path: Path) -> Device:
 class Running:
     """A collector serving in a thread until the test ends."""
 
-    def __init__(self, broker: Broker, db: str, project: Path | None = None) -> None:
+    def __init__(
+        self, broker: Broker, db: str, project: Path | None = None, ca_file: Path | None = None
+    ) -> None:
         rules = load_rules(project) if project else []
         self.store = EventStore(db)
         self.collector = Collector(self.store, rules)
         self.stop = threading.Event()
         settings = BrokerSettings(
-            "127.0.0.1", broker.port, "collector", broker.users["collector"], client_id="c-test"
+            "127.0.0.1",
+            broker.port,
+            "collector",
+            broker.users["collector"],
+            ca_file=str(ca_file or ""),
+            client_id="c-test",
         )
         self.thread = threading.Thread(target=self.collector.serve, args=(settings, self.stop))
         self.thread.start()

@@ -269,7 +269,12 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
                 [Problem(CLI, "resume", "takes no KEY=VALUE words; the journal has them all")]
             )
         report = resume_rollout(
-            root, args.resume or None, store, listeners=[printer], on_bytes=bars.upload
+            root,
+            args.resume or None,
+            store,
+            listeners=[printer],
+            on_bytes=bars.upload,
+            analyst=_analyst(root),
         )
         for note in report.notes:
             _out(f"note: {note}")
@@ -311,6 +316,7 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
                 record=not args.no_record,
                 listeners=printer_list,
                 on_bytes=bars.upload,
+                analyst=_analyst(root) if strategy.analysis is not None else None,
             )
         except RolloutHaltedError as exc:
             if args.json:
@@ -396,6 +402,15 @@ def _list_rollouts(root: Path) -> int:
 
 
 # -- status --------------------------------------------------------------------------------------
+
+
+def _analyst(root: Path) -> Any:
+    """Live canary analysis reads the events collector's database (``$EDGESHIP_EVENTS_DB``,
+    else the project's, unless the strategy names one)."""
+    from orchestrator.events.monitor import EventsAnalyst
+    from orchestrator.project import bundles_root, events_db_url
+
+    return EventsAnalyst(events_db_url(root), bundles_root(root))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

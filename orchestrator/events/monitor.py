@@ -134,6 +134,9 @@ def live_stats(
     devices: Iterable[str] = (),
     version: int | None = None,
     per_device: bool = True,
+    not_version: int | None = None,
+    until: str = "",
+    pool_versions: bool = False,
 ) -> list[LiveStats]:
     """Stats per (deployment, version, device) and per (deployment, version) over all devices
     (device ``*``), of the events whose device time is at or after ``since``."""
@@ -150,6 +153,10 @@ def live_stats(
         stmt = stmt.where(t.c.fleet == fleet)
     if version is not None:
         stmt = stmt.where(t.c.version == version)
+    if not_version is not None:
+        stmt = stmt.where(t.c.version != not_version)
+    if until:
+        stmt = stmt.where(t.c.time < until)
     chosen = list(devices)
     if chosen:
         stmt = stmt.where(t.c.device.in_(chosen))
@@ -159,7 +166,7 @@ def live_stats(
             row = tuple(rest)
             if per_device:
                 groups.setdefault((str(dep), ver, str(dev), str(flt)), []).append(row)
-            groups.setdefault((str(dep), ver, "*", ""), []).append(row)
+            groups.setdefault((str(dep), None if pool_versions else ver, "*", ""), []).append(row)
     return [_stats(key, rows) for key, rows in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
 
@@ -205,6 +212,47 @@ class References:
 
 def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def pooled(stats: list[LiveStats]) -> dict[str, Any]:
+    """The all-device figures (``{"events": 0}`` when there were no events)."""
+    groups = [s for s in stats if s.device == "*"]
+    return groups[0].to_json() if groups else {"events": 0}
+
+
+class EventsAnalyst:
+    """Live canary analysis figures from the collector's database (see
+    :mod:`orchestrator.ship.rollout.analysis`)."""
+
+    def __init__(self, db_url: str, bundles: Path) -> None:
+        self.db_url = db_url  # unless the strategy names its own
+        self.references = References(bundles)
+
+    def __call__(
+        self,
+        devices: list[str],
+        baseline: list[str],
+        deployment: str,
+        version: int,
+        since: str,
+        db: str = "",
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        store = EventStore(db or self.db_url)
+        try:
+            wave = live_stats(
+                store, since=since, deployment=deployment, devices=devices or ["-"],
+                version=version, per_device=False,
+            )  # fmt: skip
+            base = []
+            if baseline:
+                base = live_stats(
+                    store, since=since, deployment=deployment, devices=baseline,
+                    not_version=version, per_device=False, pool_versions=True,
+                )  # fmt: skip
+        finally:
+            store.close()
+        self.references.fill(wave)
+        return pooled(wave), pooled(base)
 
 
 def build_run_id(bundle: Path) -> str | None:

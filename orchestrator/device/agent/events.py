@@ -229,6 +229,16 @@ def events_command(agent, args) -> dict:
     sent = 0
     try:
         for sample in samples(args.replay, loop.runtime):
+            if agent.link_version(agent.current) != loop.context.get("version"):
+                # a rollout (or a rollback) changed the active version: answer with the new one
+                try:
+                    fresh = Inference(agent)
+                except Exception as exc:  # mid-change: keep the loaded version for now
+                    agent.log("events_version_not_loaded", message=str(exc))
+                else:
+                    loop.outbox.close()
+                    loop = fresh
+                    agent.log("events_version_changed", version=loop.context.get("version"))
             loop.infer(sample)
             try:
                 sent += send(loop.outbox, settings, to, client_id, args.timeout)["sent"]

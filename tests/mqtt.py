@@ -147,7 +147,13 @@ class Broker:
                     "allow_anonymous false",
                     f"password_file {passwords}",
                     f"acl_file {acl_file}",
-                    "persistence false",
+                    # what waits for the collector survives a broker restart (saved on stop)
+                    "persistence true",
+                    f"persistence_location {folder}/",
+                    # the collector acknowledges in batches once they are stored; a backlog
+                    # waits at the broker instead of being dropped past 1,000 messages
+                    "max_inflight_messages 1000",
+                    "max_queued_messages 1000000",
                     f"listener {self.port} 127.0.0.1",
                     *tls_lines,
                     "log_dest stderr",

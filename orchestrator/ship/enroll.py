@@ -6,6 +6,8 @@ agent is copied to ``<install root>/bin/``, and the current trust set becomes th
 device's first. Enrolling again is safe: it refreshes the agent, keeps the
 device's record of installed versions, and brings its trust set up to date
 through the signed chain of trust sets (no re-pinning, no reset) unless asked.
+A fleet that names an events broker (its ``events`` key) also gets, per device, a new
+broker credential (:mod:`orchestrator.ship.broker_auth`).
 """
 
 from __future__ import annotations

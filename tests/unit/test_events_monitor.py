@@ -148,3 +148,24 @@ def test_events_summary_and_mlflow_report_commands(tmp_path: Path) -> None:
     history = tracker.client.get_metric_history(run_id, "live_p95_ms")
     assert len(history) == 2 and history[0].value == pytest.approx(18.55)
     assert tracker.client.get_metric_history(run_id, "live_events")[-1].value == 10.0
+
+
+def test_status_table_shows_live_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli.rollout import _status_table
+    from orchestrator.events.monitor import LiveStats
+    from orchestrator.ship.status import DeviceStatus
+
+    rows = [
+        DeviceStatus("bed-1", "127.0.0.2:22", {}, [], state="running", deployment="posture",
+                     version=1, health="pass", latency_ms=1.0),
+        DeviceStatus("bed-2", "127.0.0.3:22", {}, [], state="running", deployment="posture",
+                     version=1, health="pass", latency_ms=1.0),
+    ]  # fmt: skip
+    live = {("bed-1", "posture", 1): LiveStats("posture", 1, "bed-1", "ward", events=10,
+                                               p50_ms=1.5, p95_ms=2.25, per_minute=30.0,
+                                               psi=0.012)}  # fmt: skip
+    _status_table("ward", rows, live)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-3:] == ["p50/p95", "ms", "ev/min", "PSI"][-3:]
+    assert lines[1].split()[-3:] == ["1.5/2.2", "30.0", "0.012"]
+    assert lines[2].split()[-3:] == ["-", "-", "-"]

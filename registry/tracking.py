@@ -276,6 +276,20 @@ class Tracker:
         if artifact_dir is not None:
             self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="artifact")
 
+    def log_live(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Live monitoring figures of a deployed version, on its build's run, as one step."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(
+                run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+            )
+        except Exception as exc:
+            raise TrackingError(f"error: MLflow at {self.uri}: live metrics: {exc}") from exc
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))

@@ -1,13 +1,17 @@
-"""A real Mosquitto broker on loopback: a password per client and an ACL per device."""
+"""A real Mosquitto broker on loopback: a password per client and an ACL per device, TLS
+with a CA and a server certificate generated for the test when asked."""
 
 from __future__ import annotations
 
+import datetime
 import getpass
+import ipaddress
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,18 +26,100 @@ needs_mosquitto = pytest.mark.skipif(
 )
 
 
+def make_ca(folder: Path, name: str = "edgeship test CA") -> tuple[Path, Any, Any]:
+    """A self-signed CA: (its PEM file, its certificate, its key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, cert, key
+
+
+def server_certificate(folder: Path, ca_cert: Any, ca_key: Any) -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost signed by the CA: (cert, key) files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
 class Broker:
     """``users``: name -> password; a device ``(fleet, name)`` may publish only its own events
-    topic and read nothing; ``collector`` may only read every device's events topic."""
+    topic and read nothing; ``collector`` may only read every device's events topic.
 
-    def __init__(self, folder: Path, devices: list[tuple[str, str]]) -> None:
+    ``tls``: the listener speaks TLS with a server certificate from a generated CA
+    (``ca_file``). ``passwords``/``acl``: use these files (e.g. written by enrolment) instead
+    of generating them; ``collector`` is added to them."""
+
+    def __init__(
+        self,
+        folder: Path,
+        devices: list[tuple[str, str]],
+        tls: bool = False,
+        passwords: Path | None = None,
+        acl: Path | None = None,
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.users = {name: f"secret-{name}" for _, name in devices}
         self.users["collector"] = "secret-collector"
-        passwords = folder / "passwords"
-        passwords.write_text("")
+        passwords = passwords or folder / "passwords"
+        if not passwords.exists():
+            passwords.write_text("")
         for name, password in self.users.items():
             subprocess.run(
                 ["mosquitto_passwd", "-b", str(passwords), name, password],
@@ -41,10 +127,18 @@ class Broker:
                 capture_output=True,
             )
             (folder / f"{name}.secret").write_text(password + "\n")
-        acl = ["user collector", "topic read edgeship/+/+/events", ""]
+        lines = ["user collector", "topic read edgeship/+/+/events", ""]
         for fleet, name in devices:
-            acl += [f"user {name}", f"topic write edgeship/{fleet}/{name}/events", ""]
-        (folder / "acl").write_text("\n".join(acl))
+            lines += [f"user {name}", f"topic write edgeship/{fleet}/{name}/events", ""]
+        acl_file = acl or folder / "acl"
+        before = acl_file.read_text() if acl_file.exists() else ""
+        acl_file.write_text("\n".join(lines) + "\n" + before)
+        self.ca_file: Path | None = None
+        tls_lines: list[str] = []
+        if tls:
+            self.ca_file, ca_cert, ca_key = make_ca(folder / "tls")
+            cert, key = server_certificate(folder / "tls", ca_cert, ca_key)
+            tls_lines = [f"cafile {self.ca_file}", f"certfile {cert}", f"keyfile {key}"]
         (folder / "mosquitto.conf").write_text(
             "\n".join(
                 [
@@ -52,9 +146,16 @@ class Broker:
                     "per_listener_settings false",
                     "allow_anonymous false",
                     f"password_file {passwords}",
-                    f"acl_file {folder / 'acl'}",
-                    "persistence false",
+                    f"acl_file {acl_file}",
+                    # what waits for the collector survives a broker restart (saved on stop)
+                    "persistence true",
+                    f"persistence_location {folder}/",
+                    # the collector acknowledges in batches once they are stored; a backlog
+                    # waits at the broker instead of being dropped past 1,000 messages
+                    "max_inflight_messages 1000",
+                    "max_queued_messages 1000000",
                     f"listener {self.port} 127.0.0.1",
+                    *tls_lines,
                     "log_dest stderr",
                     "log_type all",
                     "",

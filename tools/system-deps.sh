@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the integration tests use: OpenSSH's sshd (devices on loopback), Mosquitto
-# (the MQTT broker of the events tests), Node.js and npm (the React Native client's tests,
+# (the MQTT broker of the events tests), PostgreSQL (the events collector's team database, started
+# by its tests), Node.js and npm (the React Native client's tests,
 # clients/react-native).
 # Installs them with apt-get when missing and running as root; otherwise says what is missing.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || need+=(postgresql)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

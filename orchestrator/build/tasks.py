@@ -34,13 +34,20 @@ def classification_metrics(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     pred, ref_pred = out.argmax(-1), ref.argmax(-1)
     metrics = {"agreement": float((pred == ref_pred).mean())}
-    details: dict[str, Any] = {}
+    k = out.shape[-1]
+    # the reference of live drift monitoring: what the artifact predicts on the evaluation set
+    counts = np.bincount(pred.ravel().astype(int), minlength=k)
+    details: dict[str, Any] = {
+        "prediction_distribution": {
+            "labels": names or [str(i) for i in range(k)],
+            "counts": [int(c) for c in counts],
+        }
+    }
     if labels is not None:
         labels = labels.reshape(pred.shape)
         metrics["accuracy"] = float((pred == labels).mean())
         metrics["reference_accuracy"] = float((ref_pred == labels).mean())
         metrics["accuracy_drop"] = metrics["reference_accuracy"] - metrics["accuracy"]
-        k = out.shape[-1]
         confusion = np.zeros((k, k), dtype=int)
         for t, p in zip(labels.ravel(), pred.ravel(), strict=True):
             confusion[int(t), int(p)] += 1

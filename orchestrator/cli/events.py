@@ -50,6 +50,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ingest = None
+    reporter = None
+    if args.report_every > 0:
+        reporter = threading.Thread(
+            target=_report_loop, args=(args, stop), name="mlflow-report", daemon=True
+        )
+        reporter.start()
     try:
         if args.http:
             from orchestrator.events.http_ingest import PATH, IngestServer
@@ -88,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if ingest is not None:
             ingest.stop()
         collector.close()
+        if reporter is not None:
+            reporter.join(30)
     c = collector.counters
     print(
         f"stored {c.stored}, duplicates {c.duplicates}, refused {c.refused}, rules fired {c.fired}"
@@ -107,6 +115,17 @@ def cmd_token(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return ExitCode.OK
+
+
+def _report_loop(args: argparse.Namespace, stop: threading.Event) -> None:
+    step = 0
+    while not stop.wait(args.report_every):
+        step += 1
+        try:
+            for line in report_once(args, step):
+                log.info("%s", line)
+        except Exception:  # a report that fails must not stop the collector
+            log.exception("live figures not reported to MLflow")
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -141,6 +160,80 @@ def cmd_events(args: argparse.Namespace) -> int:
             f"{'' if score is None else f'{score:.3f}'}"
         )
     return ExitCode.OK
+
+
+def _live(args: argparse.Namespace) -> list[Any]:
+    from orchestrator.events.monitor import References, live_stats, since_minutes
+    from orchestrator.events.store import EventStore
+    from orchestrator.project import bundles_root
+
+    store = EventStore(_db(args))
+    try:
+        stats = live_stats(
+            store,
+            since=since_minutes(args.window),
+            deployment=args.deployment or "",
+            fleet=args.fleet or "",
+            version=args.version,
+        )
+    finally:
+        store.close()
+    return References(bundles_root(project_dir())).fill(stats)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from orchestrator.events.monitor import fmt
+
+    stats = _live(args)
+    if args.json:
+        print(json.dumps([s.to_json() for s in stats], indent=2, sort_keys=True))
+        return ExitCode.OK
+    if not stats:
+        print(f"no events in the last {args.window:g} minute(s)")
+        return ExitCode.OK
+    head = ("deployment", "version", "device", "events", "errors", "p50 ms", "p95 ms", "ev/min",
+            "PSI", "predictions")  # fmt: skip
+    table = [head]
+    for s in stats:
+        ranked = sorted(s.distribution.items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{k} {v}" for k, v in ranked)
+        table.append((
+            s.deployment, "-" if s.version is None else f"v{s.version}",
+            "all devices" if s.device == "*" else f"{s.fleet}/{s.device}",
+            str(s.events), f"{s.error_share:.1%}", fmt(s.p50_ms, ".2f"), fmt(s.p95_ms, ".2f"),
+            fmt(s.per_minute), fmt(s.psi, ".3f"), top[:60] or "-",
+        ))  # fmt: skip
+    cells = [[terminal(c) for c in row] for row in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"window: the last {args.window:g} minute(s), by the devices' clocks")
+    return ExitCode.OK
+
+
+def report_once(args: argparse.Namespace, step: int) -> list[str]:
+    from orchestrator.events.monitor import report_mlflow
+    from orchestrator.project import bundles_root
+    from registry.tracking import open_tracker
+
+    root = project_dir()
+    return report_mlflow(_live(args), bundles_root(root), open_tracker(root), step)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    for line in report_once(args, int(time.time())):
+        print(terminal(line))
+    return ExitCode.OK
+
+
+def _window_flags(p: Any) -> None:
+    p.add_argument("--db", default=None, help="SQLAlchemy URL (as for `edgeship events`)")
+    p.add_argument("--window", type=float, default=60.0, help="minutes back from now (default 60)")
+    p.add_argument("--deployment", default=None)
+    p.add_argument("--fleet", default=None)
+    p.add_argument("--version", type=int, default=None)
 
 
 def register(sub: Any) -> None:
@@ -182,7 +275,25 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--tls-cert", default=None, help="with --http: serve HTTPS with this cert")
     s.add_argument("--tls-key", default=None, help="with --tls-cert: its private key")
-    s.set_defaults(func=cmd_serve)
+    s.add_argument(
+        "--report-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="log each version's live figures to its MLflow build run this often (0: never)",
+    )
+    s.add_argument("--window", type=float, default=60.0, help="minutes the reports look back")
+    s.set_defaults(func=cmd_serve, deployment=None, fleet=None, version=None)
+    m = verbs.add_parser(
+        "summary", help="live figures per version and device: latency, rate, drift (PSI)"
+    )
+    _window_flags(m)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_summary)
+    r = verbs.add_parser("report", help="log the live figures to each version's MLflow build run")
+    _window_flags(r)
+    r.add_argument("--mlflow", action="store_true", required=True, help="where to report")
+    r.set_defaults(func=cmd_report)
     t = verbs.add_parser("token", help="issue a device's token for events over HTTPS")
     t.add_argument("--fleet", required=True)
     t.add_argument("--device", required=True)

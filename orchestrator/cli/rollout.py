@@ -269,7 +269,12 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
                 [Problem(CLI, "resume", "takes no KEY=VALUE words; the journal has them all")]
             )
         report = resume_rollout(
-            root, args.resume or None, store, listeners=[printer], on_bytes=bars.upload
+            root,
+            args.resume or None,
+            store,
+            listeners=[printer],
+            on_bytes=bars.upload,
+            analyst=_analyst(root),
         )
         for note in report.notes:
             _out(f"note: {note}")
@@ -311,6 +316,7 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
                 record=not args.no_record,
                 listeners=printer_list,
                 on_bytes=bars.upload,
+                analyst=_analyst(root) if strategy.analysis is not None else None,
             )
         except RolloutHaltedError as exc:
             if args.json:
@@ -398,6 +404,15 @@ def _list_rollouts(root: Path) -> int:
 # -- status --------------------------------------------------------------------------------------
 
 
+def _analyst(root: Path) -> Any:
+    """Live canary analysis reads the events collector's database (``$EDGESHIP_EVENTS_DB``,
+    else the project's, unless the strategy names one)."""
+    from orchestrator.events.monitor import EventsAnalyst
+    from orchestrator.project import bundles_root, events_db_url
+
+    return EventsAnalyst(events_db_url(root), bundles_root(root))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.ship.status import fleet_status
     from orchestrator.spec.fleet import load_fleet
@@ -413,19 +428,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     sel = _selection(opts)
     devices = fleet.select(sel.devices or None, sel.groups or None, sel.labels)
     rows = fleet_status(fleet, devices, timeout=args.timeout, parallel=args.parallel)
+    live = {} if args.no_live else _live_by_device(fleet.name, args.window)
     if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=2, sort_keys=True, default=str))
+        out = []
+        for r in rows:
+            stats = live.get((r.device, r.deployment, r.version))
+            out.append(r.to_json() | ({"live": stats.to_json()} if stats else {}))
+        print(json.dumps(out, indent=2, sort_keys=True, default=str))
     else:
-        _status_table(fleet.name, rows)
+        _status_table(fleet.name, rows, live)
+        if live:
+            print(f"live: prediction events of the last {args.window:g} minute(s)")
     bad = [r for r in rows if not r.ok]
     if any(r.state == "unreachable" for r in bad):
         return ExitCode.UNREACHABLE
     return ExitCode.DEVICES_FAILED if bad else ExitCode.OK
 
 
-def _status_table(fleet: str, rows: list[Any]) -> None:
-    table = [("device", "address", "labels", "deployment", "version", "health", "last change")]
+def _live_by_device(fleet: str, window: float) -> dict[tuple[Any, ...], Any]:
+    """The live figures of each device's (deployment, version) from the events database, when
+    there is one (``$EDGESHIP_EVENTS_DB`` or the project's ``.edgeship/events.db``)."""
+    import os
+
+    from orchestrator.events.monitor import References, live_stats, since_minutes
+    from orchestrator.events.store import EventStore
+    from orchestrator.project import ENV_EVENTS_DB, bundles_root, events_db_url
+
+    root = project_dir()
+    if not os.environ.get(ENV_EVENTS_DB) and not (root / ".edgeship" / "events.db").is_file():
+        return {}
+    store = EventStore(events_db_url(root))
+    try:
+        stats = live_stats(store, since=since_minutes(window), fleet=fleet)
+    finally:
+        store.close()
+    References(bundles_root(root)).fill(stats)
+    return {(s.device, s.deployment, s.version): s for s in stats if s.device != "*"}
+
+
+def _status_table(
+    fleet: str, rows: list[Any], live: dict[tuple[Any, ...], Any] | None = None
+) -> None:
+    from orchestrator.events.monitor import fmt
+
+    live = live or {}
+    head = ["device", "address", "labels", "deployment", "version", "health", "last change"]
+    if live:
+        head += ["p50/p95 ms", "ev/min", "PSI"]
+    table: list[tuple[str, ...]] = [tuple(head)]
     for r in rows:
+        stats = live.get((r.device, r.deployment, r.version))
+        extra: tuple[str, ...] = ()
+        if stats:
+            p = f"{fmt(stats.p50_ms)}/{fmt(stats.p95_ms)}"
+            extra = (p, fmt(stats.per_minute), fmt(stats.psi, ".3f"))
+        elif live:
+            extra = ("-", "-", "-")
         labels = " ".join(f"{k}={v}" for k, v in r.labels.items()) or "-"
         if r.state in ("running", "idle", "not_enrolled"):
             health = r.health or "-"
@@ -440,13 +498,14 @@ def _status_table(fleet: str, rows: list[Any]) -> None:
             if r.state == "not_enrolled":
                 version, health, change = "-", "-", "not enrolled"
             table.append(
-                (r.device, r.address, labels, r.deployment or "-", version, health, change)
+                (r.device, r.address, labels, r.deployment or "-", version, health, change, *extra)
             )
         else:
             message = r.message.split(": ", 1)[-1] if r.message else ""
             table.append(
-                (r.device, r.address, labels, "-", "-", r.state.upper(), message[:60] or "-")
-            )
+                (r.device, r.address, labels, "-", "-", r.state.upper(), message[:60] or "-",
+                 *extra)
+            )  # fmt: skip
     # one row per device: a newline or ANSI escape in a label or answer is shown, not obeyed
     cells = [[terminal(c) for c in row] for row in table]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
@@ -696,6 +755,15 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=15.0, help="seconds per device")
     p.add_argument("--parallel", type=int, default=16, help="devices asked at a time")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="minutes of prediction events the live columns cover",
+    )
+    p.add_argument(
+        "--no-live", action="store_true", help="leave out the live columns (prediction events)"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(

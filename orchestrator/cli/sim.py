@@ -65,6 +65,24 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 )
             print(f"stop them with: edgeship sim down{_name_flag(args)}")
             return 0
+        if args.action == "traffic":
+            if args.stop:
+                stopped = sim.traffic_stop()
+                print(f"simulation {sim.name}: traffic stopped on {len(stopped)} device(s)")
+                return 0
+            inputs, what = traffic_inputs(project_dir(), args.model)
+            pids = sim.traffic_start(inputs, args.interval, args.repeat)
+            print(
+                f"simulation {sim.name}: {len(pids)} device(s) replay {what} every "
+                f"{args.interval:g}s (edgeship-agent run --replay)"
+            )
+            for name, pid in pids.items():
+                print(f"  {name:<8} pid {pid}")
+            print(
+                "watch: edgeship events summary; stop: edgeship sim traffic --stop"
+                + _name_flag(args)
+            )
+            return 0
         if args.action == "down":
             devices = sim.down(purge=args.purge)
             print(
@@ -94,6 +112,29 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise SimError(f"error: {exc}") from exc
 
 
+def traffic_inputs(root: Path, model: str) -> tuple[dict[str, Any], str]:
+    """The evaluation recordings of ``conf/model/<model>.yaml`` (its ``data.eval.fn``), named
+    as the model's first input: for posture_cnn the BasicMotions TEST recordings."""
+    from orchestrator.build.usercode import resolve_callable
+    from orchestrator.spec.files import read_yaml
+
+    rel = f"conf/model/{model}.yaml"
+    spec = read_yaml(root / rel, rel)
+    try:
+        ref = spec["data"]["eval"]["fn"]
+        name = spec["inputs"][0]["name"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise SimError(
+            f"error: {rel}: data.eval.fn and inputs[0].name: expected the evaluation data loader "
+            f"and the model's input, found none ({exc})"
+        ) from exc
+    fn = resolve_callable(str(ref), f"{rel}: data.eval.fn", root)
+    args = spec["data"]["eval"].get("args") or {}
+    loaded = fn(**args)
+    x = loaded[0] if isinstance(loaded, tuple) else loaded
+    return {str(name): x}, f"{len(x)} recording(s) of {model}'s evaluation data ({ref})"
+
+
 def _name_flag(args: argparse.Namespace) -> str:
     return "" if args.name == "sim" else f" --name {args.name}"
 
@@ -101,9 +142,11 @@ def _name_flag(args: argparse.Namespace) -> str:
 def register(sub: Any) -> None:
     """Add ``sim`` to the ``edgeship`` parser."""
     p = sub.add_parser(
-        "sim", help="simulated devices on this machine (real sshd on loopback): up | down | status"
+        "sim",
+        help="simulated devices on this machine (real sshd on loopback): "
+        "up | down | status | traffic",
     )
-    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("action", choices=("up", "down", "status", "traffic"))
     p.add_argument("--devices", type=int, default=6, help="up: how many devices (default 6)")
     p.add_argument("--name", default="sim", help="simulation (and fleet) name (default sim)")
     p.add_argument(
@@ -135,4 +178,13 @@ def register(sub: Any) -> None:
         help="folder of simulations (default .edgeship/sim in the project)",
     )
     p.add_argument("--purge", action="store_true", help="down: also remove state and fleet file")
+    p.add_argument(
+        "--model",
+        default="posture_cnn",
+        help="traffic: replay this model's evaluation data (conf/model/NAME.yaml; default "
+        "posture_cnn, the BasicMotions recordings)",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="traffic: seconds between samples")
+    p.add_argument("--repeat", type=int, default=100, help="traffic: rounds through the recordings")
+    p.add_argument("--stop", action="store_true", help="traffic: stop the replays")
     p.set_defaults(func=cmd_sim)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from orchestrator.events.store import EventStore
 
 log = logging.getLogger(__name__)
 SUBSCRIPTION = "edgeship/+/+/events"
+BATCH = 500  # events stored in one transaction at most
 
 
 class CollectorError(EdgeshipError):
@@ -71,8 +73,8 @@ class Collector:
         self.counters.refusals.append(why)
         log.warning("refused: %s", why)
 
-    def handle(self, topic: str, payload: bytes) -> str:
-        """Store one message; returns ``stored``, ``duplicate`` or ``refused: <why>``."""
+    def parse(self, topic: str, payload: bytes) -> tuple[str, str, Mapping[str, Any]] | str:
+        """(fleet, device, event) of a message, or why it is refused (``refused: ...``)."""
         where = parse_topic(topic)
         if where is None:
             return self.refused(f"{topic}: not an events topic")
@@ -86,31 +88,54 @@ class Collector:
         for key, value in (("device", device), ("fleet", fleet)):
             if key in event and event[key] != value:
                 return self.refused(f"{topic}: event {event['id']} claims {key} {event[key]!r}")
-        with self.lock:
-            if not self.store.add(fleet, device, event):
-                self.counters.duplicates += 1
-                return "duplicate"
-            self.counters.stored += 1
-            stored = dict(event, fleet=fleet, device=device)
-            for rule, run in self.episodes.feed(stored, f"{fleet}/{device}"):
-                self.counters.fired += 1
-                log.info("rule %s fired for %s/%s", rule.name, fleet, device)
-                self.dispatcher.submit(
-                    rule.config.webhook,
-                    {
-                        "rule": rule.name,
-                        "description": rule.config.description,
-                        "when": rule.condition.text,
-                        "fleet": fleet,
-                        "device": device,
-                        "events": run,
-                    },
-                )
-        return "stored"
+        return fleet, device, event
 
     def refused(self, why: str) -> str:
         self.refuse(why)
         return f"refused: {why}"
+
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Store one message; returns ``stored``, ``duplicate`` or ``refused: <why>``."""
+        return self.handle_batch([(topic, payload)])[0]
+
+    def handle_batch(self, messages: list[tuple[str, bytes]]) -> list[str]:
+        """Store a batch of messages in one transaction, then feed the newly stored events
+        to the rules in the order they arrived. Returns each message's fate, in order."""
+        with self.lock:
+            results = [self.parse(topic, payload) for topic, payload in messages]
+            parsed = [r for r in results if not isinstance(r, str)]
+            stored = self.store.add_many(parsed)
+            self.counters.stored += len(stored)
+            self.counters.duplicates += len(parsed) - len(stored)
+            fates: list[str] = []
+            for r in results:
+                if isinstance(r, str):
+                    fates.append(r)
+                    continue
+                fleet, device, event = r
+                if event["id"] not in stored:
+                    fates.append("duplicate")
+                    continue
+                stored.discard(event["id"])  # a second copy in the same batch is a duplicate
+                fates.append("stored")
+                self._rules(fleet, device, dict(event, fleet=fleet, device=device))
+            return fates
+
+    def _rules(self, fleet: str, device: str, stored: dict[str, Any]) -> None:
+        for rule, run in self.episodes.feed(stored, f"{fleet}/{device}"):
+            self.counters.fired += 1
+            log.info("rule %s fired for %s/%s", rule.name, fleet, device)
+            self.dispatcher.submit(
+                rule.config.webhook,
+                {
+                    "rule": rule.name,
+                    "description": rule.config.description,
+                    "when": rule.condition.text,
+                    "fleet": fleet,
+                    "device": device,
+                    "events": run,
+                },
+            )
 
     def serve(self, broker: BrokerSettings, stop: threading.Event, timeout: float = 30.0) -> None:
         """Receive until ``stop`` is set; reconnects by itself when the broker goes away."""
@@ -118,8 +143,13 @@ class Collector:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
             raise MissingDependencyError("paho-mqtt", "pip install paho-mqtt") from exc
+        # a message is acknowledged to the broker only once it is stored: a collector that
+        # stops in between gets it again from the broker (its session is kept)
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id, clean_session=False
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=broker.client_id,
+            clean_session=False,
+            manual_ack=True,
         )
         if broker.username:
             client.username_pw_set(broker.username, broker.password or None)
@@ -135,11 +165,31 @@ class Collector:
                 client.subscribe(SUBSCRIPTION, qos=1)
             connected.set()
 
+        inbox: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue()
+        writing = threading.Event()
+
         def on_message(client: Any, userdata: Any, message: Any) -> None:
-            try:
-                self.handle(message.topic, message.payload)
-            except Exception:  # one bad message must not stop the collector
-                log.exception("event on %s not handled", message.topic)
+            inbox.put((message.topic, message.payload, message.mid, message.qos))
+
+        def writer() -> None:
+            """Store what arrived in batches (one transaction each), then acknowledge it."""
+            while writing.is_set() or not inbox.empty():
+                try:
+                    batch = [inbox.get(timeout=0.2)]
+                except queue.Empty:
+                    continue
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    self.handle_batch([(topic, payload) for topic, payload, _, _ in batch])
+                except Exception:  # not acknowledged: the broker delivers them again
+                    log.exception("%d event(s) not stored", len(batch))
+                    continue
+                for _, _, mid, qos in batch:
+                    client.ack(mid, qos)
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
             if reasons and not reasons[0].is_failure:
@@ -156,6 +206,9 @@ class Collector:
         except OSError as exc:
             raise CollectorError(f"MQTT broker {broker.host}:{broker.port}: {exc}") from exc
         client.loop_start()
+        writing.set()
+        worker = threading.Thread(target=writer, name="events-writer", daemon=True)
+        worker.start()
         try:
             if not connected.wait(timeout) or failure:
                 raise CollectorError(
@@ -164,6 +217,8 @@ class Collector:
                 )
             stop.wait()
         finally:
+            writing.clear()
+            worker.join(60)
             client.disconnect()
             client.loop_stop()
 

@@ -146,11 +146,11 @@ class IngestServer:
         if len(events) > MAX_EVENTS:
             return 413, {"error": f"at most {MAX_EVENTS} events per request, found {len(events)}"}
         topic = f"edgeship/{who.fleet}/{who.device}/events"
-        results = []
-        for event in events:
-            fate = self.collector.handle(topic, json.dumps(event).encode())
-            ident = event.get("id") if isinstance(event, dict) else None
-            results.append({"id": ident, "status": fate})
+        fates = self.collector.handle_batch([(topic, json.dumps(e).encode()) for e in events])
+        results = [
+            {"id": e.get("id") if isinstance(e, dict) else None, "status": fate}
+            for e, fate in zip(events, fates, strict=True)
+        ]
         return 200, {"results": results}
 
 

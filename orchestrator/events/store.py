@@ -70,8 +70,45 @@ class EventStore:
 
     def add(self, fleet: str, device: str, event: Mapping[str, Any]) -> bool:
         """Store one event; False when its id is stored already (a duplicate delivery)."""
+        row = self._row(fleet, device, event)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(events_table.insert().values(**row))
+        except IntegrityError:
+            return False
+        return True
+
+    def add_many(self, items: list[tuple[str, str, Mapping[str, Any]]]) -> set[str]:
+        """Store a batch of (fleet, device, event) in one transaction; returns the ids newly
+        stored (an id stored already, or twice in the batch, is a duplicate delivery)."""
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for fleet, device, event in items:
+            row = self._row(fleet, device, event)
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                rows.append(row)
+        if not rows:
+            return set()
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:  # another database: one statement per event
+            return {str(e["id"]) for f, d, e in items if self.add(f, d, e)}
+        stmt = (
+            insert(events_table)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(events_table.c.id)
+        )
+        with self.engine.begin() as conn:
+            return {str(r[0]) for r in conn.execute(stmt, rows)}
+
+    @staticmethod
+    def _row(fleet: str, device: str, event: Mapping[str, Any]) -> dict[str, Any]:
         version = event.get("version")
-        row = {
+        return {
             "id": str(event["id"]),
             "fleet": fleet,
             "device": device,
@@ -86,12 +123,6 @@ class EventStore:
             "latency_ms": _number(event.get("latency_ms")),
             "body": json.dumps(dict(event), sort_keys=True),
         }
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(events_table.insert().values(**row))
-        except IntegrityError:
-            return False
-        return True
 
     def query(self, q: EventQuery) -> list[dict[str, Any]]:
         t = events_table

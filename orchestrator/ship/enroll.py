@@ -6,16 +6,20 @@ agent is copied to ``<install root>/bin/``, and the current trust set becomes th
 device's first. Enrolling again is safe: it refreshes the agent, keeps the
 device's record of installed versions, and brings its trust set up to date
 through the signed chain of trust sets (no re-pinning, no reset) unless asked.
+A fleet that names an events broker (its ``events`` key) also gets, per device, a new
+broker credential (:mod:`orchestrator.ship.broker_auth`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from pathlib import Path
 
 from orchestrator.device.agent import AGENT_FILE, WRAPPER, agent_source, wrapper_script
 from orchestrator.errors import DeviceRequirementError, RolloutError
+from orchestrator.ship import broker_auth
 from orchestrator.ship.agent_user import prepare_agent_user
 from orchestrator.ship.results import DeviceDone, DeviceOutcome, RolloutResult, run_per_device
 from orchestrator.ship.ssh import DeviceSession, connect, pin_host_key
@@ -83,6 +87,37 @@ def install_agent(session: DeviceSession) -> list[str]:
     wrapper = wrapper_script(dev.python, root, user.name)
     session.put_bytes(wrapper.encode(), f"{root}/bin/{WRAPPER}", 0o755)
     return user.notes
+
+
+def issue_broker_credential(
+    session: DeviceSession, fleet: FleetConfig, device: DeviceConfig
+) -> str:
+    """A new broker credential for the device: its password in ``<root>/events.secret``
+    (0600, the agent user's), the broker and CA in ``<root>/events.json`` and
+    ``<root>/events-ca.pem``; the controller's password and ACL files get its entries."""
+    events = fleet.events
+    assert events is not None
+    agent_status(session)  # files travel as the agent user, who alone may read the secret
+    user, password = broker_auth.issue(events, fleet.name, device.name)
+    host, _, port = events.broker.rpartition(":")
+    root = session.root
+    settings: dict[str, object] = {
+        "host": host,
+        "port": int(port),
+        "username": user,
+        "password_file": f"{root}/events.secret",
+    }
+    session.put_bytes((password + "\n").encode(), f"{root}/events.secret", 0o600)
+    if events.ca_file:
+        session.put_bytes(Path(events.ca_file).read_bytes(), f"{root}/events-ca.pem", 0o644)
+        settings["ca_file"] = f"{root}/events-ca.pem"
+    session.put_bytes(
+        (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode(),
+        f"{root}/events.json",
+        0o644,
+    )
+    topic = broker_auth.events_topic(fleet.name, device.name)
+    return f"broker credential issued: user {user}, topic {topic}"
 
 
 AGENT_PYTHON = (3, 8)  # the oldest Python the device agent runs on (orchestrator/device/)
@@ -170,6 +205,9 @@ def enroll(
                 outcome.refusal = (answer or {}).get("refusal")
                 outcome.message = str((answer or {}).get("message") or res.stderr.strip())
                 return
+            if fleet.events is not None:
+                outcome.stage = "events"
+                outcome.notes.append(issue_broker_credential(session, fleet, device))
             outcome.result = "enrolled"
             outcome.trust_serial = trust.serial
             outcome.version = (status or {}).get("current")

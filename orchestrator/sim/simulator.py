@@ -946,11 +946,70 @@ class Simulator:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGTERM)
 
+    def traffic_start(
+        self, inputs: dict[str, Any], interval: float = 1.0, repeat: int = 100
+    ) -> dict[str, int]:
+        """Every device replays recordings as a live stream: ``edgeship-agent run --replay``
+        in the background on its install root (it infers with its active bundle and sends
+        each event to the broker its ``events.json`` names). Each device starts at another
+        recording; the recordings go round ``repeat`` times. Returns device -> pid."""
+        import numpy as np
+
+        state = self.read_state()
+        if state is None:
+            raise SimError(f"no simulation '{self.name}' (nothing in {self.folder})")
+        self.traffic_stop()
+        devices = [d for d in self.devices() if d.name != "feed"]
+        missing = [d.name for d in devices if not (d.install_root / "events.json").is_file()]
+        if missing:
+            raise SimError(
+                f"device(s) {', '.join(missing)} have no events.json: add an events: section "
+                "(the broker) to the fleet file and enrol them again (edgeship enroll)"
+            )
+        count = len(next(iter(inputs.values())))
+        pids: dict[str, int] = {}
+        for i, dev in enumerate(devices):
+            order = np.roll(np.arange(count), -((i * 7) % max(count, 1)))
+            order = np.tile(order, max(repeat, 1))
+            path = self.folder / dev.name / "traffic.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arrays: dict[str, Any] = {k: np.asarray(v)[order] for k, v in inputs.items()}
+            np.savez(path, **arrays)
+            agent = dev.install_root / "bin" / "edgeship-agent"
+            with (self.folder / dev.name / "traffic.log").open("ab") as out:
+                proc = subprocess.Popen(
+                    [str(agent), "run", "--replay", str(path), "--interval", str(interval)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            pids[dev.name] = proc.pid
+        state["traffic"] = {"pids": pids, "interval": interval, "samples": count}
+        self._write_state(state)
+        return pids
+
+    def traffic_stop(self) -> list[str]:
+        """Stop the replays :meth:`traffic_start` began; returns the devices stopped."""
+        state = self.read_state() or {}
+        traffic = state.pop("traffic", None) or {}
+        stopped = []
+        for name, pid in (traffic.get("pids") or {}).items():
+            if pid_alive(int(pid)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(pid), signal.SIGTERM)
+                stopped.append(name)
+        if traffic:
+            self._write_state(state)
+        return stopped
+
     def down(self, purge: bool = False) -> list[SshDevice]:
         """Stop every device of the simulation; ``purge`` also removes its state and fleet file."""
         state = self.read_state()
         if state is None:
             raise SimError(f"no simulation '{self.name}' (nothing in {self.folder})")
+        self.traffic_stop()
+        state = self.read_state() or state
         devices = self.devices()
         self._stop_http(state)
         stop_devices(devices)

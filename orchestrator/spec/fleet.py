@@ -98,6 +98,17 @@ class FeedConfig:
 
 
 @dataclass
+class FleetEventsConfig:
+    """The MQTT broker a fleet's devices send prediction events to; enrolment issues each
+    device its own credential in ``password_file`` and its own topic in ``acl_file``."""
+
+    broker: str = MISSING  # HOST:PORT the devices publish to (TLS when ca_file is set)
+    ca_file: str = ""  # CA of the broker's TLS certificate, copied to each device
+    password_file: str = MISSING  # the broker's password file (Mosquitto's format)
+    acl_file: str = MISSING  # the broker's ACL file (Mosquitto's format)
+
+
+@dataclass
 class FleetConfig:
     """An inventory of devices reached over SSH (or, for phones, the feed they poll)."""
 
@@ -109,6 +120,7 @@ class FleetConfig:
     defaults: DeviceDefaults = field(default_factory=DeviceDefaults)  # shared device values
     groups: Dict[str, str] = field(default_factory=dict)  # group name -> description
     feed: Optional[FeedConfig] = None  # phones: the update feed's host (publish target)
+    events: Optional[FleetEventsConfig] = None  # the events broker (credentials at enrolment)
     devices: List[DeviceConfig] = MISSING  # the devices (may be empty when `feed` is set)
 
     @property
@@ -404,6 +416,13 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
         hours = feed.get("timestamp_valid_hours")
         if isinstance(hours, int | float) and not isinstance(hours, bool) and hours <= 0:
             report("feed.timestamp_valid_hours", f"expected a positive number, found {hours}")
+    events = data.get("events")
+    if isinstance(events, dict):
+        broker = events.get("broker")
+        if isinstance(broker, str):
+            host, sep, port = broker.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                report("events.broker", f"expected HOST:PORT (port 1-65535), found '{broker}'")
 
 
 def load_fleet(name: str, root: Path) -> FleetConfig:
@@ -448,6 +467,21 @@ def load_fleet_file(
     _cross_check(data, report, families)
     if path.stem != data.get("name", path.stem):
         report("name", f"expected '{path.stem}' (the file's name), found '{data.get('name')}'")
+    events = data.get("events")
+    if isinstance(events, dict):
+        ca = events.get("ca_file")
+        if isinstance(ca, str) and ca and not Path(_resolve_path(ca, root)).is_file():
+            report("events.ca_file", f"expected an existing CA certificate file, found '{ca}'")
+        for key in ("password_file", "acl_file"):
+            value = events.get(key)
+            if isinstance(value, str) and value:
+                folder = Path(_resolve_path(value, root)).parent
+                if not folder.is_dir():
+                    report(
+                        f"events.{key}",
+                        f"expected a file in an existing folder, found '{value}' "
+                        f"(no folder {folder})",
+                    )
     if problems:
         raise SpecError(problems, title="invalid fleet")
     fleet = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FleetConfig), data))
@@ -462,6 +496,9 @@ def _resolve(fleet: FleetConfig, root: Path) -> FleetConfig:
     fleet.known_hosts = _resolve_path(
         fleet.known_hosts or f"conf/fleet/{fleet.name}.known_hosts", root
     )
+    if fleet.events is not None:
+        for key in ("ca_file", "password_file", "acl_file"):
+            setattr(fleet.events, key, _resolve_path(getattr(fleet.events, key), root))
     if fleet.feed is not None:
         fleet.feed.identity_file = _resolve_path(fleet.feed.identity_file or d.identity_file, root)
     for dev in fleet.devices:

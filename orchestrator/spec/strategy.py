@@ -94,6 +94,18 @@ class TimeoutsConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Live canary analysis: gates on the prediction events of a soak, each wave's devices
+    against the devices still on the previous version; a failing gate halts the rollout."""
+
+    min_events: int = 20  # events the wave's devices must send during the soak
+    max_p95_ratio: Optional[float] = None  # wave p95 latency <= this x the baseline's p95
+    max_psi: Optional[float] = None  # drift of the predictions from validation's distribution
+    max_error_share: Optional[float] = None  # share of events that report an inference error
+    db: str = ""  # the collector's SQLAlchemy URL (default: as for `edgeship events`)
+
+
+@dataclass
 class RolloutConfig:
     """A rollout strategy."""
 
@@ -109,6 +121,7 @@ class RolloutConfig:
     failure_budget: FailureBudgetConfig = field(default_factory=FailureBudgetConfig)  # per wave
     on_failure: str = field(default="rollback", metadata={"choices": ON_FAILURE})  # when halted
     limit_rate_kbps: float = 0.0  # upload rate per device in kB/s (0: unlimited)
+    analysis: Optional[AnalysisConfig] = None  # live gates evaluated over each soak
 
 
 def rollout_options(root: Path) -> list[str]:
@@ -206,6 +219,32 @@ def _check_rules(data: dict[str, Any], report: Report) -> None:
         for name, value in timeouts.items():
             if _number(value) and value <= 0:
                 report(f"timeouts.{name}", f"expected a positive number of seconds, found {value}")
+    analysis = data.get("analysis")
+    if isinstance(analysis, dict):
+        gates = ("max_p95_ratio", "max_psi", "max_error_share")
+        if all(analysis.get(g) is None for g in gates):
+            report("analysis", "expected at least one gate: " + ", ".join(gates))
+        ratio, drift, errors = (analysis.get(g) for g in gates)
+        if _number(ratio) and ratio <= 0:
+            report("analysis.max_p95_ratio", f"expected a positive number, found {ratio}")
+        if _number(drift) and drift < 0:
+            report("analysis.max_psi", f"expected 0 or more, found {drift}")
+        if _number(errors) and not 0 <= errors <= 1:
+            report("analysis.max_error_share", f"expected a number in [0, 1], found {errors}")
+        least = analysis.get("min_events")
+        if _number(least) and least < 1:
+            report("analysis.min_events", f"expected 1 or more, found {least}")
+        soaks = [data.get("soak_seconds")]
+        if strategy == "canary":
+            soaks.append((canary if isinstance(canary, dict) else {}).get("soak_seconds", 60.0))
+        if isinstance(waves, list):
+            soaks += [w.get("soak_seconds") for w in waves if isinstance(w, dict)]
+        if not any(_number(x) and x > 0 for x in soaks):
+            report(
+                "analysis",
+                "expected a soak to analyse (soak_seconds, canary.soak_seconds or a wave's "
+                "soak_seconds above 0), found none",
+            )
     budget = data.get("failure_budget")
     if isinstance(budget, dict):
         count, fraction = budget.get("max_failures"), budget.get("max_fraction")

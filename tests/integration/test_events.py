@@ -25,6 +25,7 @@ from orchestrator.events.store import EventQuery, EventStore
 from tests.conftest import ROOT, stop_group
 from tests.events_device import Device, samples
 from tests.mqtt import Broker, needs_mosquitto
+from tests.postgres import needs_postgres
 
 pytestmark = [pytest.mark.integration, needs_mosquitto]
 
@@ -56,13 +57,20 @@ def device(tmp_path: Path) -> Device:
 class Running:
     """A collector serving in a thread until the test ends."""
 
-    def __init__(self, broker: Broker, db: str, project: Path | None = None) -> None:
+    def __init__(
+        self, broker: Broker, db: str, project: Path | None = None, ca_file: Path | None = None
+    ) -> None:
         rules = load_rules(project) if project else []
         self.store = EventStore(db)
         self.collector = Collector(self.store, rules)
         self.stop = threading.Event()
         settings = BrokerSettings(
-            "127.0.0.1", broker.port, "collector", broker.users["collector"], client_id="c-test"
+            "127.0.0.1",
+            broker.port,
+            "collector",
+            broker.users["collector"],
+            ca_file=str(ca_file or ""),
+            client_id="c-test",
         )
         self.thread = threading.Thread(target=self.collector.serve, args=(settings, self.stop))
         self.thread.start()
@@ -305,3 +313,39 @@ def test_events_run_replay_infers_and_sends_every_sample(
         assert sorted(r["prediction"] for r in rows) == ["Running", "Standing", "Walking"]
     finally:
         collector.close()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Any]:
+    from tests.postgres import Postgres
+
+    server = Postgres()
+    server.start()
+    yield server
+    server.stop()
+
+
+@needs_postgres
+def test_events_collector_stores_into_a_real_postgresql_once_per_event(
+    broker: Broker, device: Device, postgres: Any, tmp_path: Path
+) -> None:
+    collector = Running(broker, postgres.url)
+    try:
+        ids = infer(device, tmp_path, [0, 1, 2])
+        code, answer = send(device, broker)
+        assert code == 0 and answer["sent"] == 3, answer
+        duplicate = {"id": ids[0], "device": "bed-12", "fleet": FLEET, "prediction": "Standing"}
+        _publish(broker, "bed-12", f"edgeship/{FLEET}/bed-12/events", [duplicate])
+        wait_for(lambda: collector.collector.counters.duplicates == 1, what="the duplicate seen")
+        assert collector.store.count() == 3
+    finally:
+        collector.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", "events", "--db", postgres.url,
+         "--device", "bed-12", "--json"],
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = json.loads(out.stdout)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert sorted(r["prediction"] for r in rows) == ["Running", "Standing", "Walking"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.device.agent.events import make_event, summarise
+from orchestrator.device.agent.events import error_event, make_event, summarise
 from orchestrator.device.agent.outbox import Outbox
 from orchestrator.errors import SpecError
 from orchestrator.events.rules import Condition, ConditionError, Episodes, load_rules
@@ -41,6 +41,13 @@ def test_event_carries_only_the_declared_fields_and_no_inputs_unless_asked() -> 
     assert event["prediction"] == "b" and 0.95 < event["score"] < 0.96
     runtime["events"]["include_inputs"] = True
     assert make_event(runtime, [np.array([[0.0, 3.0]])], 1.5, {}, x)["inputs"] == {"x": [[1, 1]]}
+
+
+def test_a_failed_inference_is_an_event_with_its_error() -> None:
+    runtime = {"deployment": "demo", "events": {"fields": ["prediction", "latency_ms", "device"]}}
+    event = error_event(runtime, 2.5, {"device": "d1"}, RuntimeError("shape mismatch"))
+    assert sorted(event) == ["device", "error", "id", "latency_ms", "prediction"]
+    assert event["prediction"] is None and event["error"] == "RuntimeError: shape mismatch"
 
 
 def test_segmentation_event_counts_voxels_per_class() -> None:

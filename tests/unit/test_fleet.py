@@ -199,3 +199,36 @@ def test_load_fleet_agent_user_must_be_a_user_name(tmp_path: Path) -> None:
             "and '-', starting with a letter or '_', at most 32 characters), found 'Edge Ship'",
         ]
     )
+
+
+def test_load_fleet_events_broker(tmp_path: Path) -> None:
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    good = GOOD.replace(
+        "groups:\n",
+        "events:\n  broker: mqtt.ward:8883\n  ca_file: broker/ca.pem\n"
+        "  password_file: broker/passwords\n  acl_file: broker/acl\ngroups:\n",
+        1,
+    )
+    fleet = load_fleet("ward", _write(tmp_path, good))
+    assert fleet.events is not None
+    assert fleet.events.broker == "mqtt.ward:8883"
+    assert fleet.events.password_file == str(tmp_path.resolve() / "broker" / "passwords")
+    bad = GOOD.replace(
+        "groups:\n",
+        "events:\n  broker: mqtt.ward\n  ca_file: nowhere/ca.pem\n"
+        "  acl_file: gone/acl\n  retain: true\ngroups:\n",
+        1,
+    )
+    assert _problems(_write(tmp_path, bad)) == "\n".join(
+        [
+            "error: invalid fleet (5 problems)",
+            F + "events.retain: unknown key 'retain'; expected one of: acl_file, broker, "
+            "ca_file, password_file",
+            F + "events.password_file: missing required value; expected str",
+            F + "events.broker: expected HOST:PORT (port 1-65535), found 'mqtt.ward'",
+            F + "events.ca_file: expected an existing CA certificate file, found 'nowhere/ca.pem'",
+            F + "events.acl_file: expected a file in an existing folder, found 'gone/acl' "
+            f"(no folder {tmp_path.resolve() / 'gone'})",
+        ]
+    )

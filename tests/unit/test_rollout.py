@@ -90,7 +90,7 @@ def test_rollout_config_reports_every_problem_with_file_and_key() -> None:
     assert lines == [
         "error: invalid rollout (6 problems)",
         "  conf/rollout/bad.yaml: max_paralel: unknown key 'max_paralel'; expected one of: "
-        "canary, description, failure_budget, limit_rate_kbps, max_parallel, name, "
+        "analysis, canary, description, failure_budget, limit_rate_kbps, max_parallel, name, "
         "on_failure, select, soak_seconds, strategy, timeouts, waves (did you mean "
         "'max_parallel'?)",
         "  conf/rollout/bad.yaml: strategy: unknown value 'wave'; expected one of: all_at_once, "
@@ -135,6 +135,32 @@ def test_rollout_config_strategy_sections_must_match_the_strategy() -> None:
         "  conf/rollout/bad.yaml: waves: strategy waves needs at least one wave, e.g. "
         "[{fraction: 1.0}]"
     )
+
+
+def test_rollout_config_analysis_gates_are_checked() -> None:
+    lines = _errors(
+        {
+            "name": "bad",
+            "strategy": "all_at_once",
+            "analysis": {"min_events": 0, "max_error_share": 2, "max_p95_ratio": 0, "p99": 1},
+        }
+    )
+    assert lines == [
+        "error: invalid rollout (5 problems)",
+        "  conf/rollout/bad.yaml: analysis.p99: unknown key 'p99'; expected one of: db, "
+        "max_error_share, max_p95_ratio, max_psi, min_events",
+        "  conf/rollout/bad.yaml: analysis.max_p95_ratio: expected a positive number, found 0",
+        "  conf/rollout/bad.yaml: analysis.max_error_share: expected a number in [0, 1], found 2",
+        "  conf/rollout/bad.yaml: analysis.min_events: expected 1 or more, found 0",
+        "  conf/rollout/bad.yaml: analysis: expected a soak to analyse (soak_seconds, "
+        "canary.soak_seconds or a wave's soak_seconds above 0), found none",
+    ]
+    assert _errors({"name": "bad", "strategy": "canary", "analysis": {}})[1] == (
+        "  conf/rollout/bad.yaml: analysis: expected at least one gate: max_p95_ratio, "
+        "max_psi, max_error_share"
+    )
+    ok = _strategy(strategy="canary", analysis={"max_psi": 0.2})
+    assert ok.analysis.max_psi == 0.2 and ok.analysis.min_events == 20
 
 
 def test_rollout_config_invalid_yaml_names_line(tmp_path: Path) -> None:

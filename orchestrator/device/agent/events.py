@@ -110,6 +110,25 @@ def make_event(
     return event
 
 
+def error_event(runtime: dict, latency_ms: float, context: dict, exc: BaseException) -> dict:
+    """An inference that failed: the event's fields without a prediction, and ``error``."""
+    cfg = runtime.get("events") or {}
+    values = dict(
+        prediction=None,
+        score=None,
+        latency_ms=round(latency_ms, 3),
+        deployment=runtime.get("deployment"),
+        model_sha256=(runtime.get("model") or {}).get("sha256"),
+        time=iso(),
+        **context,
+    )
+    event: dict = {"id": str(uuid.uuid4())}
+    for field in cfg.get("fields") or []:
+        event[field] = values.get(field)
+    event["error"] = (type(exc).__name__ + ": " + str(exc))[:500]
+    return event
+
+
 def current_bundle(agent) -> tuple:
     """(folder, runtime.json, context) of the active version; Nothing when none is."""
     version = agent.link_version(agent.current)
@@ -167,9 +186,14 @@ class Inference:
 
     def infer(self, sample: dict) -> dict:
         start = time.perf_counter()
-        outputs = self.runner.run(sample)
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        event = make_event(self.runtime, outputs, latency_ms, self.context, sample)
+        try:
+            outputs = self.runner.run(sample)
+        except Exception as exc:  # the failure is an event too (the error share of monitoring)
+            latency_ms = (time.perf_counter() - start) * 1000.0
+            event = error_event(self.runtime, latency_ms, self.context, exc)
+        else:
+            latency_ms = (time.perf_counter() - start) * 1000.0
+            event = make_event(self.runtime, outputs, latency_ms, self.context, sample)
         self.outbox.add(event)
         return event
 
@@ -229,6 +253,16 @@ def events_command(agent, args) -> dict:
     sent = 0
     try:
         for sample in samples(args.replay, loop.runtime):
+            if agent.link_version(agent.current) != loop.context.get("version"):
+                # a rollout (or a rollback) changed the active version: answer with the new one
+                try:
+                    fresh = Inference(agent)
+                except Exception as exc:  # mid-change: keep the loaded version for now
+                    agent.log("events_version_not_loaded", message=str(exc))
+                else:
+                    loop.outbox.close()
+                    loop = fresh
+                    agent.log("events_version_changed", version=loop.context.get("version"))
             loop.infer(sample)
             try:
                 sent += send(loop.outbox, settings, to, client_id, args.timeout)["sent"]

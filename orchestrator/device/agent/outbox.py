@@ -41,6 +41,13 @@ class Outbox:
             )
         row = self.db.execute("SELECT value FROM counters WHERE name = 'limit'").fetchone()
         self.limit = int(row[0]) if row else DEFAULT_LIMIT
+        # the number waiting, kept as a counter: counting the rows at every add would slow
+        # the outbox down as a backlog grows (an outbox written before the counter: counted once)
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO counters (name, value) "
+                "SELECT 'pending', COUNT(*) FROM events"
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -53,18 +60,23 @@ class Outbox:
         """Queue one event (its ``id`` unique); returns how many old events were dropped."""
         body = json.dumps(event, sort_keys=True, separators=(",", ":"))
         with self._transaction():
-            self.db.execute(
+            cur = self.db.execute(
                 "INSERT OR IGNORE INTO events (id, body) VALUES (?, ?)", (event["id"], body)
             )
-            (count,) = self.db.execute("SELECT COUNT(*) FROM events").fetchone()
-            over = count - self.limit
+            self._bump("pending", cur.rowcount)
+            over = self._pending() - self.limit
             if over > 0:
-                self.db.execute(
+                cur = self.db.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)",
                     (over,),
                 )
-                self._bump("dropped", over)
+                self._bump("dropped", cur.rowcount)
+                self._bump("pending", -cur.rowcount)
         return max(over, 0)
+
+    def _pending(self) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = 'pending'").fetchone()
+        return int(row[0]) if row else 0
 
     def pending(self, limit: int = 100) -> list:
         """The oldest waiting events: ``[(seq, body), ...]``."""
@@ -76,14 +88,14 @@ class Outbox:
         if not seqs:
             return
         with self._transaction():
-            self.db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-            self._bump("sent", len(seqs))
+            cur = self.db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+            self._bump("sent", cur.rowcount)
+            self._bump("pending", -cur.rowcount)
 
     def stats(self) -> dict:
-        (pending,) = self.db.execute("SELECT COUNT(*) FROM events").fetchone()
         counters = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
         return {
-            "pending": int(pending),
+            "pending": int(counters.get("pending", 0)),
             "sent": int(counters.get("sent", 0)),
             "dropped": int(counters.get("dropped", 0)),
             "limit": self.limit,

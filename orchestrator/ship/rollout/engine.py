@@ -46,6 +46,7 @@ from orchestrator.errors import (
 from orchestrator.ship.deploy import ByteProgress, DeployOptions, deploy_device
 from orchestrator.ship.enroll import agent_status
 from orchestrator.ship.results import DeviceOutcome, run_device
+from orchestrator.ship.rollout.analysis import Analyst, evaluate
 from orchestrator.ship.rollout.journal import (
     Journal,
     RolloutState,
@@ -274,8 +275,10 @@ class Rollout:
         state: RolloutState,
         tracker: Any | None = None,
         on_bytes: ByteProgress | None = None,
+        analyst: Analyst | None = None,
     ) -> None:
         self.journal = journal
+        self.analyst = analyst
         self.fleet = fleet
         self.bundle = bundle
         self.strategy = strategy
@@ -384,7 +387,9 @@ class Rollout:
         if self._failures(wave) <= wave.allowed_failures and wave.soak_seconds > 0 and changed:
             self._soak(wave)
         failed = self.state.failed_in(wave.devices)
-        halted = len(failed) > wave.allowed_failures
+        analysis = self.state.analysis.get(wave.index) or {}
+        analysis_failed = analysis.get("result") == "fail"
+        halted = len(failed) > wave.allowed_failures or analysis_failed
         self.record(
             "wave_done",
             wave=wave.index,
@@ -401,7 +406,9 @@ class Rollout:
                 wave=wave.index,
                 name=wave.name,
                 reason=(
-                    f"{len(failed)} of {len(wave.devices)} device(s) failed; the wave's "
+                    "live analysis failed: " + "; ".join(analysis.get("reasons") or [])
+                    if analysis_failed
+                    else f"{len(failed)} of {len(wave.devices)} device(s) failed; the wave's "
                     f"failure budget is {wave.allowed_failures}"
                 ),
                 failed=failed,
@@ -454,6 +461,54 @@ class Rollout:
                 self._rollback_one(name, reason="health check failed after the soak")
 
         self._parallel(ok, check)
+        if self.strategy.analysis is not None and wave.index not in self.state.analysis:
+            self._analyse(wave, soak)
+
+    def _analyse(self, wave: Wave, soak: dict[str, Any]) -> None:
+        """The strategy's live gates over the soak's events; a failure fails the wave's devices."""
+        cfg = self.strategy.analysis
+        assert cfg is not None
+        start = float(soak["until"]) - float(soak["seconds"])
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+        devices = [
+            d
+            for d in wave.devices
+            if (self.state.done.get(d) or {}).get("ok")
+            and (self.state.soak_checks.get(d) or {}).get("result") == "pass"
+        ]
+        baseline = [d.name for d in self.fleet.devices if d.name not in self.state.done]
+        figures: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+        reasons: list[str] = []
+        if self.analyst is None:
+            reasons = ["no events database to analyse the soak with"]
+        else:
+            try:
+                figures = self.analyst(
+                    devices, baseline, self.bundle.deployment, self.bundle.version, since, cfg.db
+                )
+            except Exception as exc:  # a database that cannot be read fails the analysis
+                reasons = [f"the events database could not be read: {exc}"]
+        if not reasons:
+            reasons = evaluate(cfg, self.bundle.version, *figures)
+        self.record(
+            "analysis",
+            wave=wave.index,
+            result="fail" if reasons else "pass",
+            reasons=reasons,
+            since=since,
+            devices=devices,
+            baseline_devices=baseline,
+            wave_figures=figures[0],
+            baseline_figures=figures[1],
+        )
+        for name in devices if reasons else []:
+            self.record(
+                "soak_check",
+                wave=wave.index,
+                device=name,
+                result="fail",
+                reason="live analysis: " + "; ".join(reasons),
+            )
 
     # -- halt and roll back --------------------------------------------------------------------
 
@@ -617,6 +672,7 @@ def start_rollout(
     record: bool = True,
     listeners: list[Listener] | None = None,
     on_bytes: ByteProgress | None = None,
+    analyst: Analyst | None = None,
 ) -> RolloutReport:
     """Plan, lock, journal and run a new rollout; returns its report.
 
@@ -674,7 +730,9 @@ def start_rollout(
             started_at=locks.holder.started_at,
         )
         state = replay([state_entry], rollout_id)
-        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes)
+        rollout = Rollout(
+            journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes, analyst
+        )
         if mlflow_run:
             rollout.record("mlflow", run_id=mlflow_run, status="running")
         for holder in {h.rollout_id: h for h in stale.values()}.values():
@@ -747,6 +805,7 @@ def resume_rollout(
     store: KeyStore | None = None,
     listeners: list[Listener] | None = None,
     on_bytes: ByteProgress | None = None,
+    analyst: Analyst | None = None,
 ) -> RolloutReport:
     """Carry on an interrupted rollout from its journal (the newest unfinished one by default).
 
@@ -796,7 +855,9 @@ def resume_rollout(
         for listener in listeners or []:
             listener(started)  # what is being resumed, before how it goes on
         tracker = _tracker_for(project, bundle) if state.mlflow.get("run_id") else None
-        rollout = Rollout(journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes)
+        rollout = Rollout(
+            journal, fleet, bundle, strategy, plan, store, state, tracker, on_bytes, analyst
+        )
         if torn:
             rollout.notes.append(torn)
         rollout.record(

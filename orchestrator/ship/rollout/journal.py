@@ -204,6 +204,7 @@ class RolloutState:
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
     soak: dict[int, dict[str, Any]] = field(default_factory=dict)  # wave -> soak_started
     soak_checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> soak_check
+    analysis: dict[int, dict[str, Any]] = field(default_factory=dict)  # wave -> live analysis
     halted: dict[str, Any] | None = None  # the rollout_halted entry
     rollback_started: bool = False
     rollback_done: dict[str, Any] | None = None
@@ -296,6 +297,8 @@ def apply(state: RolloutState, e: dict[str, Any]) -> None:
         state.soak[int(e["wave"])] = e
     elif kind == "soak_check":
         state.soak_checks[e["device"]] = e
+    elif kind == "analysis":
+        state.analysis[int(e["wave"])] = e
     elif kind == "wave_done":
         state.waves_done[int(e["wave"])] = e
     elif kind == "rollout_halted":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -162,7 +163,9 @@ def test_events_device_cut_off_from_the_broker_loses_nothing_and_catches_up(
         store.close()
         stop_group(serve)
         log.close()
-    assert "stored 7, duplicates 0, refused 0" in (tmp_path / "collector.log").read_text()
+    # at-least-once: a message in flight when the broker went away may come twice (counted)
+    summary = (tmp_path / "collector.log").read_text()
+    assert re.search(r"stored 7, duplicates \d+, refused 0", summary), summary
 
 
 def _subscriptions(broker: Broker, client: str = "edgeship-collector") -> int:

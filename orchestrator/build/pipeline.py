@@ -233,6 +233,7 @@ def _build(
                 threads=cfg.target.threads,
                 evaluate=evaluation,
                 input_bounds=input_bounds(cfg.model),
+                device=cfg.target.device,
             )
             try:
                 model = cls().run(model, make_options(cls, dict(p.options)), ctx)

@@ -11,6 +11,7 @@ FORMATS = {
     "onnx": "a self-contained ONNX file (.onnx)",
     "openvino_ir": "OpenVINO IR (.xml with its .bin beside it)",
     "ort": "ONNX Runtime Mobile format (.ort)",
+    "tvm": "an Apache TVM Relax executable exported as a shared library (.so)",
 }
 
 

@@ -42,6 +42,7 @@ class PassContext:
     evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
     input_bounds: dict[str, list[int | tuple[int, int]]] | None = None
     # input name -> each dim as an int, or (min, max) for a dynamic one; None: all static
+    device: str = ""  # the target's device (target.device), for passes that compile for it
 
 
 def calibration_rows(batches: list[Inputs]) -> int:

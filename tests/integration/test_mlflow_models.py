@@ -41,9 +41,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserProject]:
 
 
 @pytest.fixture
-def store(
-    project: UserProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def store(project: UserProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -41,6 +41,7 @@ class TvmCpuTarget(Target):
     formats = ("tvm",)
     install_hint = "edgeship toolenv install tvm (Apache TVM in its own environment)"
     contract_recipe = "tvm_fp32"
+    tool_environments = (TOOL,)  # the runtime lives in this managed tool environment
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

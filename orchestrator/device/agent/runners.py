@@ -8,6 +8,8 @@ One runner per runtime that ``runtime.json`` can name (``target.runtime``):
   options (execution providers in order, session config entries, threads);
 - ``openvino``: OpenVINO IR or ONNX, compiled for ``settings.device`` with the rest of
   ``settings`` as its configuration;
+- ``tvm``: an Apache TVM Relax executable (``.so``) in the Relax virtual machine, with
+  ``settings.num_threads`` threads;
 - ``tensorrt``: the shipped ONNX and ``settings.engine``; on first use the engine is built
   with :mod:`.tensorrt_engine` (cached by ONNX hash, TensorRT version, GPU and settings
   hash) and its hash, TensorRT version and GPU are reported (:attr:`Runner.details`).
@@ -490,3 +492,56 @@ def smoke_check(folder: str, cache: str | None = None) -> dict:
         outputs=checked["outputs"],
         argmax_agreement=checked["argmax_agreement"],
     )
+
+
+# -- Apache TVM ------------------------------------------------------------------------------------
+
+
+@register
+class TvmRunner(Runner):
+    """A TVM Relax executable (``model.so``) in the Relax virtual machine on the CPU.
+
+    ``settings.num_threads`` sets TVM's thread pool (``TVM_NUM_THREADS``) unless the
+    environment already does; ``settings.entry`` names the function to call (``main``).
+    ``tvm`` is imported only here: a device without it gets :class:`RunnerUnavailable`.
+    """
+
+    runtime = "tvm"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        threads = int(self.settings.get("num_threads") or 0)
+        if threads and "TVM_NUM_THREADS" not in os.environ:
+            os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM starts its pool
+        try:
+            import tvm
+            from tvm import relax
+        except ImportError as exc:
+            raise RunnerUnavailable(
+                f"Apache TVM is not installed on this device ({exc}); the model was not run",
+                {"llvm_target": self.settings.get("llvm_target")},
+            ) from exc
+        import numpy as np
+
+        self._np = np
+        self._tvm = tvm
+        self.device = tvm.cpu()
+        try:
+            lib = tvm.runtime.load_module(self.model_path)
+            self.vm = relax.VirtualMachine(lib, self.device)
+            self.entry = self.vm[str(self.settings.get("entry", "main"))]
+        except Exception as exc:  # a library built for another CPU, or a damaged file
+            raise RunnerError(f"TVM could not load {runtime['model']['file']}: {exc}") from exc
+        self.version = tvm.__version__
+        self.details = {"llvm_target": self.settings.get("llvm_target"), "threads": threads}
+
+    def run(self, inputs: dict) -> list:
+        np = self._np
+        args = [
+            self._tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), self.device)
+            for n in self.input_names
+        ]
+        out = self.entry(*args)
+        if hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]

@@ -1,4 +1,5 @@
-"""Export the reference model to one self-contained ONNX file."""
+"""Export the reference model: to one self-contained ONNX file, or to a torch.export
+program (``.pt2``) for a recipe whose first pass takes a torch program."""
 
 from __future__ import annotations
 
@@ -82,6 +83,43 @@ def export_torch(net: Any, model: ModelConfig, out: Path, dynamo: bool = True) -
     del proto.graph.value_info[:]
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     return _save_checked(proto, model, out)
+
+
+def export_program(net: Any, model: ModelConfig, out: Path) -> ModelFile:
+    """Write ``out`` (a ``.pt2`` archive, ``torch.export.save``) from a torch module or an
+    ExportedProgram, traced at the model's example shapes with its dynamic dimensions.
+
+    An ExportedProgram is exported again from its module, so every program a pass receives
+    has the spec's inputs and dynamic dimensions whatever the source declared. The example
+    inputs are contiguous zeros (an expanded, zero-stride example makes converters fail).
+    """
+    torch = require("torch")
+    if isinstance(net, torch.export.ExportedProgram):
+        net = net.module()
+    shapes = example_shapes(model)
+    args = tuple(
+        torch.zeros(shapes[t.name], dtype=getattr(torch, t.dtype)).contiguous()
+        for t in model.inputs
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(
+                net, args, dynamic_shapes=torch_dynamic_shapes(model), strict=False
+            )
+        except Exception as exc:
+            raise BuildError(
+                f"error: export to a torch program (torch.export) failed: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
+    found = len(program.graph_signature.user_inputs)
+    if found != len(model.inputs):
+        raise BuildError(
+            f"error: {out.name}: the torch program takes {found} input(s); model.inputs names "
+            f"{len(model.inputs)} ({', '.join(t.name for t in model.inputs)})"
+        )
+    torch.export.save(program, str(out))
+    return ModelFile(out, "pt2", "fp32")
 
 
 def import_onnx(src: Path, model: ModelConfig, out: Path, key: str) -> ModelFile:

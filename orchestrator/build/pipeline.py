@@ -38,7 +38,13 @@ from orchestrator.core.runtime_imports import require
 from orchestrator.core.schema import ModelConfig
 from orchestrator.core.shapes import input_bounds, tensor_json
 from orchestrator.errors import BuildError, EdgeshipError, GateFailure, MissingDependencyError
-from orchestrator.passes.base import PassContext, make_options, registered_passes
+from orchestrator.passes.base import (
+    TORCH_PROGRAM,
+    PassContext,
+    export_format,
+    make_options,
+    registered_passes,
+)
 from orchestrator.passes.common.evaluation import make_evaluation
 from orchestrator.project import artifacts_root
 from orchestrator.spec.compose import ComposedSpec
@@ -67,11 +73,11 @@ class BuildResult:
 
 @dataclass
 class ExportCache:
-    """The ONNX export of a model, kept in ``folder`` for the next build of the same model
-    spec: recipe selection exports once for all its candidates."""
+    """The exports of a model (ONNX, a torch program), kept in ``folder`` for the next build
+    of the same model spec: recipe selection exports once per format for all its candidates."""
 
     folder: Path
-    model: ModelFile | None = None
+    models: dict[str, ModelFile] = field(default_factory=dict)  # format -> its export
 
 
 def _check_available(target: Target, spec: ComposedSpec) -> None:
@@ -126,7 +132,7 @@ def run_build(
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
     ``measurer`` (``deployment.validate_on.where: lab``) measures the artifact on a lab
     device after the build machine did; the device's figures gate (orchestrator/build/lab.py).
-    ``export_cache`` holds the ONNX export for the next build of the same model spec.
+    ``export_cache`` holds the exports for the next build of the same model spec.
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -191,15 +197,22 @@ def _build(
     tracker = None
     try:
         work = staging / ".work"
-        cached = export_cache.model if export_cache is not None else None
-        steps("export to ONNX" if cached is None else "export to ONNX: the one made before")
+        passes = registered_passes()
+        first = passes[cfg.recipe.passes[0].name] if cfg.recipe.passes else None
+        fmt = export_format(first)
+        cached = export_cache.models.get(fmt) if export_cache is not None else None
+        what = "ONNX" if fmt == "onnx" else "a torch program (torch.export, .pt2)"
+        steps(f"export to {what}" if cached is None else f"export to {what}: the one made before")
         (work / "export").mkdir(parents=True)
         if cached is not None:
             model = copy_model(cached, work / "export")
         else:
-            model = source.export(cfg.model, work / "export" / "model.onnx")
+            if fmt == TORCH_PROGRAM:
+                model = source.export_program(cfg.model, work / "export" / "model.pt2")
+            else:
+                model = source.export(cfg.model, work / "export" / "model.onnx")
             if export_cache is not None:
-                export_cache.model = copy_model(model, export_cache.folder)
+                export_cache.models[fmt] = copy_model(model, export_cache.folder / fmt)
         calibration: list[Any] = []
 
         def calib() -> list[Any]:
@@ -207,7 +220,6 @@ def _build(
                 calibration.extend(calibration_batches(cfg.model, ref.load_calibration(cfg.model)))
             return calibration
 
-        passes = registered_passes()
         evaluation = (
             make_evaluation(
                 cfg.model.task,

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from orchestrator.build import reference as ref
-from orchestrator.build.export import export_torch, import_onnx
+from orchestrator.build.export import export_program, export_torch, import_onnx
 from orchestrator.build.usercode import call_user
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.schema import ModelConfig
+from orchestrator.errors import BuildError
 from orchestrator.passes.base import Inputs
 
 
@@ -53,6 +54,25 @@ class Reference:
         if self.onnx_path is not None:
             return import_onnx(self.onnx_path, model, out, self.key)
         return export_torch(self.exportable, model, out, dynamo=self.dynamo)
+
+    def export_program(self, model: ModelConfig, out: Path) -> ModelFile:
+        """Write the torch.export program (``.pt2``) a recipe whose first pass takes a torch
+        program starts from; an ONNX or TorchScript reference has none."""
+        if self.onnx_path is not None:
+            raise BuildError(
+                f"error: {self.key}: the recipe's first pass takes a torch program (pt2), but "
+                f"the reference model is ONNX ({self.format}), which cannot become one; use "
+                "a PyTorch source (a factory, a .pt2 archive, an MLflow pytorch flavour) or a "
+                "recipe that starts from ONNX"
+            )
+        if not self.dynamo:
+            raise BuildError(
+                f"error: {self.key}: the recipe's first pass takes a torch program (pt2), but "
+                f"the reference model is TorchScript ({self.format}), which torch.export "
+                "cannot trace; save the model with torch.export.save (.pt2) or name its "
+                "factory and weights"
+            )
+        return export_program(self.exportable, model, out)
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -12,6 +12,9 @@ FORMATS = {
     "openvino_ir": "OpenVINO IR (.xml with its .bin beside it)",
     "ort": "ONNX Runtime Mobile format (.ort)",
     "tvm": "an Apache TVM Relax executable exported as a shared library (.so)",
+    "pt2": "a torch.export program (torch.export.save, .pt2): the export torch-input passes take",
+    "tflite": "a LiteRT / TensorFlow Lite flatbuffer (.tflite)",
+    "pte": "an ExecuTorch program (.pte)",
 }
 
 
@@ -19,7 +22,7 @@ FORMATS = {
 class ModelFile:
     """A model: its primary file, its format, its precision, and any companion files."""
 
-    path: Path  # the primary file (.onnx, .xml, .ort)
+    path: Path  # the primary file (.onnx, .xml, .ort, .pt2, .tflite, .pte)
     format: str  # one of FORMATS
     precision: str = "fp32"  # fp32 | fp16 | int8 (the weights' numeric format)
     extra: tuple[Path, ...] = field(default=())  # companion files (the IR's .bin, configs)

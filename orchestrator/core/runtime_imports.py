@@ -17,6 +17,12 @@ INSTALL = {
     "torch": "pip install torch==2.13.0",
     "mlflow": "pip install mlflow",
     "tensorrt": "pip install tensorrt (needs an NVIDIA GPU and driver; on Jetson use JetPack's)",
+    # LiteRT and ExecuTorch toolchains (the edgeship[litert] and edgeship[executorch] extras)
+    "litert_torch": "pip install 'edgeship[litert]' (litert-torch, ai-edge-litert)",
+    "ai_edge_litert": "pip install 'edgeship[litert]' (ai-edge-litert)",
+    "ai_edge_quantizer": "pip install 'edgeship[litert]' (ai-edge-quantizer, with litert-torch)",
+    "executorch": "pip install 'edgeship[executorch]' (executorch)",
+    "torchao": "pip install 'edgeship[executorch]' (torchao comes with executorch)",
 }
 
 

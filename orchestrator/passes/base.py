@@ -23,6 +23,10 @@ from orchestrator.core.model_file import ModelFile
 
 Inputs = dict[str, np.ndarray]
 
+# the format of a torch.export program (``torch.export.save``): a recipe whose first pass
+# takes it starts from the reference model exported by torch.export instead of ONNX
+TORCH_PROGRAM = "pt2"
+
 
 @dataclass
 class NoOptions:
@@ -68,7 +72,7 @@ class Pass(ABC):
     name: ClassVar[str]  # registered name used in recipes
     description: ClassVar[str]  # one line for `edgeship list`
     Options: ClassVar[type] = NoOptions  # dataclass of the pass's options
-    input_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # formats it accepts
+    input_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # formats it accepts (TORCH_PROGRAM too)
     output_format: ClassVar[str] = "onnx"  # format it produces
     runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "openvino", "tensorrt")  # who runs it
     needs_calibration: ClassVar[bool] = False  # requires model.data.calibration
@@ -117,6 +121,14 @@ def registered_passes() -> dict[str, type[Pass]]:
             importlib.import_module(info.name)
         _discovered = True
     return dict(_PASSES)
+
+
+def export_format(first: type[Pass] | None) -> str:
+    """The format a recipe starts from, given its first pass: ONNX, unless that pass takes
+    only a torch.export program (``pt2``); a recipe without passes starts from ONNX."""
+    if first is None or "onnx" in first.input_formats or not first.input_formats:
+        return "onnx"
+    return first.input_formats[0]
 
 
 def make_options(cls: type[Pass], raw: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator.core.schema import EVENT_FIELDS, TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
-from orchestrator.passes.base import registered_passes
+from orchestrator.passes.base import TORCH_PROGRAM, export_format, registered_passes
 from orchestrator.spec.files import list_options, read_option
 from orchestrator.spec.gates import GateSyntaxError, measured_metrics, metric_names, parse_gate
 from orchestrator.spec.shapes import (
@@ -248,8 +248,18 @@ def check_passes(
     target = _get(spec, "target") or {}
     target_cls = registered_targets().get(str(target.get("family")))
     known = registered_passes()
-    fmt, precision = "onnx", "fp32"
+    first = passes[0] if passes and isinstance(passes[0], Mapping) else {}
+    fmt, precision = export_format(known.get(str(first.get("name")))), "fp32"
     chain_ok = True
+    source = _get(spec, "model", "source") or {}
+    if fmt == TORCH_PROGRAM and source.get("kind") == "onnx":
+        report(
+            f"{key_prefix}[0].name",
+            f"pass '{first.get('name')}' takes a torch program (pt2), but model.source.kind is "
+            f"onnx in {model_file}: an ONNX model cannot become a torch program; use a "
+            "PyTorch source or a recipe that starts from ONNX",
+        )
+        chain_ok = False
     for i, p in enumerate(passes):
         key = f"{key_prefix}[{i}]"
         if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):

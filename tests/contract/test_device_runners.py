@@ -149,3 +149,78 @@ def posture_weights() -> None:
     from orchestrator.spec.compose import load_option
 
     reference.ensure_weights(load_option("model", "posture_cnn", ROOT), ROOT)
+
+
+# -- the phone runtimes' runners: their settings checked, their absence reported ----------------
+
+
+def _phone_bundle(folder: Path, runtime: str) -> Path:
+    """A bundle-like folder with a tiny model (``logits = 2 * x``) for ``runtime``."""
+    import torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2.0
+
+    args = (torch.zeros(1, 4),)
+    (folder / "model").mkdir(parents=True)
+    (folder / "smoke").mkdir()
+    if runtime == "litert":
+        import litert_torch
+
+        name = "model/model.tflite"
+        litert_torch.convert(Double().eval(), args).export(str(folder / name))
+        settings = {"signature": "serving_default", "signature_inputs": ["args_0"]}
+        settings |= {"signature_outputs": ["output_0"], "num_threads": 1}
+    else:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        name = "model/model.pte"
+        program = torch.export.export(Double().eval(), args)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        (folder / name).write_bytes(lowered.to_executorch().buffer)
+        settings = {"method": "forward", "num_threads": 1}
+    x = np.array([[0.1, 0.9, -0.3, 0.2]], dtype=np.float32)
+    runtime_json = {
+        "deployment": "tiny",
+        "model": {"file": name, "format": name.rsplit(".", 1)[1], "precision": "fp32"},
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 4]}],
+        "settings": settings,
+        "target": {"family": "f", "runtime": runtime, "device": "XNNPACK"},
+    }
+    (folder / "runtime.json").write_text(json.dumps(runtime_json))
+    np.savez(folder / "smoke" / "input.npz", x=x)
+    np.savez(folder / "smoke" / "expected.npz", logits=x * 2)
+    smoke = {"input": "input.npz", "expected": "expected.npz", "atol": 1e-5, "rtol": 0.0}
+    (folder / "smoke" / "smoke.json").write_text(json.dumps(smoke))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "runtime, key, module",
+    [("litert", "signature", "ai_edge_litert"), ("executorch", "method", "executorch")],
+)
+def test_phone_runtime_runner_checks_its_settings_and_reports_its_absence(
+    runtime: str, key: str, module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.device.agent import runners
+
+    pytest.importorskip(module)
+    folder = _phone_bundle(tmp_path / "bundle", runtime)
+    report = runners.smoke_check(str(folder))
+    assert report["result"] == "pass", report
+    assert report["runtime"]["name"] == runtime and report["runtime"]["version"] != "unknown"
+
+    doc = json.loads((folder / "runtime.json").read_text())
+    doc["settings"][key] = "nope"
+    (folder / "runtime.json").write_text(json.dumps(doc))
+    with pytest.raises(runners.RunnerError, match=rf"settings\.{key} 'nope' is not in the"):
+        runners.load(str(folder))
+
+    for name in (module, "tflite_runtime", "torch"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it fails
+    absent = runners.smoke_check(str(folder))
+    assert absent["result"] == "fail" and absent["unavailable"] is True
+    assert "is not installed here" in absent["reason"]

@@ -334,4 +334,11 @@ CASES: dict[str, dict] = {
             "model.source={kind: mlflow, path: models/net.onnx}",
         ],
     },
+    "torch_program_recipe_for_an_onnx_source": {
+        "args": [
+            "show",
+            "deployment=posture_phone_litert",
+            "model.source={kind: onnx, path: models/posture.onnx}",
+        ],
+    },
 }

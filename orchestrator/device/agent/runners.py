@@ -545,3 +545,137 @@ class TvmRunner(Runner):
         if hasattr(out, "numpy"):
             return [out.numpy()]
         return [o.numpy() for o in out]
+
+
+# -- phone runtimes: LiteRT and ExecuTorch ---------------------------------------------------------
+#
+# - ``litert``: a ``.tflite`` model in the LiteRT interpreter (``ai_edge_litert``, or the older
+#   ``tflite_runtime``), run through its signature (``settings.signature``), inputs fed to
+#   ``settings.signature_inputs`` by position, outputs read from ``settings.signature_outputs``;
+#   ``settings.num_threads``; ``settings.delegate`` ``none ...`` keeps the built-in kernels;
+# - ``executorch``: a ``.pte`` program in ``executorch.runtime``, its ``settings.method``
+#   (``forward``) run with the inputs in runtime.json's order (torch tensors, as the Python
+#   runtime takes them).
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        from importlib import metadata
+
+        return str(metadata.version(name))
+    except Exception:  # a version is only reported
+        return "unknown"
+
+
+@register
+class LitertRunner(Runner):
+    """LiteRT's interpreter with the signature, threads and delegate choice of a phone bundle."""
+
+    runtime = "litert"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        import numpy as np
+
+        try:
+            from ai_edge_litert import interpreter as tfl
+
+            dist = "ai-edge-litert"
+        except ImportError:
+            try:
+                from tflite_runtime import interpreter as tfl
+
+                dist = "tflite-runtime"
+            except ImportError as exc:
+                raise RunnerUnavailable(
+                    "LiteRT is not installed here (pip install ai-edge-litert)",
+                    {"import_error": str(exc)},
+                ) from exc
+        kwargs: dict = {}
+        threads = int(self.settings.get("num_threads") or 0)
+        if threads:
+            kwargs["num_threads"] = threads
+        delegate = str(self.settings.get("delegate", "XNNPACK"))
+        if delegate.startswith("none"):
+            kwargs["experimental_op_resolver_type"] = (
+                tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+        interp = tfl.Interpreter(model_path=self.model_path, **kwargs)
+        interp.allocate_tensors()
+        signatures = interp.get_signature_list()
+        key = str(self.settings.get("signature") or next(iter(signatures)))
+        if key not in signatures:
+            raise RunnerError(
+                f"runtime.json: settings.signature {key!r} is not in the model "
+                f"(it has: {', '.join(signatures)})"
+            )
+        self.args = list(self.settings.get("signature_inputs") or signatures[key]["inputs"])
+        self.outs = list(self.settings.get("signature_outputs") or signatures[key]["outputs"])
+        if len(self.args) != len(self.input_names) or len(self.outs) != len(self.output_names):
+            raise RunnerError(
+                f"runtime.json: the model's signature {key!r} has {len(self.args)} input(s) and "
+                f"{len(self.outs)} output(s); runtime.json names {len(self.input_names)} and "
+                f"{len(self.output_names)}"
+            )
+        self.runner = interp.get_signature_runner(key)
+        self.version = _distribution_version(dist)
+        self.details = {"signature": key, "delegate": delegate}
+        self._np = np
+
+    def run(self, inputs: dict) -> list:
+        np = self._np
+        feed = {
+            arg: np.ascontiguousarray(inputs[name])
+            for arg, name in zip(self.args, self.input_names)
+        }
+        out = self.runner(**feed)
+        return [np.asarray(out[o]) for o in self.outs]
+
+
+@register
+class ExecutorchRunner(Runner):
+    """ExecuTorch's runtime on a ``.pte`` program: its method, the inputs in order."""
+
+    runtime = "executorch"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        import numpy as np
+
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError as exc:
+            raise RunnerUnavailable(
+                "ExecuTorch is not installed here (pip install executorch)",
+                {"import_error": str(exc)},
+            ) from exc
+        threads = int(self.settings.get("num_threads") or 0)
+        if threads:
+            try:
+                from executorch.extension.pybindings import portable_lib
+
+                portable_lib._unsafe_reset_threadpool(threads)
+            except (ImportError, AttributeError):
+                pass  # the runtime's own thread count then
+        method_name = str(self.settings.get("method", "forward"))
+        program = Runtime.get().load_program(self.model_path)
+        if method_name not in program.method_names:
+            raise RunnerError(
+                f"runtime.json: settings.method {method_name!r} is not in the program "
+                f"(it has: {', '.join(sorted(program.method_names))})"
+            )
+        self.method = program.load_method(method_name)
+        self.version = _distribution_version("executorch")
+        self.details = {"method": method_name, "backend": str(self.settings.get("backend", ""))}
+        self._np = np
+        self._torch = torch
+
+    def run(self, inputs: dict) -> list:
+        np = self._np
+        args = tuple(
+            self._torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names
+        )
+        return [
+            np.asarray(o.numpy() if hasattr(o, "numpy") else o) for o in self.method.execute(args)
+        ]

@@ -1,0 +1,1 @@
+"""Passes that make ExecuTorch programs (``.pte``): lowering with the XNNPACK partitioner."""

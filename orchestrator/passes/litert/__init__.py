@@ -1,0 +1,1 @@
+"""Passes that make LiteRT (TensorFlow Lite) models: litert-torch conversion and quantization."""

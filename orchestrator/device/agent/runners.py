@@ -8,6 +8,8 @@ One runner per runtime that ``runtime.json`` can name (``target.runtime``):
   options (execution providers in order, session config entries, threads);
 - ``openvino``: OpenVINO IR or ONNX, compiled for ``settings.device`` with the rest of
   ``settings`` as its configuration;
+- ``coreml``: a Core ML package (``.mlpackage``) predicted by coremltools on macOS (elsewhere
+  :class:`RunnerUnavailable`);
 - ``tvm``: an Apache TVM Relax executable (``.so``) in the Relax virtual machine, with
   ``settings.num_threads`` threads;
 - ``tensorrt``: the shipped ONNX and ``settings.engine``; on first use the engine is built
@@ -82,7 +84,7 @@ class Runner:
             self.output_names = [str(t["name"]) for t in runtime["outputs"]]
         except (KeyError, TypeError) as exc:
             raise RunnerError(f"runtime.json: missing or malformed key {exc}") from exc
-        if not os.path.isfile(self.model_path):
+        if not os.path.exists(self.model_path):  # a file, or a package folder (.mlpackage)
             raise RunnerError(f"runtime.json names model {runtime['model']['file']}; not found")
         self.cache = cache
         self.version = "unknown"
@@ -679,3 +681,51 @@ class ExecutorchRunner(Runner):
         return [
             np.asarray(o.numpy() if hasattr(o, "numpy") else o) for o in self.method.execute(args)
         ]
+
+
+# -- Core ML (macOS lab devices) -------------------------------------------------------------------
+
+
+@register
+class CoremlRunner(Runner):
+    """A Core ML package (``.mlpackage``) run by ``coremltools.models.MLModel(...).predict``.
+
+    Core ML predicts only on macOS (and iOS): elsewhere :class:`RunnerUnavailable` says so and
+    nothing passes. ``settings.compute_units`` (``all``, ``cpuOnly``, ``cpuAndGPU``,
+    ``cpuAndNeuralEngine``) chooses where Core ML may run the model.
+    """
+
+    runtime = "coreml"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        import platform
+
+        units = str(self.settings.get("compute_units") or "all")
+        if platform.system() != "Darwin":
+            raise RunnerUnavailable(
+                f"Core ML predicts only on macOS; this device runs {platform.system()}",
+                {"compute_units": units},
+            )
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise RunnerUnavailable(f"coremltools is not installed on this device ({exc})") from exc
+        names = {
+            "all": "ALL",
+            "cpuOnly": "CPU_ONLY",
+            "cpuAndGPU": "CPU_AND_GPU",
+            "cpuAndNeuralEngine": "CPU_AND_NE",
+        }
+        if units not in names:
+            raise RunnerError(f"runtime.json: settings.compute_units {units!r} unknown")
+        compute = getattr(ct.ComputeUnit, names[units])
+        self.model = ct.models.MLModel(self.model_path, compute_units=compute)
+        self.version = ct.__version__
+        self.details = {"compute_units": units}
+
+    def run(self, inputs: dict) -> list:
+        import numpy as np
+
+        out = self.model.predict({n: np.ascontiguousarray(inputs[n]) for n in self.input_names})
+        return [np.asarray(out[n], dtype=np.float32) for n in self.output_names]

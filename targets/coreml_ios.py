@@ -67,7 +67,9 @@ class IosCoremlTarget(Target):
             if not outputs and self.model is not None:
                 outputs = [t.name for t in self.model.outputs]
             return cm.CoreMLSession(model.path, outputs)
-        return cm.StandInSession(model.path, self.config.threads)
+        # one thread: the stand-in's latency is not the phone's, and float16 kernels on a
+        # shared CPU stall for hundreds of milliseconds when their threads wait on each other
+        return cm.StandInSession(model.path, threads=1)
 
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
         summary = cm.read_summary(model.path)

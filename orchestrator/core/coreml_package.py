@@ -154,8 +154,7 @@ class StandInSession:
 
     def __init__(self, package: Path, threads: int = 0) -> None:
         torch = require("torch")
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads  # torch's intra-op threads while it runs (0: as they are)
         summary = read_summary(package)
         source = package.parent / SOURCE_PROGRAM
         program = torch.export.load(str(source))
@@ -179,8 +178,14 @@ class StandInSession:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
         if self.fp16:
             args = [a.half() for a in args]
-        with torch.no_grad():
-            out = self.module(*args)
+        saved = torch.get_num_threads()
+        if self.threads:  # torch's thread count is the process's: set for this run only
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                out = self.module(*args)
+        finally:
+            torch.set_num_threads(saved)
         outs = out if isinstance(out, (list, tuple)) else [out]
         return [o.float().numpy() for o in outs]
 

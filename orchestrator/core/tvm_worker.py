@@ -92,6 +92,19 @@ def cmd_compile(req):
     }
 
 
+def _build_candidate(mod, target, _params):
+    """MetaSchedule's default build of one candidate, without the tensor intrinsics import.
+
+    Defined in the worker script, which runs as ``__main__``: cloudpickle sends it to the
+    builder process by value.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
 def cmd_tune(req):
     import tvm
     from tvm import relax
@@ -107,10 +120,13 @@ def cmd_tune(req):
     kwargs = {}
     if req.get("max_trials_per_task"):
         kwargs["max_trials_per_task"] = int(req["max_trials_per_task"])
-    # one builder process: each new one imports tvm.s_tir.tensor_intrin first, which takes
-    # tens of seconds, so its time limit is generous (a build itself takes well under one)
+    # one builder process, building without importing tvm.s_tir.tensor_intrin (MetaSchedule's
+    # default build does, which takes tens of seconds per process; FP32 CPU schedules use no
+    # tensor intrinsics); the time limit stays generous all the same
     builder = ms.builder.LocalBuilder(
-        max_workers=1, timeout_sec=float(req.get("builder_timeout", 600))
+        max_workers=1,
+        timeout_sec=float(req.get("builder_timeout", 600)),
+        f_build=_build_candidate,
     )
     database = ms.relax_integration.tune_relax(
         mod=mod,

@@ -134,11 +134,7 @@ def unavailable_reason(name: str) -> str | None:
     """None when tool environment ``name`` is ready; otherwise why not, with the fix."""
     if info(name) is not None:
         return None
-    spec = tool(name)
-    return (
-        f"the {spec.name} tool environment ({spec.what}) is not installed at "
-        f"{env_dir(name)}; run `{spec.install_command()}`"
-    )
+    return f"no {tool(name).name} tool environment at {env_dir(name)}"
 
 
 def toolenv(name: str) -> Path:

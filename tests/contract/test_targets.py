@@ -79,7 +79,7 @@ def skip_without_tool_environment(family: str) -> None:
     for name in registered_targets()[family].tool_environments:
         reason = toolenv.unavailable_reason(name)
         if reason:
-            pytest.skip(f"{family}: {reason}")
+            pytest.skip(f"{family}: {reason} (create it with `edgeship toolenv install {name}`)")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

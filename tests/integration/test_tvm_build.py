@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _tvm_environment(isolated: Path, trained_models: Path) -> None:
     reason = toolenv.unavailable_reason("tvm")
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"{reason} (create it with `edgeship toolenv install tvm`)")
 
 
 def _build(overrides: list[str]) -> Path:

@@ -24,6 +24,7 @@ spec names the project's own Python (``mypkg.model:build``) without ``PYTHONPATH
 | ``EDGESHIP_KEY_PASSPHRASE`` | unset | passphrase of encrypted private keys |
 | ``EDGESHIP_SIM_STATE`` | ``<project>/.edgeship/sim`` | the device simulator's state |
 | ``EDGESHIP_TRT_CACHE`` | ``~/.cache/edgeship/tensorrt`` | engine cache of the TensorRT builder |
+| ``EDGESHIP_TOOLENV_DIR`` | ``~/.cache/edgeship/toolenvs`` | tool environments (toolenv verb) |
 | ``EDGESHIP_FULL_ERROR`` | unset | ``1``: print tracebacks (as ``-v``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<project>/mlflow.db`` | MLflow tracking server or store |
 """
@@ -47,6 +48,7 @@ ENV_SIM_STATE = "EDGESHIP_SIM_STATE"
 ENV_FULL_ERROR = "EDGESHIP_FULL_ERROR"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_EVENTS_DB = "EDGESHIP_EVENTS_DB"
+ENV_TOOLENV_DIR = "EDGESHIP_TOOLENV_DIR"
 
 MARKER = Path("conf") / "config.yaml"
 MARKER_DIR = Path("conf") / "deployment"
@@ -125,6 +127,12 @@ def keys_dir() -> Path:
     """``$EDGESHIP_KEYS_DIR``, else ``~/.config/edgeship/keys``."""
     env = os.environ.get(ENV_KEYS_DIR)
     return Path(env).expanduser() if env else Path.home() / ".config" / "edgeship" / "keys"
+
+
+def toolenvs_dir() -> Path:
+    """``$EDGESHIP_TOOLENV_DIR``, else ``~/.cache/edgeship/toolenvs``."""
+    env = os.environ.get(ENV_TOOLENV_DIR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeship" / "toolenvs"
 
 
 def key_passphrase() -> bytes | None:

@@ -35,6 +35,8 @@ class Target(ABC):
     description: ClassVar[str]  # one line for `edgeship list`
     formats: ClassVar[tuple[str, ...]]  # artifact formats this target loads
     install_hint: ClassVar[str]  # how to install the runtime when it is missing
+    # managed tool environments (orchestrator/core/toolenv.py) the runtime lives in, if any
+    tool_environments: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TargetConfig, model: ModelConfig | None = None) -> None:
         self.config = config

@@ -210,7 +210,10 @@ def copy_model(model: ModelFile, dest_dir: Path, stem: str = "model") -> ModelFi
     """Copy a model's files into ``dest_dir`` under a fixed stem; returns the copy."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     primary = dest_dir / f"{stem}{model.path.suffix}"
-    shutil.copy2(model.path, primary)
+    if model.path.is_dir():  # a package folder (.mlpackage)
+        shutil.copytree(model.path, primary)
+    else:
+        shutil.copy2(model.path, primary)
     if model.format == "openvino_ir":
         shutil.copy2(model.path.with_suffix(".bin"), primary.with_suffix(".bin"))
     extra = []

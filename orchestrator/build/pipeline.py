@@ -249,6 +249,8 @@ def _build(
                 threads=cfg.target.threads,
                 evaluate=evaluation,
                 input_bounds=input_bounds(cfg.model),
+                device=cfg.target.device,
+                output_names=[t.name for t in cfg.model.outputs],
             )
             try:
                 model = cls().run(model, make_options(cls, dict(p.options)), ctx)

@@ -11,6 +11,8 @@ FORMATS = {
     "onnx": "a self-contained ONNX file (.onnx)",
     "openvino_ir": "OpenVINO IR (.xml with its .bin beside it)",
     "ort": "ONNX Runtime Mobile format (.ort)",
+    "tvm": "an Apache TVM Relax executable exported as a shared library (.so)",
+    "mlpackage": "a Core ML model package (.mlpackage folder: ML program spec and weights)",
     "pt2": "a torch.export program (torch.export.save, .pt2): the export torch-input passes take",
     "tflite": "a LiteRT / TensorFlow Lite flatbuffer (.tflite)",
     "pte": "an ExecuTorch program (.pte)",
@@ -28,7 +30,10 @@ class ModelFile:
 
     def files(self) -> list[Path]:
         """Every file the model consists of."""
-        out = [self.path]
+        if self.path.is_dir():  # a package folder (Core ML's .mlpackage): every file in it
+            out = sorted(p for p in self.path.rglob("*") if p.is_file())
+        else:
+            out = [self.path]
         if self.format == "openvino_ir":
             out.append(self.path.with_suffix(".bin"))
         out.extend(self.extra)
@@ -39,7 +44,14 @@ class ModelFile:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """The hex SHA-256 of a file, read in chunks."""
+    """The hex SHA-256 of a file, read in chunks; of a folder, over its files' relative paths
+    and contents in sorted order."""
+    if path.is_dir():
+        tree = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            tree.update(p.relative_to(path).as_posix().encode() + b"\0")
+            tree.update(sha256_file(p).encode() + b"\n")
+        return tree.hexdigest()
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(chunk):

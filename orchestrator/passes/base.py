@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +46,8 @@ class PassContext:
     evaluate: Callable[[Any], float] | None = None  # metric of a candidate model (accuracy control)
     input_bounds: dict[str, list[int | tuple[int, int]]] | None = None
     # input name -> each dim as an int, or (min, max) for a dynamic one; None: all static
+    device: str = ""  # the target's device (target.device), for passes that compile for it
+    output_names: list[str] = field(default_factory=list)  # model.outputs' names, in order
 
 
 def calibration_rows(batches: list[Inputs]) -> int:

@@ -26,8 +26,15 @@ import pytest
 
 from orchestrator.device.agent import AGENT_FILE, agent_source
 from orchestrator.spec.compose import compose
-from targets.base import registered_targets
-from tests.contract.test_targets import DEPLOYMENT, FAMILIES, ROOT, _candidates, _target_yaml
+from targets.base import Target, registered_targets
+from tests.contract.test_targets import (
+    DEPLOYMENT,
+    FAMILIES,
+    ROOT,
+    _candidates,
+    _target_yaml,
+    skip_without_tool_environment,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,8 +53,10 @@ def _project(isolated: Path) -> Path:
     return isolated
 
 
-def _health_run(agent: Path, folder: Path, root: Path) -> tuple[int, dict]:
-    command = [sys.executable, "-I", str(agent), "--root", str(root), "--user", ME]
+def _health_run(
+    agent: Path, folder: Path, root: Path, python: str = sys.executable
+) -> tuple[int, dict]:
+    command = [python, "-I", str(agent), "--root", str(root), "--user", ME]
     proc = subprocess.run(
         [*command, "health-run", str(folder)],
         cwd=root.parent,
@@ -82,6 +91,7 @@ def test_family_artifact_runs_through_its_runtimes_device_runner(
         pytest.skip("the device agent runs on Linux devices")
     from orchestrator.build.pipeline import run_build
 
+    skip_without_tool_environment(family)
     cls = registered_targets()[family]
     target_name = _target_yaml(family)
     usable, _ = _candidates(target_name)
@@ -98,10 +108,15 @@ def test_family_artifact_runs_through_its_runtimes_device_runner(
     artifact = run_build(spec, record=False).artifact_dir
     root = isolated / "device-root"
     root.mkdir()
+    python = _device_python(cls)
 
-    code, result = _health_run(agent_program, artifact, root)
+    code, result = _health_run(agent_program, artifact, root, python)
     assert result["runner"] == cls.runtime
     assert result["runtime"]["name"] == cls.runtime
+    if cls.runtime == "coreml" and result.get("unavailable"):
+        assert (code, result["result"]) == (11, "fail")
+        assert result["reason"].startswith("Core ML predicts only on macOS")
+        pytest.skip(f"{family}: {result['reason']}")
     if cls.runtime == "tensorrt" and result.get("unavailable"):
         assert (code, result["result"]) == (11, "fail")
         assert result["reason"].startswith("TensorRT is not installed on this device")
@@ -116,10 +131,20 @@ def test_family_artifact_runs_through_its_runtimes_device_runner(
         assert engine["built"] and len(engine["sha256"]) == 64 and engine["tensorrt_version"]
 
     code, shifted = _health_run(
-        agent_program, _shift_expected(artifact, isolated / "shifted"), root
+        agent_program, _shift_expected(artifact, isolated / "shifted"), root, python
     )
     assert (code, shifted["result"]) == (11, "fail")
     assert "argmax agreement 0.0000 < " in shifted["reason"]
+
+
+def _device_python(cls: type[Target]) -> str:
+    """The interpreter standing in for a device's: the family's tool environment's, where
+    its runtime lives in one (a device has the runtime in the agent's own Python)."""
+    from orchestrator.core import toolenv
+
+    for name in cls.tool_environments:
+        return str(toolenv.toolenv(name))
+    return sys.executable
 
 
 @pytest.fixture(scope="module")

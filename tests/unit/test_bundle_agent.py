@@ -54,7 +54,8 @@ def test_agent_imports_only_the_standard_library() -> None:
                 tops.add(str(node.module).split(".")[0])
     # imported inside the runners only (the health check, measure), each by the runtime it serves
     # paho-mqtt: only the event sender, when the device has it (else it refuses clearly)
-    runtime_only = {"numpy", "onnxruntime", "openvino", "tensorrt", "torch", "paho"}
+    runtime_only = {"numpy", "onnxruntime", "openvino", "tensorrt", "torch", "paho", "tvm"}
+    runtime_only |= {"coremltools", "ai_edge_litert", "tflite_runtime", "executorch"}
     assert tops - runtime_only <= set(sys.stdlib_module_names), (
         tops - runtime_only - set(sys.stdlib_module_names)
     )

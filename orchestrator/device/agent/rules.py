@@ -203,7 +203,12 @@ def manifest_problems(manifest: object, kinds: tuple = (BUNDLE_KIND,)) -> list:
     problems += collision_problems(paths)
     model = manifest.get("model")
     if isinstance(model, dict) and model.get("file") is not None and model["file"] not in paths:
-        problems.append(("unsafe_path", f"model.file: {model.get('file')!r} is not a listed file"))
+        # a package folder (Core ML's .mlpackage) is the model when listed files lie in it
+        folder = f"{model['file']}/"
+        if not any(isinstance(p, str) and p.startswith(folder) for p in paths):
+            problems.append(
+                ("unsafe_path", f"model.file: {model.get('file')!r} is not a listed file")
+            )
     return problems
 
 

@@ -8,6 +8,10 @@ One runner per runtime that ``runtime.json`` can name (``target.runtime``):
   options (execution providers in order, session config entries, threads);
 - ``openvino``: OpenVINO IR or ONNX, compiled for ``settings.device`` with the rest of
   ``settings`` as its configuration;
+- ``coreml``: a Core ML package (``.mlpackage``) predicted by coremltools on macOS (elsewhere
+  :class:`RunnerUnavailable`);
+- ``tvm``: an Apache TVM Relax executable (``.so``) in the Relax virtual machine, with
+  ``settings.num_threads`` threads;
 - ``tensorrt``: the shipped ONNX and ``settings.engine``; on first use the engine is built
   with :mod:`.tensorrt_engine` (cached by ONNX hash, TensorRT version, GPU and settings
   hash) and its hash, TensorRT version and GPU are reported (:attr:`Runner.details`).
@@ -80,7 +84,7 @@ class Runner:
             self.output_names = [str(t["name"]) for t in runtime["outputs"]]
         except (KeyError, TypeError) as exc:
             raise RunnerError(f"runtime.json: missing or malformed key {exc}") from exc
-        if not os.path.isfile(self.model_path):
+        if not os.path.exists(self.model_path):  # a file, or a package folder (.mlpackage)
             raise RunnerError(f"runtime.json names model {runtime['model']['file']}; not found")
         self.cache = cache
         self.version = "unknown"
@@ -492,6 +496,59 @@ def smoke_check(folder: str, cache: str | None = None) -> dict:
     )
 
 
+# -- Apache TVM ------------------------------------------------------------------------------------
+
+
+@register
+class TvmRunner(Runner):
+    """A TVM Relax executable (``model.so``) in the Relax virtual machine on the CPU.
+
+    ``settings.num_threads`` sets TVM's thread pool (``TVM_NUM_THREADS``) unless the
+    environment already does; ``settings.entry`` names the function to call (``main``).
+    ``tvm`` is imported only here: a device without it gets :class:`RunnerUnavailable`.
+    """
+
+    runtime = "tvm"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        threads = int(self.settings.get("num_threads") or 0)
+        if threads and "TVM_NUM_THREADS" not in os.environ:
+            os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM starts its pool
+        try:
+            import tvm
+            from tvm import relax
+        except ImportError as exc:
+            raise RunnerUnavailable(
+                f"Apache TVM is not installed on this device ({exc}); the model was not run",
+                {"llvm_target": self.settings.get("llvm_target")},
+            ) from exc
+        import numpy as np
+
+        self._np = np
+        self._tvm = tvm
+        self.device = tvm.cpu()
+        try:
+            lib = tvm.runtime.load_module(self.model_path)
+            self.vm = relax.VirtualMachine(lib, self.device)
+            self.entry = self.vm[str(self.settings.get("entry", "main"))]
+        except Exception as exc:  # a library built for another CPU, or a damaged file
+            raise RunnerError(f"TVM could not load {runtime['model']['file']}: {exc}") from exc
+        self.version = tvm.__version__
+        self.details = {"llvm_target": self.settings.get("llvm_target"), "threads": threads}
+
+    def run(self, inputs: dict) -> list:
+        np = self._np
+        args = [
+            self._tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), self.device)
+            for n in self.input_names
+        ]
+        out = self.entry(*args)
+        if hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]
+
+
 # -- phone runtimes: LiteRT and ExecuTorch ---------------------------------------------------------
 #
 # - ``litert``: a ``.tflite`` model in the LiteRT interpreter (``ai_edge_litert``, or the older
@@ -624,3 +681,51 @@ class ExecutorchRunner(Runner):
         return [
             np.asarray(o.numpy() if hasattr(o, "numpy") else o) for o in self.method.execute(args)
         ]
+
+
+# -- Core ML (macOS lab devices) -------------------------------------------------------------------
+
+
+@register
+class CoremlRunner(Runner):
+    """A Core ML package (``.mlpackage``) run by ``coremltools.models.MLModel(...).predict``.
+
+    Core ML predicts only on macOS (and iOS): elsewhere :class:`RunnerUnavailable` says so and
+    nothing passes. ``settings.compute_units`` (``all``, ``cpuOnly``, ``cpuAndGPU``,
+    ``cpuAndNeuralEngine``) chooses where Core ML may run the model.
+    """
+
+    runtime = "coreml"
+
+    def __init__(self, folder: str, runtime: dict, cache: str | None = None) -> None:
+        super().__init__(folder, runtime, cache)
+        import platform
+
+        units = str(self.settings.get("compute_units") or "all")
+        if platform.system() != "Darwin":
+            raise RunnerUnavailable(
+                f"Core ML predicts only on macOS; this device runs {platform.system()}",
+                {"compute_units": units},
+            )
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise RunnerUnavailable(f"coremltools is not installed on this device ({exc})") from exc
+        names = {
+            "all": "ALL",
+            "cpuOnly": "CPU_ONLY",
+            "cpuAndGPU": "CPU_AND_GPU",
+            "cpuAndNeuralEngine": "CPU_AND_NE",
+        }
+        if units not in names:
+            raise RunnerError(f"runtime.json: settings.compute_units {units!r} unknown")
+        compute = getattr(ct.ComputeUnit, names[units])
+        self.model = ct.models.MLModel(self.model_path, compute_units=compute)
+        self.version = ct.__version__
+        self.details = {"compute_units": units}
+
+    def run(self, inputs: dict) -> list:
+        import numpy as np
+
+        out = self.model.predict({n: np.ascontiguousarray(inputs[n]) for n in self.input_names})
+        return [np.asarray(out[n], dtype=np.float32) for n in self.output_names]

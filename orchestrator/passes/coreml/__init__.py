@@ -1,0 +1,1 @@
+"""Core ML passes: torch.export program -> ML program package (coremltools), weight compression."""

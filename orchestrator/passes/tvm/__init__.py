@@ -1,0 +1,1 @@
+"""Apache TVM passes: they run in the TVM tool environment (orchestrator/core/toolenv.py)."""

@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/edgeship toolenv install tvm
 	touch $(STAMP)
 
 build: setup
@@ -23,7 +24,7 @@ build: setup
 
 test: setup
 	bash tools/system-deps.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # lint: ruff, mypy, the import contracts, and the device room's Python 3.8 floor (vermin)
 lint: setup

@@ -38,9 +38,12 @@ class _LogWriter(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def third_party_output(name: str, loggers: tuple[str, ...] = ()) -> Iterator[None]:
-    """Inside: stdout goes to the log of ``name`` and the named libraries' loggers show only
-    warnings, unless edgeship logs at INFO (``-v``), which leaves everything as it is."""
+def third_party_output(
+    name: str, loggers: tuple[str, ...] = (), stderr: bool = False
+) -> Iterator[None]:
+    """Inside: stdout (and stderr, where a library draws its progress bars there) goes to
+    the log of ``name`` and the named libraries' loggers show only warnings, unless
+    edgeship logs at INFO (``-v``), which leaves everything as it is."""
     if logging.getLogger("edgeship").isEnabledFor(logging.INFO):
         yield
         return
@@ -53,7 +56,10 @@ def third_party_output(name: str, loggers: tuple[str, ...] = ()) -> Iterator[Non
             handler.setLevel(logging.WARNING)
     writer = _LogWriter(log.getChild(name))
     try:
-        with contextlib.redirect_stdout(writer):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(contextlib.redirect_stdout(writer))
+            if stderr:
+                stack.enter_context(contextlib.redirect_stderr(writer))
             yield
     finally:
         writer.flush()

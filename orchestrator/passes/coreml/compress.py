@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.core import coreml_package as cm
 from orchestrator.core.model_file import ModelFile
+from orchestrator.core.quiet import third_party_output
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Pass, PassContext, register_pass
 from orchestrator.passes.coreml.convert import check_package, write_summary
@@ -65,7 +66,8 @@ class CoremlCompress(Pass):
             )
         )
         try:
-            compressed = linear_quantize_weights(mlmodel, config=config)
+            with third_party_output("coremltools", ("coremltools",), stderr=True):
+                compressed = linear_quantize_weights(mlmodel, config=config)
         except Exception as exc:
             raise BuildError(f"error: coremltools could not compress the weights: {exc}") from exc
         out = ctx.workdir / "model.mlpackage"

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.core import coreml_package as cm
 from orchestrator.core.model_file import ModelFile
+from orchestrator.core.quiet import third_party_output
 from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import TORCH_PROGRAM, Pass, PassContext, register_pass
@@ -80,15 +81,18 @@ class CoremlConvert(Pass):
         inputs = [ct.TensorType(name=n, shape=s, dtype=np.float32) for n, s in shapes]
         precision = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}
         try:
-            mlmodel = ct.convert(
-                program.run_decompositions({}),
-                convert_to="mlprogram",
-                inputs=inputs,
-                outputs=[ct.TensorType(name=n, dtype=np.float32) for n in output_names],
-                minimum_deployment_target=cm.deployment_target(options.minimum_deployment_target),
-                compute_precision=precision[options.compute_precision],
-                skip_model_load=True,
-            )
+            with third_party_output("coremltools", ("coremltools",), stderr=True):
+                mlmodel = ct.convert(
+                    program.run_decompositions({}),
+                    convert_to="mlprogram",
+                    inputs=inputs,
+                    outputs=[ct.TensorType(name=n, dtype=np.float32) for n in output_names],
+                    minimum_deployment_target=cm.deployment_target(
+                        options.minimum_deployment_target
+                    ),
+                    compute_precision=precision[options.compute_precision],
+                    skip_model_load=True,
+                )
         except Exception as exc:
             raise BuildError(f"error: coremltools could not convert the program: {exc}") from exc
         out = ctx.workdir / "model.mlpackage"

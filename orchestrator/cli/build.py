@@ -55,11 +55,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         for o in options:
             print(f"  {o:<{width}}  ({option_origin(root, group, o)})")
     print("target families:")
-    for fam, cls in sorted(registered_targets().items()):
-        print(f"  {fam:<14} {cls.runtime:<12} {cls.description}")
+    families = sorted(registered_targets().items())
+    fw = max(len(f) for f, _ in families)
+    rw = max(len(c.runtime) for _, c in families)
+    for fam, cls in families:
+        print(f"  {fam:<{fw}} {cls.runtime:<{rw}} {cls.description}")
     print("passes:")
-    for name, pcls in sorted(registered_passes().items()):
-        print(f"  {name:<22} {pcls.description}")
+    passes = sorted(registered_passes().items())
+    pw = max(len(n) for n, _ in passes)
+    for name, pcls in passes:
+        print(f"  {name:<{pw}} {pcls.description}")
     return 0
 
 

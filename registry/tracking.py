@@ -37,13 +37,18 @@ _opening: dict[str, tuple[threading.Thread, list[Any]]] = {}
 _opening_lock = threading.Lock()
 
 
+def _store_key(root: Path) -> str:
+    """The stores a Tracker of ``root`` talks to: tracking and registry."""
+    return f"{tracking_uri(root)} {os.environ.get('MLFLOW_REGISTRY_URI', '')}"
+
+
 def prepare(root: Path) -> None:
     """Start opening the MLflow store of ``root`` in the background (once per store).
 
     Importing MLflow, connecting to the store (creating or migrating a new SQLite file) and
     MLflow's scan of the installed packages when it writes a model's requirements take
     seconds; a build starts this first so its recording step does only the recording."""
-    uri = tracking_uri(root)
+    uri = _store_key(root)
     with _opening_lock:
         if uri in _opening:
             return
@@ -69,7 +74,7 @@ def prepare(root: Path) -> None:
 def open_tracker(root: Path) -> Tracker:
     """The :class:`Tracker` of ``root``: the one :func:`prepare` opened, else a new one."""
     with _opening_lock:
-        started = _opening.get(tracking_uri(root))
+        started = _opening.get(_store_key(root))
     if started is not None:
         thread, box = started
         thread.join()
@@ -197,7 +202,10 @@ class Tracker:
             follow_move(root)
         mlflow.set_tracking_uri(self.uri)
         self.mlflow = mlflow
-        self.client = MlflowClient(self.uri)
+        # the registry is the tracking store unless MLFLOW_REGISTRY_URI names another; never
+        # the process-wide default another caller may have set
+        self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.uri
+        self.client = MlflowClient(self.uri, registry_uri=self.registry_uri)
 
     def experiment_id(self, deployment: str) -> str:
         """The experiment that groups every build of one deployment (created on first use)."""

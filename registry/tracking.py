@@ -43,11 +43,13 @@ def _store_key(root: Path) -> str:
 
 
 def prepare(root: Path) -> None:
-    """Start opening the MLflow store of ``root`` in the background (once per store).
+    """Start opening the MLflow store of ``root`` in the background (once per store), for a
+    caller with other work to do meanwhile; :func:`open_tracker` then gives that Tracker.
 
-    Importing MLflow, connecting to the store (creating or migrating a new SQLite file) and
-    MLflow's scan of the installed packages when it writes a model's requirements take
-    seconds; a build starts this first so its recording step does only the recording."""
+    Importing MLflow and its first connection are Python-bound: they gain nothing beside
+    Python-bound work (the GIL), and a thread importing beside a latency measurement would
+    disturb it, so builds open the store only when they record. ``recipe=auto`` opens it
+    once for the selection and every candidate's build."""
     uri = _store_key(root)
     with _opening_lock:
         if uri in _opening:

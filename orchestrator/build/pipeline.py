@@ -179,10 +179,6 @@ def _build(
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
-    if record:
-        from registry.tracking import prepare
-
-        prepare(spec.root)  # MLflow opens while the model builds
     data = ref.load_eval(cfg.model)
     size, pad = eval_chunking(cfg.model)
     reference_out = run_batched(lambda s: source.run([s], cfg.model)[0], data.samples, size, pad)

@@ -93,8 +93,15 @@ def make_event(
     runtime: dict, outputs: list, latency_ms: float, context: dict, inputs: dict | None = None
 ) -> dict:
     """One event with the fields runtime.json's ``events.fields`` names (and always its id)."""
-    cfg = runtime.get("events") or {}
-    values = dict(summarise(runtime, outputs))
+    event = _event(runtime, summarise(runtime, outputs), latency_ms, context)
+    if (runtime.get("events") or {}).get("include_inputs") and inputs is not None:
+        event["inputs"] = {k: v.tolist() for k, v in inputs.items()}
+    return event
+
+
+def _event(runtime: dict, prediction: dict, latency_ms: float, context: dict) -> dict:
+    """The fields runtime.json's ``events.fields`` names, from ``prediction`` and the rest."""
+    values = dict(prediction)
     values.update(
         latency_ms=round(latency_ms, 3),
         deployment=runtime.get("deployment"),
@@ -103,28 +110,14 @@ def make_event(
         **context,
     )
     event: dict = {"id": str(uuid.uuid4())}
-    for field in cfg.get("fields") or []:
+    for field in (runtime.get("events") or {}).get("fields") or []:
         event[field] = values.get(field)
-    if cfg.get("include_inputs") and inputs is not None:
-        event["inputs"] = {k: v.tolist() for k, v in inputs.items()}
     return event
 
 
 def error_event(runtime: dict, latency_ms: float, context: dict, exc: BaseException) -> dict:
     """An inference that failed: the event's fields without a prediction, and ``error``."""
-    cfg = runtime.get("events") or {}
-    values = dict(
-        prediction=None,
-        score=None,
-        latency_ms=round(latency_ms, 3),
-        deployment=runtime.get("deployment"),
-        model_sha256=(runtime.get("model") or {}).get("sha256"),
-        time=iso(),
-        **context,
-    )
-    event: dict = {"id": str(uuid.uuid4())}
-    for field in cfg.get("fields") or []:
-        event[field] = values.get(field)
+    event = _event(runtime, {"prediction": None, "score": None}, latency_ms, context)
     event["error"] = (type(exc).__name__ + ": " + str(exc))[:500]
     return event
 

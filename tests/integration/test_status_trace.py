@@ -88,7 +88,7 @@ def ward(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterat
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(uri)
+    return MlflowClient(uri, registry_uri=uri)  # not a registry an earlier test set globally
 
 
 def _opset21(ward: dict[str, Any]) -> Path:
@@ -244,7 +244,9 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     )
     provenance = v1["provenance"]
     assert f"mlflow run  {build.run_id} (experiment posture_server, FINISHED)" in text
-    assert "aliases: production-north" in text  # candidate moved on to the opset-21 build
+    # production-north marks what the fleet runs (candidate moved on to the opset-21 build)
+    model_line = next((line for line in text.splitlines() if "aliases:" in line), "")
+    assert "production-north" in model_line, text
     assert provenance["git"]["commit"] in text
     assert provenance["validation"]["data"]["eval_data_sha256"] in text
     assert "agreement >= 0.95" in text

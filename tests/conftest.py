@@ -97,6 +97,37 @@ def trained_models() -> Path:
     return ROOT / "models"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_process_state() -> Iterator[None]:
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` also write MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI into the environment, which monkeypatch does not undo: each test
+    leaves MLflow's process-wide URIs (variables and module state) as it found them."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {n: os.environ.get(n) for n in names}
+    modules = []
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        modules = [
+            (tracking_utils, "_tracking_uri", tracking_utils._tracking_uri),
+            (registry_utils, "_registry_uri", registry_utils._registry_uri),
+        ]
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if not modules and "mlflow" in sys.modules:  # imported during the test: it began unset
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        modules = [(tracking_utils, "_tracking_uri", None), (registry_utils, "_registry_uri", None)]
+    for module, attr, value in modules:
+        setattr(module, attr, value)
+
+
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Artifacts in a temporary folder, project root pinned to this checkout."""

@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             [Problem("command line", "--broker", "expected --broker HOST:PORT and/or --http")]
         )
     rules = load_rules(project_dir())
-    collector = Collector(EventStore(_db(args)), rules)
+    collector = Collector(EventStore(_db(args)), rules, cwd=project_dir())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -195,8 +195,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
             "PSI", "predictions")  # fmt: skip
     table = [head]
     for s in stats:
-        ranked = sorted(s.distribution.items(), key=lambda kv: -kv[1])
-        top = ", ".join(f"{k} {v}" for k, v in ranked)
+        # by label, so that rows of one deployment line up (and read as the same columns)
+        top = ", ".join(f"{k} {v}" for k, v in sorted(s.distribution.items()))
         table.append((
             s.deployment, "-" if s.version is None else f"v{s.version}",
             "all devices" if s.device == "*" else f"{s.fleet}/{s.device}",
@@ -255,7 +255,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the events as JSON")
     p.set_defaults(func=cmd_events)
     verbs = p.add_subparsers(dest="events_verb")
-    s = verbs.add_parser("serve", help="the collector: MQTT -> database, rules -> webhooks")
+    s = verbs.add_parser("serve", help="the collector: MQTT -> database, rules -> actions")
     s.add_argument("--broker", default=None, metavar="HOST:PORT", help="the MQTT broker")
     s.add_argument("--username", default=None)
     s.add_argument("--password-file", default=None)

@@ -166,6 +166,26 @@ class ProgressPrinter:
         reason = f" ({e['reason']})" if e.get("reason") else ""
         _out(f"  {e['device']:<{self.width}}  health after soak: {e['result']}{reason}")
 
+    def on_analysis(self, e: dict[str, Any]) -> None:
+        wave, base = e.get("wave_figures") or {}, e.get("baseline_figures") or {}
+
+        def figures(f: dict[str, Any]) -> str:
+            parts = [f"{int(f.get('events') or 0)} events"]
+            if f.get("p95_ms") is not None:
+                parts.append(f"p95 {float(f['p95_ms']):.2f} ms")
+            if f.get("psi") is not None:
+                parts.append(f"PSI {float(f['psi']):.3f}")
+            if f.get("error_share") is not None:
+                parts.append(f"errors {float(f['error_share']):.1%}")
+            return ", ".join(parts)
+
+        _out(
+            f"  live analysis: {e['result']}: wave {figures(wave)}; still on the previous "
+            f"version: {figures(base) if base else 'no events'}"
+        )
+        for reason in e.get("reasons") or []:
+            _out(f"    {reason}")
+
     def on_wave_done(self, e: dict[str, Any]) -> None:
         self.bars.soak_done()
         failed = e.get("failed") or []

@@ -332,6 +332,8 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
             print(f"  {'':<{width}}  {terminal(o.message)}")
         for note in o.notes:
             print(f"  {'':<{width}}  note: {terminal(note)}")
+    for note in getattr(result, "notes", []):
+        print(f"note: {terminal(note)}")
     print(f"{len(result.succeeded)} succeeded, {len(result.failed)} failed")
 
 

@@ -24,6 +24,7 @@ def _simulator(args: argparse.Namespace) -> Any:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from orchestrator.sim.broker import REPORT_EVERY
     from orchestrator.sim.simulator import MINIMAL_RUNTIME_GROUP
 
     sim = _simulator(args)
@@ -35,6 +36,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 first_octet=args.first_octet,
                 minimal_runtime=args.minimal_runtime,
                 feed=args.feed,
+                events=args.events,
             )
             state = sim.read_state() or {}
             profiles = state.get("profiles") or {}
@@ -49,6 +51,21 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 print(
                     f"  feed     {feed['url']} (web server pid {feed['http_pid']}); phone fleet "
                     f"file {feed['fleet_file']}"
+                )
+            events = state.get("events")
+            if events:
+                broker_dir = Path(events["folder"])
+                shown_dir = (
+                    broker_dir.relative_to(root) if broker_dir.is_relative_to(root) else broker_dir
+                )
+                print(
+                    f"  broker   {events['broker']} (mosquitto pid {events['broker_pid']}, TLS; "
+                    f"CA, password and ACL files in {shown_dir})"
+                )
+                print(
+                    f"  collector pid {events['collector_pid']}: events into "
+                    f"{_events_db_shown(root)}, rules of conf/actions, live figures to MLflow "
+                    f"every {REPORT_EVERY}s; log {shown_dir}/collector.log"
                 )
             fleet_arg = fleet_path.stem if fleet_path.parent == root / "conf" / "fleet" else shown
             if key_store().exists():
@@ -84,9 +101,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
             )
             return 0
         if args.action == "down":
+            had_events = bool((sim.read_state() or {}).get("events"))
             devices = sim.down(purge=args.purge)
             print(
                 f"simulation {sim.name}: stopped {len(devices)} device(s)"
+                + (", the broker and the collector" if had_events else "")
                 + ("; state and fleet file removed" if args.purge else "")
             )
             return 0
@@ -105,6 +124,17 @@ def cmd_sim(args: argparse.Namespace) -> int:
             print(f"  {r.name:<8} {where:<22} {what}{extra}")
         if state.get("feed"):
             print(f"  feed web server {state['feed']['url']} (pid {state['feed']['http_pid']})")
+        if state.get("events"):
+            from orchestrator.sim.broker import SimBroker
+
+            broker = SimBroker(Path(state["events"]["folder"]), project_dir())
+            b, c = broker.broker_pid(), broker.collector_pid()
+            print(
+                f"  broker   {state['events']['broker']}: "
+                + (f"up (mosquitto pid {b})" if b else "down")
+                + "; collector: "
+                + (f"up (pid {c})" if c else "down")
+            )
         up = sum(1 for r in rows if r.answers)
         print(f"{up} of {len(rows)} device(s) up")
         return 0 if up == len(rows) else SimError.exit_code
@@ -133,6 +163,14 @@ def traffic_inputs(root: Path, model: str) -> tuple[dict[str, Any], str]:
     loaded = fn(**args)
     x = loaded[0] if isinstance(loaded, tuple) else loaded
     return {str(name): x}, f"{len(x)} recording(s) of {model}'s evaluation data ({ref})"
+
+
+def _events_db_shown(root: Path) -> str:
+    from orchestrator.project import events_db_url
+
+    url = events_db_url(root)
+    prefix = f"sqlite:///{root}/"
+    return url[len(prefix) :] if url.startswith(prefix) else url
 
 
 def _name_flag(args: argparse.Namespace) -> str:
@@ -171,6 +209,12 @@ def register(sub: Any) -> None:
         "--feed",
         action="store_true",
         help="up: also a feed host for phones (sshd + web server) and its fleet NAME_phones",
+    )
+    p.add_argument(
+        "--events",
+        action="store_true",
+        help="up: also an MQTT broker (Mosquitto, TLS) and the events collector; the fleet "
+        "file gets its events section",
     )
     p.add_argument(
         "--state",

@@ -222,6 +222,17 @@ class WebhookConfig:
 
 
 @dataclass
+class CommandActionConfig:
+    """A program run on the collector's machine (no shell), the JSON body on its standard
+    input: e.g. a paging gateway's client, or ``[tee, -a, .edgeship/alerts.jsonl]``."""
+
+    argv: List[str] = MISSING  # the program and its arguments, run from the project folder
+    timeout: float = 30.0  # seconds it may run before it is stopped (and counted as failed)
+    retries: int = 0  # runs after a failed one (non-zero exit or timeout)
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+
+
+@dataclass
 class ActionRuleConfig:
     """A rule under conf/actions/: a condition on event fields and what to do when it holds."""
 
@@ -230,7 +241,8 @@ class ActionRuleConfig:
     when: str = MISSING  # e.g. 'prediction == "Running" and score >= 0.9'
     consecutive: int = 1  # events of one device in a row that must match
     deployment: str = ""  # only events of this deployment (empty: all)
-    webhook: WebhookConfig = MISSING  # the action
+    webhook: Optional[WebhookConfig] = None  # the action: an HTTP POST ...
+    command: Optional[CommandActionConfig] = None  # ... or a program (exactly one of the two)
 
 
 # group name -> schema of one option of that group

@@ -3,7 +3,7 @@
 The topic names the fleet and the device (the broker's ACL lets a device publish
 only under its own topic); an event whose own ``device`` or ``fleet`` field
 names another is refused. A stored event (never a duplicate) is fed to the
-rules; a rule that fires queues its webhook.
+rules; a rule that fires queues its action (webhook or command).
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
 class Collector:
     """Handles messages; :meth:`serve` connects it to a broker."""
 
-    def __init__(self, store: EventStore, rules: list[Rule]) -> None:
+    def __init__(self, store: EventStore, rules: list[Rule], cwd: Path | None = None) -> None:
         self.store = store
         self.episodes = Episodes(rules)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(cwd)
         self.counters = Counters()
         self.lock = threading.Lock()
 
@@ -125,8 +125,10 @@ class Collector:
         for rule, run in self.episodes.feed(stored, f"{fleet}/{device}"):
             self.counters.fired += 1
             log.info("rule %s fired for %s/%s", rule.name, fleet, device)
+            action = rule.config.command or rule.config.webhook
+            assert action is not None  # a checked rule has exactly one
             self.dispatcher.submit(
-                rule.config.webhook,
+                action,
                 {
                     "rule": rule.name,
                     "description": rule.config.description,

@@ -1,5 +1,6 @@
 """Action rules under ``conf/actions/``: a condition on event fields, held for N consecutive
-events of one device, fires a webhook once per episode (until the condition breaks).
+events of one device, fires its action (a webhook or a command) once per episode (until the
+condition breaks).
 
 A condition is a small expression language, parsed (never evaluated as Python)::
 
@@ -17,7 +18,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.schema import EVENT_FIELDS, ActionRuleConfig, WebhookConfig
+from orchestrator.core.schema import (
+    EVENT_FIELDS,
+    ActionRuleConfig,
+    CommandActionConfig,
+    WebhookConfig,
+)
 from orchestrator.core.typecheck import check_dataclass, unknown_name_message
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.files import read_yaml
@@ -151,6 +157,15 @@ def load_rules(root: Path) -> list[Rule]:
     return rules
 
 
+def _non_negative(
+    section: Mapping[str, Any], name: str, keys: tuple[str, ...], report: Any
+) -> None:
+    for key in keys:
+        value = section.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            report(f"{name}.{key}", f"expected 0 or more, found {value}")
+
+
 def rule_from(data: Any, stem: str, source: str, problems: list[Problem]) -> Rule | None:
     found: list[Problem] = []
 
@@ -173,20 +188,33 @@ def rule_from(data: Any, stem: str, source: str, problems: list[Problem]) -> Rul
             condition = Condition(data["when"])
         except ConditionError as exc:
             report("when", str(exc))
-    hook = data.get("webhook")
+    hook, command = data.get("webhook"), data.get("command")
+    if hook is None and command is None:
+        report(
+            "webhook",
+            "expected the rule's action: webhook (an HTTP POST) or command, found neither",
+        )
+    elif hook is not None and command is not None:
+        report("command", "expected one action per rule, found both webhook and command")
     if isinstance(hook, Mapping):
         url = hook.get("url")
         if isinstance(url, str) and not url.startswith(("http://", "https://")):
             report("webhook.url", f"expected an http:// or https:// address, found '{url}'")
-        for key in ("retries", "backoff", "timeout"):
-            value = hook.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                report(f"webhook.{key}", f"expected 0 or more, found {value}")
+        _non_negative(hook, "webhook", ("retries", "backoff", "timeout"), report)
+    if isinstance(command, Mapping):
+        argv = command.get("argv")
+        if isinstance(argv, list) and (not argv or not all(isinstance(a, str) and a for a in argv)):
+            report("command.argv", f"expected a program and its arguments (strings), found {argv}")
+        _non_negative(command, "command", ("retries", "backoff", "timeout"), report)
     if found or condition is None:
         problems.extend(found)
         return None
-    fields = {k: v for k, v in data.items() if k != "webhook"}
-    config = ActionRuleConfig(**fields, webhook=WebhookConfig(**dict(data["webhook"])))
+    fields = {k: v for k, v in data.items() if k not in ("webhook", "command")}
+    config = ActionRuleConfig(
+        **fields,
+        webhook=WebhookConfig(**dict(hook)) if hook is not None else None,
+        command=CommandActionConfig(**dict(command)) if command is not None else None,
+    )
     return Rule(config, condition, source)
 
 

@@ -12,83 +12,33 @@ A device's user name is ``<fleet>.<device>``; its ACL lets it write its own even
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import secrets
+import signal
+import subprocess
 import threading
 from pathlib import Path
 
+from orchestrator.core.mosquitto import (
+    broker_user,
+    events_topic,
+    mosquitto_hash,
+    set_acl,
+    set_password,
+)
 from orchestrator.spec.fleet import FleetEventsConfig
 
-ITERATIONS = 101  # mosquitto_passwd's PBKDF2-SHA512 iterations ($7$ format, Mosquitto 2)
-SALT_BYTES = 12
+__all__ = [
+    "broker_user",
+    "events_topic",
+    "issue",
+    "mosquitto_hash",
+    "reload_broker",
+    "set_acl",
+    "set_password",
+]
+
 _lock = threading.Lock()  # devices are enrolled in parallel; the files are shared
-
-
-def broker_user(fleet: str, device: str) -> str:
-    return f"{fleet}.{device}"
-
-
-def events_topic(fleet: str, device: str) -> str:
-    return f"edgeship/{fleet}/{device}/events"
-
-
-def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
-    """The password-file hash ``$7$<iterations>$<salt>$<hash>`` that ``mosquitto_passwd`` writes."""
-    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, ITERATIONS, 64)
-    b64salt, b64digest = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
-    return f"$7${ITERATIONS}${b64salt}${b64digest}"
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _acl_blocks(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The lines before the first ``user`` line, then each ``user NAME`` block."""
-    head: list[str] = []
-    blocks: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] == "user":
-            blocks.append((words[1], [line]))
-        elif blocks and not (words and words[0] == "pattern"):
-            blocks[-1][1].append(line)
-        else:
-            head.append(line)
-    return head, blocks
-
-
-def set_password(path: Path, user: str, password: str) -> None:
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line.split(":", 1)[0] != user]
-    _write(path, "\n".join([*kept, f"{user}:{mosquitto_hash(password)}"]) + "\n", 0o600)
-
-
-def set_acl(path: Path, user: str, topic: str) -> None:
-    head, blocks = _acl_blocks(path.read_text() if path.exists() else "")
-    body = [f"user {user}", f"topic write {topic}", ""]
-    out = list(head)
-    replaced = False
-    for name, lines in blocks:
-        if name == user:
-            if not replaced:
-                out += body
-                replaced = True
-        else:
-            out += lines
-    if not replaced:
-        if out and out[-1].strip():
-            out.append("")
-        out += body
-    _write(path, "\n".join(out).rstrip("\n") + "\n", 0o644)
 
 
 def issue(events: FleetEventsConfig, fleet: str, device: str) -> tuple[str, str]:
@@ -100,3 +50,37 @@ def issue(events: FleetEventsConfig, fleet: str, device: str) -> tuple[str, str]
         set_password(Path(events.password_file), user, password)
         set_acl(Path(events.acl_file), user, events_topic(fleet, device))
     return user, password
+
+
+def reload_broker(events: FleetEventsConfig) -> str:
+    """Make the broker read its password and ACL files again, as the fleet says: SIGHUP to the
+    pid in ``pid_file`` (a broker on this machine) or the ``reload`` command. Returns what
+    was done, for the enrolment's output; never raises (the credentials are issued either
+    way, and the broker reads them at its next reload)."""
+    if events.pid_file:
+        try:
+            pid = int(Path(events.pid_file).read_text().split()[0])
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError, IndexError) as exc:
+            return (
+                f"broker not reloaded: {events.pid_file}: {getattr(exc, 'strerror', None) or exc}; "
+                "reload it by hand (SIGHUP) so the new credentials count"
+            )
+        return f"broker (pid {pid}) reloaded its password and ACL files (SIGHUP)"
+    if events.reload:
+        try:
+            done = subprocess.run(
+                list(events.reload), capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"broker not reloaded: {' '.join(events.reload)}: {exc}"
+        if done.returncode != 0:
+            tail = (done.stderr.strip() or done.stdout.strip() or "").splitlines()[-1:]
+            return f"broker not reloaded: {' '.join(events.reload)} exited {done.returncode}" + (
+                f": {tail[0]}" if tail else ""
+            )
+        return f"broker reloaded: {' '.join(events.reload)}"
+    return (
+        "the broker reads the new credentials at its next reload (SIGHUP, systemctl reload "
+        "mosquitto); set events.pid_file or events.reload in the fleet file to have it done"
+    )

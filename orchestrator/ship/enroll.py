@@ -213,6 +213,8 @@ def enroll(
             outcome.version = (status or {}).get("current")
 
     result = RolloutResult("enroll", run_per_device(devices, work, parallel))
+    if fleet.events is not None and any(o.stage == "events" for o in result.outcomes):
+        result.notes.append(broker_auth.reload_broker(fleet.events))
     if result.failed:
         raise RolloutError("enroll", result)
     return result

@@ -78,6 +78,7 @@ class RolloutResult:
 
     verb: str
     outcomes: list[DeviceOutcome]
+    notes: list[str] = field(default_factory=list)  # about the whole run (not one device)
 
     @property
     def succeeded(self) -> list[DeviceOutcome]:
@@ -96,6 +97,7 @@ class RolloutResult:
             "succeeded": [o.device for o in self.succeeded],
             "failed": [o.device for o in self.failed],
             "outcomes": [o.to_json() for o in self.outcomes],
+            "notes": list(self.notes),
         }
 
 

@@ -106,6 +106,10 @@ class FleetEventsConfig:
     ca_file: str = ""  # CA of the broker's TLS certificate, copied to each device
     password_file: str = MISSING  # the broker's password file (Mosquitto's format)
     acl_file: str = MISSING  # the broker's ACL file (Mosquitto's format)
+    pid_file: str = ""  # a broker on this machine: enrolment sends this pid SIGHUP (re-read)
+    reload: List[str] = field(default_factory=list)  # or a command that makes the broker
+    #                                                  re-read its files, e.g. [systemctl,
+    #                                                  reload, mosquitto]; run after enrolment
 
 
 @dataclass
@@ -423,6 +427,16 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
             host, sep, port = broker.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 report("events.broker", f"expected HOST:PORT (port 1-65535), found '{broker}'")
+        reload = events.get("reload")
+        if isinstance(reload, list) and not all(isinstance(a, str) and a for a in reload):
+            report(
+                "events.reload", f"expected a program and its arguments (strings), found {reload}"
+            )
+        if events.get("pid_file") and reload:
+            report(
+                "events.reload",
+                "expected pid_file or reload (how the broker reads its files again), found both",
+            )
 
 
 def load_fleet(name: str, root: Path) -> FleetConfig:
@@ -497,7 +511,7 @@ def _resolve(fleet: FleetConfig, root: Path) -> FleetConfig:
         fleet.known_hosts or f"conf/fleet/{fleet.name}.known_hosts", root
     )
     if fleet.events is not None:
-        for key in ("ca_file", "password_file", "acl_file"):
+        for key in ("ca_file", "password_file", "acl_file", "pid_file"):
             setattr(fleet.events, key, _resolve_path(getattr(fleet.events, key), root))
     if fleet.feed is not None:
         fleet.feed.identity_file = _resolve_path(fleet.feed.identity_file or d.identity_file, root)

@@ -2,13 +2,15 @@
 
 Every `edgeship` command in README.md and docs/*.md parses (its verb and flags exist), the
 docs use one invocation style (the activated environment, no `.venv/bin/` prefixes), and
-the README's fleet walkthrough runs command by command on a fresh copy of the project: each
+the README's fleet and events walkthroughs run command by command on a fresh copy of the
+project: each
 exits as the README shows (an `error:` line: a failure) and prints the lines the README
 shows, numbers, hashes, addresses and times aside.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli.main import build_parser
+from orchestrator.sim.broker import find_mosquitto
 from tests.sshd import require_sshd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,9 +133,9 @@ def _fresh_copy(dest: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "clone"], cwd=dest, check=True)
 
 
-def _walkthrough() -> list[tuple[str, list[str]]]:
+def _walkthrough(title: str) -> list[tuple[str, list[str]]]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Rolling out to a fleet") :]
+    section = text[text.index(f"## {title}") :]
     section = section[: section.index("\n## ", 1)]
     session = [step for block in code_blocks(section) for step in console_session(block)]
     assert session and session[0][0].startswith("edgeship sim up"), session[:1]
@@ -140,9 +143,8 @@ def _walkthrough() -> list[tuple[str, list[str]]]:
     return session
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_readme_fleet_walkthrough_runs_as_written(tmp_path: Path) -> None:
+def _run_walkthrough(title: str, tmp_path: Path) -> Path:
+    """Run the README section's console session in a fresh copy; returns the copy."""
     require_sshd()
     project = tmp_path / "edgeship"
     _fresh_copy(project)
@@ -154,7 +156,7 @@ def test_readme_fleet_walkthrough_runs_as_written(tmp_path: Path) -> None:
     printed: dict[str, list[str]] = {}
     started = False
     try:
-        for command, expected in _walkthrough():
+        for command, expected in _walkthrough(title):
             started = True
             res = subprocess.run(
                 ["bash", "-c", command],
@@ -181,4 +183,37 @@ def test_readme_fleet_walkthrough_runs_as_written(tmp_path: Path) -> None:
             )
     outputs = "\n".join(f"$ {c}\n" + "\n".join(f"    {x}" for x in g) for c, g in printed.items())
     assert not problems, "\n".join(problems) + "\n\nprinted (normalised):\n" + outputs
+    return project
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_readme_fleet_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    project = _run_walkthrough("Rolling out to a fleet", tmp_path)
     assert (project / "trace-bed-05.html").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_readme_events_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """Broker, collector, traffic, a rule's action, live status and a canary judged on its
+    live events, as the README shows them."""
+    if find_mosquitto() is None:
+        pytest.skip("needs the mosquitto broker (apt-get install mosquitto; tools/system-deps.sh)")
+    project = _run_walkthrough("Prediction events: from the bedside to an action", tmp_path)
+    log = (project / ".edgeship" / "sim" / "sim" / "broker" / "collector.log").read_text()
+    assert "refused 0" in log, log[-2000:]  # every event came from the device it names
+    journal = sorted((project / ".edgeship" / "rollouts").glob("*.jsonl"))[-1]
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    (analysis,) = [e for e in entries if e.get("event") == "analysis"]
+    assert analysis["result"] == "pass", analysis
+    assert analysis["wave_figures"]["events"] >= 50 and analysis["baseline_figures"]["events"]
+    # the collector (--report-every) put v1's live figures on its build's MLflow run
+    from mlflow.tracking import MlflowClient
+
+    build = json.loads((project / "bundles" / "posture_server" / "1" / "build.json").read_text())
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    history = MlflowClient(uri, registry_uri=uri).get_metric_history(
+        build["mlflow"]["run_id"], "live_events"
+    )
+    assert history and max(m.value for m in history) > 0, history

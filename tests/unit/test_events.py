@@ -134,6 +134,63 @@ def test_rule_files_are_checked_strictly(tmp_path: Path) -> None:
     assert got["webhook.backoff"] == "expected 0 or more, found -1"
 
 
+def test_a_rule_has_exactly_one_action_and_a_command_is_a_list_of_strings(tmp_path: Path) -> None:
+    base = 'name: running\nwhen: prediction == "R"\n'
+    cases = {
+        "": (
+            "webhook",
+            "expected the rule's action: webhook (an HTTP POST) or command, found neither",
+        ),
+        "webhook: {url: 'http://h/x'}\ncommand: {argv: [true]}\n": (
+            "command",
+            "expected one action per rule, found both webhook and command",
+        ),
+        "command: {argv: [], timeout: -2}\n": (
+            "command.argv",
+            "expected a program and its arguments (strings), found []",
+        ),
+    }
+    for extra, (key, message) in cases.items():
+        with pytest.raises(SpecError) as err:
+            load_rules(_rules(tmp_path / str(len(extra)), base + extra))
+        assert {p.key: p.message for p in err.value.problems}[key] == message
+    with pytest.raises(SpecError) as err:
+        load_rules(_rules(tmp_path / "t", base + "command: {argv: [tee], timeout: -2}\n"))
+    assert [(p.key, p.message) for p in err.value.problems] == [
+        ("command.timeout", "expected 0 or more, found -2")
+    ]
+    (rule,) = load_rules(_rules(tmp_path / "ok", base + "command: {argv: [tee, -a, out]}\n"))
+    assert rule.config.webhook is None and rule.config.command is not None
+    assert list(rule.config.command.argv) == ["tee", "-a", "out"]
+
+
+def test_a_command_action_reads_the_body_on_stdin_and_is_retried(tmp_path: Path) -> None:
+    from orchestrator.core.schema import CommandActionConfig
+    from orchestrator.events.actions import run_command
+
+    body = {"rule": "running", "device": "bed-01", "events": [{"id": "e1"}]}
+    ok = run_command(CommandActionConfig(argv=["tee", "-a", "alerts.jsonl"]), body, tmp_path)
+    assert ok == {"delivered": True, "exit": 0, "attempts": 1}
+    import json
+
+    assert [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()] == [body]
+    waits: list[float] = []
+    failing = CommandActionConfig(
+        argv=["sh", "-c", "cat > /dev/null; echo paging gateway down >&2; exit 3"],
+        retries=2,
+        backoff=0.5,
+    )
+    out = run_command(failing, body, tmp_path, sleep=waits.append)
+    assert out == {"delivered": False, "attempts": 3, "error": "exit 3: paging gateway down"}
+    assert waits == [0.5, 1.0]
+    missing = run_command(CommandActionConfig(argv=["no-such-program-x"]), body, tmp_path)
+    assert missing["delivered"] is False and missing["error"].startswith(
+        "cannot run no-such-program-x"
+    )
+    slow = run_command(CommandActionConfig(argv=["sleep", "5"], timeout=0.2), body, tmp_path)
+    assert slow["error"] == "still running after 0.2s; stopped"
+
+
 def test_spec_events_section_rules() -> None:
     problems: list[tuple[str, str]] = []
     spec = {

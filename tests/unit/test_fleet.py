@@ -224,7 +224,7 @@ def test_load_fleet_events_broker(tmp_path: Path) -> None:
         [
             "error: invalid fleet (5 problems)",
             F + "events.retain: unknown key 'retain'; expected one of: acl_file, broker, "
-            "ca_file, password_file",
+            "ca_file, password_file, pid_file, reload",
             F + "events.password_file: missing required value; expected str",
             F + "events.broker: expected HOST:PORT (port 1-65535), found 'mqtt.ward'",
             F + "events.ca_file: expected an existing CA certificate file, found 'nowhere/ca.pem'",
@@ -232,3 +232,54 @@ def test_load_fleet_events_broker(tmp_path: Path) -> None:
             f"(no folder {tmp_path.resolve() / 'gone'})",
         ]
     )
+
+
+def test_enrolment_makes_the_broker_read_its_files_as_the_fleet_says(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from orchestrator.ship.broker_auth import reload_broker
+    from orchestrator.spec.fleet import FleetEventsConfig
+
+    both = GOOD.replace(
+        "groups:\n",
+        "events:\n  broker: mqtt.ward:8883\n  password_file: p\n  acl_file: a\n"
+        "  pid_file: broker.pid\n  reload: [systemctl, '']\ngroups:\n",
+        1,
+    )
+    assert _problems(_write(tmp_path, both)).splitlines()[1:] == [
+        F + "events.reload: expected a program and its arguments (strings), found "
+        "['systemctl', '']",
+        F + "events.reload: expected pid_file or reload (how the broker reads its files "
+        "again), found both",
+    ]
+    events = FleetEventsConfig(broker="h:1", password_file="p", acl_file="a")
+    assert "reload it by hand" not in reload_broker(events)
+    assert "set events.pid_file or events.reload" in reload_broker(events)
+    # a process that counts SIGHUPs stands in for the broker
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time\n"
+         "signal.signal(signal.SIGHUP, lambda *_: (print('reloaded', flush=True), sys.exit(0)))\n"
+         "print('ready', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        (tmp_path / "broker.pid").write_text(f"{proc.pid}\n")
+        events.pid_file = str(tmp_path / "broker.pid")
+        note = reload_broker(events)
+        assert note == f"broker (pid {proc.pid}) reloaded its password and ACL files (SIGHUP)"
+        assert proc.stdout.readline().strip() == "reloaded" and proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (tmp_path / "broker.pid").write_text("not a pid\n")
+    assert reload_broker(events).startswith(f"broker not reloaded: {tmp_path / 'broker.pid'}")
+    events.pid_file = ""
+    events.reload = ["sh", "-c", "echo mosquitto.service not found >&2; exit 5"]
+    assert reload_broker(events) == (
+        "broker not reloaded: sh -c echo mosquitto.service not found >&2; exit 5 exited 5: "
+        "mosquitto.service not found"
+    )
+    events.reload = ["true"]
+    assert reload_broker(events) == "broker reloaded: true"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import ModelConfig, TargetConfig
+
+if TYPE_CHECKING:  # annotations only: numpy stays out of commands that read specs
+    import numpy as np
 
 
 class Session(Protocol):

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from orchestrator.errors import MissingDependencyError
 from targets.base import Session, Target, register_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 METHOD = "forward"
 
@@ -32,6 +33,8 @@ class ExecutorchSession:
         self.torch = require("torch")
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
         names = self.input_names or list(inputs)
         args = tuple(self.torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names)
         return [

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from orchestrator.errors import MissingDependencyError
 from targets.base import Session, Target, register_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def by_position(names: list[str]) -> list[str]:
@@ -45,6 +46,8 @@ class LitertSession:
         self.input_names = input_names
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
         names = self.input_names or list(inputs)
         feed = {a: np.ascontiguousarray(inputs[n]) for a, n in zip(self.args, names, strict=True)}
         out = self.runner(**feed)

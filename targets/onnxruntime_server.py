@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from targets.base import Session, Target, register_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 

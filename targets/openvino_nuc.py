@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
 from orchestrator.core.shapes import input_bounds, openvino_shapes
 from targets.base import Session, Target, register_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class OvSession:
         self.outputs = list(compiled.outputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
         result = self.request.infer(inputs)
         return [np.array(result[o]) for o in self.outputs]
 

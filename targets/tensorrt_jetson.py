@@ -18,9 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from functools import cache
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.runtime_imports import require
@@ -29,6 +27,9 @@ from orchestrator.device.agent import tensorrt_engine as engine_builder
 from orchestrator.errors import BuildError, MissingDependencyError
 from targets.base import Session, Target, register_target
 from targets.onnxruntime_server import ort_session
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class TensorRtSession:
         self.stream = self.torch.cuda.Stream()
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
         torch = self.torch
         keep = []
         for name in self.inputs:

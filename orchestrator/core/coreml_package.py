@@ -16,9 +16,10 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from orchestrator.core.runtime_imports import require
 
@@ -175,6 +176,8 @@ class StandInSession:
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self.torch
         names = self.input_names or list(inputs)
+        import numpy as np
+
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
         if self.fp16:
             args = [a.half() for a in args]
@@ -200,4 +203,6 @@ class CoreMLSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self.model.predict(inputs)
+        import numpy as np
+
         return [np.asarray(out[n], dtype=np.float32) for n in self.output_names]

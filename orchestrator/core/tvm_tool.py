@@ -15,12 +15,13 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import IO, Any
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.core import toolenv, tvm_worker
 from orchestrator.errors import BuildError
+
+if TYPE_CHECKING:  # numpy stays out of the start-up of commands that only read specs
+    import numpy as np
 
 TOOL = "tvm"
 WORKER = Path(tvm_worker.__file__).resolve()
@@ -118,11 +119,15 @@ class WorkerSession:
         return reply
 
     def _inputs(self, inputs: dict[str, np.ndarray]) -> str:
+        import numpy as np
+
         path = self._scratch / "inputs.npz"
         np.savez(path, **{n: np.ascontiguousarray(inputs[n]) for n in self.input_names})  # type: ignore[arg-type]
         return str(path)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
         out = self._scratch / "outputs.npz"
         reply = self._call(
             {"op": "run", "inputs_npz": self._inputs(inputs), "outputs_npz": str(out)}

@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchestrator.core.model_file import ModelFile
 
-Inputs = dict[str, np.ndarray]
+if TYPE_CHECKING:  # numpy stays out of the start-up of commands that only read specs
+    import numpy as np
+
+    Inputs = dict[str, np.ndarray]
+else:
+    Inputs = dict
 
 # the format of a torch.export program (``torch.export.save``): a recipe whose first pass
 # takes it starts from the reference model exported by torch.export instead of ONNX

@@ -10,9 +10,11 @@ dimensions as -1), the input example is the artifact's smoke input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,35 @@ def artifact_digest(artifact: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _no_environment_scan() -> Iterator[None]:
+    """MLflow checks a model's pip requirements against the running environment by mapping
+    every installed distribution's files to modules (seconds on a full environment), only to
+    warn about a mismatch. The requirements here are pinned from this environment's own
+    versions (:func:`_pins`), so the check cannot find one: it is skipped while saving.
+    Where MLflow has no such check (another version), nothing is changed."""
+    from mlflow.utils import environment
+
+    name = "warn_dependency_requirement_mismatches"
+    original = getattr(environment, name, None)
+    if original is None:
+        yield
+        return
+    setattr(environment, name, lambda requirements: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, original)
+
+
 def save_artifact_model(artifact: Path, out: Path) -> str:
     """Write the MLflow model of ``artifact`` to the new folder ``out``; returns its flavour
     (``onnx`` or ``python_function``)."""
+    with _no_environment_scan():
+        return _save_artifact_model(artifact, out)
+
+
+def _save_artifact_model(artifact: Path, out: Path) -> str:
     import mlflow
 
     runtime = json.loads((artifact / "runtime.json").read_text())

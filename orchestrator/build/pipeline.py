@@ -556,6 +556,11 @@ def _write_artifact(
         "source_kind": cfg.model.source.kind,
         "source_sha256": evidence["source"].get("sha256"),
     }
+    train = ref.load_train(cfg.model)
+    if train is not None and cfg.model.data.train is not None:
+        data_info["train_data"] = cfg.model.data.train.fn
+        data_info["train_data_sha256"] = train.sha256
+        data_info["train_samples"] = len(train)
     write_json(staging / "validation.json", result.to_json() | {"data": data_info})
     (staging / "spec.yaml").write_text(spec.to_yaml())
     # smoke test: the first evaluation sample, the artifact's own output and the reference's

@@ -681,10 +681,18 @@ def _trace_text(t: Any) -> str:
             "  (build machine, not gated)"
         )
     for ro in t.rollouts:
+        who = ro.get("operator") or {}
+        by = f"; by {who.get('user') or '?'}" + (f"@{who['host']}" if who.get("host") else "")
+        if who.get("key_id"):
+            by += f" with key {who['key_id']}"
         lines.append(
             f"rollout     {ro['at']} {ro['rollout']} ({ro['strategy']}): {ro['result']} "
-            f"{ro['change']}; rollout {ro['rollout_status']}"
+            f"{ro['change']}; rollout {ro['rollout_status']}{by}"
         )
+    if p.get("allow_dirty"):
+        lines.append("            bundled with --allow-dirty despite the uncommitted changes")
+    for w in t.warnings:
+        lines.append(f"WARNING     {w}")
     lines.append("checks")
     for c in t.checks:
         mark = "ok  " if c.ok else ("--  " if c.ok is None else "FAIL")

@@ -157,7 +157,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         answers = []
         for each in names:
             made = bundling.bundle_artifact(
-                here, each, store, args.valid_days or 90, record=not args.no_record
+                here,
+                each,
+                store,
+                args.valid_days or 90,
+                record=not args.no_record,
+                allow_dirty=args.allow_dirty,
             )
             if args.json:
                 answers.append(bundle_json(made.bundle, made))
@@ -217,7 +222,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"{name}: bundle version {bundle.version} ({bundle.path})")
     else:
         made = bundling.bundle_artifact(
-            here, name, store, args.valid_days or 90, record=not args.no_record
+            here,
+            name,
+            store,
+            args.valid_days or 90,
+            record=not args.no_record,
+            allow_dirty=args.allow_dirty,
         )
         bundle = made.bundle
         if args.json and not args.export:
@@ -519,6 +529,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list", action="store_true", help="list issued bundle versions")
     p.add_argument("--no-record", action="store_true", help="do not record the bundle in MLflow")
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="bundle a build made from a git tree with uncommitted changes (recorded)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the bundle(s) made, or --list, as JSON"
     )

@@ -88,6 +88,7 @@ class DataConfig:
 
     eval: CallableRef = MISSING  # returns (inputs [N, ...], labels [N, ...] or None)
     calibration: Optional[CallableRef] = None  # returns (inputs [N, ...], labels or None)
+    train: Optional[CallableRef] = None  # the training set (named and hashed in provenance)
     eval_samples: int = 0  # use only the first N eval samples (0 = all)
 
 

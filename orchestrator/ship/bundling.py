@@ -63,7 +63,12 @@ def find_issued(root: Path, deployment: str, version: int | None) -> Any:
 
 
 def bundle_artifact(
-    root: Path, deployment: str, store: Any, valid_days: int, record: bool = True
+    root: Path,
+    deployment: str,
+    store: Any,
+    valid_days: int,
+    record: bool = True,
+    allow_dirty: bool = False,
 ) -> BundleMade:
     """Sign the passing artifact of ``deployment`` as its next bundle version."""
     from registry.bundle import make_bundle
@@ -86,7 +91,12 @@ def bundle_artifact(
 
         tracker = Tracker(root)
     bundle = make_bundle(
-        artifact, store, bundles_root(root), valid_days=valid_days, tracker=tracker
+        artifact,
+        store,
+        bundles_root(root),
+        valid_days=valid_days,
+        tracker=tracker,
+        allow_dirty=allow_dirty,
     )
     return BundleMade(bundle, run_id, tracker is not None)
 

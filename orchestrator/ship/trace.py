@@ -66,8 +66,24 @@ class Trace:
     def ok(self) -> bool:
         return all(c.ok is not False for c in self.checks)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What holds but a reviewer must know: a build from a dirty tree, bundled anyway."""
+        out = []
+        prov = self.provenance or {}
+        git = prov.get("git") or {}
+        if git.get("dirty"):
+            changes = ", ".join(str(c) for c in (git.get("changes") or [])[:5])
+            out.append(
+                "built from a git tree with uncommitted changes"
+                + (f" ({changes})" if changes else "")
+            )
+        if prov.get("allow_dirty"):
+            out.append("bundled with --allow-dirty despite the uncommitted changes")
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"ok": self.ok}
+        return asdict(self) | {"ok": self.ok, "warnings": self.warnings}
 
 
 def _read_manifest(fleet: FleetConfig, device: Any, timeout: float) -> bytes | None:
@@ -112,6 +128,7 @@ def _rollouts_for(
             "strategy": started["strategy"]["name"],
             "fleet": started["fleet"]["name"],
             "rollout_status": status,
+            "operator": started.get("operator") or {"user": started.get("user")},
         }
         for e in entries:
             if e.get("event") == "device_done" and e.get("device") == device:

@@ -23,6 +23,7 @@ on after the orchestrator was killed without redoing a finished device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import (
+    EdgeshipError,
     RolloutHaltedError,
     RolloutJournalError,
     RolloutLockedError,
@@ -660,6 +662,25 @@ def _bundle_entry(bundle: Bundle) -> dict[str, Any]:
     }
 
 
+def os_user() -> str:
+    """The operating-system user running this process."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+
+
+def operator(store: KeyStore | None) -> dict[str, Any]:
+    """Who runs a rollout: the OS user, the host, and the online key id it acts with."""
+    key_id = None
+    if store is not None and store.exists():
+        with contextlib.suppress(EdgeshipError):
+            key_id = store.signing_key()[0]
+    return {"user": os_user(), "host": this_host(), "key_id": key_id}
+
+
 def start_rollout(
     project: Path,
     fleet: FleetConfig,
@@ -692,6 +713,7 @@ def start_rollout(
         tracker = _tracker_for(project, bundle) if record else None
         mlflow_run = None
         provenance = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+        who = operator(store)
         if tracker is not None:
             mlflow_run = tracker.start_rollout_run(
                 bundle.deployment,
@@ -703,6 +725,9 @@ def start_rollout(
                     "edgeship.bundle.version": str(bundle.version),
                     "edgeship.bundle.sha256": bundle.digest,
                     "edgeship.rollout.status": "running",
+                    "edgeship.rollout.operator": who["user"],
+                    "edgeship.rollout.operator_host": who["host"],
+                    "edgeship.rollout.operator_key": who["key_id"] or "-",
                 },
                 provenance.get("run_id"),
             )
@@ -725,7 +750,8 @@ def start_rollout(
             covers_fleet=set(plan.devices) == {d.name for d in fleet.devices if d.family == family},
             pid=os.getpid(),
             host=this_host(),
-            user=os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
+            user=who["user"],
+            operator=who,
             argv=" ".join(shlex.quote(a) for a in sys.argv),
             started_at=locks.holder.started_at,
         )

@@ -8,6 +8,7 @@ that is set). Every issued version is kept::
     bundles/<deployment>/<version>/manifest.json.sig   raw 64-byte Ed25519 signature
     bundles/<deployment>/<version>/<artifact files>    model/, runtime.json, smoke/, ...
     bundles/<deployment>/<version>/rollback.json(.sig) optional signed rollback order
+    bundles/<deployment>/<version>/approval.json(.sig) optional signed approval (registry.approval)
     bundles/<deployment>/ledger.json                   every version issued, never reused
 
 Versions are integers, per deployment, strictly increasing: the next one is one
@@ -55,7 +56,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SIGNATURE = MANIFEST + SIG_SUFFIX
 ROLLBACK = "rollback.json"
-ENVELOPE = frozenset({MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX})
+APPROVAL = "approval.json"  # a named approver's signature (registry.approval)
+ENVELOPE = frozenset(
+    {MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX, APPROVAL, APPROVAL + SIG_SUFFIX}
+)
 MANIFEST_KIND = rules.BUNDLE_KIND
 MEASURE_KIND = rules.MEASURE_KIND  # a candidate measured on a lab device, never installed
 ROLLBACK_KIND = "edgeship.rollback"
@@ -183,9 +187,10 @@ class Ledger:
 
     def read(self) -> dict[str, Any]:
         if not self.path.is_file():
-            return {"deployment": self.deployment, "issued": [], "rollbacks": []}
+            return {"deployment": self.deployment, "issued": [], "rollbacks": [], "approvals": []}
         data = json.loads(self.path.read_text())
         data.setdefault("rollbacks", [])
+        data.setdefault("approvals", [])
         return dict(data)
 
     def highest(self) -> int:
@@ -322,6 +327,7 @@ def build_manifest(
             "source": build.get("source", {}),
             "code": build.get("code", {}),
             "built_at": build.get("built_at"),
+            "built_by": build.get("built_by"),
             "choices": build.get("choices", {}),
             "validation": {
                 "passed": validation.get("passed"),
@@ -387,6 +393,7 @@ def make_bundle(
             version = max(version, tracker.max_bundle_version(deployment))
         version += 1
         manifest = build_manifest(artifact, version, kid, created, valid_days)
+        manifest["provenance"]["bundled_by"] = {"user": project.os_user(), "key_id": kid}
         if git.get("dirty"):
             manifest["provenance"]["allow_dirty"] = True
         staging = folder / f".{version}.{uuid.uuid4().hex[:8]}.tmp"

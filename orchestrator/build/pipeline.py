@@ -46,7 +46,7 @@ from orchestrator.passes.base import (
     registered_passes,
 )
 from orchestrator.passes.common.evaluation import make_evaluation
-from orchestrator.project import artifacts_root
+from orchestrator.project import artifacts_root, os_user
 from orchestrator.spec.compose import ComposedSpec
 from targets.base import Target, get_target
 
@@ -476,6 +476,7 @@ def _build_info(
             "model_name": spec.config.deployment.name,
         },
         "git": git_info(spec.root),
+        "built_by": os_user(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "device_validated": validated_on is not None,

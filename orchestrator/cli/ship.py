@@ -97,8 +97,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"  {k.key_id}  {k.status:<18} {private}")
         return 0
     if action == "rotate":
-        change = store.rotate(args.role, args.valid_days or 365)
-        _print_root_change(change, f"new {args.role} key {change.new_key}")
+        role = args.role or "targets"
+        if role not in ("targets", "timestamp", "root"):
+            raise UsageError(
+                [Problem(CLI, "--role", f"expected targets, timestamp or root, found '{role}'")]
+            )
+        change = store.rotate(role, args.valid_days or 365)
+        _print_root_change(change, f"new {role} key {change.new_key}")
     elif action == "revoke":
         if not args.key_id:
             raise KeyStoreError("error: keys revoke needs a KEYID (see 'edgeship keys list')")
@@ -113,6 +118,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif action == "refresh":
         _refresh_repository(store)
         return 0
+    elif action == "add-person":
+        if not args.key_id:
+            raise UsageError([Problem(CLI, "NAME", "keys add-person needs the person's NAME")])
+        roles = [r.strip() for r in (args.role or "").split(",") if r.strip()]
+        change = store.add_person(args.key_id, roles, args.valid_days or 365)
+        _print_root_change(
+            change, f"added {args.key_id} ({', '.join(roles)}) with key {change.new_key}"
+        )
+    elif action == "publish-policy":
+        from orchestrator.spec.fleet import load_fleet
+
+        if not args.key_id:
+            raise UsageError([Problem(CLI, "FLEET", "keys publish-policy needs a FLEET name")])
+        fleet = load_fleet(args.key_id, project_dir())
+        change = store.set_fleet_policy(
+            fleet.name, list(fleet.requires), fleet.two_person, args.valid_days or 365
+        )
+        wanted = ", ".join(fleet.requires) or "nothing"
+        _print_root_change(
+            change,
+            f"fleet {fleet.name} requires {wanted}"
+            + (" (two_person)" if fleet.two_person else "")
+            + " on its devices",
+        )
     else:
         raise AssertionError(action)
     if change.published:
@@ -243,6 +272,43 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             f"edgeship-agent activate {dest.name}"
         )
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from orchestrator.project import os_user
+    from orchestrator.ship import bundling
+
+    opts = pairs(args.overrides, ("deployment", "version"), ("deployment",))
+    version = _int_word(opts, "version")
+    person = args.person or os_user()
+    bundle, doc = bundling.approve_bundle(
+        project_dir(),
+        opts["deployment"],
+        version,
+        key_store(),
+        person,
+        args.comment,
+        record=not args.no_record,
+    )
+    approver = doc["approver"]
+    print(
+        f"{bundle.deployment}: version {bundle.version} approved by {approver['name']} "
+        f"({', '.join(approver['roles'])}; key {approver['key_id']}) at {doc['approved_at']}"
+    )
+    print(f"  manifest sha256 {bundle.digest}")
+    print(f"  signed approval: {bundle.path / 'approval.json'}")
+    return 0
+
+
+def _int_word(opts: dict[str, str], key: str) -> int | None:
+    if key not in opts:
+        return None
+    try:
+        return int(opts[key])
+    except ValueError:
+        raise UsageError(
+            [Problem(CLI, key, f"expected a whole number, found '{opts[key]}'")]
+        ) from None
 
 
 def model_version_note(bundle: Any) -> str:
@@ -468,21 +534,34 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "keys",
         help="the root of trust and signing keys: init | list | rotate | revoke KEYID | "
-        "sign-root | renew | refresh",
+        "sign-root | renew | refresh | add-person NAME --role R | publish-policy FLEET",
     )
     p.add_argument(
-        "action", choices=("init", "list", "rotate", "revoke", "sign-root", "renew", "refresh")
+        "action",
+        choices=(
+            "init",
+            "list",
+            "rotate",
+            "revoke",
+            "sign-root",
+            "renew",
+            "refresh",
+            "add-person",
+            "publish-policy",
+        ),
     )
-    p.add_argument("key_id", nargs="?", help="key id to revoke")
+    p.add_argument(
+        "key_id", nargs="?", help="key id to revoke; add-person: NAME; publish-policy: FLEET"
+    )
     p.add_argument("--root-keys", type=int, default=3, help="init: how many root keys (default 3)")
     p.add_argument(
         "--threshold", type=int, default=2, help="init: root signatures required (default 2)"
     )
     p.add_argument(
         "--role",
-        default="targets",
-        choices=("targets", "timestamp", "root"),
-        help="rotate: the role that gets a new key (default targets)",
+        default=None,
+        help="rotate: targets, timestamp or root (default targets); add-person: builder, "
+        "approver, release-manager (comma-separated)",
     )
     p.add_argument("--keys-dir", help="sign-root: a folder holding root private keys")
     p.add_argument(
@@ -538,6 +617,19 @@ def register(sub: Any) -> None:
         "--json", action="store_true", help="print the bundle(s) made, or --list, as JSON"
     )
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("approve", help="sign a named approver's approval of an issued bundle")
+    words(p, "deployment=NAME [version=N]")
+    p.add_argument("--comment", required=True, help="why this bundle may go out")
+    p.add_argument(
+        "--as",
+        dest="person",
+        default=None,
+        metavar="PERSON",
+        help="the approver (a person 'keys add-person' named; default: your login name)",
+    )
+    p.add_argument("--no-record", action="store_true", help="do not tag the MLflow model version")
+    p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")
     words(p, "fleet=NAME [device=a,b] [group=g]")

@@ -132,3 +132,49 @@ def open_bundle(
             ]
         )
     yield find_issued(root, deployment, version)
+
+
+def approve_bundle(
+    root: Path,
+    deployment: str,
+    version: int | None,
+    store: Any,
+    person: str,
+    comment: str,
+    record: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """Sign ``person``'s approval of an issued bundle; recorded in the deployment's ledger
+    and, when the bundle came from a registered MLflow model version, as its tags."""
+    from registry.approval import approve
+    from registry.bundle import Ledger
+
+    bundle = find_issued(root, deployment, version)
+    folder = bundles_root(root) / deployment
+    with Ledger(folder, deployment).locked() as ledger:
+        doc = approve(bundle, store, person, comment)
+        ledger.append(
+            "approvals",
+            {
+                "version": bundle.version,
+                "manifest_sha256": bundle.digest,
+                "approved_at": doc["approved_at"],
+                "approver": doc["approver"],
+                "comment": comment,
+            },
+        )
+    source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+    if record and source.get("model_name") and source.get("model_version"):
+        from registry.tracking import Tracker
+
+        prefix = f"edgeship.bundle.{bundle.version}.approval"
+        Tracker(root).tag_version(
+            str(source["model_name"]),
+            str(source["model_version"]),
+            {
+                f"{prefix}.by": doc["approver"]["name"],
+                f"{prefix}.key_id": doc["approver"]["key_id"],
+                f"{prefix}.at": doc["approved_at"],
+                f"{prefix}.comment": comment,
+            },
+        )
+    return bundle, doc

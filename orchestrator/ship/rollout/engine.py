@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import project as project_mod
 from orchestrator.errors import (
     EdgeshipError,
     RolloutHaltedError,
@@ -45,7 +46,12 @@ from orchestrator.errors import (
     RolloutStateError,
     TrackingError,
 )
-from orchestrator.ship.deploy import ByteProgress, DeployOptions, deploy_device
+from orchestrator.ship.deploy import (
+    ByteProgress,
+    DeployOptions,
+    deploy_device,
+    require_approval,
+)
 from orchestrator.ship.enroll import agent_status
 from orchestrator.ship.results import DeviceOutcome, run_device
 from orchestrator.ship.rollout.analysis import Analyst, evaluate
@@ -662,23 +668,13 @@ def _bundle_entry(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def os_user() -> str:
-    """The operating-system user running this process."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
-
-
 def operator(store: KeyStore | None) -> dict[str, Any]:
     """Who runs a rollout: the OS user, the host, and the online key id it acts with."""
     key_id = None
     if store is not None and store.exists():
         with contextlib.suppress(EdgeshipError):
             key_id = store.signing_key()[0]
-    return {"user": os_user(), "host": this_host(), "key_id": key_id}
+    return {"user": project_mod.os_user(), "host": this_host(), "key_id": key_id}
 
 
 def start_rollout(
@@ -703,6 +699,7 @@ def start_rollout(
     Raises :class:`RolloutHaltedError` when it halts and :class:`RolloutLockedError`
     when another running rollout holds any of its devices (nothing is changed then).
     """
+    require_approval(fleet, bundle, store)
     family = str((bundle.manifest.get("target") or {}).get("family"))
     plan = plan_rollout(fleet, strategy, family, selection, strategy_source)
     rollout_id = new_rollout_id(bundle.deployment, fleet.name)

@@ -635,6 +635,17 @@ def _trace_text(t: Any) -> str:
         )
     if b.get("issued"):
         lines.append(f"            issued as {_shown(Path(b['issued']['path']))}")
+    approval = b.get("approval")
+    if approval:
+        who = approval.get("approver") or {}
+        lines.append(
+            f"approved    by {who.get('name')} ({', '.join(who.get('roles') or [])}, key "
+            f"{who.get('key_id')}) at {approval.get('approved_at')}: {approval.get('comment')}"
+        )
+    built_by = p.get("built_by")
+    bundled_by = (p.get("bundled_by") or {}).get("user")
+    if built_by or bundled_by:
+        lines.append(f"people      built by {built_by or '?'}, bundled by {bundled_by or '?'}")
     ml = p.get("mlflow") or {}
     run = (t.mlflow or {}).get("run") or {}
     if ml.get("run_id"):

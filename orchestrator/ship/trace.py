@@ -343,6 +343,8 @@ def trace_device(
             }
         )
         checks.append(_signature_check(manifest, digest, kid, store, local))
+        if local and local.get("present"):
+            bundle_info["approval"] = _approval(Path(local["path"]), manifest, store, checks)
     provenance = (manifest or {}).get("provenance") or {}
     mlflow_info = _mlflow(tracker, provenance, digest, manifest, checks)
     trace = Trace(
@@ -368,6 +370,34 @@ def trace_device(
         )
     )
     return trace
+
+
+def _approval(
+    path: Path, manifest: dict[str, Any], store: Any | None, checks: list[Check]
+) -> dict[str, Any] | None:
+    """The signed approval beside the issued bundle, checked against the key store's root."""
+    from registry.approval import approval_problem, read_approval
+
+    doc = read_approval(path)
+    if doc is None:
+        checks.append(Check("approval", None, f"no approval in {path}"))
+        return None
+    approver = doc.get("approver") or {}
+    who = f"{approver.get('name')} ({', '.join(approver.get('roles') or [])})"
+    if store is None or not store.exists():
+        checks.append(Check("approval", None, f"approved by {who}; no key store to check it"))
+        return doc
+    why = approval_problem(path, manifest, store.trust())
+    checks.append(
+        Check(
+            "approval",
+            why is None,
+            f"approved by {who} at {doc.get('approved_at')}: {doc.get('comment')}"
+            if why is None
+            else why,
+        )
+    )
+    return doc
 
 
 def _signature_check(

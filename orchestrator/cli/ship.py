@@ -300,6 +300,26 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from orchestrator.ship.audit import audit, print_pdf, render_html
+    from orchestrator.spec.fleet import load_fleet
+
+    opts = pairs(args.overrides, ("deployment", "version", "fleet"), ("deployment",))
+    root = project_dir()
+    store = key_store()
+    fleet = load_fleet(opts["fleet"], root) if "fleet" in opts else None
+    doc = audit(root, opts["deployment"], _int_word(opts, "version"), store, fleet)
+    html = Path(args.output or f"audit-{doc.deployment}-v{doc.version}.html")
+    html.write_text(render_html(doc))
+    print(f"{doc.deployment} version {doc.version}: audit written to {html}")
+    for warning in doc.warnings:
+        print(terminal(f"  finding: {warning}"))
+    if args.pdf:
+        pdf = print_pdf(html, Path(args.pdf))
+        print(f"  printed to {pdf}")
+    return 0
+
+
 def _int_word(opts: dict[str, str], key: str) -> int | None:
     if key not in opts:
         return None
@@ -630,6 +650,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-record", action="store_true", help="do not tag the MLflow model version")
     p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser(
+        "audit", help="one HTML (and PDF) change record of a bundle version, for reviewers"
+    )
+    words(p, "deployment=NAME [version=N] [fleet=NAME]")
+    p.add_argument("-o", "--output", help="the HTML file (default audit-NAME-vN.html)")
+    p.add_argument("--pdf", metavar="FILE.pdf", help="also print it to PDF (headless Chromium)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")
     words(p, "fleet=NAME [device=a,b] [group=g]")

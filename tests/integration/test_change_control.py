@@ -156,3 +156,43 @@ def test_two_person_flow_and_refusals_on_host_and_device(
     assert f"; by {me}@" in out and "with key" in out
     assert "ok   approval: approved by alice (approver)" in out
     assert "data        train_data examples.posture_cnn.data:train_set" in out
+
+    # the change record a reviewer files: people, roles, approval, where it runs
+    html = ward["base"] / "audit.html"
+    args = ["audit", "deployment=posture_server", "version=1", fleet, "-o", str(html)]
+    assert main(args) == 0
+    page = html.read_text()
+    assert "Change record: posture_server version 1" in page
+    assert "<b>alice</b> (approver)" in page and comment in page
+    assert f"<td>{me}</td>" in page  # built by, bundled by
+    assert f"{me}@" in page  # rolled out by
+    assert "guarded/cc-01" in page and "guarded/cc-02" in page
+    assert "train_data_sha256" in page and "eval_data_sha256" in page
+    assert "Movement classifier" in page and "agreement &gt;= 0.95" in page
+    assert "no approval recorded" not in page and "signature verifies" in page
+
+
+def test_audit_prints_to_a_pdf_a_reviewer_can_read(ward: dict[str, Any]) -> None:
+    """The record of the bundle the flow above approved and rolled out, as a PDF."""
+    import shutil
+    import subprocess
+
+    from tests.browser import chromium
+
+    chromium()  # skips (fails under CI) when Chromium is missing
+    for tool in ("pdftoppm", "pdftotext"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is missing (apt-get install poppler-utils)")
+    html, pdf = ward["base"] / "record.html", ward["base"] / "record.pdf"
+    args = ["audit", "deployment=posture_server", "version=1", "-o", str(html), "--pdf", str(pdf)]
+    assert main(args) == 0
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    pages = ward["base"] / "pages"
+    pages.mkdir()
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(pages / "p")], check=True)
+    assert 1 <= len(list(pages.glob("p*.png"))) <= 10
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Change record: posture_server version 1" in text
+    assert "alice" in text and "approver" in text and "Where it runs" in text

@@ -76,6 +76,7 @@ def approve(
     person: str,
     comment: str,
     now: str | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sign an approval of ``bundle`` (a :class:`registry.bundle.Bundle`) as ``person``.
 
@@ -106,6 +107,8 @@ def approve(
         "approved_at": now or now_iso(),
         "approver": {"name": person, "key_id": kid, "roles": roles},
     }
+    if changes is not None:
+        doc["changes"] = changes
     data = canonical_json(doc)
     (bundle.path / APPROVAL).write_bytes(data)
     (bundle.path / APPROVAL_SIG).write_bytes(sign(private, data))

@@ -281,7 +281,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     opts = pairs(args.overrides, ("deployment", "version"), ("deployment",))
     version = _int_word(opts, "version")
     person = args.person or os_user()
-    bundle, doc = bundling.approve_bundle(
+    bundle, doc, report = bundling.approve_bundle(
         project_dir(),
         opts["deployment"],
         version,
@@ -289,7 +289,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
         person,
         args.comment,
         record=not args.no_record,
+        outside_plan=args.outside_plan,
     )
+    for line in report.lines():
+        print(terminal(line))
     approver = doc["approver"]
     print(
         f"{bundle.deployment}: version {bundle.version} approved by {approver['name']} "
@@ -317,6 +320,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.pdf:
         pdf = print_pdf(html, Path(args.pdf))
         print(f"  printed to {pdf}")
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace) -> int:
+    from orchestrator.ship.changes import compare
+
+    opts = pairs(args.overrides, ("deployment", "version"), ("deployment",))
+    report = compare(project_dir(), opts["deployment"], _int_word(opts, "version"))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True, default=str))
+    else:
+        for line in report.lines():
+            print(terminal(line))
     return 0
 
 
@@ -649,7 +665,20 @@ def register(sub: Any) -> None:
         help="the approver (a person 'keys add-person' named; default: your login name)",
     )
     p.add_argument("--no-record", action="store_true", help="do not tag the MLflow model version")
+    p.add_argument(
+        "--outside-plan",
+        action="store_true",
+        help="approve changes the deployment's change plan does not cover (recorded)",
+    )
     p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser(
+        "changes",
+        help="what changed since the last approved version, and whether the plan covers it",
+    )
+    words(p, "deployment=NAME [version=N]")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    p.set_defaults(func=cmd_changes)
 
     p = sub.add_parser(
         "audit", help="one HTML (and PDF) change record of a bundle version, for reviewers"

@@ -142,16 +142,45 @@ def approve_bundle(
     person: str,
     comment: str,
     record: bool = True,
-) -> tuple[Any, dict[str, Any]]:
+    outside_plan: bool = False,
+) -> tuple[Any, dict[str, Any], Any]:
     """Sign ``person``'s approval of an issued bundle; recorded in the deployment's ledger
-    and, when the bundle came from a registered MLflow model version, as its tags."""
+    and, when the bundle came from a registered MLflow model version, as its tags.
+
+    The changes since the last approved version are judged by its change plan: changes
+    outside it are refused unless ``outside_plan`` (then the approval says so); a person
+    the plan does not name as an approver is refused. Returns (bundle, approval, changes).
+    """
+    from orchestrator.errors import ApprovalError
+    from orchestrator.ship.changes import approver_problem, compare
     from registry.approval import approve
     from registry.bundle import Ledger
 
     bundle = find_issued(root, deployment, version)
+    report = compare(root, deployment, bundle.version)
+    why = approver_problem(report, person)
+    if why is not None:
+        raise ApprovalError(f"error: --as: {why}")
+    if report.plan is not None and report.problems and not outside_plan:
+        raise ApprovalError(
+            "\n".join(
+                [
+                    f"error: {deployment} version {bundle.version} is outside its change plan; "
+                    "review the changes and approve with --outside-plan (recorded), or declare "
+                    "a new plan",
+                    *report.lines(),
+                ]
+            )
+        )
+    summary = {
+        "against_version": report.base,
+        "kinds": report.kinds,
+        "within_plan": report.within_plan,
+        "outside_plan_accepted": bool(report.plan is not None and report.problems),
+    }
     folder = bundles_root(root) / deployment
     with Ledger(folder, deployment).locked() as ledger:
-        doc = approve(bundle, store, person, comment)
+        doc = approve(bundle, store, person, comment, changes=summary)
         ledger.append(
             "approvals",
             {
@@ -160,6 +189,7 @@ def approve_bundle(
                 "approved_at": doc["approved_at"],
                 "approver": doc["approver"],
                 "comment": comment,
+                "changes": summary,
             },
         )
     source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
@@ -177,4 +207,4 @@ def approve_bundle(
                 f"{prefix}.comment": comment,
             },
         )
-    return bundle, doc
+    return bundle, doc, report

@@ -172,3 +172,83 @@ def test_device_refuses_an_unapproved_bundle_when_its_root_requires_approval(
     log_file = tmp_path / "device" / "log" / "agent.log"
     log = [json.loads(x) for x in log_file.read_text().splitlines()]
     assert any(e.get("event") == "refused" for e in log)
+
+
+def _versioned(tmp_path: Path, store: KeyStore, name: str, spec: dict, data: dict) -> Bundle:
+    artifact = make_artifact(tmp_path / name / "demo")
+    (artifact / "spec.yaml").write_text(yaml.safe_dump(spec))
+    validation = json.loads((artifact / "validation.json").read_text())
+    validation["data"] |= data
+    (artifact / "validation.json").write_text(json.dumps(validation))
+    return make_bundle(artifact, store, tmp_path / "bundles")
+
+
+def test_changes_against_the_last_approved_version_are_judged_by_its_plan(
+    tmp_path: Path, store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.ship.bundling import approve_bundle
+    from orchestrator.ship.changes import compare
+
+    monkeypatch.setenv("EDGESHIP_BUNDLES", str(tmp_path / "bundles"))
+    plan = {"covers": ["recipe", "data"], "gates": ["agreement >= 0.95"], "approvers": ["alice"]}
+    spec = {
+        "deployment": {"name": "demo", "gates": ["agreement >= 0.95"], "change_plan": plan},
+        "recipe": {"name": "ort_int8_dynamic"},
+        "model": {"name": "m"},
+    }
+    _versioned(tmp_path, store, "v1", spec, {})
+    assert compare(tmp_path, "demo", 1).base is None  # nothing approved before: full review
+    approve_bundle(tmp_path, "demo", 1, store, "alice", "first release", record=False)
+
+    recipe = spec | {"recipe": {"name": "ort_fp32"}}
+    _versioned(tmp_path, store, "v2", recipe, {"train_data_sha256": "t" * 64})
+    report = compare(tmp_path, "demo", 2)
+    assert report.base == 1 and report.kinds == ["data", "recipe"] and report.within_plan
+    assert any("recipe.name: ort_int8_dynamic -> ort_fp32" in line for line in report.lines())
+    with pytest.raises(ApprovalError, match="the change plan names the approvers alice"):
+        approve_bundle(tmp_path, "demo", 2, store, "bob", "not mine", record=False)
+    _, doc, _ = approve_bundle(tmp_path, "demo", 2, store, "alice", "recipe only", record=False)
+    assert doc["changes"] == {
+        "against_version": 1,
+        "kinds": ["data", "recipe"],
+        "within_plan": True,
+        "outside_plan_accepted": False,
+    }
+
+    weights = recipe | {"model": {"name": "m", "source": {"weights": "other.pt"}}}
+    _versioned(tmp_path, store, "v3", weights, {"weights_sha256": "x" * 64})
+    report = compare(tmp_path, "demo", 3)
+    assert report.base == 2 and "weights" in report.kinds and not report.within_plan
+    assert report.problems == ["changes of kind weights; the plan covers recipe, data"]
+    with pytest.raises(ApprovalError, match="outside its change plan") as err:
+        approve_bundle(tmp_path, "demo", 3, store, "alice", "new weights", record=False)
+    assert "weights  model.source.weights: - -> other.pt" in str(err.value)
+    _, doc, _ = approve_bundle(
+        tmp_path, "demo", 3, store, "alice", "reviewed the weights", outside_plan=True, record=False
+    )
+    assert doc["changes"]["outside_plan_accepted"] is True
+    v3 = Bundle.open(tmp_path / "bundles" / "demo" / "3")
+    assert approval_problem(v3.path, v3.manifest, store.trust()) is None
+
+
+def test_change_plan_names_known_kinds_and_the_deployment_gates() -> None:
+    from orchestrator.spec.rules import check_change_plan
+
+    found: list[tuple[str, str]] = []
+    spec = {
+        "deployment": {
+            "gates": ["agreement >= 0.95"],
+            "change_plan": {"covers": ["recipe", "weigths"], "gates": ["p95_ms <= 20"]},
+        }
+    }
+    check_change_plan(spec, lambda key, message: found.append((key, message)))
+    assert found == [
+        (
+            "deployment.change_plan.covers[1]",
+            "expected one of recipe, data, weights, model, target, gates, code, found 'weigths'",
+        ),
+        (
+            "deployment.change_plan.gates[0]",
+            "expected one of the deployment's gates (agreement >= 0.95), found 'p95_ms <= 20'",
+        ),
+    ]

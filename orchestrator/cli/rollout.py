@@ -693,13 +693,16 @@ def _trace_text(t: Any) -> str:
         )
     for ro in t.rollouts:
         who = ro.get("operator") or {}
-        by = f"; by {who.get('user') or '?'}" + (f"@{who['host']}" if who.get("host") else "")
+        by = f"            run by {who.get('user') or '?'}" + (
+            f"@{who['host']}" if who.get("host") else ""
+        )
         if who.get("key_id"):
             by += f" with key {who['key_id']}"
         lines.append(
             f"rollout     {ro['at']} {ro['rollout']} ({ro['strategy']}): {ro['result']} "
-            f"{ro['change']}; rollout {ro['rollout_status']}{by}"
+            f"{ro['change']}; rollout {ro['rollout_status']}"
         )
+        lines.append(by)
     if p.get("allow_dirty"):
         lines.append("            bundled with --allow-dirty despite the uncommitted changes")
     for w in t.warnings:

@@ -153,7 +153,7 @@ def test_two_person_flow_and_refusals_on_host_and_device(
     out = capsys.readouterr().out
     assert "approved    by alice (approver, key" in out and comment in out
     assert f"people      built by {me}, bundled by {me}" in out
-    assert f"; by {me}@" in out and "with key" in out
+    assert f"            run by {me}@" in out and "with key" in out
     assert "ok   approval: approved by alice (approver)" in out
     assert "data        train_data examples.posture_cnn.data:train_set" in out
 

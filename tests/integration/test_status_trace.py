@@ -170,6 +170,11 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     first = runs[0]
     assert first.data.tags["edgeship.rollout.status"] == "completed"
+    from orchestrator.project import os_user
+    from registry.keys import KeyStore
+
+    assert first.data.tags["edgeship.rollout.operator"] == os_user()  # who ran it, with what key
+    assert first.data.tags["edgeship.rollout.operator_key"] == KeyStore().signing_key()[0]
     assert first.data.tags["mlflow.parentRunId"] == build.run_id
     assert first.data.metrics["succeeded"] == 4 and first.data.metrics["failed"] == 0
     assert [a.path for a in client.list_artifacts(first.info.run_id, "rollout")] == [

@@ -517,6 +517,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 bundle,
                 store if store.exists() else None,
                 rollouts_dir(project_dir()) / "locks",
+                fleet,
             )
             return print_dry_run(plan, args.json)
         print(

@@ -111,6 +111,11 @@ def test_two_person_flow_and_refusals_on_host_and_device(
     assert not list(Path(os.environ["EDGESHIP_ROLLOUTS"]).glob("*.jsonl"))
     assert main(["deploy", "deployment=posture_server", fleet]) == ExitCode.NOT_APPROVED
     capsys.readouterr()
+    assert main(["deploy", "deployment=posture_server", fleet, "--dry-run"]) == (
+        ExitCode.NOT_APPROVED
+    )
+    out = capsys.readouterr().out
+    assert "would be refused before anything is sent:" in out and "requires an approval" in out
     # pushed past that check, each device refuses it by itself
     _device_refuses(ward["fleet"], "cc-01", "not_approved")
 

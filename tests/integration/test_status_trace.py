@@ -146,7 +146,8 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     client = _client(ward["uri"])
     build = ward["build"]
     assert main(["keys", "init"]) == 0
-    assert main(["bundle", "deployment=posture_server"]) == 0
+    dirty = json.loads((build.artifact_dir / "build.json").read_text())["git"].get("dirty")
+    assert main(["bundle", "deployment=posture_server", *(["--allow-dirty"] if dirty else [])]) == 0
     assert main(["enroll", fleet]) == 0
     capsys.readouterr()
 
@@ -269,12 +270,24 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
         provenance["git"]["commit"],
         provenance["validation"]["data"]["weights_sha256"],
         "production-north",
-        "Every link that could be checked holds.",
+        "Every link that could be checked holds",
         "verifies",
         "accuracy_drop <= 0.05",
     ):
         assert expected in words, expected
     assert page.count('class="bad"') == 0 or provenance["git"]["dirty"]
+
+    # an approval after the fact: tagged on the model version, shown and checked by trace
+    assert main(["keys", "add-person", "alice", "--role", "approver"]) == 0
+    args = ["approve", "deployment=posture_server", "version=1", "--as", "alice"]
+    assert main([*args, "--comment", "reviewed the gates"]) == 0
+    version_tags = client.get_model_version("posture_server", str(build.model_version)).tags
+    assert version_tags["edgeship.bundle.1.approval.by"] == "alice"
+    assert version_tags["edgeship.bundle.1.approval.comment"] == "reviewed the gates"
+    capsys.readouterr()
+    assert main(["trace", "bed-02", fleet]) == 0
+    out = capsys.readouterr().out
+    assert "ok   approval: approved by alice (approver) at" in out, out
 
 
 def test_trace_reports_a_tampered_device_copy(

@@ -88,3 +88,60 @@ def test_training_data_the_spec_names_is_hashed_like_the_eval_data() -> None:
     assert train.sha256 != evaluation.sha256 and len(train.sha256) == 64
     assert reference.load_train(model).sha256 == train.sha256  # the same data, the same hash
     assert reference.load_train(load_option("model", "ct_seg", ROOT)) is None
+
+
+def test_audit_html_names_people_approval_where_it_runs_and_incidents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from orchestrator.ship.audit import audit, render_html
+    from orchestrator.ship.bundling import approve_bundle
+    from orchestrator.ship.rollout.journal import Journal
+
+    monkeypatch.setenv("EDGESHIP_BUNDLES", str(tmp_path / "bundles"))
+    monkeypatch.setenv("EDGESHIP_ROLLOUTS", str(tmp_path / "rollouts"))
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    store.init(root_keys=1, threshold=1)
+    store.add_person("alice", ["approver"])
+    artifact = make_artifact(tmp_path / "a" / "demo")
+    spec = {"deployment": {"description": "Demo <b>server</b>"}, "model": {"task": "detect"}}
+    (artifact / "spec.yaml").write_text(yaml.safe_dump(spec))
+    bundle = make_bundle(artifact, store, tmp_path / "bundles")
+
+    unapproved = audit(tmp_path, "demo", 1, store)
+    assert unapproved.warnings == ["approval: not approved"]
+    assert "no approval recorded" in render_html(unapproved)
+
+    approve_bundle(tmp_path, "demo", 1, store, "alice", "ok to ship", record=False)
+
+    def rollout(rollout_id: str, results: dict[str, tuple[str, bool]], status: str) -> None:
+        journal = Journal.create(tmp_path / "rollouts", rollout_id)
+        journal.append(
+            "rollout_started",
+            id=rollout_id,
+            deployment="demo",
+            bundle={"version": 1, "digest": bundle.digest},
+            fleet={"name": "north"},
+            strategy={"name": "canary"},
+            operator={"user": "carol", "host": "ops-1", "key_id": "k1"},
+        )
+        for device, (result, ok) in results.items():
+            journal.append(
+                "device_done", device=device, result=result, ok=ok, version=1, message="why"
+            )
+        journal.append("rollout_finished", status=status)
+
+    rollout("r1", {"d1": ("activated", True), "d2": ("rolled_back", False)}, "halted")
+    doc = audit(tmp_path, "demo", 1, store)
+    assert doc.warnings == [] and doc.approval["ok"] is True
+    assert [d["device"] for d in doc.devices] == ["north/d1"]
+    assert [(i["kind"], i["where"]) for i in doc.incidents] == [
+        ("rollout halted", "fleet north"),
+        ("rolled_back", "north/d2"),
+    ]
+    page = render_html(doc)
+    assert "<b>alice</b> (approver)" in page and "&ldquo;ok to ship&rdquo;" in page
+    assert "carol@ops-1" in page and "north/d1" in page
+    assert "Demo &lt;b&gt;server&lt;/b&gt;" in page  # escaped, like every value
+    assert "Signed, approved, and built from a clean tree" in page

@@ -57,7 +57,9 @@ class Requirement:
 
 def fleet_requirement(fleet: Any, trust: TrustSet | None) -> Requirement:
     """The stricter of what the fleet file and the root of trust require for ``fleet``."""
-    req = Requirement.of(list(getattr(fleet, "requires", []) or []), bool(fleet.two_person))
+    req = Requirement.of(
+        list(getattr(fleet, "requires", []) or []), bool(getattr(fleet, "two_person", False))
+    )
     if trust is not None:
         policy = trust.fleet_policy(fleet.name)
         req = req | Requirement.of(

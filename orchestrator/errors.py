@@ -34,6 +34,7 @@ class ExitCode(IntEnum):
     ROLLOUT_HALTED = 14  # a rollout's failure budget was exceeded: halted, rolled back
     ROLLOUT_STATE = 15  # a rollout cannot be started or resumed as asked (journal, id)
     USER_CODE = 16  # the project's own code named in a spec raised or cannot be imported
+    NOT_APPROVED = 17  # the fleet requires an approval the bundle lacks, or one cannot be made
     USAGE = 64  # a bad command line: unknown verb, flag or KEY=VALUE word
     INTERRUPTED = 130  # Ctrl-C: nothing half-written was kept
 
@@ -56,6 +57,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.ROLLOUT_HALTED: "a rollout halted (failure budget exceeded) and rolled back",
     ExitCode.ROLLOUT_STATE: "a rollout cannot be started or resumed as asked",
     ExitCode.USER_CODE: "the project's code named in a spec (factory, loader, train) failed",
+    ExitCode.NOT_APPROVED: "the fleet requires an approval the bundle lacks (or approving failed)",
     ExitCode.USAGE: "bad command line (unknown verb, flag or KEY=VALUE word)",
     ExitCode.INTERRUPTED: "interrupted; nothing half-written was kept",
 }
@@ -184,6 +186,12 @@ class KeyStoreError(EdgeshipError):
     """The signing key store is missing, unreadable, unsafe, or has no such key."""
 
     exit_code = ExitCode.KEY_STORE
+
+
+class ApprovalError(EdgeshipError):
+    """A bundle lacks the approval its fleet requires, or an approval cannot be made."""
+
+    exit_code = ExitCode.NOT_APPROVED
 
 
 class BundleError(EdgeshipError):

@@ -56,6 +56,16 @@ BUILTIN_GROUPS = ("recipe", "target", "rollout")  # config groups edgeship ships
 BUILTIN_PACKAGE_DIR = "builtin_conf"  # orchestrator/<this>/ in a built wheel
 
 
+def os_user() -> str:
+    """The operating-system user running this process (who built, bundled, rolled out)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+
+
 def is_project(folder: Path) -> bool:
     """Whether ``folder`` is an edgeship project: ``conf/deployment/`` or ``conf/config.yaml``."""
     return (folder / MARKER_DIR).is_dir() or (folder / MARKER).is_file()

@@ -8,6 +8,7 @@ that is set). Every issued version is kept::
     bundles/<deployment>/<version>/manifest.json.sig   raw 64-byte Ed25519 signature
     bundles/<deployment>/<version>/<artifact files>    model/, runtime.json, smoke/, ...
     bundles/<deployment>/<version>/rollback.json(.sig) optional signed rollback order
+    bundles/<deployment>/<version>/approval.json(.sig) optional signed approval (registry.approval)
     bundles/<deployment>/ledger.json                   every version issued, never reused
 
 Versions are integers, per deployment, strictly increasing: the next one is one
@@ -55,7 +56,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SIGNATURE = MANIFEST + SIG_SUFFIX
 ROLLBACK = "rollback.json"
-ENVELOPE = frozenset({MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX})
+APPROVAL = "approval.json"  # a named approver's signature (registry.approval)
+ENVELOPE = frozenset(
+    {MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK + SIG_SUFFIX, APPROVAL, APPROVAL + SIG_SUFFIX}
+)
 MANIFEST_KIND = rules.BUNDLE_KIND
 MEASURE_KIND = rules.MEASURE_KIND  # a candidate measured on a lab device, never installed
 ROLLBACK_KIND = "edgeship.rollback"
@@ -183,9 +187,10 @@ class Ledger:
 
     def read(self) -> dict[str, Any]:
         if not self.path.is_file():
-            return {"deployment": self.deployment, "issued": [], "rollbacks": []}
+            return {"deployment": self.deployment, "issued": [], "rollbacks": [], "approvals": []}
         data = json.loads(self.path.read_text())
         data.setdefault("rollbacks", [])
+        data.setdefault("approvals", [])
         return dict(data)
 
     def highest(self) -> int:
@@ -322,6 +327,7 @@ def build_manifest(
             "source": build.get("source", {}),
             "code": build.get("code", {}),
             "built_at": build.get("built_at"),
+            "built_by": build.get("built_by"),
             "choices": build.get("choices", {}),
             "validation": {
                 "passed": validation.get("passed"),
@@ -352,17 +358,31 @@ def make_bundle(
     valid_days: float = DEFAULT_VALID_DAYS,
     now: datetime | None = None,
     tracker: Any | None = None,
+    allow_dirty: bool = False,
 ) -> Bundle:
     """Bundle and sign a passing artifact as the deployment's next version.
 
     ``tracker`` (a :class:`registry.tracking.Tracker`) records the bundle digest and
     signature on the build's MLflow run; pass None to skip MLflow (e.g. a build
     made with ``--no-record``, which has no run).
+
+    A build made from a git tree with uncommitted changes is refused unless
+    ``allow_dirty``; when allowed, the manifest (``provenance.allow_dirty``) and the
+    ledger say so.
     """
     if valid_days <= 0:
         raise BundleError(f"error: validity must be positive, found {valid_days} days")
     runtime = _read_json(artifact / "runtime.json")
     deployment = str(runtime.get("deployment") or artifact.name)
+    git = _read_json(artifact / "build.json").get("git") or {}
+    if git.get("dirty") and not allow_dirty:
+        changes = ", ".join(str(c) for c in (git.get("changes") or [])[:5])
+        raise BundleError(
+            f"error: {artifact / 'build.json'}: git.dirty: expected a build from a clean tree, "
+            f"found uncommitted changes at build time ({changes or 'unlisted'}); commit them "
+            "and build again, or bundle anyway with: edgeship bundle "
+            f"deployment={deployment} --allow-dirty (recorded in the manifest and ledger)"
+        )
     kid, private = store.signing_key()
     created = now or datetime.now(UTC)
     run_id = (_read_json(artifact / "build.json").get("mlflow") or {}).get("run_id")
@@ -373,6 +393,9 @@ def make_bundle(
             version = max(version, tracker.max_bundle_version(deployment))
         version += 1
         manifest = build_manifest(artifact, version, kid, created, valid_days)
+        manifest["provenance"]["bundled_by"] = {"user": project.os_user(), "key_id": kid}
+        if git.get("dirty"):
+            manifest["provenance"]["allow_dirty"] = True
         staging = folder / f".{version}.{uuid.uuid4().hex[:8]}.tmp"
         staging.mkdir(parents=True)
         try:
@@ -418,6 +441,7 @@ def make_bundle(
                 "mlflow_run_id": run_id,
                 "model_sha256": manifest["model"].get("sha256"),
                 "artifact": str(artifact),
+                "allow_dirty": bool(git.get("dirty")),
             },
         )
     log.info("bundled %s version %d (%s) signed by %s", deployment, version, bundle.digest, kid)

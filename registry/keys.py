@@ -31,6 +31,15 @@ threshold. Layout::
     <store>/online.json                which online key signs for each role (local choice)
     <store>/metadata/<N>.root.json     every root version ever issued
     <store>/pending/<N>.root.json      a root change waiting for more root signatures
+    <store>/people/<key id>.key        people's keys (each person moves theirs to their machine)
+
+People and change control: the root also names the people who take part in a
+release (``x-edgeship-people``: key id -> name and roles: builder, approver,
+release-manager) and what each fleet requires before a bundle may run on it
+(``x-edgeship-fleets``: fleet -> ``requires: [approved]``, ``two_person``). Both are
+signed by the root threshold like the rest of the root, so devices take the
+approvers' public keys and their fleet's rule from the root of trust they hold;
+a holder of an online key can change neither (see docs/change-control.md).
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ ENV_PASSPHRASE = project.ENV_KEY_PASSPHRASE
 ENV_ROOT_KEY_DIRS = "EDGESHIP_ROOT_KEY_DIRS"
 ONLINE_ROLES = ("targets", "timestamp")  # snapshot is signed by the timestamp key
 ROLES = ("root", "targets", "snapshot", "timestamp")
+PEOPLE_FIELD = rootmeta.PEOPLE_FIELD
+FLEETS_FIELD = rootmeta.FLEETS_FIELD
+PERSON_ROLES = ("builder", "approver", "release-manager")
 ROOT_VALID_DAYS = 365
 WARN_DAYS = 30
 PRETTY = JSONSerializer(compact=False)
@@ -131,6 +143,22 @@ class TrustSet:
     def trusts(self, kid: str) -> bool:
         """True when ``kid`` may sign bundles."""
         return kid in self.keys
+
+    @property
+    def people(self) -> dict[str, dict[str, Any]]:
+        """Key id -> ``{"name", "roles"}`` of the people the root names."""
+        return dict(self.root.signed.unrecognized_fields.get(PEOPLE_FIELD) or {})
+
+    def person(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """(key id, entry) of the person called ``name``, or None."""
+        for kid, entry in self.people.items():
+            if entry.get("name") == name:
+                return kid, entry
+        return None
+
+    def fleet_policy(self, fleet: str) -> dict[str, Any]:
+        """What the root requires of bundles for ``fleet`` (``{}`` when nothing)."""
+        return dict((self.root.signed.unrecognized_fields.get(FLEETS_FIELD) or {}).get(fleet) or {})
 
 
 @dataclass(frozen=True)
@@ -201,7 +229,7 @@ class KeyStore:
 
     def key_path(self, kid: str) -> Path:
         """Where the store keeps (or would keep) the private key ``kid``."""
-        for kind in ("online", "root"):
+        for kind in ("online", "root", "people"):
             path = self.path / kind / f"{kid}.key"
             if path.is_file():
                 return path
@@ -567,6 +595,69 @@ class KeyStore:
 
         return self.change_root(remove, valid_days)
 
+    def add_person(
+        self, name: str, roles: list[str], valid_days: float = ROOT_VALID_DAYS
+    ) -> RootChange:
+        """A new Ed25519 key for the person ``name`` with ``roles``, named in the next root."""
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise KeyStoreError(
+                f"error: person: expected a name of letters, digits, '-', '_' or '.', "
+                f"found '{name}'"
+            )
+        unknown = [r for r in roles if r not in PERSON_ROLES]
+        if unknown or not roles:
+            raise KeyStoreError(
+                f"error: --role: expected one or more of {', '.join(PERSON_ROLES)}, found "
+                f"{', '.join(unknown) or 'none'}"
+            )
+        if self.trust().person(name) is not None:
+            raise KeyStoreError(f"error: the root already names a person '{name}'")
+
+        def add(root: Root) -> str:
+            key = self._new_key("people")
+            root.keys[key.keyid] = key
+            people = dict(root.unrecognized_fields.get(PEOPLE_FIELD) or {})
+            people[key.keyid] = {"name": name, "roles": sorted(set(roles))}
+            root.unrecognized_fields[PEOPLE_FIELD] = people
+            return key.keyid
+
+        return self.change_root(add, valid_days)
+
+    def set_fleet_policy(
+        self,
+        fleet: str,
+        requires: list[str],
+        two_person: bool,
+        valid_days: float = ROOT_VALID_DAYS,
+    ) -> RootChange:
+        """Name in the next root what ``fleet`` requires of a bundle (devices enforce it)."""
+
+        def change(root: Root) -> None:
+            fleets = dict(root.unrecognized_fields.get(FLEETS_FIELD) or {})
+            if requires or two_person:
+                fleets[fleet] = {"requires": sorted(set(requires)), "two_person": two_person}
+            else:
+                fleets.pop(fleet, None)
+            root.unrecognized_fields[FLEETS_FIELD] = fleets
+
+        return self.change_root(change, valid_days)
+
+    def person_key(self, name: str) -> tuple[str, dict[str, Any], Ed25519PrivateKey]:
+        """(key id, entry, private key) of the person ``name``; KeyStoreError when unknown."""
+        trust = self.trust()
+        found = trust.person(name)
+        if found is None:
+            known = ", ".join(sorted(str(e.get("name")) for e in trust.people.values()))
+            raise KeyStoreError(
+                f"error: the root names no person '{name}' (people: {known or 'none'}); add "
+                f"one with: edgeship keys add-person {name} --role approver"
+            )
+        kid, entry = found
+        path = self.path / "people" / f"{kid}.key"
+        if not path.is_file():
+            raise KeyStoreError(f"error: no private key of {name} ({kid}) at {path}")
+        return kid, entry, self._load_private(path)
+
     def renew(self, valid_days: float = ROOT_VALID_DAYS) -> RootChange:
         """The same roles in a new root version with a new expiry."""
         return self.change_root(lambda root: None, valid_days)
@@ -575,7 +666,10 @@ class KeyStore:
         signed = trust.root.signed
         online = self._online()
         roles = [r for r in ("root", *ONLINE_ROLES) if kid in signed.roles[r].keyids]
-        if roles:
+        person = trust.people.get(kid)
+        if person is not None:
+            status = f"person {person.get('name')} ({', '.join(person.get('roles') or [])})"
+        elif roles:
             status = ",".join(roles) + (
                 " (active)" if any(online.get(r) == kid for r in roles if r != "root") else ""
             )

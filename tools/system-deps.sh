@@ -2,7 +2,7 @@
 # System packages the integration tests use: OpenSSH's sshd (devices on loopback), Mosquitto
 # (the MQTT broker of the events tests), PostgreSQL (the events collector's team database, started
 # by its tests), Node.js and npm (the React Native client's tests,
-# clients/react-native).
+# clients/react-native), poppler-utils (pdftoppm, pdftotext: the audit PDF test).
 # Installs them with apt-get when missing and running as root; otherwise says what is missing.
 set -euo pipefail
 need=()
@@ -11,6 +11,7 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)  # the audit PDF test reads the PDF
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
   || need+=(postgresql)

@@ -46,7 +46,7 @@ from orchestrator.passes.base import (
     registered_passes,
 )
 from orchestrator.passes.common.evaluation import make_evaluation
-from orchestrator.project import artifacts_root
+from orchestrator.project import artifacts_root, os_user
 from orchestrator.spec.compose import ComposedSpec
 from targets.base import Target, get_target
 
@@ -476,6 +476,7 @@ def _build_info(
             "model_name": spec.config.deployment.name,
         },
         "git": git_info(spec.root),
+        "built_by": os_user(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "device_validated": validated_on is not None,
@@ -556,6 +557,11 @@ def _write_artifact(
         "source_kind": cfg.model.source.kind,
         "source_sha256": evidence["source"].get("sha256"),
     }
+    train = ref.load_train(cfg.model)
+    if train is not None and cfg.model.data.train is not None:
+        data_info["train_data"] = cfg.model.data.train.fn
+        data_info["train_data_sha256"] = train.sha256
+        data_info["train_samples"] = len(train)
     write_json(staging / "validation.json", result.to_json() | {"data": data_info})
     (staging / "spec.yaml").write_text(spec.to_yaml())
     # smoke test: the first evaluation sample, the artifact's own output and the reference's

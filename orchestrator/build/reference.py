@@ -88,6 +88,16 @@ def load_eval(model: ModelConfig) -> Dataset:
     return to_dataset(raw, names, "model.data.eval", model.data.eval_samples, ranks)
 
 
+def load_train(model: ModelConfig) -> Dataset | None:
+    """The training set the spec names (``model.data.train``), or None when it names none."""
+    if model.data.train is None:
+        return None
+    names = [t.name for t in model.inputs]
+    raw = call(model.data.train, "model.data.train")
+    ranks = {t.name: len(t.shape) for t in model.inputs}
+    return to_dataset(raw, names, "model.data.train", ranks=ranks)
+
+
 def load_calibration(model: ModelConfig) -> list[Inputs]:
     if model.data.calibration is None:
         raise BuildError("error: model.data.calibration: a pass needs calibration data; none set")

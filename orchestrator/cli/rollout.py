@@ -655,6 +655,17 @@ def _trace_text(t: Any) -> str:
         )
     if b.get("issued"):
         lines.append(f"            issued as {_shown(Path(b['issued']['path']))}")
+    approval = b.get("approval")
+    if approval:
+        who = approval.get("approver") or {}
+        lines.append(
+            f"approved    by {who.get('name')} ({', '.join(who.get('roles') or [])}, key "
+            f"{who.get('key_id')}) at {approval.get('approved_at')}: {approval.get('comment')}"
+        )
+    built_by = p.get("built_by")
+    bundled_by = (p.get("bundled_by") or {}).get("user")
+    if built_by or bundled_by:
+        lines.append(f"people      built by {built_by or '?'}, bundled by {bundled_by or '?'}")
     ml = p.get("mlflow") or {}
     run = (t.mlflow or {}).get("run") or {}
     if ml.get("run_id"):
@@ -701,10 +712,21 @@ def _trace_text(t: Any) -> str:
             "  (build machine, not gated)"
         )
     for ro in t.rollouts:
+        who = ro.get("operator") or {}
+        by = f"            run by {who.get('user') or '?'}" + (
+            f"@{who['host']}" if who.get("host") else ""
+        )
+        if who.get("key_id"):
+            by += f" with key {who['key_id']}"
         lines.append(
             f"rollout     {ro['at']} {ro['rollout']} ({ro['strategy']}): {ro['result']} "
             f"{ro['change']}; rollout {ro['rollout_status']}"
         )
+        lines.append(by)
+    if p.get("allow_dirty"):
+        lines.append("            bundled with --allow-dirty despite the uncommitted changes")
+    for w in t.warnings:
+        lines.append(f"WARNING     {w}")
     lines.append("checks")
     for c in t.checks:
         mark = "ok  " if c.ok else ("--  " if c.ok is None else "FAIL")

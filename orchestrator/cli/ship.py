@@ -97,8 +97,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"  {k.key_id}  {k.status:<18} {private}")
         return 0
     if action == "rotate":
-        change = store.rotate(args.role, args.valid_days or 365)
-        _print_root_change(change, f"new {args.role} key {change.new_key}")
+        role = args.role or "targets"
+        if role not in ("targets", "timestamp", "root"):
+            raise UsageError(
+                [Problem(CLI, "--role", f"expected targets, timestamp or root, found '{role}'")]
+            )
+        change = store.rotate(role, args.valid_days or 365)
+        _print_root_change(change, f"new {role} key {change.new_key}")
     elif action == "revoke":
         if not args.key_id:
             raise KeyStoreError("error: keys revoke needs a KEYID (see 'edgeship keys list')")
@@ -113,6 +118,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif action == "refresh":
         _refresh_repository(store)
         return 0
+    elif action == "add-person":
+        if not args.key_id:
+            raise UsageError([Problem(CLI, "NAME", "keys add-person needs the person's NAME")])
+        roles = [r.strip() for r in (args.role or "").split(",") if r.strip()]
+        change = store.add_person(args.key_id, roles, args.valid_days or 365)
+        _print_root_change(
+            change, f"added {args.key_id} ({', '.join(roles)}) with key {change.new_key}"
+        )
+    elif action == "publish-policy":
+        from orchestrator.spec.fleet import load_fleet
+
+        if not args.key_id:
+            raise UsageError([Problem(CLI, "FLEET", "keys publish-policy needs a FLEET name")])
+        fleet = load_fleet(args.key_id, project_dir())
+        change = store.set_fleet_policy(
+            fleet.name, list(fleet.requires), fleet.two_person, args.valid_days or 365
+        )
+        wanted = ", ".join(fleet.requires) or "nothing"
+        _print_root_change(
+            change,
+            f"fleet {fleet.name} requires {wanted}"
+            + (" (two_person)" if fleet.two_person else "")
+            + " on its devices",
+        )
     else:
         raise AssertionError(action)
     if change.published:
@@ -157,7 +186,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         answers = []
         for each in names:
             made = bundling.bundle_artifact(
-                here, each, store, args.valid_days or 90, record=not args.no_record
+                here,
+                each,
+                store,
+                args.valid_days or 90,
+                record=not args.no_record,
+                allow_dirty=args.allow_dirty,
             )
             if args.json:
                 answers.append(bundle_json(made.bundle, made))
@@ -217,7 +251,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"{name}: bundle version {bundle.version} ({bundle.path})")
     else:
         made = bundling.bundle_artifact(
-            here, name, store, args.valid_days or 90, record=not args.no_record
+            here,
+            name,
+            store,
+            args.valid_days or 90,
+            record=not args.no_record,
+            allow_dirty=args.allow_dirty,
         )
         bundle = made.bundle
         if args.json and not args.export:
@@ -233,6 +272,79 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             f"edgeship-agent activate {dest.name}"
         )
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from orchestrator.project import os_user
+    from orchestrator.ship import bundling
+
+    opts = pairs(args.overrides, ("deployment", "version"), ("deployment",))
+    version = _int_word(opts, "version")
+    person = args.person or os_user()
+    bundle, doc, report = bundling.approve_bundle(
+        project_dir(),
+        opts["deployment"],
+        version,
+        key_store(),
+        person,
+        args.comment,
+        record=not args.no_record,
+        outside_plan=args.outside_plan,
+    )
+    for line in report.lines():
+        print(terminal(line))
+    approver = doc["approver"]
+    print(
+        f"{bundle.deployment}: version {bundle.version} approved by {approver['name']} "
+        f"({', '.join(approver['roles'])}; key {approver['key_id']}) at {doc['approved_at']}"
+    )
+    print(f"  manifest sha256 {bundle.digest}")
+    print(f"  signed approval: {bundle.path / 'approval.json'}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from orchestrator.ship.audit import audit, print_pdf, render_html
+    from orchestrator.spec.fleet import load_fleet
+
+    opts = pairs(args.overrides, ("deployment", "version", "fleet"), ("deployment",))
+    root = project_dir()
+    store = key_store()
+    fleet = load_fleet(opts["fleet"], root) if "fleet" in opts else None
+    doc = audit(root, opts["deployment"], _int_word(opts, "version"), store, fleet)
+    html = Path(args.output or f"audit-{doc.deployment}-v{doc.version}.html")
+    html.write_text(render_html(doc))
+    print(f"{doc.deployment} version {doc.version}: audit written to {html}")
+    for warning in doc.warnings:
+        print(terminal(f"  finding: {warning}"))
+    if args.pdf:
+        pdf = print_pdf(html, Path(args.pdf))
+        print(f"  printed to {pdf}")
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace) -> int:
+    from orchestrator.ship.changes import compare
+
+    opts = pairs(args.overrides, ("deployment", "version"), ("deployment",))
+    report = compare(project_dir(), opts["deployment"], _int_word(opts, "version"))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True, default=str))
+    else:
+        for line in report.lines():
+            print(terminal(line))
+    return 0
+
+
+def _int_word(opts: dict[str, str], key: str) -> int | None:
+    if key not in opts:
+        return None
+    try:
+        return int(opts[key])
+    except ValueError:
+        raise UsageError(
+            [Problem(CLI, key, f"expected a whole number, found '{opts[key]}'")]
+        ) from None
 
 
 def model_version_note(bundle: Any) -> str:
@@ -407,6 +519,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 bundle,
                 store if store.exists() else None,
                 rollouts_dir(project_dir()) / "locks",
+                fleet,
             )
             return print_dry_run(plan, args.json)
         print(
@@ -460,21 +573,34 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "keys",
         help="the root of trust and signing keys: init | list | rotate | revoke KEYID | "
-        "sign-root | renew | refresh",
+        "sign-root | renew | refresh | add-person NAME --role R | publish-policy FLEET",
     )
     p.add_argument(
-        "action", choices=("init", "list", "rotate", "revoke", "sign-root", "renew", "refresh")
+        "action",
+        choices=(
+            "init",
+            "list",
+            "rotate",
+            "revoke",
+            "sign-root",
+            "renew",
+            "refresh",
+            "add-person",
+            "publish-policy",
+        ),
     )
-    p.add_argument("key_id", nargs="?", help="key id to revoke")
+    p.add_argument(
+        "key_id", nargs="?", help="key id to revoke; add-person: NAME; publish-policy: FLEET"
+    )
     p.add_argument("--root-keys", type=int, default=3, help="init: how many root keys (default 3)")
     p.add_argument(
         "--threshold", type=int, default=2, help="init: root signatures required (default 2)"
     )
     p.add_argument(
         "--role",
-        default="targets",
-        choices=("targets", "timestamp", "root"),
-        help="rotate: the role that gets a new key (default targets)",
+        default=None,
+        help="rotate: targets, timestamp or root (default targets); add-person: builder, "
+        "approver, release-manager (comma-separated)",
     )
     p.add_argument("--keys-dir", help="sign-root: a folder holding root private keys")
     p.add_argument(
@@ -522,9 +648,48 @@ def register(sub: Any) -> None:
     p.add_argument("--list", action="store_true", help="list issued bundle versions")
     p.add_argument("--no-record", action="store_true", help="do not record the bundle in MLflow")
     p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="bundle a build made from a git tree with uncommitted changes (recorded)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the bundle(s) made, or --list, as JSON"
     )
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("approve", help="sign a named approver's approval of an issued bundle")
+    words(p, "deployment=NAME [version=N]")
+    p.add_argument("--comment", required=True, help="why this bundle may go out")
+    p.add_argument(
+        "--as",
+        dest="person",
+        default=None,
+        metavar="PERSON",
+        help="the approver (a person 'keys add-person' named; default: your login name)",
+    )
+    p.add_argument("--no-record", action="store_true", help="do not tag the MLflow model version")
+    p.add_argument(
+        "--outside-plan",
+        action="store_true",
+        help="approve changes the deployment's change plan does not cover (recorded)",
+    )
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser(
+        "changes",
+        help="what changed since the last approved version, and whether the plan covers it",
+    )
+    words(p, "deployment=NAME [version=N]")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    p.set_defaults(func=cmd_changes)
+
+    p = sub.add_parser(
+        "audit", help="one HTML (and PDF) change record of a bundle version, for reviewers"
+    )
+    words(p, "deployment=NAME [version=N] [fleet=NAME]")
+    p.add_argument("-o", "--output", help="the HTML file (default audit-NAME-vN.html)")
+    p.add_argument("--pdf", metavar="FILE.pdf", help="also print it to PDF (headless Chromium)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("enroll", help="pin host keys, install the agent and trust set on devices")
     words(p, "fleet=NAME [device=a,b] [group=g]")

@@ -88,6 +88,7 @@ class DataConfig:
 
     eval: CallableRef = MISSING  # returns (inputs [N, ...], labels [N, ...] or None)
     calibration: Optional[CallableRef] = None  # returns (inputs [N, ...], labels or None)
+    train: Optional[CallableRef] = None  # the training set (named and hashed in provenance)
     eval_samples: int = 0  # use only the first N eval samples (0 = all)
 
 
@@ -188,6 +189,18 @@ class EventsConfig:
     outbox_max: int = 10000  # events kept on the device; the oldest are dropped (and counted)
 
 
+CHANGE_KINDS = ("recipe", "data", "weights", "model", "target", "gates", "code")
+
+
+@dataclass
+class ChangePlanConfig:
+    """The changes an approval may cover without a new plan (see docs/change-control.md)."""
+
+    covers: List[str] = field(default_factory=list)  # of CHANGE_KINDS
+    gates: List[str] = field(default_factory=list)  # gates that must have passed, as written
+    approvers: List[str] = field(default_factory=list)  # people who may approve (any if empty)
+
+
 @dataclass
 class DeploymentConfig:
     """A model x recipe x target, and the gates its artifact must pass."""
@@ -198,6 +211,7 @@ class DeploymentConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # measurement
     validate_on: ValidateOnConfig = field(default_factory=ValidateOnConfig)  # build or lab device
     events: EventsConfig = field(default_factory=EventsConfig)  # prediction events from devices
+    change_plan: Optional[ChangePlanConfig] = None  # what an approval may cover
 
 
 @dataclass

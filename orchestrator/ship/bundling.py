@@ -63,7 +63,12 @@ def find_issued(root: Path, deployment: str, version: int | None) -> Any:
 
 
 def bundle_artifact(
-    root: Path, deployment: str, store: Any, valid_days: int, record: bool = True
+    root: Path,
+    deployment: str,
+    store: Any,
+    valid_days: int,
+    record: bool = True,
+    allow_dirty: bool = False,
 ) -> BundleMade:
     """Sign the passing artifact of ``deployment`` as its next bundle version."""
     from registry.bundle import make_bundle
@@ -86,7 +91,12 @@ def bundle_artifact(
 
         tracker = Tracker(root)
     bundle = make_bundle(
-        artifact, store, bundles_root(root), valid_days=valid_days, tracker=tracker
+        artifact,
+        store,
+        bundles_root(root),
+        valid_days=valid_days,
+        tracker=tracker,
+        allow_dirty=allow_dirty,
     )
     return BundleMade(bundle, run_id, tracker is not None)
 
@@ -122,3 +132,79 @@ def open_bundle(
             ]
         )
     yield find_issued(root, deployment, version)
+
+
+def approve_bundle(
+    root: Path,
+    deployment: str,
+    version: int | None,
+    store: Any,
+    person: str,
+    comment: str,
+    record: bool = True,
+    outside_plan: bool = False,
+) -> tuple[Any, dict[str, Any], Any]:
+    """Sign ``person``'s approval of an issued bundle; recorded in the deployment's ledger
+    and, when the bundle came from a registered MLflow model version, as its tags.
+
+    The changes since the last approved version are judged by its change plan: changes
+    outside it are refused unless ``outside_plan`` (then the approval says so); a person
+    the plan does not name as an approver is refused. Returns (bundle, approval, changes).
+    """
+    from orchestrator.errors import ApprovalError
+    from orchestrator.ship.changes import approver_problem, compare
+    from registry.approval import approve
+    from registry.bundle import Ledger
+
+    bundle = find_issued(root, deployment, version)
+    report = compare(root, deployment, bundle.version)
+    why = approver_problem(report, person)
+    if why is not None:
+        raise ApprovalError(f"error: --as: {why}")
+    if report.plan is not None and report.problems and not outside_plan:
+        raise ApprovalError(
+            "\n".join(
+                [
+                    f"error: {deployment} version {bundle.version} is outside its change plan; "
+                    "review the changes and approve with --outside-plan (recorded), or declare "
+                    "a new plan",
+                    *report.lines(),
+                ]
+            )
+        )
+    summary = {
+        "against_version": report.base,
+        "kinds": report.kinds,
+        "within_plan": report.within_plan,
+        "outside_plan_accepted": bool(report.plan is not None and report.problems),
+    }
+    folder = bundles_root(root) / deployment
+    with Ledger(folder, deployment).locked() as ledger:
+        doc = approve(bundle, store, person, comment, changes=summary)
+        ledger.append(
+            "approvals",
+            {
+                "version": bundle.version,
+                "manifest_sha256": bundle.digest,
+                "approved_at": doc["approved_at"],
+                "approver": doc["approver"],
+                "comment": comment,
+                "changes": summary,
+            },
+        )
+    source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+    if record and source.get("model_name") and source.get("model_version"):
+        from registry.tracking import Tracker
+
+        prefix = f"edgeship.bundle.{bundle.version}.approval"
+        Tracker(root).tag_version(
+            str(source["model_name"]),
+            str(source["model_version"]),
+            {
+                f"{prefix}.by": doc["approver"]["name"],
+                f"{prefix}.key_id": doc["approver"]["key_id"],
+                f"{prefix}.at": doc["approved_at"],
+                f"{prefix}.comment": comment,
+            },
+        )
+    return bundle, doc, report

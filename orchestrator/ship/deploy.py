@@ -37,7 +37,13 @@ from typing import Any
 
 import paramiko
 
-from orchestrator.errors import BundleError, DeviceDiskFullError, EdgeshipError, RolloutError
+from orchestrator.errors import (
+    ApprovalError,
+    BundleError,
+    DeviceDiskFullError,
+    EdgeshipError,
+    RolloutError,
+)
 from orchestrator.ship.enroll import agent_status, sync_trust
 from orchestrator.ship.results import (
     DeviceDone,
@@ -514,6 +520,34 @@ def _deploy_session(
     _activate(session, folder, outcome, options)
 
 
+def require_approval(fleet: FleetConfig, bundle: Bundle, store: KeyStore | None) -> None:
+    """Refuse (ApprovalError) a bundle without the approval its fleet requires.
+
+    What the fleet requires is the stricter of its file (``requires: [approved]``,
+    ``two_person``) and the root of trust (what devices enforce). Checked before any
+    connection is made; devices check the same approval again on their own.
+    """
+    from registry.approval import approval_problem, fleet_requirement
+
+    trust = store.trust() if store is not None and store.exists() else None
+    need = fleet_requirement(fleet, trust)
+    if not need.approved or bundle.manifest.get("kind") != bundle_rules.BUNDLE_KIND:
+        return
+    if trust is None:
+        raise ApprovalError(
+            f"error: fleet {fleet.name} requires {need.describe()}; no key store here to "
+            "check the approval against (set EDGESHIP_KEYS_DIR)"
+        )
+    why = approval_problem(bundle.path, bundle.manifest, trust, need.two_person)
+    if why is not None:
+        raise ApprovalError(
+            f"error: fleet {fleet.name} requires {need.describe()}; {bundle.deployment} "
+            f"version {bundle.version} is refused before anything is sent: {why}\n"
+            f"  approve it with: edgeship approve deployment={bundle.deployment} "
+            f'version={bundle.version} --comment "..." --as APPROVER'
+        )
+
+
 def deploy(
     fleet: FleetConfig,
     devices: list[DeviceConfig],
@@ -527,6 +561,7 @@ def deploy(
     date first; without it devices keep the trust set they have.
     """
     opts = options or DeployOptions()
+    require_approval(fleet, bundle, store)
     problems = bundle_problems(bundle, store)
     if problems:
         lines = [f"  {message} ({code})" for code, message in problems]

@@ -92,14 +92,28 @@ def _device(d: DeviceConfig) -> dict[str, Any]:
 
 
 def _checks(
-    run: DryRun, bundle: Bundle, devices: list[DeviceConfig], store: KeyStore | None, locks: Path
+    run: DryRun,
+    bundle: Bundle,
+    devices: list[DeviceConfig],
+    store: KeyStore | None,
+    locks: Path,
+    fleet: FleetConfig | None = None,
 ) -> DryRun:
-    from orchestrator.ship.deploy import bundle_problems
+    from orchestrator.errors import ApprovalError
+    from orchestrator.ship.deploy import bundle_problems, require_approval
 
     problems = bundle_problems(bundle, store)
     run.refusals += [f"{message} ({code})" for code, message in problems]
     if problems:
         run.exit_code = ExitCode.BUNDLE
+    if fleet is not None:
+        try:
+            require_approval(fleet, bundle, store)
+        except ApprovalError as exc:
+            run.refusals.append(str(exc).splitlines()[0].removeprefix("error: "))
+            if not problems:
+                run.exit_code = ExitCode.NOT_APPROVED
+                problems = [("not_approved", str(exc))]
     held = {}
     for dev in devices:
         path = locks / device_key(dev)
@@ -113,7 +127,11 @@ def _checks(
 
 
 def dry_run_deploy(
-    devices: list[DeviceConfig], bundle: Bundle, store: KeyStore | None, locks: Path
+    devices: list[DeviceConfig],
+    bundle: Bundle,
+    store: KeyStore | None,
+    locks: Path,
+    fleet: FleetConfig | None = None,
 ) -> DryRun:
     """``edgeship deploy --dry-run``: one wave of every selected device."""
     wave = {
@@ -124,7 +142,7 @@ def dry_run_deploy(
         "soak_seconds": 0.0,
     }
     run = DryRun("deploy", _bundle_summary(bundle), [wave])
-    return _checks(run, bundle, devices, store, locks)
+    return _checks(run, bundle, devices, store, locks, fleet)
 
 
 def dry_run_rollout(
@@ -141,4 +159,4 @@ def dry_run_rollout(
         entry["devices"] = [_device(fleet.device(n)) for n in wave.devices]
         waves.append(entry)
     run = DryRun("rollout", _bundle_summary(bundle), waves, dict(plan.excluded))
-    return _checks(run, bundle, [fleet.device(n) for n in plan.devices], store, locks)
+    return _checks(run, bundle, [fleet.device(n) for n in plan.devices], store, locks, fleet)

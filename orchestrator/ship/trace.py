@@ -66,8 +66,24 @@ class Trace:
     def ok(self) -> bool:
         return all(c.ok is not False for c in self.checks)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What holds but a reviewer must know: a build from a dirty tree, bundled anyway."""
+        out = []
+        prov = self.provenance or {}
+        git = prov.get("git") or {}
+        if git.get("dirty"):
+            changes = ", ".join(str(c) for c in (git.get("changes") or [])[:5])
+            out.append(
+                "built from a git tree with uncommitted changes"
+                + (f" ({changes})" if changes else "")
+            )
+        if prov.get("allow_dirty"):
+            out.append("bundled with --allow-dirty despite the uncommitted changes")
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"ok": self.ok}
+        return asdict(self) | {"ok": self.ok, "warnings": self.warnings}
 
 
 def _read_manifest(fleet: FleetConfig, device: Any, timeout: float) -> bytes | None:
@@ -112,6 +128,7 @@ def _rollouts_for(
             "strategy": started["strategy"]["name"],
             "fleet": started["fleet"]["name"],
             "rollout_status": status,
+            "operator": started.get("operator") or {"user": started.get("user")},
         }
         for e in entries:
             if e.get("event") == "device_done" and e.get("device") == device:
@@ -326,6 +343,8 @@ def trace_device(
             }
         )
         checks.append(_signature_check(manifest, digest, kid, store, local))
+        if local and local.get("present"):
+            bundle_info["approval"] = _approval(Path(local["path"]), manifest, store, checks)
     provenance = (manifest or {}).get("provenance") or {}
     mlflow_info = _mlflow(tracker, provenance, digest, manifest, checks)
     trace = Trace(
@@ -351,6 +370,34 @@ def trace_device(
         )
     )
     return trace
+
+
+def _approval(
+    path: Path, manifest: dict[str, Any], store: Any | None, checks: list[Check]
+) -> dict[str, Any] | None:
+    """The signed approval beside the issued bundle, checked against the key store's root."""
+    from registry.approval import approval_problem, read_approval
+
+    doc = read_approval(path)
+    if doc is None:
+        checks.append(Check("approval", None, f"no approval in {path}"))
+        return None
+    approver = doc.get("approver") or {}
+    who = f"{approver.get('name')} ({', '.join(approver.get('roles') or [])})"
+    if store is None or not store.exists():
+        checks.append(Check("approval", None, f"approved by {who}; no key store to check it"))
+        return doc
+    why = approval_problem(path, manifest, store.trust())
+    checks.append(
+        Check(
+            "approval",
+            why is None,
+            f"approved by {who} at {doc.get('approved_at')}: {doc.get('comment')}"
+            if why is None
+            else why,
+        )
+    )
+    return doc
 
 
 def _signature_check(

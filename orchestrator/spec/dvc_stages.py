@@ -60,6 +60,7 @@ def _callables(model: dict[str, Any]) -> list[tuple[str, str]]:
         ("preprocessing", model.get("preprocessing")),
         ("data.eval", data.get("eval")),
         ("data.calibration", data.get("calibration")),
+        ("data.train", data.get("train")),
     ):
         if isinstance(node, dict) and isinstance(node.get("fn"), str):
             out.append((f"{key}.fn", node["fn"]))

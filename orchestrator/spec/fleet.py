@@ -126,6 +126,8 @@ class FleetConfig:
     feed: Optional[FeedConfig] = None  # phones: the update feed's host (publish target)
     events: Optional[FleetEventsConfig] = None  # the events broker (credentials at enrolment)
     devices: List[DeviceConfig] = MISSING  # the devices (may be empty when `feed` is set)
+    requires: List[str] = field(default_factory=list)  # [approved]: bundles need an approval
+    two_person: bool = False  # the approver must be neither the builder nor the bundler
 
     @property
     def alias(self) -> str:
@@ -205,6 +207,7 @@ class FleetConfig:
         )
 
 
+FLEET_REQUIREMENTS = ("approved",)  # what `requires:` may name
 LABEL_KEYS = tuple(f.name for f in dataclasses.fields(DeviceLabels))
 
 
@@ -478,6 +481,14 @@ def load_fleet_file(
             [Problem(source, "", "expected a mapping at the top")], title="invalid fleet"
         )
     check_dataclass(data, FleetConfig, "", report)
+    requires = data.get("requires")
+    if isinstance(requires, list):
+        for i, item in enumerate(requires):
+            if isinstance(item, str) and item not in FLEET_REQUIREMENTS:
+                report(
+                    f"requires[{i}]",
+                    f"expected one of {', '.join(FLEET_REQUIREMENTS)}, found {item!r}",
+                )
     _cross_check(data, report, families)
     if path.stem != data.get("name", path.stem):
         report("name", f"expected '{path.stem}' (the file's name), found '{data.get('name')}'")

@@ -495,6 +495,29 @@ def check_validate_on(spec: Mapping[str, Any], report: Report, root: Path) -> No
                 report("deployment.validate_on.fleet", str(problem))
 
 
+def check_change_plan(spec: Mapping[str, Any], report: Report) -> None:
+    """``deployment.change_plan``: known change kinds; its gates are gates of the deployment."""
+    from orchestrator.core.schema import CHANGE_KINDS
+
+    plan = _get(spec, "deployment", "change_plan")
+    if not isinstance(plan, Mapping):
+        return
+    for i, kind in enumerate(plan.get("covers") or []):
+        if kind not in CHANGE_KINDS:
+            report(
+                f"deployment.change_plan.covers[{i}]",
+                f"expected one of {', '.join(CHANGE_KINDS)}, found '{kind}'",
+            )
+    gates = list(_get(spec, "deployment", "gates") or [])
+    for i, gate in enumerate(plan.get("gates") or []):
+        if gate not in gates:
+            report(
+                f"deployment.change_plan.gates[{i}]",
+                f"expected one of the deployment's gates ({'; '.join(gates) or 'none'}), "
+                f"found '{gate}'",
+            )
+
+
 def check_spec(
     spec: Mapping[str, Any], report: Report, choices: Mapping[str, str], root: Path
 ) -> None:
@@ -515,3 +538,4 @@ def check_spec(
     check_latency_batches(spec, report)
     check_validate_on(spec, report, root)
     check_events(spec, report)
+    check_change_plan(spec, report)

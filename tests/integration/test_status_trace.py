@@ -146,7 +146,8 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     client = _client(ward["uri"])
     build = ward["build"]
     assert main(["keys", "init"]) == 0
-    assert main(["bundle", "deployment=posture_server"]) == 0
+    dirty = json.loads((build.artifact_dir / "build.json").read_text())["git"].get("dirty")
+    assert main(["bundle", "deployment=posture_server", *(["--allow-dirty"] if dirty else [])]) == 0
     assert main(["enroll", fleet]) == 0
     capsys.readouterr()
 
@@ -170,6 +171,11 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     first = runs[0]
     assert first.data.tags["edgeship.rollout.status"] == "completed"
+    from orchestrator.project import os_user
+    from registry.keys import KeyStore
+
+    assert first.data.tags["edgeship.rollout.operator"] == os_user()  # who ran it, with what key
+    assert first.data.tags["edgeship.rollout.operator_key"] == KeyStore().signing_key()[0]
     assert first.data.tags["mlflow.parentRunId"] == build.run_id
     assert first.data.metrics["succeeded"] == 4 and first.data.metrics["failed"] == 0
     assert [a.path for a in client.list_artifacts(first.info.run_id, "rollout")] == [
@@ -264,12 +270,24 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
         provenance["git"]["commit"],
         provenance["validation"]["data"]["weights_sha256"],
         "production-north",
-        "Every link that could be checked holds.",
+        "Every link that could be checked holds",
         "verifies",
         "accuracy_drop <= 0.05",
     ):
         assert expected in words, expected
     assert page.count('class="bad"') == 0 or provenance["git"]["dirty"]
+
+    # an approval after the fact: tagged on the model version, shown and checked by trace
+    assert main(["keys", "add-person", "alice", "--role", "approver"]) == 0
+    args = ["approve", "deployment=posture_server", "version=1", "--as", "alice"]
+    assert main([*args, "--comment", "reviewed the gates"]) == 0
+    version_tags = client.get_model_version("posture_server", str(build.model_version)).tags
+    assert version_tags["edgeship.bundle.1.approval.by"] == "alice"
+    assert version_tags["edgeship.bundle.1.approval.comment"] == "reviewed the gates"
+    capsys.readouterr()
+    assert main(["trace", "bed-02", fleet]) == 0
+    out = capsys.readouterr().out
+    assert "ok   approval: approved by alice (approver) at" in out, out
 
 
 def test_trace_reports_a_tampered_device_copy(

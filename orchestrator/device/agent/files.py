@@ -12,7 +12,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 ROLLBACK = "rollback.json"
 ROLLBACK_SIG = "rollback.json.sig"
-ENVELOPE = (MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK_SIG)
+APPROVAL = "approval.json"  # a named approver's signed approval of this bundle
+APPROVAL_SIG = "approval.json.sig"
+ENVELOPE = (MANIFEST, SIGNATURE, ROLLBACK, ROLLBACK_SIG, APPROVAL, APPROVAL_SIG)
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:

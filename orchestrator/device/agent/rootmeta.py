@@ -29,6 +29,8 @@ Verify = Callable[[str, bytes, bytes], bool]  # (public key PEM, data, signature
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 MAX_ROOT_BYTES = 1024 * 1024  # a root with a few dozen keys is a few kB
+PEOPLE_FIELD = "x-edgeship-people"  # key id -> {"name", "roles"} (signed by the root threshold)
+FLEETS_FIELD = "x-edgeship-fleets"  # fleet -> {"requires": [...], "two_person": bool}
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -184,6 +186,27 @@ def parse_root(data: bytes, source: str) -> dict:
     return doc
 
 
+def people(signed: dict) -> dict:
+    """Key id -> ``{"name", "roles"}`` of the people a root's ``signed`` part names."""
+    found = signed.get(PEOPLE_FIELD)
+    if not isinstance(found, dict):
+        return {}
+    return {
+        kid: entry
+        for kid, entry in found.items()
+        if isinstance(entry, dict) and kid in (signed.get("keys") or {})
+    }
+
+
+def fleet_policy(signed: dict, fleet: object) -> dict:
+    """What a root requires of bundles for ``fleet`` (``{}`` when nothing)."""
+    fleets = signed.get(FLEETS_FIELD)
+    if not isinstance(fleets, dict) or not isinstance(fleet, str):
+        return {}
+    policy = fleets.get(fleet)
+    return policy if isinstance(policy, dict) else {}
+
+
 def role_keys(signed: dict, role: str) -> dict:
     """Key id -> PEM of the keys of ``role`` in a root's ``signed`` part."""
     return {kid: key_pem(signed["keys"][kid]) for kid in signed["roles"][role]["keyids"]}
@@ -241,3 +264,67 @@ def check_root_update(current: dict, doc: dict, source: str, verify: Verify) -> 
 def expired(signed: dict, now: datetime | None = None) -> bool:
     """Whether a root (or any TUF ``signed`` part) has expired."""
     return parse_time(str(signed["expires"])) <= (now or datetime.now(timezone.utc))
+
+
+def approval_problem(
+    data: bytes, manifest: dict, digest: str, signed: dict, verify_with, two_person: bool
+):
+    """Why an approval's bytes ``data`` do not approve this bundle, as (code, message), or None.
+
+    ``signed`` is the root's signed part; ``verify_with(pem)`` says whether the approval's
+    signature verifies with the PEM public key. The signer must be a person the root names
+    with the approver role; the approval must name this bundle (deployment, version,
+    manifest digest); with ``two_person`` the approver must be neither who built the
+    artifact nor who bundled it (the signed manifest's provenance).
+    """
+    approvers = {
+        kid: entry
+        for kid, entry in people(signed).items()
+        if "approver" in (entry.get("roles") or [])
+    }
+    signer = None
+    for kid in sorted(approvers):
+        if verify_with(key_pem(signed["keys"][kid])):
+            signer = kid
+            break
+    if signer is None:
+        return (
+            "not_approved",
+            "the approval's signature does not verify with the key of any approver the root "
+            "of trust names",
+        )
+    try:
+        doc = strict_loads(data, "approval.json")
+    except RootError as exc:
+        return ("not_approved", "approval.json: " + exc.message)
+    if not isinstance(doc, dict) or doc.get("kind") != "edgeship.approval":
+        return ("not_approved", "approval.json is not an edgeship approval")
+    if (
+        doc.get("deployment") != manifest.get("deployment")
+        or doc.get("version") != manifest.get("version")
+        or doc.get("manifest_sha256") != digest
+    ):
+        return (
+            "not_approved",
+            "the approval names {} version {} (manifest {}); this bundle is {} version {} "
+            "(manifest {})".format(
+                doc.get("deployment"),
+                doc.get("version"),
+                str(doc.get("manifest_sha256"))[:12],
+                manifest.get("deployment"),
+                manifest.get("version"),
+                digest[:12],
+            ),
+        )
+    name = approvers[signer].get("name")
+    if two_person:
+        provenance = manifest.get("provenance") or {}
+        bundled = (provenance.get("bundled_by") or {}).get("user")
+        built = provenance.get("built_by")
+        if name in (bundled, built):
+            return (
+                "two_person",
+                "approved by {}, who also {} it; this fleet requires an approver other than "
+                "the builder and the bundler".format(name, "built" if name == built else "bundled"),
+            )
+    return None

@@ -22,10 +22,20 @@ import stat
 import tempfile
 from datetime import timedelta
 
+from . import rootmeta
 from .clock import parse_time, utcnow
 from .crypto import openssl_verify, sha256_bytes, sha256sum_check
 from .errors import AgentError, Refusal
-from .files import ENVELOPE, MANIFEST, ROLLBACK, ROLLBACK_SIG, SIGNATURE, remove_tree
+from .files import (
+    APPROVAL,
+    APPROVAL_SIG,
+    ENVELOPE,
+    MANIFEST,
+    ROLLBACK,
+    ROLLBACK_SIG,
+    SIGNATURE,
+    remove_tree,
+)
 from .rules import (
     BUNDLE_KIND,
     MAX_CLOCK_SKEW_SECONDS,
@@ -287,6 +297,42 @@ class Verifier(Trust):
                 )
         return order, None
 
+    def check_approval(self, folder: str, manifest: dict, digest: str) -> tuple | None:
+        """(code, why) when the root of trust requires an approval for this device's fleet
+        and the bundle carries none that holds; None otherwise.
+
+        The approval's signature is checked on its raw bytes with ``openssl`` against the
+        approver keys the installed root names (signed by the root threshold).
+        """
+        signed = self.trust()
+        policy = rootmeta.fleet_policy(signed, self.device().get("fleet"))
+        two_person = bool(policy.get("two_person"))
+        if "approved" not in (policy.get("requires") or []) and not two_person:
+            return None
+        path = os.path.join(folder, APPROVAL)
+        sig = os.path.join(folder, APPROVAL_SIG)
+        fleet = self.device().get("fleet")
+        if not os.path.isfile(path) or os.path.islink(path):
+            return (
+                "not_approved",
+                f"fleet {fleet} requires an approved bundle; this bundle carries no approval",
+            )
+        if not os.path.isfile(sig) or os.path.islink(sig):
+            return ("not_approved", "the approval has no signature (approval.json.sig)")
+        try:
+            data = self._read_capped(path, MAX_ORDER_BYTES, "approval")
+            signature = self._read_capped(sig, MAX_SIGNATURE_BYTES, "signature")
+        except Refusal as exc:
+            return (exc.code, exc.message)
+        return rootmeta.approval_problem(
+            data,
+            manifest,
+            digest,
+            signed,
+            lambda pem: self.verify_bytes(pem, data, signature),
+            two_person,
+        )
+
     def check_policy(self, folder: str, manifest: dict, digest: str) -> tuple:
         """Expiry, creation time, family, deployment, version order (rollback orders), runtime.
 
@@ -369,6 +415,10 @@ class Verifier(Trust):
                             f"and {why}",
                         )
                     )
+        if manifest.get("kind") != MEASURE_KIND:
+            refused = self.check_approval(folder, manifest, digest)
+            if refused is not None:
+                problems.append(refused)
         runtime = target.get("runtime")
         have = runtime_version(str(runtime))
         if have is None:

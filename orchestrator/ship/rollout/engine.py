@@ -23,6 +23,7 @@ on after the orchestrator was killed without redoing a finished device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -36,14 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import project as project_mod
 from orchestrator.errors import (
+    EdgeshipError,
     RolloutHaltedError,
     RolloutJournalError,
     RolloutLockedError,
     RolloutStateError,
     TrackingError,
 )
-from orchestrator.ship.deploy import ByteProgress, DeployOptions, deploy_device
+from orchestrator.ship.deploy import (
+    ByteProgress,
+    DeployOptions,
+    deploy_device,
+    require_approval,
+)
 from orchestrator.ship.enroll import agent_status
 from orchestrator.ship.results import DeviceOutcome, run_device
 from orchestrator.ship.rollout.analysis import Analyst, evaluate
@@ -660,6 +668,15 @@ def _bundle_entry(bundle: Bundle) -> dict[str, Any]:
     }
 
 
+def operator(store: KeyStore | None) -> dict[str, Any]:
+    """Who runs a rollout: the OS user, the host, and the online key id it acts with."""
+    key_id = None
+    if store is not None and store.exists():
+        with contextlib.suppress(EdgeshipError):
+            key_id = store.signing_key()[0]
+    return {"user": project_mod.os_user(), "host": this_host(), "key_id": key_id}
+
+
 def start_rollout(
     project: Path,
     fleet: FleetConfig,
@@ -682,6 +699,7 @@ def start_rollout(
     Raises :class:`RolloutHaltedError` when it halts and :class:`RolloutLockedError`
     when another running rollout holds any of its devices (nothing is changed then).
     """
+    require_approval(fleet, bundle, store)
     family = str((bundle.manifest.get("target") or {}).get("family"))
     plan = plan_rollout(fleet, strategy, family, selection, strategy_source)
     rollout_id = new_rollout_id(bundle.deployment, fleet.name)
@@ -692,6 +710,7 @@ def start_rollout(
         tracker = _tracker_for(project, bundle) if record else None
         mlflow_run = None
         provenance = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+        who = operator(store)
         if tracker is not None:
             mlflow_run = tracker.start_rollout_run(
                 bundle.deployment,
@@ -703,6 +722,9 @@ def start_rollout(
                     "edgeship.bundle.version": str(bundle.version),
                     "edgeship.bundle.sha256": bundle.digest,
                     "edgeship.rollout.status": "running",
+                    "edgeship.rollout.operator": who["user"],
+                    "edgeship.rollout.operator_host": who["host"],
+                    "edgeship.rollout.operator_key": who["key_id"] or "-",
                 },
                 provenance.get("run_id"),
             )
@@ -725,7 +747,8 @@ def start_rollout(
             covers_fleet=set(plan.devices) == {d.name for d in fleet.devices if d.family == family},
             pid=os.getpid(),
             host=this_host(),
-            user=os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
+            user=who["user"],
+            operator=who,
             argv=" ".join(shlex.quote(a) for a in sys.argv),
             started_at=locks.holder.started_at,
         )

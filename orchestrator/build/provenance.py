@@ -33,6 +33,8 @@ def git_info(root: Path) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "HEAD")
     status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", ".", strip=False)
     lines = [line for line in (status or "").splitlines() if line.strip()]
+    prefix = _git(root, "rev-parse", "--show-prefix") or ""  # the project's folder in the repo
+    lines = [line for line in lines if not _is_build_output(line[3:], prefix)]
     return {
         "commit": commit or "unknown",
         "dirty": bool(lines) if status is not None else None,
@@ -40,6 +42,19 @@ def git_info(root: Path) -> dict[str, Any]:
         "repository": _git(root, "rev-parse", "--show-toplevel"),
         "changes": [line[3:] for line in lines[:MAX_CHANGES]],
     }
+
+
+# What builds themselves write into the project (``dvc repro``: the lock and the reports it
+# records; ``edgeship build``: the DVC stage list it refreshes): changes to them follow from
+# a build and never change what a build makes, so they do not make the tree dirty.
+BUILD_OUTPUTS = ("dvc.lock", "dvc-stages.yaml", "reports/")
+
+
+def _is_build_output(path: str, prefix: str = "") -> bool:
+    path = path.split(" -> ")[-1].strip().strip('"')
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix) :]
+    return any(path == out or (out.endswith("/") and path.startswith(out)) for out in BUILD_OUTPUTS)
 
 
 MAX_CHANGES = 20

@@ -133,12 +133,19 @@ def test_provenance_dirty_user_repository_counts_uncommitted_model_code(tmp_path
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "model")
     assert git_info(root)["dirty"] is False
+    # what builds write (the DVC lock, the stage list, reports) does not make the tree dirty
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    (root / "reports" / "posture").mkdir(parents=True)
+    (root / "reports" / "posture" / "metrics.json").write_text("{}")
+    assert git_info(root)["dirty"] is False
     (root / "team" / "new_model.py").write_text("import torch\n")  # never committed
     (root / "models").mkdir()
     (root / "models" / "w.pt").write_bytes(b"w")
     info = git_info(root)
     assert info["dirty"] is True
     assert info["changes"] == ["team/new_model.py"]
+    sub = git_info(root / "team")  # a project in a folder of the repository
+    assert sub["dirty"] is True and sub["changes"] == ["team/new_model.py"]
     states = GitStates()
     assert states.state(root / "team" / "model.py") == "committed"
     assert states.state(root / "team" / "new_model.py") == "untracked"

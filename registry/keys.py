@@ -623,6 +623,28 @@ class KeyStore:
 
         return self.change_root(add, valid_days)
 
+    def remove_person(self, name: str, valid_days: float = ROOT_VALID_DAYS) -> RootChange:
+        """Take the person ``name`` and their key out of the next root. Their approvals stop
+        counting everywhere the new root arrives: a device refuses a bundle approved only by
+        them, so approve again, by someone the root still names, what must keep running."""
+        found = self.trust().person(name)
+        if found is None:
+            known = ", ".join(sorted(str(e.get("name")) for e in self.trust().people.values()))
+            raise KeyStoreError(
+                f"error: the root names no person '{name}' (people: {known or 'none'})"
+            )
+        kid = found[0]
+
+        def remove(root: Root) -> None:
+            people = dict(root.unrecognized_fields.get(PEOPLE_FIELD) or {})
+            people.pop(kid, None)
+            root.unrecognized_fields[PEOPLE_FIELD] = people
+            in_roles = any(kid in r.keyids for r in root.roles.values())
+            if not in_roles:
+                root.keys.pop(kid, None)
+
+        return self.change_root(remove, valid_days)
+
     def set_fleet_policy(
         self,
         fleet: str,

@@ -126,6 +126,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
         _print_root_change(
             change, f"added {args.key_id} ({', '.join(roles)}) with key {change.new_key}"
         )
+    elif action == "remove-person":
+        if not args.key_id:
+            raise UsageError([Problem(CLI, "NAME", "keys remove-person needs the person's NAME")])
+        change = store.remove_person(args.key_id, args.valid_days or 365)
+        _print_root_change(
+            change, f"removed {args.key_id}: approvals signed by {args.key_id} no longer count"
+        )
     elif action == "publish-policy":
         from orchestrator.spec.fleet import load_fleet
 
@@ -573,7 +580,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "keys",
         help="the root of trust and signing keys: init | list | rotate | revoke KEYID | "
-        "sign-root | renew | refresh | add-person NAME --role R | publish-policy FLEET",
+        "sign-root | renew | refresh | add-person NAME --role R | remove-person NAME | "
+        "publish-policy FLEET",
     )
     p.add_argument(
         "action",
@@ -586,11 +594,14 @@ def register(sub: Any) -> None:
             "renew",
             "refresh",
             "add-person",
+            "remove-person",
             "publish-policy",
         ),
     )
     p.add_argument(
-        "key_id", nargs="?", help="key id to revoke; add-person: NAME; publish-policy: FLEET"
+        "key_id",
+        nargs="?",
+        help="key id to revoke; add-person, remove-person: NAME; publish-policy: FLEET",
     )
     p.add_argument("--root-keys", type=int, default=3, help="init: how many root keys (default 3)")
     p.add_argument(

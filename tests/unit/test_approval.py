@@ -59,6 +59,21 @@ def test_people_are_named_in_the_root_with_roles_and_their_own_keys(store: KeySt
         store.person_key("carol")
 
 
+def test_a_removed_approver_no_longer_approves(store: KeyStore, bundle: Bundle) -> None:
+    approve(bundle, store, "alice", "gates pass")
+    assert approval_problem(bundle.path, bundle.manifest, store.trust()) is None
+    kid = store.person_key("alice")[0]
+    change = store.remove_person("alice")
+    trust = store.trust()
+    assert change.published and change.version == trust.serial and trust.person("alice") is None
+    assert kid not in trust.root.signed.keys and kid not in trust.people
+    assert "bob" in {e["name"] for e in trust.people.values()}
+    why = approval_problem(bundle.path, bundle.manifest, trust)
+    assert why is not None and "does not verify with the key of any approver" in why
+    with pytest.raises(KeyStoreError, match="names no person 'alice' \\(people: bob\\)"):
+        store.remove_person("alice")
+
+
 def test_approval_is_signed_by_the_approver_and_names_the_bundle(
     store: KeyStore, bundle: Bundle
 ) -> None:

@@ -285,6 +285,9 @@ def publish(
         raise FeedError(
             f"error: {bundle.path} would be refused by the apps: " + "; ".join(problems)
         )
+    from orchestrator.ship.deploy import require_approval
+
+    require_approval(fleet, bundle, store)  # before the feed host is reached
     moment = now or _now()
     host = fleet.feed_host()
     with connect(host, Path(fleet.known_hosts)) as session:

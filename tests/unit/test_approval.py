@@ -74,6 +74,24 @@ def test_a_removed_approver_no_longer_approves(store: KeyStore, bundle: Bundle) 
         store.remove_person("alice")
 
 
+def test_publishing_to_a_phone_fleet_that_requires_approval_refuses_an_unapproved_bundle(
+    store: KeyStore, bundle: Bundle, tmp_path: Path
+) -> None:
+    from orchestrator.errors import ApprovalError
+    from orchestrator.ship.feed import publish
+    from orchestrator.spec.fleet import FeedConfig, FleetConfig
+
+    fleet = FleetConfig(
+        name="phones",
+        known_hosts=str(tmp_path / "known_hosts"),
+        requires=["approved"],
+        # no host answers here: a refusal must come before any connection
+        feed=FeedConfig(host="127.0.0.1", port=1, path="/srv/feed", base_url="http://x/"),
+    )
+    with pytest.raises(ApprovalError, match=r"fleet phones requires .* refused before anything"):
+        publish(fleet, bundle, "beta", 1.0, store)
+
+
 def test_approval_is_signed_by_the_approver_and_names_the_bundle(
     store: KeyStore, bundle: Bundle
 ) -> None:

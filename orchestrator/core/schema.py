@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 TASKS = ("classification", "segmentation", "regression", "custom")
@@ -269,7 +268,10 @@ GROUP_SCHEMAS: dict[str, type] = {
 
 
 def register_schemas() -> None:
-    """Register every schema in Hydra's ConfigStore under the ``schema`` group."""
+    """Register every schema in Hydra's ConfigStore under the ``schema`` group (Hydra is
+    imported here, by the commands that compose specs, not by every command)."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="edgeship", node=EdgeshipConfig, group="schema")
     for group, node in GROUP_SCHEMAS.items():

@@ -262,6 +262,7 @@ def test_health_check_records_the_engine_built_on_the_device_and_trace_shows_it(
         mlflow=None,
         rollouts=[],
         checks=[],
+        warnings=[],
         source="device",
     )
     assert (

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from orchestrator.core.batches import run_batched
-from orchestrator.core.metrics import mean_foreground_dice
 from orchestrator.passes.base import Inputs
 
-Predict = Callable[[Inputs], Sequence[np.ndarray]]
+if TYPE_CHECKING:  # numpy comes with the first evaluation, not with pass discovery
+    import numpy as np
+
+    Predict = Callable[[Inputs], Sequence[np.ndarray]]
+else:
+    Predict = Callable
 
 
 @dataclass
@@ -55,6 +57,10 @@ class Evaluation:
 
     def score_item(self, index: int, outputs: Sequence[np.ndarray]) -> float:
         """Score of one sample's outputs (the first output holds the logits)."""
+        import numpy as np
+
+        from orchestrator.core.metrics import mean_foreground_dice
+
         logits = np.asarray(outputs[0])
         if self.task == "classification":
             return float(int(logits.argmax(-1).ravel()[0]) == int(self.targets[index]))
@@ -64,6 +70,10 @@ class Evaluation:
         self, predict: Predict, indices: Iterable[int] | None = None
     ) -> tuple[float, list[float]]:
         """The metric over ``indices`` (default: every sample) and each sample's score."""
+        import numpy as np
+
+        from orchestrator.core.batches import run_batched
+
         chosen = range(len(self.samples)) if indices is None else list(indices)
         outputs = run_batched(predict, [self.samples[i] for i in chosen], self.batch, self.pad)
         per_item = [self.score_item(i, out) for i, out in zip(chosen, outputs, strict=True)]
@@ -86,6 +96,8 @@ def make_evaluation(
     pad: bool = False,
 ) -> Evaluation:
     """An Evaluation scoring against ``labels``, or against the reference outputs without them."""
+    import numpy as np
+
     axis = -1 if task == "classification" else 1
     predicted = [np.asarray(r[0]).argmax(axis)[0] for r in reference]
     parity = Evaluation(

@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.quiet import third_party_output
@@ -26,6 +24,9 @@ from orchestrator.core.runtime_imports import require
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Inputs, Pass, PassContext, register_pass
 from orchestrator.passes.common.evaluation import Evaluation
+
+if TYPE_CHECKING:
+    import numpy as np
 from orchestrator.passes.openvino.nncf_quantize import (
     NncfQuantizeOptions,
     calibration_dataset,
@@ -82,6 +83,8 @@ class NncfQuantizeAccuracy(Pass):
             outputs = list(compiled.outputs)
 
             def predict(sample: Inputs) -> list[np.ndarray]:
+                import numpy as np
+
                 result = request.infer(sample)
                 return [np.asarray(result[o]) for o in outputs]
 

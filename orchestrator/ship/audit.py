@@ -223,17 +223,9 @@ def audit(
 
 def render_html(doc: Audit) -> str:
     """The audit as one self-contained HTML page (autoescaped, like the trace report)."""
-    from jinja2 import ChainableUndefined, Environment, PackageLoader
+    from orchestrator.ship.trace import render_report
 
-    env = Environment(
-        loader=PackageLoader("orchestrator.ship", "templates"),
-        undefined=ChainableUndefined,
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = lambda v: f"{v:.4g}" if isinstance(v, int | float) else v
-    return env.get_template("audit.html.j2").render(a=doc.to_json())
+    return render_report("audit.html.j2", a=doc.to_json())
 
 
 def chromium() -> str | None:

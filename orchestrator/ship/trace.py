@@ -489,11 +489,11 @@ def _mlflow(
     return out
 
 
-def render_html(trace: Trace) -> str:
-    """The trace as a self-contained HTML report (``templates/trace.html.j2``).
+def render_report(template: str, **context: Any) -> str:
+    """A self-contained HTML report from ``templates/<template>`` (the trace, the audit).
 
-    Everything in it (names, labels, what the device answered) is escaped: autoescape is
-    on for every template, whatever its name, and the template marks nothing ``safe``.
+    Everything in it (names, labels, what a device answered) is escaped: autoescape is on
+    for every template, whatever its name, and the templates mark nothing ``safe``.
     """
     from jinja2 import ChainableUndefined, Environment, PackageLoader
 
@@ -505,4 +505,9 @@ def render_html(trace: Trace) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda v: f"{v:.4g}" if isinstance(v, int | float) else v
-    return env.get_template("trace.html.j2").render(t=trace.to_json())
+    return env.get_template(template).render(**context)
+
+
+def render_html(trace: Trace) -> str:
+    """The trace as a self-contained HTML report (``templates/trace.html.j2``)."""
+    return render_report("trace.html.j2", t=trace.to_json())

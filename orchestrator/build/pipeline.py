@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -140,6 +141,11 @@ def run_build(
     target = get_target(cfg.target, cfg.model)
     _check_available(target, spec)
     steps = _Steps(on_step)
+    recording = None
+    if record:  # MLflow opens in a recorder process while the build works (registry/recorder)
+        from registry.recorder import begin
+
+        recording = begin(spec.root)
     # the reference, its data and the project's code run before anything is written: an
     # error in any of them leaves no artifact folder behind
     steps("load reference and evaluation data")
@@ -158,6 +164,7 @@ def run_build(
             register,
             measurer,
             export_cache,
+            recording,
         )
     finally:
         source.close()
@@ -176,6 +183,7 @@ def _build(
     register: bool,
     measurer: DeviceMeasurer | None = None,
     export_cache: ExportCache | None = None,
+    recording: Any = None,
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
@@ -194,7 +202,6 @@ def _build(
     staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True)
     (staging / ".pid").write_text(str(os.getpid()))
-    tracker = None
     try:
         work = staging / ".work"
         passes = registered_passes()
@@ -256,6 +263,8 @@ def _build(
                 raise BuildError(f"error: recipe.passes[{i - 1}] ({p.name}) failed: {exc}") from exc
 
         final = copy_model(model, staging / "model")
+        if recording is not None:
+            recording.ready()  # nothing else runs beside the latency measurement
         steps("validate (parity, latency, size, memory)")
         result = validate(cfg, target, final, data, reference_out)
         _note_runtime_validation(target, final, result)
@@ -273,39 +282,49 @@ def _build(
         status = "passed" if result.passed else "failed"
         run_id = version = None
         reused = False
-        if record:
+        if record and recording is not None:
             steps("record in MLflow")
             from registry.mlflow_model import artifact_digest
-            from registry.tracking import ARTIFACT_DIGEST, flatten, open_tracker
+            from registry.tracking import ARTIFACT_DIGEST, flatten
 
-            tracker = open_tracker(spec.root)
             digest = artifact_digest(staging)
             tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
             lineage_tags = sources.source_tags(source.lineage)
-            started = time.time() - (time.perf_counter() - t0)
-            run_name = f"{name}-{cfg.recipe.name}"
-            with tracker.run(name, run_name, tags, parent=parent_run, started=started) as run:
-                run_id = run.info.run_id
-                write_json(
-                    staging / "build.json",
-                    _build_info(spec, run_id, None, status, evidence, result.validated_on),
+            with tempfile.TemporaryDirectory(prefix="edgeship-record-") as tmp:
+                datasets = []
+                for i, (dname, context, arrays, ddigest, loader) in enumerate(
+                    _datasets(cfg.model, data, calibration)
+                ):
+                    path = Path(tmp) / f"dataset{i}.npz"
+                    _save_npz(path, arrays)
+                    datasets.append((dname, context, str(path), ddigest, loader))
+                recorded = recording.record(
+                    {
+                        "deployment": name,
+                        "run_name": f"{name}-{cfg.recipe.name}",
+                        "tags": tags,
+                        "parent": parent_run,
+                        "started": time.time() - (time.perf_counter() - t0),
+                        "staging": str(staging),
+                        "build_info": _build_info(
+                            spec, None, None, status, evidence, result.validated_on
+                        ),
+                        "params": {
+                            **flatten(spec.data),
+                            **{f"choice.{k}": v for k, v in spec.choices.items()},
+                            **_evidence_params(evidence),
+                        },
+                        "metrics": dict(result.metrics),
+                        "lineage_tags": lineage_tags,
+                        "datasets": datasets,
+                        "description": _description(spec, result),
+                        "log_model": result.passed,
+                        "register": result.passed and register,
+                        "digest": digest,
+                    }
                 )
-                params = {
-                    **flatten(spec.data),
-                    **{f"choice.{k}": v for k, v in spec.choices.items()},
-                    **_evidence_params(evidence),
-                }
-                tracker.log_build(run_id, params, result.metrics, staging, lineage_tags)
-                tracker.log_datasets(run_id, _datasets(cfg.model, data, calibration))
-                description = _description(spec, result)
-                tracker.set_tags(run_id, {"mlflow.note.content": description})
-                if result.passed:
-                    tracker.log_model(run_id, staging)
-                if result.passed and register:
-                    version, reused = tracker.register_artifact(
-                        name, run_id, digest, lineage_tags, description
-                    )
-                    tracker.set_tags(run_id, {"edgeship.model_version": version})
+            run_id, version = recorded["run_id"], recorded["version"]
+            reused = bool(recorded["reused"])
         write_json(
             staging / "build.json",
             _build_info(spec, run_id, version, status, evidence, result.validated_on),

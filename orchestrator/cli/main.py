@@ -152,9 +152,15 @@ def run() -> None:
     every imported native library (PyTorch, OpenVINO, ONNX Runtime: seconds) is skipped.
     """
     code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # what the interpreter does first at exit: the threading module's exit callbacks (idle
+    # thread-pool workers are told to leave), then the join of every non-daemon thread
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     try:
         atexit._run_exitfuncs()
     finally:

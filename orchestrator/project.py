@@ -49,6 +49,7 @@ ENV_FULL_ERROR = "EDGESHIP_FULL_ERROR"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_EVENTS_DB = "EDGESHIP_EVENTS_DB"
 ENV_TOOLENV_DIR = "EDGESHIP_TOOLENV_DIR"
+ENV_ALLOW_DIRTY = "EDGESHIP_ALLOW_DIRTY"  # "1": bundle dirty-tree builds (as --allow-dirty)
 
 MARKER = Path("conf") / "config.yaml"
 MARKER_DIR = Path("conf") / "deployment"

@@ -97,6 +97,20 @@ def trained_models() -> Path:
     return ROOT / "models"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _allow_dirty_working_copy() -> Iterator[None]:
+    """Bundling refuses builds from a tree with uncommitted changes; a developer's test run
+    on a working copy with edits bundles them anyway (recorded, as with --allow-dirty).
+    The refusal itself is tested through make_bundle, which this does not change."""
+    saved = os.environ.get("EDGESHIP_ALLOW_DIRTY")
+    os.environ["EDGESHIP_ALLOW_DIRTY"] = "1"
+    yield
+    if saved is None:
+        os.environ.pop("EDGESHIP_ALLOW_DIRTY", None)
+    else:
+        os.environ["EDGESHIP_ALLOW_DIRTY"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_process_state() -> Iterator[None]:
     """``mlflow.set_tracking_uri``/``set_registry_uri`` also write MLFLOW_TRACKING_URI and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from orchestrator.errors import (
     SpecError,
     UsageError,
 )
+from orchestrator.project import ENV_ALLOW_DIRTY
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -198,7 +200,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                 store,
                 args.valid_days or 90,
                 record=not args.no_record,
-                allow_dirty=args.allow_dirty,
+                allow_dirty=_allow_dirty(args),
             )
             if args.json:
                 answers.append(bundle_json(made.bundle, made))
@@ -263,7 +265,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             store,
             args.valid_days or 90,
             record=not args.no_record,
-            allow_dirty=args.allow_dirty,
+            allow_dirty=_allow_dirty(args),
         )
         bundle = made.bundle
         if args.json and not args.export:
@@ -575,6 +577,12 @@ def cmd_device_status(args: argparse.Namespace) -> int:
     return 0 if not result.failed else RolloutError.exit_code
 
 
+def _allow_dirty(args: argparse.Namespace) -> bool:
+    """``--allow-dirty``, or ``EDGESHIP_ALLOW_DIRTY=1`` (a working copy's test runs): either
+    way the bundle's manifest and the ledger record that the build's tree was dirty."""
+    return bool(args.allow_dirty) or os.environ.get(ENV_ALLOW_DIRTY) == "1"
+
+
 def register(sub: Any) -> None:
     """Add the shipping verbs to the ``edgeship`` parser."""
     p = sub.add_parser(
@@ -661,7 +669,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--allow-dirty",
         action="store_true",
-        help="bundle a build made from a git tree with uncommitted changes (recorded)",
+        help="bundle a build made from a git tree with uncommitted changes (recorded; "
+        "EDGESHIP_ALLOW_DIRTY=1 does the same)",
     )
     p.add_argument(
         "--json", action="store_true", help="print the bundle(s) made, or --list, as JSON"

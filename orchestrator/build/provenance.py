@@ -44,10 +44,11 @@ def git_info(root: Path) -> dict[str, Any]:
     }
 
 
-# What builds themselves write into the project (``dvc repro``: the lock and the reports it
-# records; ``edgeship build``: the DVC stage list it refreshes): changes to them follow from
-# a build and never change what a build makes, so they do not make the tree dirty.
-BUILD_OUTPUTS = ("dvc.lock", "dvc-stages.yaml", "reports/")
+# What builds themselves write into the project (``dvc repro``: the lock, the composed specs
+# and the reports it records; ``edgeship build``: the DVC stage list it refreshes): changes
+# to them follow from a build and never change what a build makes, so they do not make the
+# tree dirty.
+BUILD_OUTPUTS = ("dvc.lock", "dvc-stages.yaml", "reports/", "specs/")
 
 
 def _is_build_output(path: str, prefix: str = "") -> bool:

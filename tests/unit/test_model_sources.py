@@ -137,6 +137,8 @@ def test_provenance_dirty_user_repository_counts_uncommitted_model_code(tmp_path
     (root / "dvc.lock").write_text("schema: '2.0'\n")
     (root / "reports" / "posture").mkdir(parents=True)
     (root / "reports" / "posture" / "metrics.json").write_text("{}")
+    (root / "specs").mkdir()
+    (root / "specs" / "posture.yaml").write_text("deployment: {}\n")
     assert git_info(root)["dirty"] is False
     (root / "team" / "new_model.py").write_text("import torch\n")  # never committed
     (root / "models").mkdir()

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from orchestrator.core.fsutil import write_json
 from orchestrator.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def record_build(tracker: Any, req: dict[str, Any]) -> dict[str, Any]:
         run_id = run.info.run_id
         info = dict(req["build_info"])
         info["mlflow"] = dict(info.get("mlflow") or {}, run_id=run_id)
-        (staging / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_json(staging / "build.json", info)
         tracker.log_build(run_id, req["params"], req["metrics"], staging, req["lineage_tags"])
         datasets = []
         for name, context, path, digest, loader in req["datasets"]:
@@ -170,12 +171,9 @@ def begin(root: Path) -> InProcess | Recorder:
     this process for the store (started now, opening it while the build works)."""
     from registry import tracking
 
-    store = tracking._store_key(root)
-    with tracking._opening_lock:
-        opened = store in tracking._opening
-    if opened:
+    if tracking.opened(root):
         return InProcess(root)
-    key = f"{root.resolve()} {store}"
+    key = f"{root.resolve()} {tracking._store_key(root)}"
     with _lock:
         if _current and _current[0].key == key and _current[0].alive():
             return _current[0]

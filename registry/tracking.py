@@ -46,10 +46,10 @@ def prepare(root: Path) -> None:
     """Start opening the MLflow store of ``root`` in the background (once per store), for a
     caller with other work to do meanwhile; :func:`open_tracker` then gives that Tracker.
 
-    Importing MLflow and its first connection are Python-bound: they gain nothing beside
-    Python-bound work (the GIL), and a thread importing beside a latency measurement would
-    disturb it, so builds open the store only when they record. ``recipe=auto`` opens it
-    once for the selection and every candidate's build."""
+    ``recipe=auto`` opens it once for the selection and every candidate's build, which then
+    record in-process (:mod:`registry.recorder`); a single build opens the store in a
+    recorder process instead, since importing MLflow is Python-bound work that a thread
+    beside the build would only slow down (the GIL)."""
     uri = _store_key(root)
     with _opening_lock:
         if uri in _opening:
@@ -61,16 +61,18 @@ def prepare(root: Path) -> None:
                 tracker = Tracker(root)
                 tracker.client.search_experiments(max_results=1)
                 box.append(tracker)
-                # the installed-package map MLflow builds to check a model's requirements
-                from mlflow.utils import requirements_utils
-
-                requirements_utils._init_packages_to_modules_map()
             except Exception as exc:  # opening again in the caller reports it
                 log.debug("opening MLflow at %s in the background: %s", uri, exc)
 
         thread = threading.Thread(target=work, name="edgeship-mlflow-open", daemon=True)
         _opening[uri] = (thread, box)
         thread.start()
+
+
+def opened(root: Path) -> bool:
+    """Whether this process opened (or is opening) the store of ``root`` (:func:`prepare`)."""
+    with _opening_lock:
+        return _store_key(root) in _opening
 
 
 def open_tracker(root: Path) -> Tracker:

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from orchestrator.ship.audit import HEADLESS_FLAGS
+from orchestrator.ship.audit import chromium as find_chromium
+
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
+    *HEADLESS_FLAGS,
     "--disable-quic",
     "--window-size=1600,1000",
     "--virtual-time-budget=20000",
@@ -27,7 +23,7 @@ FLAGS = [
 
 def chromium() -> str:
     """Path of Debian's chromium; fails in CI and skips elsewhere when it is missing."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    path = find_chromium()
     if path:
         return path
     if os.environ.get("CI"):

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,28 +119,26 @@ def _mlflow_process_state() -> Iterator[None]:
     leaves MLflow's process-wide URIs (variables and module state) as it found them."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = {n: os.environ.get(n) for n in names}
-    modules = []
-    if "mlflow" in sys.modules:
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        modules = [
-            (tracking_utils, "_tracking_uri", tracking_utils._tracking_uri),
-            (registry_utils, "_registry_uri", registry_utils._registry_uri),
-        ]
+    uris = _mlflow_uris() if "mlflow" in sys.modules else (None, None)  # unset until imported
     yield
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    if not modules and "mlflow" in sys.modules:  # imported during the test: it began unset
+    if "mlflow" in sys.modules:
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
-        modules = [(tracking_utils, "_tracking_uri", None), (registry_utils, "_registry_uri", None)]
-    for module, attr, value in modules:
-        setattr(module, attr, value)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = uris
+
+
+def _mlflow_uris() -> tuple[Any, Any]:
+    """MLflow's module-level tracking and registry URIs (what set_*_uri wrote)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri
 
 
 @pytest.fixture

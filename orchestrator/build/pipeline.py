@@ -157,7 +157,6 @@ def run_build(
             source,
             steps,
             t0,
-            record,
             report_dir,
             artifacts_dir,
             parent_run,
@@ -176,14 +175,13 @@ def _build(
     source: sources.Reference,
     steps: _Steps,
     t0: float,
-    record: bool,
     report_dir: Path | None,
     artifacts_dir: Path | None,
     parent_run: str | None,
     register: bool,
     measurer: DeviceMeasurer | None = None,
     export_cache: ExportCache | None = None,
-    recording: Any = None,
+    recording: Any = None,  # what records the build (registry/recorder); None: not recorded
 ) -> BuildResult:
     cfg = spec.config
     name = cfg.deployment.name
@@ -282,7 +280,7 @@ def _build(
         status = "passed" if result.passed else "failed"
         run_id = version = None
         reused = False
-        if record and recording is not None:
+        if recording is not None:  # the build records
             steps("record in MLflow")
             from registry.mlflow_model import artifact_digest
             from registry.tracking import ARTIFACT_DIGEST, flatten

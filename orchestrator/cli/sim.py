@@ -41,7 +41,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             state = sim.read_state() or {}
             profiles = state.get("profiles") or {}
             root = project_dir()
-            shown = fleet_path.relative_to(root) if fleet_path.is_relative_to(root) else fleet_path
+            shown = _under(fleet_path, root)
             print(f"simulation {sim.name}: {len(devices)} device(s) up; fleet file {shown}")
             for d in devices:
                 extra = f"  ({profiles[d.name]})" if d.name in profiles else ""
@@ -54,10 +54,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 )
             events = state.get("events")
             if events:
-                broker_dir = Path(events["folder"])
-                shown_dir = (
-                    broker_dir.relative_to(root) if broker_dir.is_relative_to(root) else broker_dir
-                )
+                shown_dir = _under(Path(events["folder"]), root)
                 print(
                     f"  broker   {events['broker']} (mosquitto pid {events['broker_pid']}, TLS; "
                     f"CA, password and ACL files in {shown_dir})"
@@ -165,12 +162,18 @@ def traffic_inputs(root: Path, model: str) -> tuple[dict[str, Any], str]:
     return {str(name): x}, f"{len(x)} recording(s) of {model}'s evaluation data ({ref})"
 
 
+def _under(path: Path, root: Path) -> Path:
+    """``path`` relative to the project when it lies in it, else as it is."""
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
 def _events_db_shown(root: Path) -> str:
     from orchestrator.project import events_db_url
 
     url = events_db_url(root)
-    prefix = f"sqlite:///{root}/"
-    return url[len(prefix) :] if url.startswith(prefix) else url
+    if url.startswith("sqlite:///"):
+        return str(_under(Path(url[len("sqlite:///") :]), root))
+    return url
 
 
 def _name_flag(args: argparse.Namespace) -> str:

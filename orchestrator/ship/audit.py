@@ -28,7 +28,8 @@ from orchestrator.errors import MissingDependencyError, RolloutJournalError
 from orchestrator.ship.rollout.journal import Journal, journals, rollouts_dir
 from registry.bundle import Bundle, Ledger, bundles_root, find_bundle, signature_problem
 
-CHROMIUM_FLAGS = [
+# headless Chromium that reaches nothing but the page it is given
+HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -36,8 +37,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
     "--disable-sync",
-    "--no-pdf-header-footer",
 ]
+CHROMIUM_FLAGS = [*HEADLESS_FLAGS, "--no-pdf-header-footer"]
 
 
 @dataclass

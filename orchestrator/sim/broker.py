@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core import mosquitto
+from orchestrator.core.fsutil import pid_alive
 from orchestrator.errors import SimError
 
 COLLECTOR_USER = "collector"
@@ -138,9 +139,7 @@ def _stop(pid: int | None, timeout: float = 15.0) -> None:
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):  # a zombie (its starter has not reaped it yet) is gone too
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):

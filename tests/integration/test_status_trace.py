@@ -190,7 +190,11 @@ def test_rollout_records_status_and_trace_follow_a_device_to_its_evidence(
     from registry.tracking import Tracker
 
     v2 = make_bundle(
-        _opset21(ward), KeyStore(), Path(os.environ["EDGESHIP_BUNDLES"]), tracker=Tracker(ROOT)
+        _opset21(ward),
+        KeyStore(),
+        Path(os.environ["EDGESHIP_BUNDLES"]),
+        tracker=Tracker(ROOT),
+        allow_dirty=bool(dirty),  # as the first bundle: a working copy with edits
     )
     code = main(["rollout", "deployment=posture_server", fleet, "rollout=all_at_once"])
     captured = capsys.readouterr()

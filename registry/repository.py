@@ -114,6 +114,25 @@ class Repository:
             )
             return int(signed.version)
 
+    def publish_document(self, path: str, data: bytes) -> int:
+        """Write ``data`` to ``<bundles root>/<path>`` and list it as a target (e.g. a pull
+        fleet's rollout document); returns the new timestamp's version. Devices see it once
+        they fetch the new timestamp, so this is also how a pull rollout halts."""
+        with exclusive_lock(self.root / ".tuf.lock"):
+            self.sync_roots()
+            dest = self.root / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(dest)
+            targets = self._next("targets", Targets)
+            signed = targets.signed
+            assert isinstance(signed, Targets)
+            signed.targets[path] = TargetFile.from_data(path, data, ["sha256"])
+            self._publish(targets, "targets", TARGETS_DAYS, "targets")
+            timestamp = self._snapshot_and_timestamp(signed.version)
+            return int(timestamp.signed.version)
+
     def _snapshot_and_timestamp(self, targets_version: int) -> Metadata:
         """New snapshot (over ``targets_version``) and timestamp; returns the timestamp."""
         snapshot = self._next("snapshot", Snapshot)

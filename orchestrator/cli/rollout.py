@@ -323,6 +323,8 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
             plan = plan_rollout(fleet, strategy, family, _selection(opts), source)
             locks = rollouts_dir(root) / "locks"
             return print_dry_run(dry_run_rollout(fleet, plan, bundle, store, locks), args.json)
+        if fleet.pull is not None and store is not None:
+            return _pull_rollout(root, fleet, bundle, strategy, source, opts, store, args.json)
         try:
             report = start_rollout(
                 root,
@@ -354,6 +356,44 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
     if args.json:
         _show(report, True)
     return 0
+
+
+def _pull_rollout(
+    root: Path,
+    fleet: Any,
+    bundle: Any,
+    strategy: Any,
+    source: str,
+    opts: dict[str, str],
+    store: Any,
+    as_json: bool,
+) -> int:
+    """A fleet that pulls: publish wave after wave into the signed repository, watch reports."""
+    from orchestrator.ship.pull import pull_rollout
+
+    def show(e: dict[str, Any]) -> None:
+        if e["event"] == "wave_started":
+            _out(f"wave {e['wave']}: open to {e['devices']} devices (published)")
+        elif e["event"] == "wave_done":
+            _out(
+                f"wave {e['name']}: {e['healthy']} healthy, {len(e['failed'])} failed, "
+                f"{len(e['silent'])} silent in {e['seconds']:.1f} s"
+            )
+        elif e["event"] == "rollout_halted":
+            _out(f"halted: {e['reason']}; rollback published: {e['rollback']}")
+
+    m = bundle.manifest
+    _out(f"rollout of {m['deployment']} v{m['version']} to pull fleet {fleet.name}")
+    report = pull_rollout(
+        root, fleet, bundle, strategy, source, _selection(opts), store, [] if as_json else [show]
+    )
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    elif report.status == "halted":
+        _out(f"rolled back: {len(report.rolled_back)}; not rolled back: {report.not_rolled_back}")
+    else:
+        _out(f"completed: every wave healthy (rollout {report.id})")
+    return ExitCode.OK if report.status == "completed" else ExitCode.ROLLOUT_HALTED
 
 
 def _show(report: Any, as_json: bool) -> int:

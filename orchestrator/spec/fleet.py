@@ -67,7 +67,7 @@ class DeviceConfig:
     """One device. Empty strings and port 0 mean: take the fleet's default."""
 
     name: str = MISSING  # unique within the fleet
-    address: str = MISSING  # IP address or DNS name
+    address: str = ""  # IP address or DNS name (SSH fleets; a pull fleet's devices need none)
     family: str = ""  # registered target family
     port: int = 0  # SSH port
     user: str = ""  # SSH user
@@ -113,6 +113,17 @@ class FleetEventsConfig:
 
 
 @dataclass
+class PullConfig:
+    """Devices that poll: the signed repository they fetch and where they report."""
+
+    base_url: str = MISSING  # URL at which devices fetch the bundles repository (static files)
+    reports_url: str = MISSING  # URL devices POST their reports to
+    reports_listen: str = "127.0.0.1:8471"  # HOST:PORT the rollout's report receiver listens on
+    poll_seconds: float = 60.0  # how often devices poll (a wave waits at least about this long)
+    wave_timeout_seconds: float = 3600.0  # a device silent this long after its wave opened fails
+
+
+@dataclass
 class FleetConfig:
     """An inventory of devices reached over SSH (or, for phones, the feed they poll)."""
 
@@ -125,6 +136,7 @@ class FleetConfig:
     groups: Dict[str, str] = field(default_factory=dict)  # group name -> description
     feed: Optional[FeedConfig] = None  # phones: the update feed's host (publish target)
     events: Optional[FleetEventsConfig] = None  # the events broker (credentials at enrolment)
+    pull: Optional[PullConfig] = None  # devices poll a signed repository (docs/scale.md)
     devices: List[DeviceConfig] = MISSING  # the devices (may be empty when `feed` is set)
     requires: List[str] = field(default_factory=list)  # [approved]: bundles need an approval
     two_person: bool = False  # the approver must be neither the builder nor the bundler
@@ -343,6 +355,7 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
     default_family = defaults.get("family", "")
     if default_family and isinstance(default_family, str) and default_family not in families:
         report("defaults.family", unknown_name_message("target family", default_family, families))
+    pull = isinstance(data.get("pull"), dict)
     seen: dict[str, int] = {}
     endpoints: dict[tuple[str, int], int] = {}
     used: set[str] = set()
@@ -370,20 +383,28 @@ def _cross_check(data: dict[str, Any], report: Any, families: list[str]) -> None
                 report(
                     f"devices[{i}].family", unknown_name_message("target family", family, families)
                 )
-        identity = dev.get("identity_file") or defaults.get("identity_file")
-        if not identity:
-            report(
-                f"devices[{i}].identity_file", "missing; set it here or in defaults.identity_file"
-            )
-        address, port = dev.get("address"), dev.get("port") or defaults.get("port", 22)
-        if isinstance(address, str) and isinstance(port, int):
-            if (address, port) in endpoints:
+        if not pull:  # devices that poll the repository have no SSH endpoint and no key
+            if not dev.get("address"):
                 report(
                     f"devices[{i}].address",
-                    f"{address}:{port} is already devices[{endpoints[(address, port)]}]",
+                    "missing; expected the device's IP address or DNS name (devices of a fleet "
+                    "with a `pull:` section poll instead and need none)",
                 )
-            else:
-                endpoints[(address, port)] = i
+            identity = dev.get("identity_file") or defaults.get("identity_file")
+            if not identity:
+                report(
+                    f"devices[{i}].identity_file",
+                    "missing; set it here or in defaults.identity_file",
+                )
+            address, port = dev.get("address"), dev.get("port") or defaults.get("port", 22)
+            if isinstance(address, str) and isinstance(port, int):
+                if (address, port) in endpoints:
+                    report(
+                        f"devices[{i}].address",
+                        f"{address}:{port} is already devices[{endpoints[(address, port)]}]",
+                    )
+                else:
+                    endpoints[(address, port)] = i
         host_key = dev.get("host_key")
         if isinstance(host_key, str) and host_key and len(host_key.split()) < 2:
             report(

@@ -15,6 +15,9 @@ Commands (JSON on stdout)::
     measure CANDIDATE      lab devices: verify a signed measurement candidate (kind
                            edgeship.measure), run its evaluation inputs and a latency loop
                            in a scratch folder, report; nothing is installed or switched
+    pull --repository URL  pull mode: poll the fleet's signed repository (TUF metadata), install
+                           what its rollout document addresses to this device, report it
+                           (--reports URL; --interval S polls forever, as a service)
     rollback [--to V]      switch `current` back to `previous` (or to installed version V)
     status                 what is installed and active, trust set, runtimes
     update-trust FILE      accept a new trust set signed by a trusted key with a higher serial
@@ -74,6 +77,7 @@ from .health import health_run
 from .log import emit
 from .measure import measure_run
 from .privilege import enter, exec_sftp_server
+from .pull import pull_command
 from .rules import BUNDLE_KIND, MEASURE_KIND
 
 
@@ -136,6 +140,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=float, default=1.0, help="seconds between inferences")
     s.add_argument("--drain", type=float, default=60.0, help="seconds to keep sending after")
     sub.add_parser("events", help="the event outbox: waiting, sent, dropped")
+    s = sub.add_parser("pull", help="poll the fleet's signed repository; install, report")
+    s.add_argument("--repository", required=True, help="URL of the bundles repository")
+    s.add_argument("--reports", default=None, help="URL that takes this device's reports")
+    s.add_argument("--interval", type=float, default=0.0, help="poll every N s (0: once)")
+    s.add_argument("--timeout", type=float, default=300.0, help="health check timeout (seconds)")
+    s.add_argument("--http-timeout", type=float, default=30.0, help="seconds per request")
     s = sub.add_parser("health-run", help=argparse.SUPPRESS)
     s.add_argument("folder")
     s = sub.add_parser("measure-run", help=argparse.SUPPRESS)
@@ -234,6 +244,10 @@ def main(argv: list | None = None) -> int:
             result = events_command(agent, args)
             emit(result)
             return EXIT_OK if result["result"] == "ok" else EXIT_ERROR
+        if args.command == "pull":
+            report, code = pull_command(agent, args)
+            emit(report)
+            return code
         if args.command == "init":
             emit(agent.init(args.name, args.family, args.trust, args.reset_trust, args.fleet))
             return EXIT_OK

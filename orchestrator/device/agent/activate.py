@@ -76,8 +76,8 @@ class Activation(Verifier, Health):
             dest = os.path.join(tmp, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             source = known.get(entry["sha256"])
-            copied = source is not None and copy_checked(source, dest, entry)
-            if not copied and not copy_checked(os.path.join(src, entry["path"]), dest, entry):
+            copied = source is not None and self.copy_file(source, dest, entry)
+            if not copied and not self.copy_file(os.path.join(src, entry["path"]), dest, entry):
                 raise Refusal(
                     "hash_mismatch",
                     "sha256 differs from the manifest: {}".format(entry["path"]),
@@ -91,6 +91,10 @@ class Activation(Verifier, Health):
                 shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
         self.step("copied")
         return tmp
+
+    def copy_file(self, source: str, dest: str, entry: dict) -> bool:
+        """Copy ``source`` to the new file ``dest`` if its bytes hash to ``entry``'s SHA-256."""
+        return copy_checked(source, dest, entry)
 
     def recheck(self, version: int) -> Refusal | None:
         """Verify an installed version again (signature, every hash) before switching to it;

@@ -57,6 +57,13 @@ class Install:
         self.locked = True
         return True
 
+    def unlock(self) -> None:
+        """Release the device lock (a long-running command holds it only while it acts)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = None
+        self.locked = False
+
     # -- journal -------------------------------------------------------------------------
 
     def log(self, event: str, **fields: object) -> None:

@@ -2,7 +2,8 @@
 # System packages the integration tests use: OpenSSH's sshd (devices on loopback), Mosquitto
 # (the MQTT broker of the events tests), PostgreSQL (the events collector's team database, started
 # by its tests), Node.js and npm (the React Native client's tests,
-# clients/react-native), poppler-utils (pdftoppm, pdftotext: the audit PDF test).
+# clients/react-native), poppler-utils (pdftoppm, pdftotext: the audit PDF test), nginx (the
+# static server of a pull fleet's signed repository in the pull-fleet tests).
 # Installs them with apt-get when missing and running as root; otherwise says what is missing.
 set -euo pipefail
 need=()
@@ -16,6 +17,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
   || need+=(postgresql)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

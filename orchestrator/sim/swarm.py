@@ -66,7 +66,7 @@ class Nginx:
             "events { worker_connections 8192; }\n"
             "http {\n"
             f"  log_format edgeship '{LOG_FORMAT}';\n"
-            f"  access_log {self.access_log} edgeship buffer=256k flush=1s;\n"
+            f"  access_log {self.access_log} edgeship;\n"
             "  sendfile on; tcp_nopush on; keepalive_timeout 30; etag on;\n"
             "  default_type application/octet-stream;\n"
             f"  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;\n"
@@ -99,9 +99,8 @@ class Nginx:
         if self.proc is None:
             return 0.0
         pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            pids += [int(p) for p in task.read_text().split()]
         total = 0
         for pid in pids:
             try:
@@ -309,7 +308,7 @@ def _worker(args: argparse.Namespace) -> int:
     from orchestrator.device.agent.activate import copy_checked
     from orchestrator.device.agent.agent import Agent
     from orchestrator.device.agent.health import health_run
-    from orchestrator.device.agent.pull import PullError, Puller, poll
+    from orchestrator.device.agent.pull import Puller, PullError, poll
 
     cas = Path(args.cas)
     (cas / "tmp").mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,9 @@
 A device that can only make outgoing connections runs ``edgeship-agent pull``
 (once, or every ``--interval`` seconds from a service). Each poll:
 
-1. fetches ``.tuf/timestamp.json`` (a conditional GET: an unchanged repository costs
-   one 304) and checks it as TUF does: signed by the threshold of the ``timestamp``
-   keys of this device's root, not expired, never an older version than seen;
+1. fetches ``.tuf/timestamp.json`` (a few hundred bytes; the same bytes as last time
+   mean nothing moved) and checks it as TUF does: signed by the threshold of the
+   ``timestamp`` keys of this device's root, not expired, never older than seen;
 2. when it moved: ``snapshot.json`` (the version the timestamp names, ``snapshot``
    keys) and ``targets.json`` (the version the snapshot names, ``targets`` keys);
 3. reads the fleet's rollout document ``fleets/<fleet>/rollout.json``, a target
@@ -75,19 +75,13 @@ class Http:
         self.agent = f"edgeship-agent ({device})"
         self.received = 0
 
-    def get(self, url: str, limit: int, etag: str | None = None) -> tuple:
-        """(status, body, etag); status 304 (body empty) when ``etag`` still holds."""
-        headers = {"User-Agent": self.agent}
-        if etag:
-            headers["If-None-Match"] = etag
-        request = urllib.request.Request(url, headers=headers)
+    def get(self, url: str, limit: int) -> tuple:
+        """(status, body, None): the whole body, at most ``limit`` bytes."""
+        request = urllib.request.Request(url, headers={"User-Agent": self.agent})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = response.read(limit + 1)
-                new_etag = response.headers.get("ETag")
         except urllib.error.HTTPError as exc:
-            if exc.code == 304:
-                return 304, b"", etag
             code = "not_found" if exc.code == 404 else "http_error"
             raise PullError(code, f"{url}: HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError, socket.timeout) as exc:
@@ -95,7 +89,7 @@ class Http:
         if len(body) > limit:
             raise PullError("too_large", f"{url}: more than {limit} bytes")
         self.received += len(body)
-        return 200, body, new_etag
+        return 200, body, None
 
     def download(self, url: str, dest: str, length: int, sha256: str) -> None:
         """Stream ``url`` into the new file ``dest``, checking length and SHA-256 on the way."""
@@ -184,10 +178,9 @@ class Puller:
     def _refresh(self, state: dict, trust: dict) -> None:
         """Bring the verified metadata in ``state`` up to the repository's (TUF's order)."""
         known = state.get("timestamp") or {}
-        status, body, etag = self.http.get(
-            self.base + METADATA + "timestamp.json", MAX_TIMESTAMP_BYTES, state.get("etag")
-        )
-        if status == 304 and known:
+        _, body, _ = self.http.get(self.base + METADATA + "timestamp.json", MAX_TIMESTAMP_BYTES)
+        digest = hashlib.sha256(body).hexdigest()
+        if known and digest == known.get("sha256"):  # the same bytes as verified before
             if rootmeta.expired({"expires": known["expires"]}):
                 raise PullError("stale_repository", f"the timestamp expired at {known['expires']}")
             return
@@ -199,7 +192,7 @@ class Puller:
                 f"timestamp.json version {version} is older than the {known['version']} seen",
             )
         if version == known.get("version") and state.get("targets"):
-            state["etag"] = etag
+            state["timestamp"] = {"version": version, "expires": ts["expires"], "sha256": digest}
             return
         snap_version = _int(
             ((ts.get("meta") or {}).get("snapshot.json") or {}).get("version"), "snapshot version"
@@ -229,8 +222,7 @@ class Puller:
                 )
             state["targets"] = self._mine(targets.get("targets") or {})
             state["targets_version"] = targets_version
-        state["timestamp"] = {"version": version, "expires": ts["expires"]}
-        state["etag"] = etag
+        state["timestamp"] = {"version": version, "expires": ts["expires"], "sha256": digest}
 
     def _mine(self, targets: dict) -> dict:
         """The targets this device may need: its fleet's rollout and the bundles it names."""
@@ -405,7 +397,8 @@ class Puller:
         if code == EXIT_OK:
             report["result"] = "healthy"
         else:
-            reason = result.get("refusal") or result.get("reason") or result.get("result")
+            health = result.get("health") or {}
+            reason = result.get("refusal") or health.get("reason") or result.get("result")
             failed[key] = reason
             report.update(result="refused" if code == EXIT_REFUSED else "failed", reason=reason)
         self.agent.log("pull", action="activate", version=want, result=report["result"])

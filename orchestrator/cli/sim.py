@@ -23,8 +23,50 @@ def _simulator(args: argparse.Namespace) -> Any:
     return Simulator(project_dir(), args.name, state)
 
 
+def _swarm(args: argparse.Namespace) -> int:
+    """``edgeship sim swarm``: lightweight pull agents polling the project's repository."""
+    from collections import Counter
+
+    from orchestrator.sim.swarm import SwarmSim
+    from registry.bundle import bundles_root
+
+    root = project_dir()
+    sim = SwarmSim(root, args.name if args.name != "sim" else "swarm", bundles_root(root))
+    if args.stop:
+        state = sim.down()
+        if state is None:
+            print(f"swarm {sim.name} is not up")
+            return 0
+        print(f"swarm {sim.name}: stopped {state['agents']} agents and nginx")
+        return 0
+    state = sim.state()
+    if state is None:
+        store = key_store()
+        if not store.exists():
+            raise SimError("error: this project has no signing keys yet; run: edgeship keys init")
+        try:
+            state = sim.up(args.agents, store.trust_files(), args.family, args.poll, 2)
+        except RuntimeError as exc:
+            raise SimError(f"error: {exc}") from exc
+        shown = _under(Path(state["fleet_file"]), root)
+        print(
+            f"swarm {sim.name}: {state['agents']} pull agents (2 worker processes) polling "
+            f"{state['pull']['base_url']} (nginx pid {state['nginx_pid']}) every "
+            f"{args.poll:g} s; fleet file {shown}"
+        )
+        print(f"next: edgeship rollout deployment=NAME fleet={shown} rollout=canary")
+        print("stop them with: edgeship sim swarm --stop")
+        return 0
+    running = Counter(str(v) for v in sim.running().values())
+    print(f"swarm {sim.name}: {state['agents']} agents; versions running: {dict(running)}")
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from orchestrator.sim.broker import REPORT_EVERY
+
+    if args.action == "swarm":
+        return _swarm(args)
     from orchestrator.sim.simulator import MINIMAL_RUNTIME_GROUP
 
     sim = _simulator(args)
@@ -185,9 +227,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "sim",
         help="simulated devices on this machine (real sshd on loopback): "
-        "up | down | status | traffic",
+        "up | down | status | traffic | swarm (pull agents)",
     )
-    p.add_argument("action", choices=("up", "down", "status", "traffic"))
+    p.add_argument("action", choices=("up", "down", "status", "traffic", "swarm"))
+    p.add_argument("--agents", type=int, default=100, help="swarm: pull agents (default 100)")
+    p.add_argument("--poll", type=float, default=5.0, help="swarm: agents poll every N s")
+    p.add_argument("--family", default="server", help="swarm: the agents' target family")
     p.add_argument("--devices", type=int, default=6, help="up: how many devices (default 6)")
     p.add_argument("--name", default="sim", help="simulation (and fleet) name (default sim)")
     p.add_argument(
@@ -233,5 +278,5 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--interval", type=float, default=1.0, help="traffic: seconds between samples")
     p.add_argument("--repeat", type=int, default=100, help="traffic: rounds through the recordings")
-    p.add_argument("--stop", action="store_true", help="traffic: stop the replays")
+    p.add_argument("--stop", action="store_true", help="traffic: stop the replays; swarm: stop it")
     p.set_defaults(func=cmd_sim)

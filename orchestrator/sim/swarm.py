@@ -24,6 +24,7 @@ device (the agents' User-Agent), so a run can count the bytes each device fetche
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import heapq
 import json
@@ -51,6 +52,7 @@ class Nginx:
         self.conf = folder / "nginx.conf"
         self.access_log = folder / "access.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.detach = False  # outlive this process (edgeship sim swarm)
 
     def start(self) -> Nginx:
         exe = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -80,6 +82,7 @@ class Nginx:
             [exe, "-c", str(self.conf), "-p", str(self.folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self.detach,
         )
         deadline = time.monotonic() + 10
         import socket
@@ -122,7 +125,7 @@ class Nginx:
 
 def read_access_log(path: Path, since: float = 0.0) -> list[dict[str, Any]]:
     """Requests in nginx's access log (``LOG_FORMAT``) at or after ``since`` (epoch s)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.is_file():
         return out
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -181,6 +184,7 @@ class Swarm:
         self.repository, self.reports, self.trust = repository, reports, trust
         self.poll_seconds, self.workers, self.threads = poll_seconds, workers, threads
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.detach = False  # outlive this process (edgeship sim swarm)
 
     def root_of(self, name: str) -> Path:
         return self.folder / "devices" / name
@@ -202,7 +206,11 @@ class Swarm:
                 "--cas", str(self.folder / f"cas-{w}"),
             ]  # fmt: skip
             log = (self.folder / f"worker-{w}.log").open("ab")
-            self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=log, start_new_session=self.detach
+                )
+            )
         return self
 
     def enrolled(self) -> int:
@@ -298,6 +306,85 @@ def make_artifact(folder: Path, mb: float, seed: int = 0, broken: bool = False,
     (folder / "build.json").write_text(json.dumps(build))
     (folder / "metrics.json").write_text("{}")
     return folder
+
+
+class SwarmSim:
+    """``edgeship sim swarm``: nginx over the project's bundles and N pull agents, detached.
+
+    State under ``.edgeship/sim/<name>/`` (``state.json``, the fleet file, logs, the
+    agents' install roots). The fleet file names the repository URL and the report
+    receiver's address, which ``edgeship rollout`` starts while it rolls out.
+    """
+
+    def __init__(self, project: Path, name: str, bundles: Path) -> None:
+        self.project, self.name, self.bundles = project, name, bundles
+        self.folder = project / ".edgeship" / "sim" / name
+        self.state_path = self.folder / "state.json"
+
+    def state(self) -> dict[str, Any] | None:
+        if not self.state_path.is_file():
+            return None
+        return dict(json.loads(self.state_path.read_text()))
+
+    def up(self, count: int, trust: bytes, family: str, poll: float, workers: int) -> dict:
+        if self.state() is not None:
+            raise RuntimeError(f"swarm {self.name} is up; stop it with: edgeship sim swarm --stop")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        nginx = Nginx(self.folder / "nginx", self.bundles.resolve(), _free_port())
+        nginx.detach = True
+        nginx.start()
+        report_port = _free_port()
+        base_url = f"http://127.0.0.1:{nginx.port}/"
+        reports_url = f"http://127.0.0.1:{report_port}/report"
+        pull = {
+            "base_url": base_url,
+            "reports_url": reports_url,
+            "reports_listen": f"127.0.0.1:{report_port}",
+            "poll_seconds": poll,
+            "wave_timeout_seconds": max(120.0, 20 * poll),
+        }
+        trust_file = self.folder / "root.json"
+        trust_file.write_bytes(trust)
+        swarm = Swarm(self.folder, count, self.name, family, base_url, reports_url, trust_file,
+                      poll, workers)  # fmt: skip
+        fleet_file = self.folder / f"{self.name}.yaml"
+        write_fleet(fleet_file, self.name, swarm.names, family, pull)
+        swarm.detach = True
+        swarm.start()
+        state = {
+            "fleet_file": str(fleet_file),
+            "nginx_pid": nginx.proc.pid if nginx.proc else None,
+            "worker_pids": [p.pid for p in swarm.procs],
+            "agents": count,
+            "pull": pull,
+        }
+        self.state_path.write_text(json.dumps(state, indent=1))
+        return state
+
+    def running(self) -> dict[str, int | None]:
+        state = self.state() or {}
+        swarm = Swarm(self.folder, int(state.get("agents", 0)), self.name, "", "", "", Path())
+        return swarm.running()
+
+    def down(self) -> dict[str, Any] | None:
+        state = self.state()
+        if state is None:
+            return None
+        for pid in [*state["worker_pids"], state["nginx_pid"]]:
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        self.state_path.unlink()
+        return state
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- the worker process: agents as threads (device-side code; edgeship never imports it) ------

@@ -458,12 +458,26 @@ def _print_outcomes(result: Any, as_json: bool) -> None:
     print(f"{len(result.succeeded)} succeeded, {len(result.failed)} failed")
 
 
+def _pull_package(fleet: Any, store: Any, out: Path) -> int:
+    """A pull fleet's devices are enrolled on the device: write what they need."""
+    from orchestrator.ship.pull import pull_package
+
+    files = pull_package(fleet, store, out)
+    print(f"pull fleet {fleet.name}: devices poll, nothing connects to them; in {out}:")
+    for path in files:
+        print(f"  {path.name}")
+    print(f"on each device, as root: sh install.sh DEVICE_NAME  (copy {out} there first)")
+    return 0
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from orchestrator.ship.enroll import enroll
 
     opts = pairs(args.overrides, ("fleet", "device", "group"), ("fleet",))
     fleet, devices = _fleet_and_devices(opts)
     store = key_store()
+    if fleet.pull is not None or args.pull_package:
+        return _pull_package(fleet, store, Path(args.pull_package or f"{fleet.name}-pull"))
     if fleet.feed is not None:
         from orchestrator.ship.feed import enroll_feed
 
@@ -721,6 +735,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--parallel", type=int, default=4, help="devices at a time")
     p.add_argument("--json", action="store_true", help="print the per-device outcomes as JSON")
+    p.add_argument(
+        "--pull-package",
+        metavar="DIR",
+        help="pull fleets: write the agent, root of trust and install.sh into DIR",
+    )
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("deploy", help="push a bundle to devices: verify, activate, health check")

@@ -97,6 +97,11 @@ class AgentUser:
     notes: list[str]
 
 
+def prepare_script() -> str:
+    """The set-up above as a Python file (``python3 prepare.py '{"root": R, "user": U}'``)."""
+    return "# edgeship: the agent user and the install root's owners (run as root)\n" + _PREPARE
+
+
 def login_is_root(session: DeviceSession) -> bool:
     res = session.run("id -u")
     return res.code == 0 and res.stdout.strip() == "0"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -408,3 +409,107 @@ def pull_rollout(
     finally:
         if own:
             receiver.stop()
+
+
+SERVICE = "edgeship-agent-pull"
+
+
+def pull_package(fleet: FleetConfig, store: KeyStore, out: Path) -> list[Path]:
+    """What a device of the pull fleet ``fleet`` needs, in ``out``: the agent, the root of
+    trust, and ``install.sh NAME`` (run as root on the device) that creates the agent user,
+    installs the agent under ``$EDGESHIP_ROOT`` (default /opt/edgeship), enrols it and
+    starts the polling service (systemd, when the device has it)."""
+    from orchestrator.device.agent import AGENT_FILE, WRAPPER, agent_source
+    from orchestrator.ship.agent_user import prepare_script
+
+    if fleet.pull is None:
+        raise SpecError([Problem("command line", "fleet", f"{fleet.name} has no `pull:` section")])
+    out.mkdir(parents=True, exist_ok=True)
+    d = fleet.defaults
+    files = {
+        AGENT_FILE: agent_source(),
+        "root.json": store.trust_files(),
+        "prepare.py": prepare_script().encode(),
+        "install.sh": _install_script(fleet, d.family, d.agent_user, d.python).encode(),
+        f"{SERVICE}.service": _service_unit(fleet).encode(),
+    }
+    written = []
+    for name, data in files.items():
+        path = out / name
+        path.write_bytes(data)
+        path.chmod(0o755 if name.endswith((".sh", ".pyz")) else 0o644)
+        written.append(path)
+    del WRAPPER
+    return written
+
+
+def _service_unit(fleet: FleetConfig) -> str:
+    assert fleet.pull is not None
+    p = fleet.pull
+    return (
+        f"# edgeship pull agent of fleet {fleet.name} (written by edgeship enroll --pull-package)\n"
+        "[Unit]\nDescription=edgeship device agent (pull mode)\n"
+        "After=network-online.target\nWants=network-online.target\n\n"
+        "[Service]\n"
+        f"ExecStart=/opt/edgeship/bin/edgeship-agent pull --repository {p.base_url} "
+        f"--reports {p.reports_url} --interval {p.poll_seconds:g}\n"
+        "Restart=always\nRestartSec=30\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+_INSTALL = r"""#!/bin/sh
+# Install the edgeship agent on a device of pull fleet @FLEET@; run as root:
+#   sh install.sh DEVICE_NAME [FAMILY]
+# EDGESHIP_ROOT (default /opt/edgeship), EDGESHIP_PYTHON (default @PYTHON@) and
+# EDGESHIP_AGENT_USER (default @USER@) change where, with which Python and as whom;
+# EDGESHIP_NO_SERVICE=1 installs no systemd service.
+set -eu
+name="${1:?usage: sh install.sh DEVICE_NAME [FAMILY]}"
+family="${2:-@FAMILY@}"
+here="$(cd "$(dirname "$0")" && pwd)"
+root="${EDGESHIP_ROOT:-/opt/edgeship}"
+python="${EDGESHIP_PYTHON:-@PYTHON@}"
+user="${EDGESHIP_AGENT_USER:-@USER@}"
+mkdir -p "$root"
+"$python" "$here/prepare.py" "{\"root\": \"$root\", \"user\": \"$user\"}" >/dev/null
+install -m 0755 "$here/edgeship_agent.pyz" "$root/bin/.edgeship_agent.pyz.new"
+mv "$root/bin/.edgeship_agent.pyz.new" "$root/bin/edgeship_agent.pyz"
+printf '#!/bin/sh\n# edgeship device agent (pull fleet @FLEET@); only root may change this file\n' \
+  > "$root/bin/.edgeship-agent.new"
+printf 'exec "%s" "%s" --root "%s" --user "%s" "$@"\n' \
+  "$python" "$root/bin/edgeship_agent.pyz" "$root" "$user" >> "$root/bin/.edgeship-agent.new"
+chmod 0755 "$root/bin/.edgeship-agent.new"
+mv "$root/bin/.edgeship-agent.new" "$root/bin/edgeship-agent"
+install -m 0644 "$here/root.json" "$root/staging/root.json"
+chown "$user" "$root/staging/root.json"
+"$root/bin/edgeship-agent" init --name "$name" --family "$family" \
+  --trust "$root/staging/root.json" --fleet @FLEET@
+if [ -z "${EDGESHIP_NO_SERVICE:-}" ] && command -v systemctl >/dev/null 2>&1; then
+  sed "s#/opt/edgeship#$root#" "$here/@SERVICE@.service" > /etc/systemd/system/@SERVICE@.service
+  systemctl daemon-reload
+  systemctl enable --now @SERVICE@
+  echo "$name: enrolled in pull fleet @FLEET@; service @SERVICE@ polls @BASE@"
+else
+  echo "$name: enrolled in pull fleet @FLEET@; poll with:"
+  echo "  $root/bin/edgeship-agent pull --repository @BASE@ --reports @REPORTS@ --interval @POLL@"
+fi
+"""
+
+
+def _install_script(fleet: FleetConfig, family: str, user: str, python: str) -> str:
+    assert fleet.pull is not None
+    p = fleet.pull
+    values = {
+        "@FLEET@": fleet.name,
+        "@FAMILY@": family,
+        "@USER@": user,
+        "@PYTHON@": python,
+        "@SERVICE@": SERVICE,
+        "@BASE@": p.base_url,
+        "@REPORTS@": p.reports_url,
+        "@POLL@": f"{p.poll_seconds:g}",
+    }
+    text = _INSTALL
+    for key, value in values.items():
+        text = text.replace(key, shlex.quote(value) if key != "@SERVICE@" else value)
+    return text

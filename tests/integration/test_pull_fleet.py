@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from orchestrator.spec.fleet import load_fleet_file
 from orchestrator.spec.strategy import load_rollout_file
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
+from tests.device_python import unprivileged_python
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -260,3 +262,57 @@ def test_a_pull_agent_refuses_a_changed_frozen_or_replayed_repository(
     code, out = _agent(device, "pull", "--repository", url)
     assert (out["result"], out["reason"]) == ("error", "stale_metadata"), out
     assert out["running"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates the agent user: needs root")
+def test_the_pull_package_installs_an_unprivileged_agent_that_polls(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    from orchestrator.ship.pull import pull_package
+    from registry.repository import Repository
+
+    w = world
+    package = tmp_path / "package"
+    pull_package(w["fleet"], w["store"], package)
+    base = Path(tempfile.mkdtemp(prefix="edgeship-pull-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
+    root = base / "agent"
+    python = unprivileged_python(base)
+    if python is None:
+        pytest.skip("no Python with numpy and onnxruntime that another user can run")
+    try:
+        env = dict(os.environ, EDGESHIP_ROOT=str(root), EDGESHIP_PYTHON=python,
+                   EDGESHIP_NO_SERVICE="1", PYTHONPATH="")  # fmt: skip
+        proc = subprocess.run(["sh", str(package / "install.sh"), "dev-0003"], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert "poll with:" in proc.stdout
+        device = json.loads((root / "device.json").read_text())
+        assert (device["name"], device["fleet"], device["agent_user"]) == (
+            "dev-0003",
+            "swarm",
+            "edgeship",
+        )
+        assert (root / "bin").stat().st_uid == 0
+        doc = {
+            "_type": "edgeship.pull-rollout", "id": "r1", "fleet": "swarm", "deployment": "demo",
+            "version": 1, "previous": None, "open_waves": 1, "halted": False, "rollback": False,
+            "waves": [{"name": "all", "devices": ["dev-0003"]}],
+        }  # fmt: skip
+        Repository(w["bundles"], w["store"]).publish_document(
+            "fleets/swarm/rollout.json", json.dumps(doc).encode()
+        )
+        pull = w["pull"]
+        proc = subprocess.run(
+            [str(root / "bin" / "edgeship-agent"), "pull", "--repository", pull["base_url"],
+             "--reports", pull["reports_url"]],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert (report["result"], report["running"]) == ("healthy", 1), report
+        health = w["receiver"].snapshot()["dev-0003"]
+        assert health["result"] == "healthy"
+        state = json.loads((root / "state.json").read_text())
+        assert state["versions"]["1"]["health"]["uid"] != 0  # the model ran unprivileged
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

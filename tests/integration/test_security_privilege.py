@@ -16,7 +16,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.device_python import unprivileged_python
+
 pytestmark = pytest.mark.integration
 
 USER = "edgeship-test"  # the agent user these tests create (and remove)
 # what the agent does with a Python: start as root, drop to another user, import the rest
-PROBE = (
-    "import os; os.setgroups([]); os.setgid(65534); os.setuid(65534); "
-    "import _strptime, tarfile, numpy, onnxruntime; os.stat(os.__file__)"
-)
 
 
 def _as_user(uid: int, gid: int, *cmd: str, env: dict[str, str] | None = None):
@@ -80,25 +77,12 @@ def agent_python(base: Path) -> str:
     This environment's own interpreter when others can run it; else the system's
     interpreter of the same version with this environment's packages (a small shim).
     """
-    if subprocess.run([sys.executable, "-c", PROBE], capture_output=True).returncode == 0:
-        return sys.executable
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    packages = sysconfig.get_paths()["purelib"]
-    for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        if not os.access(candidate, os.X_OK):
-            continue
-        env = {"PYTHONPATH": packages}
-        if subprocess.run([candidate, "-c", PROBE], capture_output=True, env=env).returncode == 0:
-            shim = base / "python"
-            shim.write_text(
-                "#!/bin/sh\n"
-                f'PYTHONPATH={packages}${{PYTHONPATH:+:$PYTHONPATH}} exec {candidate} "$@"\n'
-            )
-            shim.chmod(0o755)
-            return str(shim)
+    found = unprivileged_python(base)
+    if found is not None:
+        return found
     pytest.skip(
         f"no Python with numpy and onnxruntime that another user can run ({sys.executable} "
-        f"is not reachable by others and no /usr/bin/{version} can import them)"
+        "is not reachable by others and no system Python of its version can import them)"
     )
     raise AssertionError("unreachable")
 

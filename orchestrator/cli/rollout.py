@@ -487,6 +487,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     sel = _selection(opts)
     devices = fleet.select(sel.devices or None, sel.groups or None, sel.labels)
+    if fleet.pull is not None:
+        return _pull_status(fleet, [d.name for d in devices], args.json)
     rows = fleet_status(fleet, devices, timeout=args.timeout, parallel=args.parallel)
     live = {} if args.no_live else _live_by_device(fleet.name, args.window)
     if args.json:
@@ -502,6 +504,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     bad = [r for r in rows if not r.ok]
     if any(r.state == "unreachable" for r in bad):
         return ExitCode.UNREACHABLE
+    return ExitCode.DEVICES_FAILED if bad else ExitCode.OK
+
+
+def _pull_status(fleet: Any, names: list[str], as_json: bool) -> int:
+    """A pull fleet's status: each device's latest report (nothing connects to devices)."""
+    from orchestrator.ship.pull import latest_reports
+
+    reports = latest_reports(project_dir(), fleet.name)
+    if as_json:
+        print(json.dumps({n: reports.get(n) for n in names}, indent=2, sort_keys=True))
+    else:
+        print(f"fleet {fleet.name} (pull): the latest report of each device")
+        print(f"  {'device':<16} {'running':>7} {'result':<12} {'rollout':<40} reported at")
+        for n in names:
+            r = reports.get(n)
+            if r is None:
+                print(f"  {terminal(n):<16} {'-':>7} {'no report':<12}")
+                continue
+            result = str(r.get("result"))
+            if r.get("reason"):
+                result += f" ({r['reason']})"
+            print(
+                f"  {terminal(n):<16} {terminal(str(r.get('running'))):>7} "
+                f"{terminal(result):<12} {terminal(str(r.get('rollout') or '-')):<40} "
+                f"{terminal(str(r.get('received_at')))}"
+            )
+    silent = [n for n in names if n not in reports]
+    bad = [n for n in names if (reports.get(n) or {}).get("result") in ("failed", "refused")]
+    if not as_json:
+        print(f"{len(names) - len(silent) - len(bad)} of {len(names)} device(s) fine; "
+              f"{len(bad)} failed; {len(silent)} never reported")  # fmt: skip
     return ExitCode.DEVICES_FAILED if bad else ExitCode.OK
 
 

@@ -197,6 +197,21 @@ class PullReport:
         }
 
 
+def latest_reports(root: Path, fleet: str) -> dict[str, dict[str, Any]]:
+    """Device -> its latest report kept by the rollouts' report receivers."""
+    path = pull_dir(root, fleet) / "reports.jsonl"
+    out: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash
+            if isinstance(report, dict) and isinstance(report.get("device"), str):
+                out[report["device"]] = report
+    return out
+
+
 def published_rollout(root: Path, fleet: str) -> dict[str, Any] | None:
     path = bundles_root(root) / rollout_target(fleet)
     if not path.is_file():

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.device.agent.pull import Puller
 from orchestrator.errors import SpecError
-from orchestrator.ship.pull import ReportReceiver
+from orchestrator.ship.pull import ReportReceiver, latest_reports, pull_dir
 from orchestrator.spec.fleet import load_fleet_file
 
 
@@ -60,7 +60,8 @@ def test_ssh_devices_need_an_address_pull_devices_do_not(tmp_path: Path) -> None
 
 
 def test_report_receiver_keeps_the_latest_report_per_device(tmp_path: Path) -> None:
-    receiver = ReportReceiver("127.0.0.1:0", tmp_path).start()
+    folder = pull_dir(tmp_path, "f")
+    receiver = ReportReceiver("127.0.0.1:0", folder).start()
     url = f"http://127.0.0.1:{receiver.port}/report"
     try:
 
@@ -80,7 +81,12 @@ def test_report_receiver_keeps_the_latest_report_per_device(tmp_path: Path) -> N
         assert not receiver.wait(lambda r: "b" in r, 0.2)
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert json.loads(resp.read())["a"]["result"] == "healthy"
-        lines = (tmp_path / "reports.jsonl").read_text().splitlines()
+        lines = (folder / "reports.jsonl").read_text().splitlines()
         assert [json.loads(x)["result"] for x in lines] == ["waiting", "healthy"]
+        with (folder / "reports.jsonl").open("a") as fh:
+            fh.write('{"device": "b", "resu')  # torn by a crash: skipped, the rest kept
+        latest = latest_reports(tmp_path, "f")
+        assert list(latest) == ["a"] and latest["a"]["result"] == "healthy"
+        assert latest_reports(tmp_path, "other") == {}
     finally:
         receiver.stop()

@@ -58,6 +58,16 @@ def rollout_target(fleet: str) -> str:
     return f"fleets/{fleet}/rollout.json"
 
 
+def _mismatch(found: object, named: int) -> str:
+    """A newer file than the one named: the repository moved while it was read (try again);
+    an older one: stale metadata."""
+    newer = isinstance(found, int) and not isinstance(found, bool) and found > named
+    return MOVING if newer else "stale_metadata"
+
+
+MOVING = "repository_moving"
+
+
 class PullError(Exception):
     """The repository could not be read or did not verify (``code`` is machine-readable)."""
 
@@ -201,7 +211,7 @@ class Puller:
         snapshot = self._verified(body, "snapshot", trust)
         if snapshot.get("version") != snap_version:
             raise PullError(
-                "stale_metadata",
+                _mismatch(snapshot.get("version"), snap_version),
                 f"snapshot.json is version {snapshot.get('version')}; the timestamp names "
                 f"{snap_version}",
             )
@@ -216,7 +226,7 @@ class Puller:
             targets = self._verified(body, "targets", trust)
             if targets.get("version") != targets_version:
                 raise PullError(
-                    "stale_metadata",
+                    _mismatch(targets.get("version"), targets_version),
                     f"targets.json is version {targets.get('version')}; the snapshot names "
                     f"{targets_version}",
                 )
@@ -344,7 +354,14 @@ class Puller:
             trust = self.agent.trust()
             if rootmeta.expired(trust):
                 raise PullError("trust_expired", "the root of trust expired at " + trust["expires"])
-            self._refresh(state, trust)
+            for attempt in range(3):  # a repository being published to: read it again
+                try:
+                    self._refresh(state, trust)
+                    break
+                except PullError as exc:
+                    if exc.code != MOVING or attempt == 2:
+                        raise
+                    time.sleep(0.5)
             code = self._act(state, report, timeout)
         except PullError as exc:
             report.update(result="error", reason=exc.code, message=exc.message)

@@ -1,6 +1,6 @@
 """Pull fleets at scale: one signed repository (nginx), 1,000 simulated pull agents.
 
-    python bench/pull_fleet.py [--agents 1000] [--mb 50] [--poll 5]
+    python bench/pull_fleet.py [--agents 1000] [--mb 50] [--poll 10]
 
 Three rollouts in one run, to the same simulated fleet (orchestrator/sim/swarm.py:
 every agent is the real device agent with its own install root, running the real
@@ -170,7 +170,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--mb", type=float, default=50.0, help="size of the bundle's model")
-    p.add_argument("--poll", type=float, default=5.0, help="agents poll every N seconds")
+    p.add_argument("--poll", type=float, default=10.0, help="agents poll every N seconds")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=16, help="agent threads per worker")
     p.add_argument("--keep", action="store_true", help="keep the working folder")

@@ -348,6 +348,7 @@ class Puller:
     def once(self, timeout: float = 300.0) -> tuple:
         """One poll: (report, exit code)."""
         state = read_json(self.state_path) if os.path.isfile(self.state_path) else {}
+        before = json.dumps(state, sort_keys=True)
         report = {"device": self.device.get("name"), "fleet": self.device.get("fleet")}
         code = EXIT_OK
         try:
@@ -372,7 +373,8 @@ class Puller:
         report["timestamp_version"] = (state.get("timestamp") or {}).get("version")
         report["received_bytes"] = self.http.received
         self._report(state, report)
-        write_json(self.state_path, state)
+        if json.dumps(state, sort_keys=True) != before:  # most polls change nothing
+            write_json(self.state_path, state)
         return report, code
 
     def _act(self, state: dict, report: dict, timeout: float) -> int:

@@ -31,7 +31,9 @@ def _swarm(args: argparse.Namespace) -> int:
     from registry.bundle import bundles_root
 
     root = project_dir()
-    sim = SwarmSim(root, args.name if args.name != "sim" else "swarm", bundles_root(root))
+    state_dir = Path(args.state) if args.state else None
+    name = args.name if args.name != "sim" else "swarm"
+    sim = SwarmSim(root, name, bundles_root(root), state_dir)
     if args.stop:
         state = sim.down()
         if state is None:

@@ -18,8 +18,8 @@ download anything, and devices that took the new version switch back.
 Reports arrive over HTTP at the fleet's ``pull.reports_listen`` (a
 :class:`ReportReceiver`, which this rollout runs for its duration; put a TLS
 proxy in front for HTTPS) and are kept, one JSON line each, in
-``.edgeship/pull/<fleet>/reports.jsonl``; the rollout's own events go to
-``.edgeship/pull/<fleet>/<rollout id>.jsonl``.
+``.edgeship/rollouts/pull/<fleet>/reports.jsonl``; the rollout's own events go to
+``.edgeship/rollouts/pull/<fleet>/<rollout id>.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem, SpecError
+from orchestrator.project import rollouts_dir
 from orchestrator.ship.deploy import require_approval
 from orchestrator.ship.rollout.plan import Plan, Selection, plan_rollout
 from orchestrator.spec.fleet import FleetConfig
@@ -58,7 +59,8 @@ def rollout_target(fleet: str) -> str:
 
 
 def pull_dir(root: Path, fleet: str) -> Path:
-    return root / ".edgeship" / "pull" / fleet
+    """A pull fleet's reports and rollout events: ``<rollouts folder>/pull/<fleet>/``."""
+    return rollouts_dir(root) / "pull" / fleet
 
 
 def _split(listen: str) -> tuple[str, int]:

@@ -316,9 +316,9 @@ class SwarmSim:
     receiver's address, which ``edgeship rollout`` starts while it rolls out.
     """
 
-    def __init__(self, project: Path, name: str, bundles: Path) -> None:
+    def __init__(self, project: Path, name: str, bundles: Path, state: Path | None = None):
         self.project, self.name, self.bundles = project, name, bundles
-        self.folder = project / ".edgeship" / "sim" / name
+        self.folder = (state or project / ".edgeship" / "sim") / name
         self.state_path = self.folder / "state.json"
 
     def state(self) -> dict[str, Any] | None:

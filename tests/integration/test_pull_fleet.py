@@ -316,3 +316,39 @@ def test_the_pull_package_installs_an_unprivileged_agent_that_polls(
         assert state["versions"]["1"]["health"]["uid"] != 0  # the model ran unprivileged
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sim_swarm_rollout_status_and_stop_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli.main import main
+    from orchestrator.sim.swarm import SwarmSim
+
+    monkeypatch.setenv("EDGESHIP_ROOT", str(REPO))
+    monkeypatch.setenv("EDGESHIP_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("EDGESHIP_BUNDLES", str(tmp_path / "bundles"))
+    monkeypatch.setenv("EDGESHIP_ROLLOUTS", str(tmp_path / "rollouts"))
+    monkeypatch.delenv("EDGESHIP_KEY_PASSPHRASE", raising=False)
+    store = KeyStore(tmp_path / "keys", passphrase=b"")
+    store.init()
+    make_bundle(make_artifact(tmp_path / "a" / "demo", 0.5), store, tmp_path / "bundles")
+    common = ["--name", "tsw", "--state", str(tmp_path / "sim")]
+    sim = SwarmSim(REPO, "tsw", tmp_path / "bundles", tmp_path / "sim")
+    try:
+        assert main(["sim", "swarm", "--agents", "4", "--poll", "1", *common]) == 0
+        out = capsys.readouterr().out
+        assert "swarm tsw: 4 pull agents" in out
+        fleet = str(tmp_path / "sim" / "tsw" / "tsw.yaml")
+        assert f"next: edgeship rollout deployment=NAME fleet={fleet}" in out
+        code = main(["rollout", "deployment=demo", f"fleet={fleet}", "rollout=all_at_once"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "wave all: 4 healthy, 0 failed, 0 silent" in out
+        assert main(["status", f"fleet={fleet}"]) == 0
+        out = capsys.readouterr().out
+        assert "4 of 4 device(s) fine; 0 failed; 0 never reported" in out
+        assert main(["sim", "swarm", *common]) == 0
+        assert "versions running: {'1': 4}" in capsys.readouterr().out
+    finally:
+        main(["sim", "swarm", "--stop", *common])
+    assert sim.state() is None

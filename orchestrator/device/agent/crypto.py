@@ -1,11 +1,14 @@
-"""Key ids, signatures (``openssl``) and file hashes (``sha256sum``)."""
+"""Key ids, signatures (``openssl``) and file hashes (hashlib)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 
 from .errors import AgentError
+
+CHUNK = 1024 * 1024
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -23,24 +26,26 @@ def openssl_verify(pem_path: str, data_path: str, sig_path: str) -> bool:
     return proc.returncode == 0
 
 
-def sha256sum_check(folder: str, entries: list) -> list:
-    """Paths (relative to ``folder``) whose SHA-256 differs, checked with ``sha256sum -c``."""
-    if not entries:
-        return []
-    listing = "".join("{}  {}\n".format(e["sha256"], e["path"]) for e in entries)
-    try:
-        proc = subprocess.run(
-            ["sha256sum", "-c", "-"],
-            input=listing.encode(),
-            cwd=folder,
-            capture_output=True,
-            timeout=600,
-        )
-    except FileNotFoundError as exc:
-        raise AgentError("sha256sum is not installed on this device") from exc
-    ok = set()
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        name, _, verdict = line.rpartition(": ")
-        if verdict.strip() == "OK":
-            ok.add(name)
-    return [e["path"] for e in entries if e["path"] not in ok]
+def sha256_check(folder: str, entries: list) -> list:
+    """Paths (relative to ``folder``) whose SHA-256 differs from the entry's.
+
+    Streams each file through hashlib (OpenSSL's SHA-256, with the CPU's SHA extensions
+    where it has them: several times faster than coreutils' sha256sum on large models),
+    opened without following a symbolic link.
+    """
+    bad = []
+    for e in entries:
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(
+                os.path.join(folder, e["path"]), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+            )
+        except OSError:
+            bad.append(e["path"])
+            continue
+        with os.fdopen(fd, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != e["sha256"]:
+            bad.append(e["path"])
+    return bad

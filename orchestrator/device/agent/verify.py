@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from . import rootmeta
 from .clock import parse_time, utcnow
-from .crypto import openssl_verify, sha256_bytes, sha256sum_check
+from .crypto import openssl_verify, sha256_bytes, sha256_check
 from .errors import AgentError, Refusal
 from .files import (
     APPROVAL,
@@ -165,7 +165,7 @@ class Verifier(Trust):
         return self.read_manifest(folder, kinds)
 
     def check_files(self, folder: str, manifest: dict) -> list:
-        """Every file listed, none unlisted, every hash right (sha256sum). Returns problems."""
+        """Every file listed, none unlisted, every hash right. Returns problems."""
         problems = []
         listed = {}
         for entry in manifest["files"]:
@@ -198,7 +198,7 @@ class Verifier(Trust):
                 problems.append(("hash_mismatch", f"size differs from the manifest: {rel}"))
             else:
                 present.append(entry)
-        for rel in sha256sum_check(folder, present):
+        for rel in sha256_check(folder, present):
             problems.append(("hash_mismatch", f"sha256 differs from the manifest: {rel}"))
         return problems
 

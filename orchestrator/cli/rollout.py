@@ -314,6 +314,8 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
     )
     printer_list: list[Callable[[dict[str, Any]], None]] = [printer] if not args.json else []
     with bundle_from(args, opts) as bundle:
+        if args.dry_run and fleet.pull is not None:
+            return _pull_dry_run(fleet, bundle, strategy, source, opts, store, args.json)
         if args.dry_run:
             from orchestrator.cli.ship import print_dry_run
             from orchestrator.ship.dry_run import dry_run_rollout
@@ -356,6 +358,36 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
     if args.json:
         _show(report, True)
     return 0
+
+
+def _pull_dry_run(
+    fleet: Any,
+    bundle: Any,
+    strategy: Any,
+    source: str,
+    opts: dict[str, str],
+    store: Any,
+    as_json: bool,
+) -> int:
+    """What a pull rollout would publish: the waves, after the checks that refuse it."""
+    from orchestrator.ship.deploy import require_approval
+    from orchestrator.ship.rollout.plan import plan_rollout
+
+    require_approval(fleet, bundle, store)
+    family = str((bundle.manifest.get("target") or {}).get("family"))
+    plan = plan_rollout(fleet, strategy, family, _selection(opts), source)
+    if as_json:
+        print(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+        return ExitCode.OK
+    m = bundle.manifest
+    _out(f"dry run: {m['deployment']} v{m['version']} to pull fleet {fleet.name}; nothing is "
+         f"published")  # fmt: skip
+    for wave in plan.waves:
+        _out(f"  wave {wave.name}: {len(wave.devices)} device(s), {wave.allowed_failures} "
+             f"failure(s) allowed")  # fmt: skip
+    for name, why in plan.excluded.items():
+        _out(f"  left out: {terminal(name)} ({why})")
+    return ExitCode.OK
 
 
 def _pull_rollout(

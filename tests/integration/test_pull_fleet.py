@@ -340,7 +340,12 @@ def test_sim_swarm_rollout_status_and_stop_from_the_command_line(
         assert "swarm tsw: 4 pull agents" in out
         fleet = str(tmp_path / "sim" / "tsw" / "tsw.yaml")
         assert f"next: edgeship rollout deployment=NAME fleet={fleet}" in out
-        code = main(["rollout", "deployment=demo", f"fleet={fleet}", "rollout=all_at_once"])
+        words = ["rollout", "deployment=demo", f"fleet={fleet}", "rollout=all_at_once"]
+        assert main([*words, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "nothing is published" in out and "wave all: 4 device(s)" in out
+        assert not (tmp_path / "bundles" / "fleets").exists()
+        code = main(words)
         out = capsys.readouterr().out
         assert code == 0, out
         assert "wave all: 4 healthy, 0 failed, 0 silent" in out

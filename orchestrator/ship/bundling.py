@@ -192,6 +192,10 @@ def approve_bundle(
                 "changes": summary,
             },
         )
+    # the approval files become targets of the repository too: devices that pull fetch them
+    from registry.repository import Repository
+
+    Repository(bundles_root(root), store).add_bundle(bundle.path, deployment, bundle.version)
     source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
     if record and source.get("model_name") and source.get("model_version"):
         from registry.tracking import Tracker

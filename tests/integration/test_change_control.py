@@ -138,6 +138,10 @@ def test_two_person_flow_and_refusals_on_host_and_device(
     )
     out = capsys.readouterr().out
     assert "posture_server: version 1 approved by alice (approver; key" in out
+    # the approval is a target of the signed repository too (pull devices fetch it there)
+    tuf = Path(os.environ["EDGESHIP_BUNDLES"]) / ".tuf" / "targets.json"
+    listed = json.loads(tuf.read_text())["signed"]["targets"]
+    assert {"posture_server/1/approval.json", "posture_server/1/approval.json.sig"} <= set(listed)
 
     assert main(["rollout", "deployment=posture_server", fleet, "rollout=all_at_once"]) == 0
     capsys.readouterr()

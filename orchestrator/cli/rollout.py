@@ -326,7 +326,9 @@ def _rollout(args: argparse.Namespace, bars: ShipProgress) -> int:
             locks = rollouts_dir(root) / "locks"
             return print_dry_run(dry_run_rollout(fleet, plan, bundle, store, locks), args.json)
         if fleet.pull is not None and store is not None:
-            return _pull_rollout(root, fleet, bundle, strategy, source, opts, store, args.json)
+            return _pull_rollout(
+                root, fleet, bundle, strategy, source, opts, store, args.json, not args.no_record
+            )
         try:
             report = start_rollout(
                 root,
@@ -399,6 +401,7 @@ def _pull_rollout(
     opts: dict[str, str],
     store: Any,
     as_json: bool,
+    record: bool,
 ) -> int:
     """A fleet that pulls: publish wave after wave into the signed repository, watch reports."""
     from orchestrator.ship.pull import pull_rollout
@@ -417,7 +420,15 @@ def _pull_rollout(
     m = bundle.manifest
     _out(f"rollout of {m['deployment']} v{m['version']} to pull fleet {fleet.name}")
     report = pull_rollout(
-        root, fleet, bundle, strategy, source, _selection(opts), store, [] if as_json else [show]
+        root,
+        fleet,
+        bundle,
+        strategy,
+        source,
+        _selection(opts),
+        store,
+        [] if as_json else [show],
+        record=record,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))

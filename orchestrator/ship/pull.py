@@ -398,6 +398,7 @@ def pull_rollout(
     store: KeyStore,
     listeners: list[Callable[[dict[str, Any]], None]] | None = None,
     receiver: ReportReceiver | None = None,
+    record: bool = True,
 ) -> PullReport:
     """Roll ``bundle`` out to the pull fleet ``fleet`` (see the module's text)."""
     require_approval(fleet, bundle, store)  # before anything is published
@@ -417,15 +418,50 @@ def pull_rollout(
         )
     family = str((bundle.manifest.get("target") or {}).get("family"))
     plan = plan_rollout(fleet, strategy, family, selection, source)
+    whole = selection is None or selection.empty()
     own = receiver is None
     receiver = (
         receiver or ReportReceiver(fleet.pull.reports_listen, pull_dir(root, fleet.name)).start()
     )
     try:
-        return PullRollout(root, fleet, bundle, strategy, store, plan, receiver, listeners).run()
+        report = PullRollout(root, fleet, bundle, strategy, store, plan, receiver, listeners).run()
     finally:
         if own:
             receiver.stop()
+    if record:
+        record_in_mlflow(root, fleet, bundle, report, whole)
+    return report
+
+
+def record_in_mlflow(
+    root: Path, fleet: FleetConfig, bundle: Bundle, report: PullReport, whole: bool
+) -> None:
+    """As a pushed rollout does: the model version is tagged with the rollout's outcome; a
+    completed rollout of the whole fleet moves the fleet's alias to it, a halted one withdraws
+    the candidate alias. Nothing when the bundle came from no registered model version."""
+    from registry.tracking import CANDIDATE_ALIAS, Tracker, TrackingError
+
+    source = (bundle.manifest.get("provenance") or {}).get("mlflow") or {}
+    name, version = source.get("model_name"), source.get("model_version")
+    if not (name and version):
+        return
+    tracker = Tracker(root)
+    try:
+        tracker.tag_version(
+            str(name),
+            str(version),
+            {
+                f"edgeship.rollout.{fleet.name}": report.status,
+                f"edgeship.rollout.{fleet.name}.id": report.id,
+                "edgeship.bundle.version": str(report.version),
+            },
+        )
+        if report.status == "completed" and whole:
+            tracker.promote(str(name), str(version), fleet.alias)
+        elif report.status != "completed":
+            tracker.withdraw_alias(str(name), CANDIDATE_ALIAS, str(version))
+    except TrackingError as exc:
+        report.reason = (report.reason + "; " if report.reason else "") + f"MLflow: {exc}"
 
 
 SERVICE = "edgeship-agent-pull"

@@ -90,3 +90,38 @@ def test_report_receiver_keeps_the_latest_report_per_device(tmp_path: Path) -> N
         assert latest_reports(tmp_path, "other") == {}
     finally:
         receiver.stop()
+
+
+def test_a_pull_rollout_is_recorded_on_the_model_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from orchestrator.ship.pull import PullReport, record_in_mlflow
+    from registry.bundle import Bundle
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("demo")
+    for _ in range(2):
+        client.create_model_version("demo", source=str(tmp_path))
+    client.set_registered_model_alias("demo", "candidate", "2")
+    fleet = load_fleet_file(
+        _fleet(
+            tmp_path,
+            "name: f\ndefaults: {family: server}\n"
+            "pull: {base_url: 'http://h/', reports_url: 'http://h/r'}\ndevices: [{name: a}]\n",
+        ),
+        tmp_path,
+    )
+    for version, status in (("1", "completed"), ("2", "halted")):
+        manifest = {"provenance": {"mlflow": {"model_name": "demo", "model_version": version}}}
+        bundle = Bundle(tmp_path, manifest, "d" * 64)
+        report = PullReport(f"r{version}", "f", "demo", int(version), None, status=status)
+        record_in_mlflow(tmp_path, fleet, bundle, report, whole=True)
+    model = client.get_registered_model("demo")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"production-f": "1"}  # no candidate
+    tags = client.get_model_version("demo", "2").tags
+    assert (tags["edgeship.rollout.f"], tags["edgeship.rollout.f.id"]) == ("halted", "r2")

@@ -10,6 +10,7 @@ staging directory and leaves the last good artifact untouched.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from orchestrator.build.lab import DeviceMeasurer, validate_on_device
 from orchestrator.build.provenance import code_provenance, environment, git_info
 from orchestrator.build.report import render_report
 from orchestrator.build.validate import Validation, eval_chunking, validate
+from orchestrator.build.volumes import load_volumes, runtime_pipeline, validate_volumes
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
@@ -49,6 +51,7 @@ from orchestrator.passes.base import (
 from orchestrator.passes.common.evaluation import make_evaluation
 from orchestrator.project import artifacts_root, os_user
 from orchestrator.spec.compose import ComposedSpec
+from orchestrator.spec.gates import evaluate_gates, parse_gate
 from targets.base import Target, get_target
 
 log = logging.getLogger(__name__)
@@ -266,6 +269,13 @@ def _build(
         steps("validate (parity, latency, size, memory)")
         result = validate(cfg, target, final, data, reference_out)
         _note_runtime_validation(target, final, result)
+        smoke_volume = None
+        if cfg.model.pipeline is not None:
+            steps("validate the pipeline on whole volumes (Dice, end-to-end time)")
+            smoke_volume = _validate_pipeline(cfg.model, target, final, source, result)
+            result.gates = evaluate_gates(
+                [parse_gate(g) for g in cfg.deployment.gates], result.metrics
+            )
         runtime = runtime_config(staging, spec, target, final, preprocessing)
         if measurer is not None:
             where = measurer.where
@@ -276,6 +286,8 @@ def _build(
 
         steps("write artifact")
         _write_artifact(staging, spec, runtime, final, result, data, reference_out, evidence)
+        if smoke_volume is not None:
+            _write_smoke_volume(staging / "smoke", *smoke_volume)
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None
@@ -342,6 +354,40 @@ def _build(
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
     return build
+
+
+def _validate_pipeline(
+    model: ModelConfig,
+    target: Target,
+    final: ModelFile,
+    source: sources.Reference,
+    result: Validation,
+) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """Whole-volume metrics into ``result``; the first volume and its label map (the
+    device's pipeline smoke test)."""
+    data = load_volumes(model)
+    session = target.load(final)
+    metrics, details, labels = validate_volumes(model, session, source, data)
+    result.metrics.update(metrics)
+    result.details["pipeline"] = details
+    return data.volumes[0], labels[0], data.spacing
+
+
+def _write_smoke_volume(
+    smoke: Path, volume: np.ndarray, labels: np.ndarray, spacing: list[float] | None
+) -> None:
+    """The pipeline's smoke test: a whole volume and the label map the artifact gave it."""
+    np.savez_compressed(smoke / "volume.npz", volume=volume.astype(np.float32))
+    np.savez_compressed(smoke / "volume_expected.npz", labels=labels)
+    path = smoke / "smoke.json"
+    info = json.loads(path.read_text())
+    info["pipeline"] = {
+        "input": "volume.npz",
+        "expected": "volume_expected.npz",
+        "spacing": spacing,
+        "min_dice": 0.99,
+    }
+    write_json(path, info)
 
 
 def _datasets(model: ModelConfig, data: Any, calibration: list[Any]) -> list[Any]:
@@ -525,32 +571,36 @@ def runtime_config(
             "multi_label": bool(cfg.model.multi_label),
             "threshold": float(cfg.model.threshold),
         }
-    return extra | {
-        "schema": 1,
-        "deployment": cfg.deployment.name,
-        "task": cfg.model.task,
-        "target": {
-            "name": cfg.target.name,
-            "family": cfg.target.family,
-            "runtime": target.runtime,
-            "device": cfg.target.device,
-            "threads": cfg.target.threads,
-        },
-        "runtime_version_built_with": target.runtime_version(),
-        "runtime_requirement": cfg.target.runtime_version,
-        "model": {
-            "file": str(model.path.relative_to(staging)),
-            "files": [str(p.relative_to(staging)) for p in model.files()],
-            "format": model.format,
-            "precision": model.precision,
-            "sha256": sha256_file(model.path),
-        },
-        "inputs": [tensor_json(t) for t in cfg.model.inputs],
-        "outputs": [tensor_json(t) for t in cfg.model.outputs],
-        "labels": list(cfg.model.labels),
-        "preprocessing": preprocessing,
-        "settings": target.runtime_settings(model),
-    }
+    return (
+        extra
+        | {
+            "schema": 1,
+            "deployment": cfg.deployment.name,
+            "task": cfg.model.task,
+            "target": {
+                "name": cfg.target.name,
+                "family": cfg.target.family,
+                "runtime": target.runtime,
+                "device": cfg.target.device,
+                "threads": cfg.target.threads,
+            },
+            "runtime_version_built_with": target.runtime_version(),
+            "runtime_requirement": cfg.target.runtime_version,
+            "model": {
+                "file": str(model.path.relative_to(staging)),
+                "files": [str(p.relative_to(staging)) for p in model.files()],
+                "format": model.format,
+                "precision": model.precision,
+                "sha256": sha256_file(model.path),
+            },
+            "inputs": [tensor_json(t) for t in cfg.model.inputs],
+            "outputs": [tensor_json(t) for t in cfg.model.outputs],
+            "labels": list(cfg.model.labels),
+            "preprocessing": preprocessing,
+            "settings": target.runtime_settings(model),
+        }
+        | ({"pipeline": pipe} if (pipe := runtime_pipeline(cfg.model)) is not None else {})
+    )
 
 
 def _write_artifact(

@@ -56,6 +56,8 @@ from targets.base import Target, get_target
 
 log = logging.getLogger(__name__)
 
+PIPELINE_PREFIXES = ("volume_", "reference_volume_")  # whole-volume metrics (model.pipeline)
+
 Step = Callable[[str], None]
 
 
@@ -278,11 +280,14 @@ def _build(
             )
         runtime = runtime_config(staging, spec, target, final, preprocessing)
         if measurer is not None:
+            before = result
             where = measurer.where
             steps(f"validate on lab device {where['device']} (fleet {where['fleet']})")
             result = validate_on_device(
                 cfg, staging, final, runtime, data, reference_out, result, measurer
             )
+            if cfg.model.pipeline is not None:  # whole volumes: measured on the build machine
+                _keep_pipeline_figures(cfg.deployment.gates, before, result)
 
         steps("write artifact")
         _write_artifact(staging, spec, runtime, final, result, data, reference_out, evidence)
@@ -371,6 +376,13 @@ def _validate_pipeline(
     result.metrics.update(metrics)
     result.details["pipeline"] = details
     return data.volumes[0], labels[0], data.spacing
+
+
+def _keep_pipeline_figures(gates: list[str], build: Validation, lab: Validation) -> None:
+    """A lab device's verdict keeps the whole-volume figures the build machine measured."""
+    lab.metrics.update({k: v for k, v in build.metrics.items() if k.startswith(PIPELINE_PREFIXES)})
+    lab.details["pipeline"] = dict(build.details["pipeline"], measured_on="build machine")
+    lab.gates = evaluate_gates([parse_gate(g) for g in gates], lab.metrics)
 
 
 def _write_smoke_volume(

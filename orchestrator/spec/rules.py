@@ -154,10 +154,8 @@ def check_pipeline(model: Mapping[str, Any], pipeline: Mapping[str, Any], report
         roles.append((i, name, role))
         options = step.get("options") or {}
         if isinstance(options, Mapping):
-            counted = _Counter(report)
-            check_dataclass(options, options_schema, f"{key}.options", counted)
-            if not counted.count:
-                _check_step_options(name, options, f"{key}.options", report)
+            check_dataclass(options, options_schema, f"{key}.options", report)
+            _check_step_options(options, f"{key}.options", report)
     infer = [i for i, _, role in roles if role == "infer"]
     if len(infer) != 1:
         report(
@@ -175,9 +173,10 @@ def check_pipeline(model: Mapping[str, Any], pipeline: Mapping[str, Any], report
             )
 
 
-def _check_step_options(name: str, options: Mapping[str, Any], key: str, report: Report) -> None:
+def _check_step_options(options: Mapping[str, Any], key: str, report: Report) -> None:
+    """Ranges of the options whose type is right (the schema reports the others)."""
     overlap = options.get("overlap")
-    if isinstance(overlap, int | float) and not 0 <= overlap < 1:
+    if isinstance(overlap, int | float) and not isinstance(overlap, bool) and not 0 <= overlap < 1:
         report(f"{key}.overlap", f"expected a fraction in [0, 1), found {overlap}")
     for field_name in ("batch",):
         value = options.get(field_name)

@@ -41,7 +41,7 @@ def test_pipeline_optimised_bf16_build_passes_whole_volume_gates(bf16_artifact: 
     gated = {g["gate"].split()[0] for g in validation["gates"]}
     assert {"volume_dice_vs_reference", "volume_min_dice_vs_reference", "volume_s"} <= gated
     assert metrics["volume_dice_vs_reference"] >= 0.98
-    assert 0 < metrics["volume_s"] and 0 < metrics["reference_volume_s"]
+    assert metrics["volume_s"] > 0 and metrics["reference_volume_s"] > 0
     assert "volume_dice_vs_labels" in metrics and "volume_dice_vs_reference.liver" in metrics
     first = validation["details"]["pipeline"]["pipeline"][0]
     assert first["windows"] == 8 and first["calls"] == 2  # batch 4

@@ -40,13 +40,13 @@ def execution_precision(model: ModelFile, device: str) -> str:
 
     OpenVINO's CPU plugin runs bf16 by default on CPUs that have it; edgeship sets
     the precision explicitly: FP32 and INT8 artifacts run f32 for every
-    non-quantized op, FP16 artifacts run f16 and bf16 artifacts bf16 where the device
-    supports it (else f32).
+    non-quantized op, FP16 artifacts run f16, bf16 artifacts (and INT8 ones whose float
+    layers are bf16, ``int8_bf16``) bf16 where the device supports it (else f32).
     """
-    if model.precision in ("fp16", "bf16"):
+    if model.precision in ("fp16", "bf16", "int8_bf16"):
         core = require("openvino").Core()
         caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
-        if model.precision == "bf16":
+        if model.precision in ("bf16", "int8_bf16"):
             return "bf16" if "BF16" in caps else "f32"
         return "f16" if "FP16" in caps else "f32"
     return "f32"

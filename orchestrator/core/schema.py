@@ -20,7 +20,7 @@ from omegaconf import MISSING
 
 TASKS = ("classification", "segmentation", "regression", "custom")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8_bf16")  # int8_bf16: float layers in bf16
 
 
 def choices(*values: str) -> dict[str, tuple[str, ...]]:

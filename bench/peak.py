@@ -228,11 +228,3 @@ def peak_table(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
         key = (r["runtime"], r["precision"])
         out[key] = max(out.get(key, 0.0), float(r["gflops"]))
     return out
-
-
-def precision_class(precision: str) -> str:
-    """The peak an artifact of ``precision`` is held to: int8 (whatever its float layers
-    run at), bf16 or fp32 (FP16 weights on a CPU: fp32)."""
-    if precision.startswith("int8"):
-        return "int8"
-    return "bf16" if precision == "bf16" else "fp32"

@@ -422,7 +422,12 @@ def with_window(steps: list[dict[str, Any]], **options: Any) -> list[dict[str, A
 
 
 def segment(
-    hu: np.ndarray, steps: list[dict[str, Any]], predict: Any, runs: int, patch: int
+    hu: np.ndarray,
+    steps: list[dict[str, Any]],
+    predict: Any,
+    runs: int,
+    patch: int,
+    spacing: list[float],
 ) -> tuple[np.ndarray, list[float], list[float], dict[str, Any]]:
     """The pipeline over the whole volume ``runs`` times (pre-processing, every window,
     post-processing; orchestrator/device/agent/pipeline.py, as devices run it).
@@ -445,7 +450,7 @@ def segment(
     info: dict[str, Any] = {}
     for _ in range(runs):
         t0 = time.perf_counter()
-        labels, info = run_pipeline(steps, hu, timed, (patch,) * 3, [1.0, 1.0, 1.0], CLASSES)
+        labels, info = run_pipeline(steps, hu, timed, (patch,) * 3, spacing, CLASSES)
         times.append(time.perf_counter() - t0)
     return labels, times, window_times, info
 
@@ -467,7 +472,7 @@ def choose_overlap(
 
     shape = (args.volume[0], args.volume[1], args.volume[2])
     tuning = [make_volume(VOLUME_SEED + 1 + i, shape)[0] for i in range(args.tuning_volumes)]
-    base = [segment(hu, steps, predict, 1, patch)[0] for hu in tuning]
+    base = [segment(hu, steps, predict, 1, patch, args.spacing)[0] for hu in tuning]
     tried = []
     chosen = float(args.overlap)
     for overlap in sorted(args.overlaps, reverse=True):
@@ -475,7 +480,7 @@ def choose_overlap(
             continue
         trial = with_window(steps, overlap=overlap)
         scores = [
-            dice_summary(segment(hu, trial, predict, 1, patch)[0], b)
+            dice_summary(segment(hu, trial, predict, 1, patch, args.spacing)[0], b)
             for hu, b in zip(tuning, base, strict=True)
         ]
         mean = float(np.mean([m for m, _ in scores]))
@@ -498,6 +503,15 @@ def main() -> int:
         "full-size TotalSegmentator-configuration network, trained briefly here",
     )
     parser.add_argument("--volume", type=int, nargs=3, default=None, metavar="N")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="MM",
+        help="the volume's voxel size (small: 0.5 mm, so the pipeline resamples the phantom "
+        "to the scale the network was trained at; full: 1 mm)",
+    )
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument(
         "--overlaps",
@@ -546,6 +560,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.volume is None:
         args.volume = [96, 128, 128] if args.model == "small" else [160, 192, 192]
+    if args.spacing is None:
+        args.spacing = [0.5, 0.5, 0.5] if args.model == "small" else [1.0, 1.0, 1.0]
     if args.nuc_candidates is None:
         args.nuc_candidates = ["ov_fp32", "ov_bf16", "int8_nncf", "int8_nncf_parity"]
         if args.model == "small":
@@ -565,7 +581,7 @@ def main() -> int:
     train_info = ensure_weights(args) if args.model == "full" else {"weights": str(SMALL_WEIGHTS)}
     torch.set_num_threads(args.threads)
 
-    from bench.peak import conv_flops, measure_peaks, peak_table, precision_class
+    from bench.peak import conv_flops, measure_peaks, peak_table
 
     log.warning("peak microbenchmark (%d threads)", args.threads)
     peak_rows = measure_peaks(args.threads, args.peak_runs)
@@ -595,7 +611,7 @@ def main() -> int:
     reference = reference_steps(steps)
     log.warning("(a) PyTorch eager FP32, reference pipeline, on the whole volume %s", shape)
     ref_labels, ref_times, ref_windows, ref_info = segment(
-        hu, reference, torch_predict, args.runs, patch
+        hu, reference, torch_predict, args.runs, patch, args.spacing
     )
     ref_median = statistics.median(ref_times)
     rows: list[dict[str, Any]] = [
@@ -622,7 +638,9 @@ def main() -> int:
             continue
         session = load_winner(selected, args.threads)
         predict = runner_predict(session, "ct", 1)
-        precision = str(getattr(session, "execution_precision", "") or "")
+        precision = held_to(
+            recipe_precision(selected.recipe), str(getattr(session, "execution_precision", ""))
+        )[0]
         overlap, tried = choose_overlap(reference, predict, args, patch)
         optimised = with_window(
             steps,
@@ -637,7 +655,9 @@ def main() -> int:
             (f"(c) {target} pick, optimised pipeline", optimised),
         ):
             log.warning("%s: %s", case, selected.recipe)
-            labels, times, windows, info = segment(hu, case_steps, predict, args.runs, patch)
+            labels, times, windows, info = segment(
+                hu, case_steps, predict, args.runs, patch, args.spacing
+            )
             median = statistics.median(times)
             vs_ref = dice_summary(labels, ref_labels)
             rows.append(
@@ -671,18 +691,15 @@ def main() -> int:
             if p50 is None:
                 window_rows.append({"target": target, "recipe": r["recipe"], "status": r["status"]})
                 continue
-            declared = _recipe_precision(str(r["recipe"]))
+            ran, klass = held_to(recipe_precision(str(r["recipe"])), precision)
             achieved = flops / (p50 / 1000.0) / 1e9
-            klass = precision_class(precision or declared)
-            if klass == "bf16" and precision and precision != "bf16":
-                klass = "fp32"  # asked bf16, ran f32: held to the f32 peak
             peak = peaks.get((runtime, klass))
             window_rows.append(
                 {
                     "target": target,
                     "recipe": r["recipe"],
                     "status": r["status"],
-                    "precision": precision or declared,
+                    "precision": ran,
                     "window_s": p50 / 1000.0,
                     "gflops": achieved,
                     "peak_gflops": peak,
@@ -698,6 +715,7 @@ def main() -> int:
             {
                 "model": args.model,
                 "volume": list(shape),
+                "spacing": args.spacing,
                 "threads": args.threads,
                 "overlap": args.overlap,
                 "flops_per_window": flops,
@@ -723,10 +741,32 @@ def _float(value: Any) -> float | None:
     return out if np.isfinite(out) else None
 
 
-def _recipe_precision(recipe: str) -> str:
-    if "int8" in recipe:
-        return "int8_bf16" if recipe.endswith("bf16") else "int8"
-    return "bf16" if "bf16" in recipe else "fp16" if "fp16" in recipe else "fp32"
+def recipe_precision(recipe: str) -> str:
+    """The precision a recipe's passes give its model (conf/recipe/<recipe>.yaml)."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.passes.base import make_options, registered_passes
+
+    spec: Any = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "recipe" / f"{recipe}.yaml"))
+    passes = registered_passes()
+    precision = "fp32"
+    for p in spec.get("passes") or []:
+        cls = passes[p["name"]]
+        precision = cls().output_precision(
+            make_options(cls, dict(p.get("options") or {})), precision
+        )
+    return precision
+
+
+def held_to(declared: str, executed: str) -> tuple[str, str]:
+    """(what the artifact ran as, the peak it is held to): INT8 artifacts to the INT8 peak
+    whatever their float layers ran at; bf16 to the bf16 peak only where it ran bf16."""
+    ran = executed or declared
+    if declared.startswith("int8"):
+        return f"int8+{executed or 'f32'}", "int8"
+    if ran == "bf16":
+        return "bf16", "bf16"
+    return ran, "fp32"
 
 
 def report(
@@ -776,7 +816,8 @@ def report(
         )
     lines += [
         "",
-        f"Whole volume {shape[0]}x{shape[1]}x{shape[2]} (1 mm), median of {args.runs} run(s):",
+        f"Whole volume {shape[0]}x{shape[1]}x{shape[2]} at "
+        f"{'x'.join(f'{v:g}' for v in args.spacing)} mm, median of {args.runs} run(s):",
         f"{'case':<46} {'recipe':<22} {'ran as':<7} {'windows':>8} {'s':>8} {'s/window':>9} "
         f"{'vs (a)':>7} {'Dice ref':>9} {'worst':>7} {'Dice labels':>12}",
     ]

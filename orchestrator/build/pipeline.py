@@ -583,36 +583,35 @@ def runtime_config(
             "multi_label": bool(cfg.model.multi_label),
             "threshold": float(cfg.model.threshold),
         }
-    return (
-        extra
-        | {
-            "schema": 1,
-            "deployment": cfg.deployment.name,
-            "task": cfg.model.task,
-            "target": {
-                "name": cfg.target.name,
-                "family": cfg.target.family,
-                "runtime": target.runtime,
-                "device": cfg.target.device,
-                "threads": cfg.target.threads,
-            },
-            "runtime_version_built_with": target.runtime_version(),
-            "runtime_requirement": cfg.target.runtime_version,
-            "model": {
-                "file": str(model.path.relative_to(staging)),
-                "files": [str(p.relative_to(staging)) for p in model.files()],
-                "format": model.format,
-                "precision": model.precision,
-                "sha256": sha256_file(model.path),
-            },
-            "inputs": [tensor_json(t) for t in cfg.model.inputs],
-            "outputs": [tensor_json(t) for t in cfg.model.outputs],
-            "labels": list(cfg.model.labels),
-            "preprocessing": preprocessing,
-            "settings": target.runtime_settings(model),
-        }
-        | ({"pipeline": pipe} if (pipe := runtime_pipeline(cfg.model)) is not None else {})
-    )
+    pipeline = runtime_pipeline(cfg.model)
+    if pipeline is not None:  # segmentation on whole volumes: the steps the device runs
+        extra["pipeline"] = pipeline
+    return extra | {
+        "schema": 1,
+        "deployment": cfg.deployment.name,
+        "task": cfg.model.task,
+        "target": {
+            "name": cfg.target.name,
+            "family": cfg.target.family,
+            "runtime": target.runtime,
+            "device": cfg.target.device,
+            "threads": cfg.target.threads,
+        },
+        "runtime_version_built_with": target.runtime_version(),
+        "runtime_requirement": cfg.target.runtime_version,
+        "model": {
+            "file": str(model.path.relative_to(staging)),
+            "files": [str(p.relative_to(staging)) for p in model.files()],
+            "format": model.format,
+            "precision": model.precision,
+            "sha256": sha256_file(model.path),
+        },
+        "inputs": [tensor_json(t) for t in cfg.model.inputs],
+        "outputs": [tensor_json(t) for t in cfg.model.outputs],
+        "labels": list(cfg.model.labels),
+        "preprocessing": preprocessing,
+        "settings": target.runtime_settings(model),
+    }
 
 
 def _write_artifact(

@@ -98,3 +98,36 @@ def test_pipeline_segment_refuses_an_artifact_without_a_pipeline(tmp_path: Path)
 
     with pytest.raises(SegmentError, match="ships no pipeline"):
         bundle_pipeline({"deployment": "posture_server"})
+
+
+def test_pipeline_device_activation_runs_the_shipped_pipeline_and_segments_over_ssh(
+    bf16_artifact: Path, ssh_devices: list, tmp_path: Path
+) -> None:
+    import nibabel as nib
+
+    from examples.ct_seg.phantoms import make_volume
+    from tests.sshd import ShipLab
+
+    lab = ShipLab(
+        tmp_path / "lab", ssh_devices[:1], bf16_artifact, {ssh_devices[0].name: "intel_nuc"}
+    )
+    name = ssh_devices[0].name
+    assert [o.result for o in lab.enroll([name]).outcomes] == ["enrolled"]
+    bundle = lab.bundle()
+    assert {"smoke/volume.npz", "smoke/volume_expected.npz"} <= {f["path"] for f in bundle.files()}
+
+    outcome = lab.deploy(bundle, [name]).outcomes[0]
+
+    assert outcome.result == "activated", outcome.summary()
+    assert outcome.health["pipeline"]["passed"] and outcome.health["pipeline"]["windows"] == 8
+    hu, _ = make_volume(2200, (48, 64, 64))
+    source, dest = tmp_path / "ct.nii.gz", tmp_path / "out" / "labels.nii.gz"
+    dest.parent.mkdir()
+    dest.parent.chmod(0o777)  # the agent user writes it
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), np.eye(4)), source)
+    source.chmod(0o644)
+    res = lab.agent(name, f"segment {source} {dest}")
+    assert res.code == 0, res
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["version"] == bundle.version and report["pipeline"]["windows"] == 8
+    assert nib.load(dest).shape == (64, 64, 48)

@@ -26,7 +26,7 @@ from orchestrator.build.reference_model import Reference
 from orchestrator.core.schema import ModelConfig, PipelineConfig
 from orchestrator.core.shapes import batch_dim
 from orchestrator.device.agent import pipeline as steps_lib
-from orchestrator.errors import BuildError
+from orchestrator.errors import BuildError, UserCodeError
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,14 @@ def reference_predict(source: Reference, model: ModelConfig) -> Predict:
     """The reference model as a pipeline's ``predict``: one window per call."""
     name = model.inputs[0].name
 
+    batched = [source.module is not None]  # PyTorch: the windows as one batch, where it can
+
     def predict(tiles: np.ndarray) -> np.ndarray:
-        if source.module is not None:  # PyTorch: the windows as one batch
-            return np.asarray(source.run([{name: tiles}], model)[0][0])
+        if batched[0] and len(tiles) > 1:
+            try:
+                return np.asarray(source.run([{name: tiles}], model)[0][0])
+            except UserCodeError:  # a program exported for one window at a time
+                batched[0] = False
         outs = [source.run([{name: t[None]}], model)[0][0] for t in tiles]
         return np.concatenate([np.asarray(o) for o in outs])
 

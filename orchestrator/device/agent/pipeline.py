@@ -354,6 +354,10 @@ def run_pipeline(
         raise PipelineError(f"a pipeline takes a [D, H, W] volume, got shape {list(vol.shape)}")
     shape = vol.shape
     raw = vol
+    # the body mask is taken in input units: kept through resampling only when it is used
+    skip = any(
+        s.get("name") == "sliding_window" and _options(s)["skip_outside_body"] for s in steps
+    )
     info: dict = {"shape": list(shape)}
     seconds: dict = {}
     for step in steps:
@@ -372,7 +376,7 @@ def run_pipeline(
             grid = tuple(max(1, round(n * h / t)) for n, h, t in zip(vol.shape, have, target))
             if grid != vol.shape:
                 vol = resample_linear(vol, grid)
-                raw = resample_linear(raw, grid)
+                raw = resample_linear(raw, grid) if skip else vol
             info["grid"] = list(grid)
         elif name == "sliding_window":
             vol, counts = sliding_window(vol, tuple(patch), predict, opts, raw, classes)

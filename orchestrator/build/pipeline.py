@@ -34,7 +34,13 @@ from orchestrator.build.lab import DeviceMeasurer, validate_on_device
 from orchestrator.build.provenance import code_provenance, environment, git_info
 from orchestrator.build.report import render_report
 from orchestrator.build.validate import Validation, eval_chunking, validate
-from orchestrator.build.volumes import load_volumes, runtime_pipeline, validate_volumes
+from orchestrator.build.volumes import (
+    ReferenceVolumes,
+    load_volumes,
+    reference_volumes,
+    runtime_pipeline,
+    validate_volumes,
+)
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
@@ -84,6 +90,7 @@ class ExportCache:
 
     folder: Path
     models: dict[str, ModelFile] = field(default_factory=dict)  # format -> its export
+    volumes: ReferenceVolumes | None = None  # the reference pipeline on whole volumes
 
 
 def _check_available(target: Target, spec: ComposedSpec) -> None:
@@ -138,7 +145,8 @@ def run_build(
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
     ``measurer`` (``deployment.validate_on.where: lab``) measures the artifact on a lab
     device after the build machine did; the device's figures gate (orchestrator/build/lab.py).
-    ``export_cache`` holds the exports for the next build of the same model spec.
+    ``export_cache`` holds the exports (and the reference pipeline's results on whole
+    volumes) for the next build of the same model spec.
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -274,7 +282,9 @@ def _build(
         smoke_volume = None
         if cfg.model.pipeline is not None:
             steps("validate the pipeline on whole volumes (Dice, end-to-end time)")
-            smoke_volume = _validate_pipeline(cfg.model, target, final, source, result)
+            smoke_volume = _validate_pipeline(
+                cfg.model, target, final, source, result, export_cache
+            )
             result.gates = evaluate_gates(
                 [parse_gate(g) for g in cfg.deployment.gates], result.metrics
             )
@@ -367,12 +377,19 @@ def _validate_pipeline(
     final: ModelFile,
     source: sources.Reference,
     result: Validation,
+    export_cache: ExportCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
     """Whole-volume metrics into ``result``; the first volume and its label map (the
-    device's pipeline smoke test)."""
-    data = load_volumes(model)
+    device's pipeline smoke test). The reference pipeline's results are kept in
+    ``export_cache`` for the next build of the same model spec."""
+    reference = export_cache.volumes if export_cache is not None else None
+    if reference is None:
+        reference = reference_volumes(model, source, load_volumes(model))
+        if export_cache is not None:
+            export_cache.volumes = reference
+    data = reference.data
     session = target.load(final)
-    metrics, details, labels = validate_volumes(model, session, source, data)
+    metrics, details, labels = validate_volumes(model, session, reference)
     result.metrics.update(metrics)
     result.details["pipeline"] = details
     return data.volumes[0], labels[0], data.spacing

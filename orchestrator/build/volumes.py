@@ -171,24 +171,45 @@ def volume_metrics(
     return metrics, details
 
 
+@dataclass
+class ReferenceVolumes:
+    """The reference pipeline's label maps and timings on every volume (kept by recipe
+    selection for all its candidates: the same reference, the same volumes)."""
+
+    data: Volumes
+    labels: list[np.ndarray]
+    info: list[dict[str, Any]]
+
+
+def reference_volumes(model: ModelConfig, source: Reference, data: Volumes) -> ReferenceVolumes:
+    """The reference model through the reference pipeline (every optimisation off) on every
+    volume. The reference model takes every window of a volume in one call: the same
+    windows and outputs as one at a time, in a fraction of the time."""
+    assert model.pipeline is not None
+    reference = reference_predict(source, model)
+    reference(_warm_window(model))  # the first call (kernel selection) is not timed
+    steps = steps_lib.reference_steps(pipeline_steps(model.pipeline))
+    for step in steps:
+        if step["name"] == "sliding_window":
+            step["options"]["batch"] = REFERENCE_BATCH
+    labels, info = run_volumes(steps, data, reference, model)
+    return ReferenceVolumes(data, labels, info)
+
+
+def _warm_window(model: ModelConfig) -> np.ndarray:
+    return np.zeros((1, 1, *(int(d) for d in model.inputs[0].shape[2:])), dtype=np.float32)
+
+
 def validate_volumes(
-    model: ModelConfig, session: Any, source: Reference, data: Volumes
+    model: ModelConfig, session: Any, reference: ReferenceVolumes
 ) -> tuple[dict[str, float], dict[str, Any], list[np.ndarray]]:
     """Whole-volume metrics of ``session`` (the artifact) against the reference pipeline,
     and the artifact's label maps."""
     assert model.pipeline is not None
-    steps = pipeline_steps(model.pipeline)
-    reference, artifact = reference_predict(source, model), session_predict(session, model)
-    warm = np.zeros((1, 1, *(int(d) for d in model.inputs[0].shape[2:])), dtype=np.float32)
-    reference(warm), artifact(warm)  # first calls (kernel selection) are not timed
-    # the reference model takes every window of a volume in one call: the same windows and
-    # outputs as one at a time (the reference pipeline's steps), in a fraction of the time
-    reference_steps = steps_lib.reference_steps(steps)
-    for step in reference_steps:
-        if step["name"] == "sliding_window":
-            step["options"]["batch"] = REFERENCE_BATCH
-    want, want_info = run_volumes(reference_steps, data, reference, model)
-    got, got_info = run_volumes(steps, data, artifact, model)
+    data, want, want_info = reference.data, reference.labels, reference.info
+    artifact = session_predict(session, model)
+    artifact(_warm_window(model))  # the first call (kernel selection) is not timed
+    got, got_info = run_volumes(pipeline_steps(model.pipeline), data, artifact, model)
     metrics, details = volume_metrics(model, data, got, want, got_info, want_info)
     log.info(
         "whole volumes: Dice vs reference %.4f (worst class %.4f), %.2fs per volume",

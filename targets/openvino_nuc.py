@@ -23,6 +23,10 @@ class OvSession:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.outputs = list(compiled.outputs)
+        # the precision the compiled model runs at, as OpenVINO reports it (a CPU without
+        # bf16 falls back to f32 whatever was asked)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.execution_precision = str(getattr(hint, "get_type_name", lambda: hint)())
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         import numpy as np
@@ -36,11 +40,14 @@ def execution_precision(model: ModelFile, device: str) -> str:
 
     OpenVINO's CPU plugin runs bf16 by default on CPUs that have it; edgeship sets
     the precision explicitly: FP32 and INT8 artifacts run f32 for every
-    non-quantized op, FP16 artifacts run f16 where the device supports it.
+    non-quantized op, FP16 artifacts run f16, bf16 artifacts (and INT8 ones whose float
+    layers are bf16, ``int8_bf16``) bf16 where the device supports it (else f32).
     """
-    if model.precision == "fp16":
+    if model.precision in ("fp16", "bf16", "int8_bf16"):
         core = require("openvino").Core()
         caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+        if model.precision in ("bf16", "int8_bf16"):
+            return "bf16" if "BF16" in caps else "f32"
         return "f16" if "FP16" in caps else "f32"
     return "f32"
 

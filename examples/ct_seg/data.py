@@ -250,3 +250,21 @@ def mean_foreground_dice(scores: dict[int, float]) -> float:
     if not fg:
         raise ValueError("no foreground classes")
     return float(np.mean(fg))
+
+
+VOLUME_SEED: int = 2000
+
+
+def volume_set(
+    volumes: int = 2, shape: Sequence[int] = (48, 64, 64), seed: int = VOLUME_SEED
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """Whole phantoms for pipeline validation, in Hounsfield units (not normalised).
+
+    Returns:
+        ``volumes`` float32 ``[D, H, W]`` arrays, their int64 labels and the voxel spacing
+        (1 mm, the spacing the network was trained at).
+    """
+    seeds = _held_out(volumes, seed, "volume")
+    size = _patch(shape)
+    pairs = [make_volume(int(s), size) for s in seeds]
+    return [hu for hu, _ in pairs], [lab for _, lab in pairs], [1.0, 1.0, 1.0]

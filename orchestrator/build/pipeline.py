@@ -10,6 +10,7 @@ staging directory and leaves the last good artifact untouched.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,13 @@ from orchestrator.build.lab import DeviceMeasurer, validate_on_device
 from orchestrator.build.provenance import code_provenance, environment, git_info
 from orchestrator.build.report import render_report
 from orchestrator.build.validate import Validation, eval_chunking, validate
+from orchestrator.build.volumes import (
+    ReferenceVolumes,
+    load_volumes,
+    reference_volumes,
+    runtime_pipeline,
+    validate_volumes,
+)
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
@@ -49,9 +57,12 @@ from orchestrator.passes.base import (
 from orchestrator.passes.common.evaluation import make_evaluation
 from orchestrator.project import artifacts_root, os_user
 from orchestrator.spec.compose import ComposedSpec
+from orchestrator.spec.gates import evaluate_gates, parse_gate
 from targets.base import Target, get_target
 
 log = logging.getLogger(__name__)
+
+PIPELINE_PREFIXES = ("volume_", "reference_volume_")  # whole-volume metrics (model.pipeline)
 
 Step = Callable[[str], None]
 
@@ -79,6 +90,7 @@ class ExportCache:
 
     folder: Path
     models: dict[str, ModelFile] = field(default_factory=dict)  # format -> its export
+    volumes: ReferenceVolumes | None = None  # the reference pipeline on whole volumes
 
 
 def _check_available(target: Target, spec: ComposedSpec) -> None:
@@ -133,7 +145,8 @@ def run_build(
     it (recipe selection builds its candidates this way; see orchestrator/auto.py).
     ``measurer`` (``deployment.validate_on.where: lab``) measures the artifact on a lab
     device after the build machine did; the device's figures gate (orchestrator/build/lab.py).
-    ``export_cache`` holds the exports for the next build of the same model spec.
+    ``export_cache`` holds the exports (and the reference pipeline's results on whole
+    volumes) for the next build of the same model spec.
     """
     t0 = time.perf_counter()
     cfg = spec.config
@@ -266,16 +279,30 @@ def _build(
         steps("validate (parity, latency, size, memory)")
         result = validate(cfg, target, final, data, reference_out)
         _note_runtime_validation(target, final, result)
+        smoke_volume = None
+        if cfg.model.pipeline is not None:
+            steps("validate the pipeline on whole volumes (Dice, end-to-end time)")
+            smoke_volume = _validate_pipeline(
+                cfg.model, target, final, source, result, export_cache
+            )
+            result.gates = evaluate_gates(
+                [parse_gate(g) for g in cfg.deployment.gates], result.metrics
+            )
         runtime = runtime_config(staging, spec, target, final, preprocessing)
         if measurer is not None:
+            before = result
             where = measurer.where
             steps(f"validate on lab device {where['device']} (fleet {where['fleet']})")
             result = validate_on_device(
                 cfg, staging, final, runtime, data, reference_out, result, measurer
             )
+            if cfg.model.pipeline is not None:  # whole volumes: measured on the build machine
+                _keep_pipeline_figures(cfg.deployment.gates, before, result)
 
         steps("write artifact")
         _write_artifact(staging, spec, runtime, final, result, data, reference_out, evidence)
+        if smoke_volume is not None:
+            _write_smoke_volume(staging / "smoke", *smoke_volume)
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None
@@ -342,6 +369,54 @@ def _build(
     if not result.passed:
         raise GateFailure(name, result.failed_gates(), run_id)
     return build
+
+
+def _validate_pipeline(
+    model: ModelConfig,
+    target: Target,
+    final: ModelFile,
+    source: sources.Reference,
+    result: Validation,
+    export_cache: ExportCache | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """Whole-volume metrics into ``result``; the first volume and its label map (the
+    device's pipeline smoke test). The reference pipeline's results are kept in
+    ``export_cache`` for the next build of the same model spec."""
+    reference = export_cache.volumes if export_cache is not None else None
+    if reference is None:
+        reference = reference_volumes(model, source, load_volumes(model))
+        if export_cache is not None:
+            export_cache.volumes = reference
+    data = reference.data
+    session = target.load(final)
+    metrics, details, labels = validate_volumes(model, session, reference)
+    result.metrics.update(metrics)
+    result.details["pipeline"] = details
+    return data.volumes[0], labels[0], data.spacing
+
+
+def _keep_pipeline_figures(gates: list[str], build: Validation, lab: Validation) -> None:
+    """A lab device's verdict keeps the whole-volume figures the build machine measured."""
+    lab.metrics.update({k: v for k, v in build.metrics.items() if k.startswith(PIPELINE_PREFIXES)})
+    lab.details["pipeline"] = dict(build.details["pipeline"], measured_on="build machine")
+    lab.gates = evaluate_gates([parse_gate(g) for g in gates], lab.metrics)
+
+
+def _write_smoke_volume(
+    smoke: Path, volume: np.ndarray, labels: np.ndarray, spacing: list[float] | None
+) -> None:
+    """The pipeline's smoke test: a whole volume and the label map the artifact gave it."""
+    np.savez_compressed(smoke / "volume.npz", volume=volume.astype(np.float32))
+    np.savez_compressed(smoke / "volume_expected.npz", labels=labels)
+    path = smoke / "smoke.json"
+    info = json.loads(path.read_text())
+    info["pipeline"] = {
+        "input": "volume.npz",
+        "expected": "volume_expected.npz",
+        "spacing": spacing,
+        "min_dice": 0.99,
+    }
+    write_json(path, info)
 
 
 def _datasets(model: ModelConfig, data: Any, calibration: list[Any]) -> list[Any]:
@@ -525,6 +600,9 @@ def runtime_config(
             "multi_label": bool(cfg.model.multi_label),
             "threshold": float(cfg.model.threshold),
         }
+    pipeline = runtime_pipeline(cfg.model)
+    if pipeline is not None:  # segmentation on whole volumes: the steps the device runs
+        extra["pipeline"] = pipeline
     return extra | {
         "schema": 1,
         "deployment": cfg.deployment.name,

@@ -138,6 +138,12 @@ class SelectionResult:
                     self.parity_metric: m.get(self.parity_metric),
                     "max_abs_error": m.get("max_abs_error"),
                     "size_mb": m.get("size_mb"),
+                    # the precision the runtime ran (OpenVINO: bf16 asked, f32 without bf16)
+                    "precision": (
+                        c.build.validation.details.get("execution_precision") or ""
+                        if c.build is not None
+                        else ""
+                    ),
                     **(
                         {
                             "measured_on": self.measured_on["device"],

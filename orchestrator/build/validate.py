@@ -62,10 +62,13 @@ def eval_chunking(model: ModelConfig) -> tuple[int, bool]:
 
 def run_artifact(
     target: Target, model: ModelFile, data: Dataset, spec_model: ModelConfig | None = None
-) -> list[list[np.ndarray]]:
+) -> tuple[list[list[np.ndarray]], str | None]:
+    """The artifact's outputs per sample, and the precision its runtime reports it ran at
+    (None where the runtime does not say)."""
     session = target.load(model)
     size, pad = eval_chunking(spec_model) if spec_model is not None else (1, False)
-    return run_batched(session.run, data.samples, size, pad)
+    precision = getattr(session, "execution_precision", None)
+    return run_batched(session.run, data.samples, size, pad), precision
 
 
 def latency_batches(spec: EdgeshipConfig) -> list[dict[str, Any]]:
@@ -162,9 +165,12 @@ def validate(
     reference: list[list[np.ndarray]],
 ) -> Validation:
     """Measure the artifact and check the deployment's gates."""
-    outputs = run_artifact(target, model, data, spec.model)
+    outputs, precision = run_artifact(target, model, data, spec.model)
     timing = measure_in_subprocess(spec, target, model)
-    return judge(spec, model, data, reference, outputs, timing)
+    result = judge(spec, model, data, reference, outputs, timing)
+    if precision:  # what the runtime ran, which may differ from what was asked
+        result.details["execution_precision"] = precision
+    return result
 
 
 def judge(

@@ -25,7 +25,7 @@ class ModelFile:
 
     path: Path  # the primary file (.onnx, .xml, .ort, .pt2, .tflite, .pte)
     format: str  # one of FORMATS
-    precision: str = "fp32"  # fp32 | fp16 | int8 (the weights' numeric format)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8 | int8_bf16 (int8, float layers bf16)
     extra: tuple[Path, ...] = field(default=())  # companion files (the IR's .bin, configs)
 
     def files(self) -> list[Path]:

@@ -20,7 +20,7 @@ from omegaconf import MISSING
 
 TASKS = ("classification", "segmentation", "regression", "custom")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8_bf16")  # int8_bf16: float layers in bf16
 
 
 def choices(*values: str) -> dict[str, tuple[str, ...]]:
@@ -92,6 +92,83 @@ class DataConfig:
 
 
 @dataclass
+class ClipNormalizeOptions:
+    """Intensity window and standardisation: ``(clip(x, low, high) - mean) / std``."""
+
+    low: float = -1000.0  # lower end of the intensity window (input units, e.g. HU)
+    high: float = 1000.0  # upper end of the window
+    mean: float = 0.0  # subtracted after clipping
+    std: float = 1.0  # divides after subtracting the mean (non-zero)
+
+
+@dataclass
+class ResampleOptions:
+    """Resampling to the model's voxel spacing (linear); labels go back to the input grid."""
+
+    spacing: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # mm, [D, H, W]
+
+
+@dataclass
+class SlidingWindowOptions:
+    """The model over the volume in windows of its patch, Gaussian-blended."""
+
+    overlap: float = 0.5  # fraction of the patch neighbouring windows share, in [0, 1)
+    sigma_scale: float = 0.125  # Gaussian blending's sigma as a fraction of the patch
+    batch: int = 1  # windows per model call (a static batch of 1: calls grouped)
+    skip_outside_body: bool = False  # windows without a voxel above body_threshold: background
+    body_threshold: float = -500.0  # the body mask's threshold, in input units (HU for CT)
+    overlap_io: bool = False  # extract and blend windows in a worker while the model runs
+
+
+@dataclass
+class LargestComponentOptions:
+    """Per class, only the largest 6-connected component is kept."""
+
+    classes: List[int] = field(default_factory=list)  # class indices (empty: every foreground)
+
+
+@dataclass
+class LabelMapOptions:
+    """The labels on the input grid, as integers."""
+
+    dtype: str = field(default="uint8", metadata=choices("uint8", "int16", "int32"))
+
+
+@dataclass
+class NoStepOptions:
+    """A step without options."""
+
+
+# pipeline step -> (role, schema of its options); the device's implementation of each is in
+# orchestrator/device/agent/pipeline.py under the same name
+PIPELINE_STEPS: dict[str, tuple[str, type]] = {
+    "clip_normalize": ("pre", ClipNormalizeOptions),
+    "resample": ("pre", ResampleOptions),
+    "sliding_window": ("infer", SlidingWindowOptions),
+    "argmax": ("post", NoStepOptions),
+    "largest_component": ("post", LargestComponentOptions),
+    "label_map": ("post", LabelMapOptions),
+}
+
+
+@dataclass
+class StepConfig:
+    """One step of a whole-volume pipeline: a step of the library and its options."""
+
+    name: str = MISSING  # one of PIPELINE_STEPS
+    options: Dict[str, Any] = field(default_factory=dict)  # checked against the step's schema
+
+
+@dataclass
+class PipelineConfig:
+    """Pre-processing, sliding-window inference and post-processing of whole volumes: run
+    by validation, shipped in the bundle and run by the device runner."""
+
+    steps: List[StepConfig] = MISSING  # in order; exactly one sliding_window
+    data: CallableRef = MISSING  # whole volumes: returns (volumes [N, D, H, W], labels or None)
+
+
+@dataclass
 class ModelConfig:
     """A reference model: source, signature, task and data."""
 
@@ -107,6 +184,7 @@ class ModelConfig:
     metrics: List[MetricRef] = field(default_factory=list)  # user metrics, usable in gates
     preprocessing: Optional[CallableRef] = None  # returns the constants an app applies first
     data: DataConfig = field(default_factory=DataConfig)  # evaluation and calibration data
+    pipeline: Optional[PipelineConfig] = None  # segmentation: whole volumes in, label maps out
 
 
 @dataclass

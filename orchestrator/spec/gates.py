@@ -31,6 +31,17 @@ COMMON_METRICS = (
     "peak_memory_mb",
     "throughput",
 )
+# a segmentation model with a pipeline (model.pipeline): whole volumes, end to end
+PIPELINE_METRICS = (
+    "volume_dice_vs_reference",
+    "volume_min_dice_vs_reference",
+    "volume_dice_vs_labels",
+    "reference_volume_dice_vs_labels",
+    "volume_dice_drop",
+    "volume_s",
+    "reference_volume_s",
+    "volume_speedup",
+)
 LATENCY_METRICS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "throughput")
 TASK_METRICS = {
     "classification": ("agreement", "accuracy", "reference_accuracy", "accuracy_drop"),
@@ -73,12 +84,14 @@ def measured_metrics(
     outputs: Iterable[str] = (),
     user: Iterable[str] = (),
     batches: Iterable[int] = (),
+    pipeline: bool = False,
 ) -> list[str]:
     """Every metric validation reports for a model of this task.
 
     ``outputs``: output names (``max_abs_error.<output>``); ``user``: the names of the
     model's own metrics (each also as ``reference_<name>`` and ``<name>_drop``);
-    ``batches``: the batch sizes latency is measured at (``p95_ms.batch8``).
+    ``batches``: the batch sizes latency is measured at (``p95_ms.batch8``); ``pipeline``:
+    the model declares a whole-volume pipeline (``volume_*`` metrics).
     """
     kind = "multi_label" if task == "classification" and multi_label else task
     names = list(COMMON_METRICS) + list(TASK_METRICS.get(kind, ()))
@@ -92,6 +105,10 @@ def measured_metrics(
         for label in list(labels)[1:]:
             names.append(f"dice_vs_reference.{label}")
             names.append(f"dice_vs_labels.{label}")
+        if pipeline:
+            names += list(PIPELINE_METRICS)
+            for label in list(labels)[1:]:
+                names.append(f"volume_dice_vs_reference.{label}")
     return names
 
 

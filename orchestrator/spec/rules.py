@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.schema import EVENT_FIELDS, TASKS
+from orchestrator.core.schema import EVENT_FIELDS, PIPELINE_STEPS, TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
 from orchestrator.passes.base import TORCH_PROGRAM, export_format, registered_passes
 from orchestrator.spec.files import list_options, read_option
@@ -116,6 +116,84 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
                 seen[name] = i
     if task == "segmentation" and isinstance(labels, list) and not labels:
         report("model.labels", "expected the class names of a segmentation model, found none")
+    pipeline = model.get("pipeline")
+    if isinstance(pipeline, Mapping):
+        check_pipeline(model, pipeline, report)
+
+
+def check_pipeline(model: Mapping[str, Any], pipeline: Mapping[str, Any], report: Report) -> None:
+    """Step names and options, their order (pre, one sliding_window, post), the model's patch."""
+    task = model.get("task")
+    if task != "segmentation":
+        report("model.pipeline", f"expected a segmentation model for a pipeline, found task {task}")
+    inputs = model.get("inputs")
+    first = inputs[0] if isinstance(inputs, list) and inputs else None
+    shape = first.get("shape") if isinstance(first, Mapping) else None
+    if isinstance(shape, list) and (
+        len(shape) != 5
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape[2:])
+    ):
+        report(
+            "model.pipeline",
+            "expected model.inputs[0] of shape [N, 1, D, H, W] with a static patch (D, H, W), "
+            f"found {shape}",
+        )
+    steps = pipeline.get("steps")
+    if not isinstance(steps, list):
+        return
+    roles: list[tuple[int, str, str]] = []
+    for i, step in enumerate(steps):
+        key = f"model.pipeline.steps[{i}]"
+        if not isinstance(step, Mapping) or not isinstance(step.get("name"), str):
+            continue
+        name = step["name"]
+        if name not in PIPELINE_STEPS:
+            report(f"{key}.name", unknown_name_message("pipeline step", name, PIPELINE_STEPS))
+            continue
+        role, options_schema = PIPELINE_STEPS[name]
+        roles.append((i, name, role))
+        options = step.get("options") or {}
+        if isinstance(options, Mapping):
+            check_dataclass(options, options_schema, f"{key}.options", report)
+            _check_step_options(options, f"{key}.options", report)
+    infer = [i for i, _, role in roles if role == "infer"]
+    if len(infer) != 1:
+        report(
+            "model.pipeline.steps",
+            f"expected exactly one sliding_window step (the model's inference), found {len(infer)}",
+        )
+        return
+    for i, name, role in roles:
+        if (role == "pre" and i > infer[0]) or (role == "post" and i < infer[0]):
+            where = "before" if role == "pre" else "after"
+            report(
+                f"model.pipeline.steps[{i}].name",
+                f"expected '{name}' ({role}-processing) {where} sliding_window, found it "
+                f"{'after' if role == 'pre' else 'before'}",
+            )
+
+
+def _check_step_options(options: Mapping[str, Any], key: str, report: Report) -> None:
+    """Ranges of the options whose type is right (the schema reports the others)."""
+    overlap = options.get("overlap")
+    if isinstance(overlap, int | float) and not isinstance(overlap, bool) and not 0 <= overlap < 1:
+        report(f"{key}.overlap", f"expected a fraction in [0, 1), found {overlap}")
+    for field_name in ("batch",):
+        value = options.get(field_name)
+        if isinstance(value, int) and value < 1:
+            report(f"{key}.{field_name}", f"expected 1 or more, found {value}")
+    for field_name in ("std", "sigma_scale"):
+        value = options.get(field_name)
+        if isinstance(value, int | float) and value <= 0:
+            report(f"{key}.{field_name}", f"expected a positive number, found {value}")
+    spacing = options.get("spacing")
+    if isinstance(spacing, list) and (
+        len(spacing) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in spacing)
+    ):
+        report(f"{key}.spacing", f"expected three positive sizes in mm [D, H, W], found {spacing}")
+    classes = options.get("classes")
+    if isinstance(classes, list) and any(isinstance(c, int) and c < 1 for c in classes):
+        report(f"{key}.classes", f"expected foreground class indices (1 or more), found {classes}")
 
 
 _SOURCE_KEYS = {
@@ -399,6 +477,7 @@ def check_gates(spec: Mapping[str, Any], report: Report) -> None:
         labels if isinstance(labels, list) else [],
         multi_label=_get(spec, "model", "multi_label") is True,
         outputs=_names(_get(spec, "model", "outputs")),
+        pipeline=isinstance(_get(spec, "model", "pipeline"), Mapping),
         user=[n for m in _list(_get(spec, "model", "metrics")) for n in metric_names(m)],
         batches=gate_batches(spec),
     )

@@ -7,6 +7,19 @@ Each case: overrides on the command line, edits to files under a copy of conf/
 from __future__ import annotations
 
 CASES: dict[str, dict] = {
+    "pipeline_unknown_step_bad_option_and_order": {
+        "args": ["build", "deployment=ct_seg_nuc"],
+        "replace": [
+            ("conf/model/ct_seg.yaml", "name: largest_component}", "name: largest_componnet}"),
+            ("conf/model/ct_seg.yaml", "{overlap: 0.5}", "{overlap: 1.5, batch: 0, skip: true}"),
+            (
+                "conf/model/ct_seg.yaml",
+                "    - {name: argmax}\n",
+                "    - {name: argmax}\n    - {name: clip_normalize}\n",
+            ),
+            ("conf/deployment/ct_seg_nuc.yaml", "p95_ms <= 100", "volume_dice >= 0.98"),
+        ],
+    },
     "unknown_deployment": {
         "args": ["show", "deployment=posture_srv"],
     },

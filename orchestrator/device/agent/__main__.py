@@ -27,6 +27,8 @@ Commands (JSON on stdout)::
     sftp-server            OpenSSH's sftp-server as the agent user (uploads into staging/)
     as-agent-user CMD      a shell command as the agent user (the sender's checks of staged
                            files: sha256sum, removal of a refused upload)
+    segment IN OUT         the current bundle's whole-volume pipeline on a volume (NIfTI with
+                           nibabel, or .npy/.npz); the label map to OUT (NIfTI: input's affine)
     infer --inputs FILE    run the current bundle on every sample of an .npz; one prediction
                            event each into the outbox (runtime.json's events, docs/events.md)
     send                   publish the outbox to the MQTT broker (QoS 1; needs paho-mqtt)
@@ -73,12 +75,14 @@ from .errors import (
     Refusal,
 )
 from .events import events_command
-from .health import health_run
+from .health import engine_cache, health_run
 from .log import emit
 from .measure import measure_run
 from .privilege import enter, exec_sftp_server
 from .pull import pull_command
 from .rules import BUNDLE_KIND, MEASURE_KIND
+from .runners import RunnerError
+from .segment import segment_file
 
 
 class _Once(argparse.Action):
@@ -127,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sftp-server", help="OpenSSH's sftp-server as the agent user")
     s = sub.add_parser("as-agent-user", help="a shell command as the agent user")
     s.add_argument("shell_command")
+    s = sub.add_parser("segment", help="the current bundle's pipeline on a volume file")
+    s.add_argument("source", help="volume: .nii, .nii.gz (nibabel), .npz (volume, spacing), .npy")
+    s.add_argument("dest", help="label map: .nii/.nii.gz (the input's affine), .npz or .npy")
     s = sub.add_parser("infer", help="run the current bundle on an .npz; queue one event each")
     s.add_argument("--inputs", required=True, help=".npz of runtime.json's inputs, batch first")
     for name in ("send", "run"):
@@ -239,6 +246,18 @@ def main(argv: list | None = None) -> int:
         if args.command == "update-trust":
             agent.device()
             emit(agent.update_trust(args.file, args.sig))
+            return EXIT_OK
+        if args.command == "segment":
+            version = agent.link_version(agent.current)
+            folder = agent.version_dir(version) if version is not None else None
+            if folder is None or not os.path.isdir(folder):
+                raise Nothing("no current version on this device")
+            try:
+                result = segment_file(folder, args.source, args.dest, engine_cache(agent.root))
+            except RunnerError as exc:  # no pipeline, a runtime missing, a volume refused
+                emit({"result": "error", "message": str(exc), "version": version})
+                return EXIT_ERROR
+            emit(dict(result, version=version))
             return EXIT_OK
         if args.command in ("infer", "send", "run", "events"):
             result = events_command(agent, args)

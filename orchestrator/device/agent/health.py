@@ -19,6 +19,7 @@ from .errors import EXIT_OK, EXIT_UNHEALTHY, Nothing
 from .files import read_json
 from .privilege import health_env, health_limits, identity, limit_resources
 from .runners import smoke_check
+from .segment import pipeline_smoke
 from .state import Install
 
 
@@ -131,9 +132,10 @@ def engine_cache(root: str) -> str:
 
 
 def health_run(folder: str, root: str | None = None) -> dict:
-    """The bundle's smoke test through its runtime's runner (:func:`.runners.smoke_check`)."""
+    """The bundle's smoke test through its runtime's runner (:func:`.runners.smoke_check`),
+    and its whole-volume pipeline's where it ships one (:func:`.segment.pipeline_smoke`)."""
     cache = engine_cache(root) if root else None
-    result = smoke_check(folder, cache)
+    result = smoke_check(folder, cache, then=pipeline_smoke)
     result["python"] = sys.version.split()[0]
     result["uid"] = os.getuid()  # who ran the model: the agent user, never root unless enrolled so
     result["user"] = identity()["name"]

@@ -200,7 +200,10 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
         self.outputs = list(self.compiled.outputs)
         self.version = ov.get_version()
-        self.details = {"device": device}
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        # the precision the device runs at, as OpenVINO reports it (bf16 asked, f32 without it)
+        precision = str(getattr(hint, "get_type_name", lambda: hint)())
+        self.details = {"device": device, "execution_precision": precision}
         self._np = np
 
     def run(self, inputs: dict) -> list:
@@ -461,10 +464,13 @@ def smoke_data(folder: str, runtime: dict) -> tuple:
     return inputs, expected, smoke
 
 
-def smoke_check(folder: str, cache: str | None = None) -> dict:
+def smoke_check(folder: str, cache: str | None = None, then=None) -> dict:
     """Run a bundle's smoke test through its runner and judge it with :func:`check_outputs`.
 
     A runtime that cannot run here is a failure whose reason says why (never a pass).
+    ``then(folder, runner, runtime, smoke)`` runs more checks with the loaded runner (the
+    whole-volume pipeline's, :func:`.segment.pipeline_smoke`): a dict with ``passed``,
+    ``failure`` and its figures, kept as ``pipeline``; None when it has nothing to check.
     """
     runtime = read_json(os.path.join(folder, "runtime.json"))
     name = str((runtime.get("target") or {}).get("runtime"))
@@ -485,6 +491,12 @@ def smoke_check(folder: str, cache: str | None = None) -> dict:
     got = runner.run(inputs)
     latency_ms = (time.perf_counter() - start) * 1000.0
     checked = check_outputs(expected, got, runner.output_names, smoke)
+    extra = then(folder, runner, runtime, smoke) if then is not None else None
+    if extra is not None:
+        checked["passed"] = checked["passed"] and bool(extra["passed"])
+        if extra.get("failure"):
+            checked["failures"].append(str(extra["failure"]))
+        base["pipeline"] = extra
     return dict(
         base,
         result="pass" if checked["passed"] else "fail",

@@ -4,7 +4,9 @@ NNCF quantizes the IR, measures a metric on the evaluation data (the model's own
 accuracy, or Dice for segmentation; or, with ``against: reference``, parity with
 the FP32 reference model; see :mod:`orchestrator.passes.common.evaluation`), and
 reverts the layers that cost the most back to floating point until the drop from
-the FP32 model is at most ``max_drop``.
+the FP32 model is at most ``max_drop``. With ``float_precision: bf16`` the layers kept
+in floating point run in bfloat16 on CPUs that have it (precision ``int8_bf16``); the
+build's gates measure the artifact at the precision OpenVINO reports.
 
 The evaluation data steers which layers stay in floating point, and the
 deployment's gates are measured on the same data; held-out evidence comes from
@@ -45,6 +47,9 @@ class NncfAccuracyOptions(NncfQuantizeOptions):
     # reference: parity with the FP32 reference model's predictions (agreement, Dice vs reference)
     drop_type: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
     max_reverted_layers: int = 0  # stop after reverting this many layers (0 = no limit)
+    float_precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16")})
+    # what the layers kept in floating point run at: fp32, or bf16 where the CPU has it
+    # (the artifact's precision is then int8_bf16)
 
 
 @register_pass
@@ -59,7 +64,7 @@ class NncfQuantizeAccuracy(Pass):
     backend = "nncf"
 
     def output_precision(self, options: Any, current: str) -> str:
-        return "int8"
+        return "int8_bf16" if options.float_precision == "bf16" else "int8"
 
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         ov = require("openvino")
@@ -110,4 +115,5 @@ class NncfQuantizeAccuracy(Pass):
                 advanced_accuracy_restorer_parameters=advanced,
             )
         log.info("nncf accuracy control on %s (max drop %s)", evaluation.metric, options.max_drop)
-        return save_int8(ov, quantized, ctx)
+        saved = save_int8(ov, quantized, ctx)
+        return ModelFile(saved.path, saved.format, self.output_precision(options, model.precision))

@@ -1,0 +1,402 @@
+"""Builds as Ray tasks: ``edgeship build --ray ADDRESS`` (or ``$EDGESHIP_RAY_ADDRESS``).
+
+Each build of a multirun, and each candidate of ``recipe=auto``, runs as one Ray task
+(Ray core: ``ray.remote`` functions, resource requests, ``max_retries``) on a worker of
+the cluster. The worker calls the same :func:`orchestrator.build.pipeline.run_build` a
+local build calls, with the project root, the artifacts folder and the MLflow tracking
+URI given to it explicitly, so it writes the same artifact folder and the same MLflow
+records (run params, metrics, tags, the registered version; a candidate's run nested
+under the selection's parent run, which the driver records).
+
+A task returns its outcome as data (:class:`TaskOutcome`): a passing build, a build that
+missed its gates, or an error with the exit code it would have had locally. A task whose
+worker dies is retried by Ray (``max_retries``); once the retries are spent it comes back
+as an error that says so (:class:`WorkerLostError`), never lost.
+
+Ray is imported only here, and only when an address is configured: without ``--ray`` and
+``$EDGESHIP_RAY_ADDRESS`` nothing of this module runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.build.pipeline import BuildResult, run_build
+from orchestrator.build.select import Candidate, SelectionResult
+from orchestrator.errors import (
+    BuildError,
+    EdgeshipError,
+    GateFailure,
+    MissingDependencyError,
+    Problem,
+    SpecError,
+)
+from orchestrator.project import (
+    ENV_ARTIFACTS,
+    ENV_RAY_ADDRESS,
+    ENV_ROOT,
+    ENV_TRACKING_URI,
+    artifacts_root,
+    tracking_uri,
+)
+from orchestrator.spec.compose import ComposedSpec
+from targets.base import registered_targets
+
+log = logging.getLogger(__name__)
+
+RAY_INSTALL = "pip install 'edgeship[ray]'"
+GPU_RUNTIMES = frozenset({"tensorrt"})  # runtimes whose passes and validation want a GPU
+# what a task carries from the driver's environment (paths, stores, tool environments)
+CARRIED_PREFIXES = ("EDGESHIP_", "MLFLOW_")
+
+
+def ray_address(option: str | None) -> str | None:
+    """The Ray cluster to build on: ``--ray`` else ``$EDGESHIP_RAY_ADDRESS``; None: local."""
+    return option or os.environ.get(ENV_RAY_ADDRESS) or None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each build task asks the cluster for (``--ray-resources``)."""
+
+    num_cpus: float = 1.0
+    memory_mb: int = 2048  # Ray schedules by it; the task is not limited to it
+    num_gpus: float | None = None  # None: 1 for a GPU runtime's build when the cluster has GPUs
+    max_retries: int = 2  # how often a task whose worker died runs again
+
+    KEYS = ("cpus", "memory_mb", "gpus", "retries")
+
+    @classmethod
+    def parse(cls, text: str | None) -> Resources:
+        """``cpus=2,memory_mb=4096,gpus=1,retries=3`` (any subset); problems collected."""
+        if not text:
+            return cls()
+        values: dict[str, Any] = {}
+        problems = []
+        for word in text.split(","):
+            key, sep, value = word.strip().partition("=")
+            if not sep or key not in cls.KEYS:
+                problems.append(
+                    Problem(
+                        "command line",
+                        "--ray-resources",
+                        f"expected KEY=VALUE with KEY one of {', '.join(cls.KEYS)}, "
+                        f"found {word.strip()!r}",
+                    )
+                )
+                continue
+            try:
+                number = float(value)
+                if number < 0 or (key in ("memory_mb", "retries") and number != int(number)):
+                    raise ValueError(value)
+            except ValueError:
+                problems.append(
+                    Problem(
+                        "command line",
+                        f"--ray-resources {key}",
+                        f"expected a non-negative {'integer' if key != 'cpus' else 'number'}"
+                        f", found {value!r}",
+                    )
+                )
+                continue
+            values[key] = number
+        if problems:
+            raise SpecError(problems, title="invalid --ray-resources")
+        return cls(
+            num_cpus=values.get("cpus", cls.num_cpus),
+            memory_mb=int(values.get("memory_mb", cls.memory_mb)),
+            num_gpus=values.get("gpus"),
+            max_retries=int(values.get("retries", cls.max_retries)),
+        )
+
+
+@dataclass
+class TaskOutcome:
+    """What a build task sent back: its build, its failed gates, or its error."""
+
+    label: str  # the deployment, or the candidate recipe
+    status: str  # passed | failed (a gate) | error
+    build: BuildResult | None = None
+    failed_gates: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    error_type: str = ""  # the error's class (MissingDependencyError, BuildError, ...)
+    exit_code: int = 0
+    message: str = ""
+    submitted: float = 0.0  # time.time() on the driver
+    started: float = 0.0  # time.time() in the task, before the build
+    finished: float = 0.0  # time.time() in the task, after the build
+    returned: float = 0.0  # time.time() on the driver, the outcome in hand
+    worker: str = ""  # host:pid of the worker that built it
+    candidate_error: bool = False  # an error a selection records as its candidate's outcome
+
+    @property
+    def overhead(self) -> float:
+        """Seconds Ray added: submit to the task's start, and its end to the driver."""
+        return max(0.0, self.started - self.submitted) + max(0.0, self.returned - self.finished)
+
+
+class RemoteBuildError(EdgeshipError):
+    """A build task failed on the cluster; carries the exit code it has locally."""
+
+    def __init__(self, outcome: TaskOutcome) -> None:
+        self.outcome = outcome
+        self.exit_code = outcome.exit_code or 1
+        super().__init__(outcome.message)
+
+
+class WorkerLostError(BuildError):
+    """A build task's worker died (or the task was lost) and its retries are spent."""
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "Ray (builds on a cluster)", RAY_INSTALL, f"ray cannot be imported: {exc}"
+        ) from exc
+    return ray
+
+
+def needs_gpu(spec: ComposedSpec) -> bool:
+    """Whether the build's target runtime wants a GPU (TensorRT engines)."""
+    cls = registered_targets().get(spec.config.target.family)
+    return cls is not None and cls.runtime in GPU_RUNTIMES
+
+
+def task_environment(root: Path) -> dict[str, str]:
+    """The variables a task builds with: the driver's edgeship and MLflow settings, with the
+    project, its artifacts folder and the tracking store spelt out as absolute paths."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(CARRIED_PREFIXES)}
+    env.pop(ENV_RAY_ADDRESS, None)
+    env[ENV_ROOT] = str(root.resolve())
+    env[ENV_ARTIFACTS] = str(artifacts_root(root).resolve())
+    env[ENV_TRACKING_URI] = tracking_uri(root.resolve())
+    return env
+
+
+def _worker_name() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_task(
+    spec: ComposedSpec,
+    env: dict[str, str],
+    label: str,
+    submitted: float,
+    options: dict[str, Any],
+) -> TaskOutcome:
+    """One build on a worker: ``run_build(spec, **options)`` under the driver's settings.
+
+    Every outcome is data: GateFailure and every other error are caught and returned.
+    """
+    started = time.time()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    outcome = TaskOutcome(label, "error", submitted=submitted, started=started)
+    outcome.worker = _worker_name()
+    try:
+        build = run_build(spec, **options)
+        build.validation = replace(build.validation, outputs=[])  # used; large, not sent back
+        outcome.status, outcome.build, outcome.run_id = "passed", build, build.run_id
+    except GateFailure as exc:
+        outcome.status, outcome.run_id = "failed", exc.run_id
+        outcome.failed_gates = list(exc.failed)
+        outcome.exit_code, outcome.message = int(exc.exit_code), str(exc)
+    except EdgeshipError as exc:
+        outcome.error_type, outcome.exit_code = type(exc).__name__, int(exc.exit_code)
+        outcome.message = str(exc)
+        outcome.candidate_error = isinstance(exc, (BuildError, MissingDependencyError))
+    except Exception as exc:  # an unexpected error: exit code 1, as the CLI gives it
+        outcome.error_type, outcome.exit_code = type(exc).__name__, 1
+        outcome.message = f"error: {label}: {type(exc).__name__}: {exc}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    outcome.finished = time.time()
+    return outcome
+
+
+@dataclass
+class Ticket:
+    """A submitted build task."""
+
+    label: str
+    ref: Any  # ray.ObjectRef
+    submitted: float
+
+
+class RayBuilds:
+    """Builds on a Ray cluster: connects on creation, submits build tasks, collects outcomes."""
+
+    def __init__(self, address: str, root: Path, resources: Resources | None = None) -> None:
+        self.ray = _import_ray()
+        self.root = root.resolve()
+        self.resources = resources or Resources()
+        self.address = address
+        from ray.job_config import JobConfig
+
+        # workers import edgeship from where the driver does (a checkout, an environment)
+        package_parent = str(Path(__file__).resolve().parents[2])
+        try:
+            self.ray.init(
+                address=address,
+                namespace="edgeship",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                job_config=JobConfig(code_search_path=[package_parent]),
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            why = f"error: cannot connect to the Ray cluster at {address}: {exc}"
+            raise BuildError(why) from exc
+        self.gpus = float(self.ray.cluster_resources().get("GPU", 0.0))
+        self.env = task_environment(self.root)
+        self._remote = self.ray.remote(build_task)
+        self.outcomes: list[TaskOutcome] = []
+
+    def options(self, spec: ComposedSpec) -> dict[str, Any]:
+        """The Ray task options of a build of ``spec``."""
+        res = self.resources
+        gpus = res.num_gpus
+        if gpus is None:
+            gpus = 1.0 if needs_gpu(spec) and self.gpus >= 1 else 0.0
+        return {
+            "num_cpus": res.num_cpus,
+            "memory": int(res.memory_mb) * 1024 * 1024,
+            "num_gpus": gpus,
+            "max_retries": res.max_retries,
+            "retry_exceptions": False,  # an error of the build is its outcome, not retried
+            "name": f"edgeship-build:{spec.name}:{spec.choices.get('recipe', '')}",
+        }
+
+    def submit(self, spec: ComposedSpec, label: str | None = None, **build_options: Any) -> Ticket:
+        """Start a build of ``spec`` on the cluster (``build_options``: :func:`run_build`'s)."""
+        label = label or spec.name
+        submitted = time.time()
+        ref = self._remote.options(**self.options(spec)).remote(
+            spec, self.env, label, submitted, build_options
+        )
+        return Ticket(label, ref, submitted)
+
+    def outcome(self, ticket: Ticket) -> TaskOutcome:
+        """Wait for a task's outcome; a task lost with its worker is an error outcome."""
+        ray = self.ray
+        try:
+            outcome: TaskOutcome = ray.get(ticket.ref)
+        except ray.exceptions.RayError as exc:
+            tries = self.resources.max_retries + 1
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err = WorkerLostError(
+                f"error: {ticket.label}: its Ray task failed on the cluster after {tries} "
+                f"attempt(s) ({type(exc).__name__}): {reason}"
+            )
+            outcome = TaskOutcome(
+                ticket.label,
+                "error",
+                error_type=type(err).__name__,
+                exit_code=int(err.exit_code),
+                message=str(err),
+                submitted=ticket.submitted,
+                candidate_error=True,
+            )
+        outcome.returned = time.time()
+        self.outcomes.append(outcome)
+        return outcome
+
+    def result(self, ticket: Ticket) -> BuildResult:
+        """The build of a task, raising as a local build does: GateFailure, or its error."""
+        outcome = self.outcome(ticket)
+        if outcome.status == "passed":
+            assert outcome.build is not None
+            return outcome.build
+        if outcome.status == "failed":
+            raise GateFailure(ticket.label, outcome.failed_gates, outcome.run_id)
+        raise RemoteBuildError(outcome)
+
+    def candidates(
+        self,
+        result: SelectionResult,
+        usable: list[ComposedSpec],
+        scratch: Path,
+        on_step: Callable[[str], None] | None,
+        record: bool,
+    ) -> None:
+        """Build every candidate of a selection as its own task, all at once; their outcomes
+        join ``result.candidates`` in the order of ``usable``, as a local selection's do."""
+        tickets = []
+        for candidate in usable:
+            recipe = candidate.choices["recipe"]
+            tickets.append(
+                self.submit(
+                    candidate,
+                    label=recipe,
+                    record=record,
+                    artifacts_dir=scratch / recipe,
+                    parent_run=result.parent_run_id,
+                    register=False,
+                )
+            )
+        if on_step:
+            on_step(f"{len(tickets)} candidate(s) submitted to the Ray cluster at {self.address}")
+        for ticket in tickets:
+            outcome = self.outcome(ticket)
+            if outcome.status == "error" and not outcome.candidate_error:
+                raise RemoteBuildError(outcome)  # what stops a local selection stops this one
+            result.candidates.append(_candidate(outcome, scratch, result.deployment))
+            if on_step:
+                c = result.candidates[-1]
+                why = "; ".join(c.failed_gates) or c.message
+                text = f"  {c.recipe}: {c.status.upper()} in {c.seconds:.1f}s on {outcome.worker}"
+                on_step(text + (f" ({why})" if why and c.status != "passed" else ""))
+
+    def close(self) -> None:
+        """Disconnect from the cluster (the cluster keeps running)."""
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _candidate(outcome: TaskOutcome, scratch: Path, deployment: str) -> Candidate:
+    """A selection candidate from its task's outcome (as a local candidate build makes it)."""
+    import json
+
+    recipe = outcome.label
+    seconds = max(0.0, outcome.finished - outcome.started)
+    if outcome.status == "passed":
+        build = outcome.build
+        assert build is not None
+        return Candidate(
+            recipe,
+            "passed",
+            dict(build.validation.metrics),
+            run_id=build.run_id,
+            artifact_dir=build.artifact_dir,
+            seconds=seconds,
+            build=build,
+        )
+    if outcome.status == "failed":
+        failed_dir = scratch / recipe / ".failed" / deployment
+        metrics = json.loads((failed_dir / "metrics.json").read_text())
+        return Candidate(
+            recipe,
+            "failed",
+            metrics,
+            list(outcome.failed_gates),
+            run_id=outcome.run_id,
+            artifact_dir=failed_dir,
+            seconds=seconds,
+        )
+    status = "skipped" if outcome.error_type == MissingDependencyError.__name__ else "error"
+    first = outcome.message.splitlines()[0].removeprefix("error: ") if outcome.message else ""
+    log.warning("candidate %s: %s", recipe, first)
+    return Candidate(recipe, status, message=first, seconds=seconds)

@@ -135,11 +135,6 @@ class TaskOutcome:
     worker: str = ""  # host:pid of the worker that built it
     candidate_error: bool = False  # an error a selection records as its candidate's outcome
 
-    @property
-    def overhead(self) -> float:
-        """Seconds Ray added: submit to the task's start, and its end to the driver."""
-        return max(0.0, self.started - self.submitted) + max(0.0, self.returned - self.finished)
-
 
 class RemoteBuildError(EdgeshipError):
     """A build task failed on the cluster; carries the exit code it has locally."""
@@ -312,6 +307,21 @@ class RayBuilds:
             )
         outcome.returned = time.time()
         self.outcomes.append(outcome)
+        if outcome.started:
+            log.info(
+                "ray task %s on %s: %s; started %.2fs after submit, built in %.2fs, "
+                "outcome back in %.2fs [epoch s: %.3f %.3f %.3f %.3f]",
+                outcome.label,
+                outcome.worker,
+                outcome.status,
+                outcome.started - outcome.submitted,
+                outcome.finished - outcome.started,
+                outcome.returned - outcome.finished,
+                outcome.submitted,
+                outcome.started,
+                outcome.finished,
+                outcome.returned,
+            )
         return outcome
 
     def result(self, ticket: Ticket) -> BuildResult:

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.main import main
-from tests.conftest import BIN, free_port, stop_group
+from tests.conftest import BIN, free_port
 
 pytest.importorskip("ray")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,14 +71,14 @@ def ray_cluster() -> Iterator[str]:
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        stop_group(proc, timeout=20)
         _end_group(proc.pid)
+        proc.wait(timeout=10)
         log.close()
         subprocess.run(["rm", "-rf", str(temp)], check=False)
 
 
-def _end_group(pgid: int, grace: float = 5.0) -> None:
-    """Stop what outlived ``ray start`` in its process group (GCS, raylet, workers)."""
+def _end_group(pgid: int, grace: float = 3.0) -> None:
+    """Stop the node's process group: ``ray start --block``, GCS, raylet, workers."""
     deadline = time.monotonic() + grace
     sig = signal.SIGTERM
     while True:

@@ -76,6 +76,7 @@ def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 5
     sig = signal.SIGTERM
     while True:
+        proc.poll()  # reaped, the group's leader leaves it
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -84,6 +85,10 @@ def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
             sig = signal.SIGKILL
         time.sleep(0.2)
     proc.wait()
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def timed(words: list[str], env: dict[str, str]) -> tuple[float, str]:

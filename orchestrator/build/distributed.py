@@ -278,6 +278,10 @@ class RayBuilds:
     def submit(self, spec: ComposedSpec, label: str | None = None, **build_options: Any) -> Ticket:
         """Start a build of ``spec`` on the cluster (``build_options``: :func:`run_build`'s)."""
         label = label or spec.name
+        # a worker's working folder is not the driver's: every path goes absolute
+        build_options = {
+            k: v.absolute() if isinstance(v, Path) else v for k, v in build_options.items()
+        }
         submitted = time.time()
         ref = self._remote.options(**self.options(spec)).remote(
             spec, self.env, label, submitted, build_options

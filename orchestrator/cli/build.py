@@ -183,6 +183,7 @@ def _build_all(specs: list[Any], args: argparse.Namespace, pool: Any) -> int:
                 _err(f"[{spec.name}] submitted to the Ray cluster at {pool.address}")
     failures = 0
     error: EdgeshipError | None = None
+    errors = 0
     outcomes: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         report_dir = _report_dir(spec, args)
@@ -223,6 +224,15 @@ def _build_all(specs: list[Any], args: argparse.Namespace, pool: Any) -> int:
             # the cluster's other builds run on: each is shown, then the first error decides
             _err(str(exc))
             error = error or exc
+            errors += 1
+            outcomes.append(
+                {
+                    "deployment": spec.name,
+                    "passed": False,
+                    "error": str(exc),
+                    "exit_code": int(exc.exit_code),
+                }
+            )
             continue
         if args.json:
             outcomes.append(_result_json(result))
@@ -231,7 +241,11 @@ def _build_all(specs: list[Any], args: argparse.Namespace, pool: Any) -> int:
     if args.json:
         _print_json(outcomes)
     if error is not None:
-        _err(f"{len(specs)} build(s) on the Ray cluster: the first error above sets the exit code")
+        gates = f", {failures} failed their gates" if failures else ""
+        _err(
+            f"{errors} of {len(specs)} build(s) broke{gates}; "
+            f"exit code {int(error.exit_code)}: the first error's"
+        )
         return int(error.exit_code)
     if failures:
         _err(f"{failures} of {len(specs)} build(s) failed their gates")

@@ -71,19 +71,19 @@ def ray_cluster() -> Iterator[str]:
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        _end_group(proc.pid)
-        proc.wait(timeout=10)
+        _end_group(proc)
         log.close()
         subprocess.run(["rm", "-rf", str(temp)], check=False)
 
 
-def _end_group(pgid: int, grace: float = 3.0) -> None:
+def _end_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     """Stop the node's process group: ``ray start --block``, GCS, raylet, workers."""
     deadline = time.monotonic() + grace
     sig = signal.SIGTERM
     while True:
+        proc.poll()  # reaped, the group's leader leaves it
         try:
-            os.killpg(pgid, sig)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         if time.monotonic() > deadline:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.build.pipeline import BuildResult, run_build
+from orchestrator.build.pipeline import BuildResult
+from orchestrator.build.ray_task import TaskOutcome, build_task
 from orchestrator.build.select import Candidate, SelectionResult
 from orchestrator.errors import (
     BuildError,
@@ -116,26 +118,6 @@ class Resources:
         )
 
 
-@dataclass
-class TaskOutcome:
-    """What a build task sent back: its build, its failed gates, or its error."""
-
-    label: str  # the deployment, or the candidate recipe
-    status: str  # passed | failed (a gate) | error
-    build: BuildResult | None = None
-    failed_gates: list[str] = field(default_factory=list)
-    run_id: str | None = None
-    error_type: str = ""  # the error's class (MissingDependencyError, BuildError, ...)
-    exit_code: int = 0
-    message: str = ""
-    submitted: float = 0.0  # time.time() on the driver
-    started: float = 0.0  # time.time() in the task, before the build
-    finished: float = 0.0  # time.time() in the task, after the build
-    returned: float = 0.0  # time.time() on the driver, the outcome in hand
-    worker: str = ""  # host:pid of the worker that built it
-    candidate_error: bool = False  # an error a selection records as its candidate's outcome
-
-
 class RemoteBuildError(EdgeshipError):
     """A build task failed on the cluster; carries the exit code it has locally."""
 
@@ -176,54 +158,7 @@ def task_environment(root: Path) -> dict[str, str]:
     return env
 
 
-def _worker_name() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def build_task(
-    spec: ComposedSpec,
-    env: dict[str, str],
-    label: str,
-    submitted: float,
-    options: dict[str, Any],
-) -> TaskOutcome:
-    """One build on a worker: ``run_build(spec, **options)`` under the driver's settings.
-
-    Every outcome is data: GateFailure and every other error are caught and returned.
-    """
-    started = time.time()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    outcome = TaskOutcome(label, "error", submitted=submitted, started=started)
-    outcome.worker = _worker_name()
-    try:
-        build = run_build(spec, **options)
-        build.validation = replace(build.validation, outputs=[])  # used; large, not sent back
-        outcome.status, outcome.build, outcome.run_id = "passed", build, build.run_id
-    except GateFailure as exc:
-        outcome.status, outcome.run_id = "failed", exc.run_id
-        outcome.failed_gates = list(exc.failed)
-        outcome.exit_code, outcome.message = int(exc.exit_code), str(exc)
-    except EdgeshipError as exc:
-        outcome.error_type, outcome.exit_code = type(exc).__name__, int(exc.exit_code)
-        outcome.message = str(exc)
-        outcome.candidate_error = isinstance(exc, (BuildError, MissingDependencyError))
-    except Exception as exc:  # an unexpected error: exit code 1, as the CLI gives it
-        outcome.error_type, outcome.exit_code = type(exc).__name__, 1
-        outcome.message = f"error: {label}: {type(exc).__name__}: {exc}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    outcome.finished = time.time()
-    return outcome
-
-
-@dataclass
+@dataclass(eq=False)
 class Ticket:
     """A submitted build task."""
 
@@ -259,6 +194,8 @@ class RayBuilds:
         self.env = task_environment(self.root)
         self._remote = self.ray.remote(build_task)
         self.outcomes: list[TaskOutcome] = []
+        self._pending: dict[Any, Ticket] = {}  # ray.ObjectRef -> its ticket, not yet fetched
+        self._done: dict[Ticket, TaskOutcome] = {}  # fetched, not yet asked for
 
     def options(self, spec: ComposedSpec) -> dict[str, Any]:
         """The Ray task options of a build of ``spec``."""
@@ -282,14 +219,26 @@ class RayBuilds:
         build_options = {
             k: v.absolute() if isinstance(v, Path) else v for k, v in build_options.items()
         }
+        payload = pickle.dumps((spec, build_options))  # unpickled in the task, timed there
         submitted = time.time()
-        ref = self._remote.options(**self.options(spec)).remote(
-            spec, self.env, label, submitted, build_options
-        )
-        return Ticket(label, ref, submitted)
+        ref = self._remote.options(**self.options(spec)).remote(payload, self.env, label, submitted)
+        ticket = Ticket(label, ref, submitted)
+        self._pending[ref] = ticket
+        return ticket
 
     def outcome(self, ticket: Ticket) -> TaskOutcome:
-        """Wait for a task's outcome; a task lost with its worker is an error outcome."""
+        """Wait for a task's outcome; a task lost with its worker is an error outcome.
+
+        Every task that ends meanwhile is fetched as it ends, so each outcome's ``returned``
+        is when it reached the driver, whatever order the outcomes are asked for in."""
+        while ticket not in self._done:
+            ready, _ = self.ray.wait(list(self._pending), num_returns=1)
+            for ref in ready:
+                done = self._pending.pop(ref)
+                self._done[done] = self._fetch(done)
+        return self._done.pop(ticket)
+
+    def _fetch(self, ticket: Ticket) -> TaskOutcome:
         ray = self.ray
         try:
             outcome: TaskOutcome = ray.get(ticket.ref)

@@ -87,6 +87,10 @@ def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -152,7 +156,8 @@ def main() -> int:
         f"this machine has {os.cpu_count()} CPU(s)"
     )
     print(f"multirun: {count} deployment(s): {deployments}")
-    print(f"recipe=auto: {args.auto}, every recipe its target can run\n")
+    print(f"recipe=auto: {args.auto}, every recipe its target can run")
+    print(f"load average at the start (1, 5, 15 min): {load()}\n")
 
     local_env = base | {"EDGESHIP_ARTIFACTS": str(scratch / "local")}
     ray_env = base | {"EDGESHIP_ARTIFACTS": str(scratch / "ray")}
@@ -194,6 +199,7 @@ def main() -> int:
     worst = max((float(t["overhead"]) for t in every), default=0.0)
     verdict = "ok" if worst < 2.0 else "OVER"
     print(f"\nRay overhead per build task: at most {worst:.2f} s (target < 2 s): {verdict}")
+    print(f"load average at the end (1, 5, 15 min): {load()}")
     print(f"scratch: {scratch}")
     return 0
 

@@ -141,6 +141,30 @@ def _import_ray() -> Any:
     return ray
 
 
+def connect(address: str) -> Any:
+    """Connect this process to the Ray cluster at ``address`` as a driver, unless it already
+    is connected (a caller that ran ``ray.init`` keeps its connection and its workers)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray
+    from ray.job_config import JobConfig
+
+    # workers import edgeship from where the driver does (a checkout, an environment)
+    package_parent = str(Path(__file__).resolve().parents[2])
+    try:
+        ray.init(
+            address=address,
+            namespace="edgeship",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            job_config=JobConfig(code_search_path=[package_parent]),
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        why = f"error: cannot connect to the Ray cluster at {address}: {exc}"
+        raise BuildError(why) from exc
+    return ray
+
+
 def needs_gpu(spec: ComposedSpec) -> bool:
     """Whether the build's target runtime wants a GPU (TensorRT engines)."""
     cls = registered_targets().get(spec.config.target.family)
@@ -175,21 +199,8 @@ class RayBuilds:
         self.root = root.resolve()
         self.resources = resources or Resources()
         self.address = address
-        from ray.job_config import JobConfig
-
-        # workers import edgeship from where the driver does (a checkout, an environment)
-        package_parent = str(Path(__file__).resolve().parents[2])
-        try:
-            self.ray.init(
-                address=address,
-                namespace="edgeship",
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                job_config=JobConfig(code_search_path=[package_parent]),
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            why = f"error: cannot connect to the Ray cluster at {address}: {exc}"
-            raise BuildError(why) from exc
+        self._owned = not self.ray.is_initialized()  # else: this process's own connection
+        connect(address)
         self.gpus = float(self.ray.cluster_resources().get("GPU", 0.0))
         self.env = task_environment(self.root)
         self._remote = self.ray.remote(build_task)
@@ -324,8 +335,8 @@ class RayBuilds:
                 on_step(text + (f" ({why})" if why and c.status != "passed" else ""))
 
     def close(self) -> None:
-        """Disconnect from the cluster (the cluster keeps running)."""
-        if self.ray.is_initialized():
+        """Disconnect from the cluster if this connected (the cluster keeps running)."""
+        if self._owned and self.ray.is_initialized():
             self.ray.shutdown()
 
 

@@ -91,6 +91,17 @@ def _end_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.fixture(scope="module")
+def ray_driver(ray_cluster: str) -> Iterator[str]:
+    """This process connected to the cluster once for the module's builds: one Ray job, so
+    the workers it starts stay for the next test (each CLI run is a job of its own)."""
+    from orchestrator.build.distributed import connect
+
+    ray = connect(ray_cluster)
+    yield ray_cluster
+    ray.shutdown()
+
+
 @pytest.fixture
 def tracked(isolated: Path, mlflow_server: str, trained_models: Path, monkeypatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -130,13 +141,13 @@ def _shape(client: MlflowClient, run_id: str) -> dict[str, Any]:
 
 
 def test_ray_multirun_records_each_build_as_a_local_build_does(
-    tracked: Path, ray_cluster: str, capsys: pytest.CaptureFixture[str]
+    tracked: Path, ray_driver: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     art = tracked / "artifacts"
     assert main(["build", "deployment=posture_phone", *CHEAP]) == 0
     local = _run_id(art / "posture_phone")
     code = main(
-        ["build", "-m", "--ray", ray_cluster, "deployment=posture_phone,posture_server", *CHEAP]
+        ["build", "-m", "--ray", ray_driver, "deployment=posture_phone,posture_server", *CHEAP]
     )
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -156,13 +167,13 @@ def test_ray_multirun_records_each_build_as_a_local_build_does(
 
 
 def test_ray_auto_records_candidates_under_the_driver_parent_run(
-    tracked: Path, ray_cluster: str, capsys: pytest.CaptureFixture[str]
+    tracked: Path, ray_driver: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
         [
             "build",
             "--ray",
-            ray_cluster,
+            ray_driver,
             "deployment=posture_server",
             "recipe=auto",
             "recipe.candidates=[ort_fp32,ort_int8_static]",
@@ -223,13 +234,13 @@ def _kill_task_when_running(title: str, killed: list[int], timeout: float = 60) 
 
 
 def test_ray_build_whose_worker_dies_is_retried_else_reported(
-    tracked: Path, ray_cluster: str, capsys: pytest.CaptureFixture[str]
+    tracked: Path, ray_driver: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     title = "ray::edgeship-build:posture_phone:ort_mobile_int8"
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_task_when_running, args=(title, killed))
     watcher.start()
-    code = main(["build", "--ray", ray_cluster, "deployment=posture_phone", *CHEAP])
+    code = main(["build", "--ray", ray_driver, "deployment=posture_phone", *CHEAP])
     watcher.join()
     out = capsys.readouterr()
     assert killed, "the build task was never seen running"
@@ -245,7 +256,7 @@ def test_ray_build_whose_worker_dies_is_retried_else_reported(
         [
             "build",
             "--ray",
-            ray_cluster,
+            ray_driver,
             "--ray-resources",
             "retries=0",
             "--no-record",

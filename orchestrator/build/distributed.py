@@ -37,7 +37,7 @@ from orchestrator.errors import (
     GateFailure,
     MissingDependencyError,
     Problem,
-    SpecError,
+    UsageError,
 )
 from orchestrator.project import (
     ENV_ARTIFACTS,
@@ -109,7 +109,7 @@ class Resources:
                 continue
             values[key] = number
         if problems:
-            raise SpecError(problems, title="invalid --ray-resources")
+            raise UsageError(problems, title="invalid --ray-resources")
         return cls(
             num_cpus=values.get("cpus", cls.num_cpus),
             memory_mb=int(values.get("memory_mb", cls.memory_mb)),

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.cli.common import words
 from orchestrator.cli.progress import BuildSteps
-from orchestrator.errors import EdgeshipError, GateFailure, SpecError
+from orchestrator.errors import EdgeshipError, GateFailure, Problem, SpecError, UsageError
 from orchestrator.project import project_root
 
 
@@ -137,10 +137,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         for note in refresh_stage_lists(specs[0].root):
             _err(f"note: {note}")
-    address = _ray_address(args)
-    if address is not None and specs:
-        from orchestrator.build.distributed import RayBuilds, Resources
+    from orchestrator.build.distributed import RayBuilds, Resources, ray_address
 
+    address = ray_address(args.ray)  # None: build here; Ray is never imported
+    if args.ray_resources and address is None:
+        raise UsageError(
+            [Problem("command line", "--ray-resources", "needs --ray or EDGESHIP_RAY_ADDRESS")]
+        )
+    if address is not None and specs:
         resources = Resources.parse(args.ray_resources)
         pool = RayBuilds(address, specs[0].root, resources)
         try:
@@ -148,15 +152,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         finally:
             pool.close()
     return _build_all(specs, args, None)
-
-
-def _ray_address(args: argparse.Namespace) -> str | None:
-    """``--ray`` else ``$EDGESHIP_RAY_ADDRESS`` (None: build here, Ray never imported)."""
-    import os
-
-    from orchestrator.project import ENV_RAY_ADDRESS
-
-    return args.ray or os.environ.get(ENV_RAY_ADDRESS) or None
 
 
 def _report_dir(spec: Any, args: argparse.Namespace) -> Path | None:

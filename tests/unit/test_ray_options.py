@@ -84,3 +84,14 @@ def test_ray_task_environment_spells_out_the_project_and_the_store(
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{ROOT.resolve() / 'mlflow.db'}"
     assert env["EDGESHIP_ALLOW_DIRTY"] == "1"
     assert "EDGESHIP_RAY_ADDRESS" not in env  # a worker builds where it is
+
+
+def test_ray_resources_without_a_ray_address_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli.main import main
+
+    monkeypatch.delenv("EDGESHIP_RAY_ADDRESS", raising=False)
+    code = main(["build", "--ray-resources", "cpus=2", "deployment=posture_server"])
+    assert code == 64
+    assert "--ray-resources: needs --ray or EDGESHIP_RAY_ADDRESS" in capsys.readouterr().err

@@ -95,3 +95,33 @@ def test_ray_resources_without_a_ray_address_is_a_usage_error(
     code = main(["build", "--ray-resources", "cpus=2", "deployment=posture_server"])
     assert code == 64
     assert "--ray-resources: needs --ray or EDGESHIP_RAY_ADDRESS" in capsys.readouterr().err
+
+
+def test_ray_gpu_is_wanted_by_tensorrt_builds_only() -> None:
+    from orchestrator.build.distributed import needs_gpu
+    from orchestrator.spec.compose import compose
+
+    assert needs_gpu(compose(["deployment=ct_seg_jetson"], ROOT))
+    assert not needs_gpu(compose(["deployment=posture_server"], ROOT))
+
+
+def test_ray_lost_or_broken_candidate_is_an_outcome_of_the_selection(tmp_path: Path) -> None:
+    from orchestrator.build.distributed import _candidate
+    from orchestrator.build.ray_task import TaskOutcome
+
+    lost = TaskOutcome(
+        "ort_fp32",
+        "error",
+        error_type="WorkerLostError",
+        exit_code=1,
+        message="error: ort_fp32: its Ray task failed on the cluster after 3 attempt(s)",
+        candidate_error=True,
+    )
+    missing = TaskOutcome(
+        "ov_fp16", "error", error_type="MissingDependencyError", exit_code=3, message="x"
+    )
+    assert _candidate(lost, tmp_path, "posture_server").status == "error"
+    assert _candidate(lost, tmp_path, "posture_server").message.startswith(
+        "ort_fp32: its Ray task failed on the cluster"
+    )
+    assert _candidate(missing, tmp_path, "posture_server").status == "skipped"

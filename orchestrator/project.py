@@ -26,6 +26,7 @@ spec names the project's own Python (``mypkg.model:build``) without ``PYTHONPATH
 | ``EDGESHIP_TRT_CACHE`` | ``~/.cache/edgeship/tensorrt`` | engine cache of the TensorRT builder |
 | ``EDGESHIP_TOOLENV_DIR`` | ``~/.cache/edgeship/toolenvs`` | tool environments (toolenv verb) |
 | ``EDGESHIP_FULL_ERROR`` | unset | ``1``: print tracebacks (as ``-v``) |
+| ``EDGESHIP_RAY_ADDRESS`` | unset | a Ray cluster ``edgeship build`` builds on (as ``--ray``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<project>/mlflow.db`` | MLflow tracking server or store |
 """
 
@@ -50,6 +51,7 @@ ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_EVENTS_DB = "EDGESHIP_EVENTS_DB"
 ENV_TOOLENV_DIR = "EDGESHIP_TOOLENV_DIR"
 ENV_ALLOW_DIRTY = "EDGESHIP_ALLOW_DIRTY"  # "1": bundle dirty-tree builds (as --allow-dirty)
+ENV_RAY_ADDRESS = "EDGESHIP_RAY_ADDRESS"  # a Ray cluster that `edgeship build` builds on
 
 MARKER = Path("conf") / "config.yaml"
 MARKER_DIR = Path("conf") / "deployment"

@@ -59,6 +59,9 @@ from orchestrator.spec.rules import recipe_problems
 log = logging.getLogger(__name__)
 
 Step = Callable[[str], None]
+# builds the candidates elsewhere (a Ray cluster, orchestrator/build/distributed.py):
+# (result, candidate specs, scratch folder, on_step, record) -> result.candidates filled
+CandidateBuilder = Callable[["SelectionResult", list[ComposedSpec], Path, Step | None, bool], None]
 
 # the metric on the plot's parity axis, per task
 PARITY_METRIC = {"classification": "agreement", "segmentation": "dice_vs_reference"}
@@ -308,11 +311,14 @@ def run_selection(
     record: bool = True,
     report_dir: Path | None = None,
     measurer: DeviceMeasurer | None = None,
+    build_candidates: CandidateBuilder | None = None,
 ) -> SelectionResult:
     """Build every candidate of a selecting recipe and install the fastest passing one.
 
     With ``measurer`` (``deployment.validate_on.where: lab``) every candidate is measured
-    on the lab device too, and the device's figures gate and rank them.
+    on the lab device too, and the device's figures gate and rank them. With
+    ``build_candidates`` the candidates are built by it (on a Ray cluster) instead of one
+    after another here; the parent run, the choice and the install stay here.
 
     Raises :class:`NoCandidatePassedError` when no candidate passes every gate, and
     SpecError when no recipe can run on the target at all.
@@ -348,6 +354,19 @@ def run_selection(
     scratch = out_root / ".auto" / f"{name}.{uuid.uuid4().hex[:12]}"
     scratch.mkdir(parents=True)
     (scratch / ".pid").write_text(str(os.getpid()))
+
+    def build(
+        result: SelectionResult,
+        usable: list[ComposedSpec],
+        scratch: Path,
+        on_step: Step | None,
+        record: bool,
+    ) -> None:
+        if build_candidates is not None:
+            build_candidates(result, usable, scratch, on_step, record)
+        else:
+            _build_candidates(result, usable, scratch, on_step, record, measurer)
+
     tracker = None
     if record:
         from registry.tracking import open_tracker, prepare
@@ -360,13 +379,13 @@ def run_selection(
                 name, f"{name}-auto", run_tags(spec, "running", selection="parent")
             ) as parent:
                 result.parent_run_id = parent.info.run_id
-                _build_candidates(result, usable, scratch, on_step, record, measurer)
+                build(result, usable, scratch, on_step, record)
                 result.candidates += skipped
                 _choose(result)
                 result.report_files = _write_reports(result, scratch / "selection")
                 _record_parent(tracker, result, spec)
         else:
-            _build_candidates(result, usable, scratch, on_step, record, measurer)
+            build(result, usable, scratch, on_step, record)
             result.candidates += skipped
             _choose(result)
             result.report_files = _write_reports(result, scratch / "selection")

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.cli.common import words
 from orchestrator.cli.progress import BuildSteps
-from orchestrator.errors import GateFailure, SpecError
+from orchestrator.errors import EdgeshipError, GateFailure, Problem, SpecError, UsageError
 from orchestrator.project import project_root
 
 
@@ -120,7 +120,6 @@ def _step_printer(prefix: str) -> BuildSteps:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from orchestrator.build.pipeline import run_build
     from orchestrator.spec.compose import compose, split_sweeps
 
     jobs = split_sweeps(args.overrides) if args.multirun else [args.overrides]
@@ -138,30 +137,70 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         for note in refresh_stage_lists(specs[0].root):
             _err(f"note: {note}")
-    failures = 0
-    outcomes: list[dict[str, Any]] = []
-    for spec in specs:
-        report_dir = None
-        if args.report_dir:
-            report_dir = (
-                Path(args.report_dir) / spec.name if args.multirun else Path(args.report_dir)
-            )
+    from orchestrator.build.distributed import RayBuilds, Resources, ray_address
+
+    address = ray_address(args.ray)  # None: build here; Ray is never imported
+    if args.ray_resources and address is None:
+        raise UsageError(
+            [Problem("command line", "--ray-resources", "needs --ray or EDGESHIP_RAY_ADDRESS")]
+        )
+    if address is not None and specs:
+        resources = Resources.parse(args.ray_resources)
+        pool = RayBuilds(address, specs[0].root, resources)
         try:
-            measurer = _lab_measurer(spec)
-            if spec.config.recipe.select:
-                result = _run_selection(spec, args, report_dir, measurer)
+            return _build_all(specs, args, pool)
+        finally:
+            pool.close()
+    return _build_all(specs, args, None)
+
+
+def _report_dir(spec: Any, args: argparse.Namespace) -> Path | None:
+    if not args.report_dir:
+        return None
+    return Path(args.report_dir) / spec.name if args.multirun else Path(args.report_dir)
+
+
+def _build_all(specs: list[Any], args: argparse.Namespace, pool: Any) -> int:
+    """Every build in order; with ``pool`` (a Ray cluster) every plain build is submitted
+    first and waited for in order, and a selection's candidates run on the cluster too."""
+    from orchestrator.build.pipeline import run_build
+
+    tickets: dict[int, Any] = {}
+    measurers: dict[int, Any] = {}
+    if pool is not None:
+        for i, spec in enumerate(specs):
+            measurers[i] = _lab_measurer(spec)
+            # a lab device measures one build at a time: those builds stay on this machine
+            if measurers[i] is None and not spec.config.recipe.select:
+                tickets[i] = pool.submit(
+                    spec, record=not args.no_record, report_dir=_report_dir(spec, args)
+                )
+                _err(f"[{spec.name}] submitted to the Ray cluster at {pool.address}")
+    failures = 0
+    error: EdgeshipError | None = None
+    errors = 0
+    outcomes: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs):
+        report_dir = _report_dir(spec, args)
+        try:
+            if i in tickets:
+                result = pool.result(tickets[i])
             else:
-                steps = _step_printer(spec.name)
-                try:
-                    result = run_build(
-                        spec,
-                        on_step=steps,
-                        record=not args.no_record,
-                        report_dir=report_dir,
-                        measurer=measurer,
-                    )
-                finally:
-                    steps.close()
+                measurer = measurers[i] if i in measurers else _lab_measurer(spec)
+                if spec.config.recipe.select:
+                    result = _run_selection(spec, args, report_dir, measurer, pool)
+                else:
+                    steps = _step_printer(spec.name)
+                    try:
+                        result = run_build(
+                            spec,
+                            on_step=steps,
+                            record=not args.no_record,
+                            report_dir=report_dir,
+                            measurer=measurer,
+                        )
+                    finally:
+                        steps.close()
         except GateFailure as exc:
             failures += 1
             _err(str(exc))
@@ -174,12 +213,35 @@ def cmd_build(args: argparse.Namespace) -> int:
                 }
             )
             continue
+        except EdgeshipError as exc:
+            if pool is None:
+                raise
+            # the cluster's other builds run on: each is shown, then the first error decides
+            _err(str(exc))
+            error = error or exc
+            errors += 1
+            outcomes.append(
+                {
+                    "deployment": spec.name,
+                    "passed": False,
+                    "error": str(exc),
+                    "exit_code": int(exc.exit_code),
+                }
+            )
+            continue
         if args.json:
             outcomes.append(_result_json(result))
         else:
             _print_result(result)
     if args.json:
         _print_json(outcomes)
+    if error is not None:
+        gates = f", {failures} failed their gates" if failures else ""
+        _err(
+            f"{errors} of {len(specs)} build(s) broke{gates}; "
+            f"exit code {int(error.exit_code)}: the first error's"
+        )
+        return int(error.exit_code)
     if failures:
         _err(f"{failures} of {len(specs)} build(s) failed their gates")
         return GateFailure.exit_code
@@ -199,9 +261,14 @@ def _lab_measurer(spec: Any) -> Any:
 
 
 def _run_selection(
-    spec: Any, args: argparse.Namespace, report_dir: Path | None, measurer: Any = None
+    spec: Any,
+    args: argparse.Namespace,
+    report_dir: Path | None,
+    measurer: Any = None,
+    pool: Any = None,
 ) -> object:
-    """recipe=auto: build every candidate, print the comparison, return the winner's build."""
+    """recipe=auto: build every candidate, print the comparison, return the winner's build
+    (with ``pool``, the candidates are built on the Ray cluster at once)."""
     from orchestrator.build.select import NoCandidatePassedError, run_selection
 
     t0 = time.perf_counter()
@@ -213,6 +280,7 @@ def _run_selection(
             record=not args.no_record,
             report_dir=report_dir,
             measurer=measurer,
+            build_candidates=pool.candidates if pool is not None and measurer is None else None,
         )
     except NoCandidatePassedError as exc:
         steps.close()
@@ -303,6 +371,18 @@ def register(sub: Any) -> None:
         "--report-dir",
         help="also copy metrics.json and plot data here (for dvc metrics / dvc plots); "
         "with -m, one sub-folder per deployment",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="build on a Ray cluster (host:port, or auto): each build of -m and each "
+        "recipe=auto candidate is one task; default $EDGESHIP_RAY_ADDRESS, else here",
+    )
+    p.add_argument(
+        "--ray-resources",
+        metavar="KEY=VALUE,...",
+        help="what each Ray build task asks for: cpus (1), memory_mb (2048), gpus "
+        "(1 for a TensorRT target when the cluster has GPUs, else 0), retries (2)",
     )
     words(p, "Hydra overrides, e.g. deployment=NAME key=value")
     p.set_defaults(func=cmd_build)

@@ -71,6 +71,8 @@ def console_session(block: list[str]) -> list[tuple[str, list[str]]]:
 
 def normal(line: str) -> str:
     """A line with what differs between runs made uniform: hashes, numbers, spacing."""
+    # a rollout id's random suffix, also when it happens to have no digit ("acef")
+    line = re.sub(r"(\d{8}T\d{6}-\S+-)[0-9a-f]{4}(?![0-9a-zA-Z])", r"\1H", line)
     line = re.sub(r"\d+\.\d+", "N", line)
     line = re.sub(r"(?<![0-9a-zA-Z])(?=[0-9a-f]*\d)[0-9a-f]{4,64}(?![0-9a-zA-Z])", "H", line)
     line = re.sub(r"\d+", "N", line)

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -41,6 +40,7 @@ from orchestrator.ship.pull import ReportReceiver, pull_dir, pull_rollout
 from orchestrator.sim.swarm import (
     Nginx,
     Swarm,
+    free_port,
     make_artifact,
     read_access_log,
     write_fleet,
@@ -49,12 +49,6 @@ from orchestrator.spec.fleet import load_fleet_file
 from orchestrator.spec.strategy import load_rollout_file
 from registry.bundle import make_bundle
 from registry.keys import KeyStore
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu(pid: int) -> float:
@@ -186,8 +180,8 @@ def main() -> int:
     v2 = make_bundle(make_artifact(root / "a2" / "demo", args.mb, note="b"), store, bundles)
     bad = make_artifact(root / "a3" / "demo", args.mb, note="c", broken=True)
     v3 = make_bundle(bad, store, bundles)
-    nginx = Nginx(root / "nginx", bundles, _port()).start()
-    rport = _port()
+    nginx = Nginx(root / "nginx", bundles, free_port()).start()
+    rport = free_port()
     pull = {
         "base_url": f"http://127.0.0.1:{nginx.port}/",
         "reports_url": f"http://127.0.0.1:{rport}/report",

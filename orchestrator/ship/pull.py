@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from orchestrator.device.agent.pull import DONE as FINAL
+from orchestrator.device.agent.pull import ROLLOUT_KIND, rollout_target
 from orchestrator.errors import Problem, SpecError
 from orchestrator.project import rollouts_dir
 from orchestrator.ship.deploy import require_approval
@@ -48,14 +50,8 @@ from registry.repository import Repository
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_KIND = "edgeship.pull-rollout"  # the device side's pull.ROLLOUT_KIND
 MAX_REPORT_BYTES = 64 * 1024
-FINAL = ("healthy", "failed", "refused", "rolled_back")  # a device's turn in a wave is over
 FAILED = ("failed", "refused")
-
-
-def rollout_target(fleet: str) -> str:
-    return f"fleets/{fleet}/rollout.json"
 
 
 def pull_dir(root: Path, fleet: str) -> Path:

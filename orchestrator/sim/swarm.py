@@ -331,10 +331,10 @@ class SwarmSim:
             raise RuntimeError(f"swarm {self.name} is up; stop it with: edgeship sim swarm --stop")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.bundles.mkdir(parents=True, exist_ok=True)
-        nginx = Nginx(self.folder / "nginx", self.bundles.resolve(), _free_port())
+        nginx = Nginx(self.folder / "nginx", self.bundles.resolve(), free_port())
         nginx.detach = True
         nginx.start()
-        report_port = _free_port()
+        report_port = free_port()
         base_url = f"http://127.0.0.1:{nginx.port}/"
         reports_url = f"http://127.0.0.1:{report_port}/report"
         pull = {
@@ -379,7 +379,7 @@ class SwarmSim:
         return state
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

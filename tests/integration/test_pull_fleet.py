@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,14 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from orchestrator.ship.pull import ReportReceiver, pull_dir, pull_rollout
-from orchestrator.sim.swarm import Nginx, Swarm, make_artifact, read_access_log, write_fleet
+from orchestrator.sim.swarm import (
+    Nginx,
+    Swarm,
+    free_port,
+    make_artifact,
+    read_access_log,
+    write_fleet,
+)
 from orchestrator.spec.fleet import load_fleet_file
 from orchestrator.spec.strategy import load_rollout_file
 from registry.bundle import make_bundle
@@ -41,12 +47,6 @@ COUNT = 12
 MB = 2.0
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     bundles = tmp_path / "bundles"
@@ -54,8 +54,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     store = KeyStore(tmp_path / "keys", passphrase=b"")
     store.init()
     first = make_bundle(make_artifact(tmp_path / "a1" / "demo", MB, note="a"), store, bundles)
-    nginx = Nginx(tmp_path / "nginx", bundles, _port()).start()
-    report_port = _port()
+    nginx = Nginx(tmp_path / "nginx", bundles, free_port()).start()
+    report_port = free_port()
     pull = {
         "base_url": f"http://127.0.0.1:{nginx.port}/",
         "reports_url": f"http://127.0.0.1:{report_port}/report",

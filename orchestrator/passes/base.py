@@ -29,6 +29,9 @@ else:
 # the format of a torch.export program (``torch.export.save``): a recipe whose first pass
 # takes it starts from the reference model exported by torch.export instead of ONNX
 TORCH_PROGRAM = "pt2"
+# a Hugging Face model folder (save_pretrained): a recipe whose first pass takes it starts from
+# the folder of model.source.path itself (the export with a KV cache is that pass)
+HF_FOLDER = "huggingface"
 
 
 @dataclass

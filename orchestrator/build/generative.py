@@ -286,9 +286,13 @@ def measure_artifact(
 
 
 def parity_metrics(
-    measured: dict[str, Any], reference_: GenerationReference, prompts: Prompts
+    measured: dict[str, Any], reference_: GenerationReference, prompts: Prompts, max_new: int
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Teacher-forced agreement, first divergence, exact generations, step-1 logits error."""
+    """Teacher-forced agreement, first divergence, exact generations, step-1 logits error.
+
+    ``first_divergence`` is the earliest step, over all prompts, at which the artifact's top
+    token differs from the reference's when both are fed the reference's tokens; ``max_new``
+    (``max_new_tokens``) when none differs."""
     agreed = total = exact = 0
     first_div: list[int] = []
     per_prompt = []
@@ -298,7 +302,7 @@ def parity_metrics(
         agreed += round(share * len(want))
         total += len(want)
         exact += int(got["greedy"] == want)
-        first_div.append(len(want) if first < 0 else first)
+        first_div.append(max_new if first < 0 else first)
         diff = np.abs(np.asarray(got["first_logits"], np.float32) - reference_.first_logits[i])
         errors.append(float(diff.max()))
         means.append(float(diff.mean()))

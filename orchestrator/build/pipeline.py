@@ -780,7 +780,9 @@ def _build_generation(
         measured = generative.measure_artifact(
             final, prompts, reference, cfg.target.threads, gen.prompt_tokens
         )
-        metrics, per_prompt = generative.parity_metrics(measured, reference, prompts)
+        metrics, per_prompt = generative.parity_metrics(
+            measured, reference, prompts, gen.max_new_tokens
+        )
         tokens_per_s = float(measured["tokens_per_s"])
         metrics.update(
             {

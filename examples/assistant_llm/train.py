@@ -45,7 +45,7 @@ def _sequences(tokenizer: Any) -> list[list[int]]:
 
 def train(
     weights: str | Path,
-    steps: int = 300,
+    steps: int = 200,
     seed: int = 0,
     lr: float = 3e-3,
     batch: int = 16,
@@ -124,7 +124,7 @@ def train(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

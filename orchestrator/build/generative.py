@@ -156,8 +156,13 @@ def _reference_key(model: ModelConfig, source_sha: str, prompts: Prompts) -> str
 
 
 def _greedy_torch(net: Any, prompt: list[int], new: int, eos: int | None) -> tuple[Any, ...]:
+    """Greedy decoding with the model's own KV cache (transformers 5 calls it ``cache``,
+    earlier releases ``past_key_values``)."""
+    import inspect
+
     import torch
 
+    name = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
     with torch.inference_mode():
         start = time.perf_counter()
         out = net(input_ids=torch.tensor([prompt]), use_cache=True)
@@ -165,13 +170,13 @@ def _greedy_torch(net: Any, prompt: list[int], new: int, eos: int | None) -> tup
         logits = out.logits[0, -1].float()
         first = logits.numpy().copy()
         tokens = [int(logits.argmax())]
-        past = out.past_key_values
+        past = out[name]
         steps = []
         while len(tokens) < new and (eos is None or tokens[-1] != eos):
             t0 = time.perf_counter()
-            out = net(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=past, use_cache=True)
+            out = net(input_ids=torch.tensor([[tokens[-1]]]), use_cache=True, **{name: past})
             steps.append((time.perf_counter() - t0) * 1000.0)
-            past = out.past_key_values
+            past = out[name]
             tokens.append(int(out.logits[0, -1].argmax()))
     return tokens, first, ttft, steps
 

@@ -160,7 +160,7 @@ def test_parity_metrics_count_steps_and_the_first_divergence() -> None:
     measured = {
         "prompts": [
             {"top1": [5, 6, 0, 8], "greedy": [5, 6, 0, 1], "first_logits": logits},
-            {"top1": [3, 4], "greedy": [3, 4], "first_logits": [0.25] + logits[1:]},
+            {"top1": [3, 4], "greedy": [3, 4], "first_logits": [0.25, *logits[1:]]},
         ]
     }
     metrics, per_prompt = generative.parity_metrics(measured, ref, prompts, 32)

@@ -205,6 +205,7 @@ def reference(
     if threads:
         torch.set_num_threads(threads)
     try:
+        _greedy_torch(net, prompts.ids[0], min(4, gen.max_new_tokens), None)  # warm-up
         tokens, firsts, steps, ttfts = [], [], [], []
         for prompt in prompts.ids:
             t, first, ttft, s = _greedy_torch(net, prompt, gen.max_new_tokens, prompts.eos)

@@ -819,6 +819,15 @@ def _build_generation(
                 }
             },
         )
+        # the plots every build has: one decoding step's latency, step-1 logits' parity
+        result.details["latency_by_batch"] = [
+            {"batch": 1, **{k: metrics[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")}}
+        ]
+        result.details["latency_samples_ms"] = {"1": list(measured["steps_ms"])}
+        result.outputs = [
+            [np.asarray(p["first_logits"], dtype=np.float32)[None]] for p in measured["prompts"]
+        ]
+        reference_logits = [[row[None]] for row in reference.first_logits]
         runtime = runtime_config(staging, spec, target, final, {})
         runtime["generation"] = {
             "decoder": "onnx decoder with KV cache (orchestrator/device/agent/generate.py)",
@@ -858,6 +867,7 @@ def _build_generation(
             },
         )
         (staging / "report.md").write_text(_generation_report(spec, result, data_info))
+        write_plots(staging / "plots", spec, result, reference_logits)
         shutil.rmtree(work)
         status = "passed" if result.passed else "failed"
         run_id = version = None

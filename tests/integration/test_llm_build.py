@@ -43,7 +43,9 @@ def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_pat
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.95 and metrics["tokenizer_exact"] == 1.0
     assert 0 < metrics["step1_max_abs_error"] < 0.5  # weight-only INT8: close, not equal
-    assert metrics["tokens_per_s"] > 0 and metrics["ttft_ms"] > 0 and metrics["prompt_tokens"] == 128
+    assert (
+        metrics["tokens_per_s"] > 0 and metrics["ttft_ms"] > 0 and metrics["prompt_tokens"] == 128
+    )
     runtime = json.loads((art / "runtime.json").read_text())
     assert runtime["task"] == "text-generation" and runtime["model"]["precision"] == "int8"
     assert runtime["generation"]["eos_token_id"] is not None

@@ -193,6 +193,7 @@ def measure(request: dict) -> dict:
         "step_mean_ms": sum(steps_ms) / len(steps_ms) if steps_ms else 0.0,
         "tokens_per_s": 1000.0 / median_step if median_step else 0.0,
         "decode_steps": len(steps_ms),
+        "steps_ms": steps_ms,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 

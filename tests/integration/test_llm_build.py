@@ -52,6 +52,7 @@ def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_pat
     # the whole model folder travels: graph, config, tokenizer, chat template, export record
     names = {Path(f).name for f in runtime["model"]["files"]}
     assert {"model.onnx", "config.json", "tokenizer.json", "export.json"} <= names
+    assert "genai_config.json" in names  # ONNX Runtime GenAI can load the folder too
     export = json.loads((art / "model" / "export.json").read_text())
     assert export["toolenv"]["name"] == "optimum-onnx" and export["toolenv"]["lock"]
     assert "past_key_values.0.key" in export["inputs"] and "present.0.key" in export["outputs"]

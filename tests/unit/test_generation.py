@@ -29,7 +29,8 @@ def test_assistant_llm_server_composes_with_generation_settings() -> None:
     gen = spec.config.model.generation
     assert spec.config.model.task == "text-generation" and gen is not None
     assert (gen.decoding, gen.max_new_tokens, gen.max_context) == ("greedy", 32, 512)
-    assert [p.name for p in spec.config.recipe.passes] == ["optimum_export_onnx", "ort_weight_only"]
+    passes = [p.name for p in spec.config.recipe.passes]
+    assert passes == ["optimum_export_onnx", "ort_weight_only", "ortgenai_config"]
 
 
 def test_generation_settings_that_exceed_the_context_are_refused() -> None:
@@ -176,3 +177,36 @@ def test_ttft_prompt_is_built_to_the_stated_length() -> None:
     prompts = generative.Prompts(["a"], ["a"], [[1, 2, 3]], None, "x")
     assert generative.ttft_prompt(prompts, 7) == [1, 2, 3, 1, 2, 3, 1]
     assert generative.ttft_prompt(prompts, 0) == [1, 2, 3]
+
+
+def test_genai_config_names_optimums_cache_and_the_model_sizes() -> None:
+    from orchestrator.passes.onnxruntime.genai_config import genai_config
+
+    hf = {
+        "model_type": "qwen3",
+        "hidden_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "num_hidden_layers": 4,
+        "vocab_size": 584,
+        "eos_token_id": 2,
+        "bos_token_id": None,
+        "pad_token_id": 0,
+        "max_position_embeddings": 512,
+    }
+    inputs = ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
+    config = genai_config(hf, inputs, 0)
+    decoder = config["model"]["decoder"]
+    assert decoder["inputs"] == {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "position_ids": "position_ids",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+    }
+    assert decoder["outputs"]["present_key_names"] == "present.%d.key"
+    assert (decoder["head_size"], decoder["num_key_value_heads"]) == (32, 2)
+    assert config["model"]["context_length"] == 512 and config["model"]["bos_token_id"] == 2
+    assert config["search"]["do_sample"] is False
+    assert "position_ids" not in genai_config(hf, inputs[:2], 64)["model"]["decoder"]["inputs"]

@@ -75,6 +75,32 @@ class KvDecoder:
         return logits, new
 
 
+def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
+    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
+    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs). Same result
+    shape as :func:`greedy`."""
+    import onnxruntime_genai as og
+
+    model = og.Model(folder)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
+    gen = og.Generator(model, params)
+    start = time.perf_counter()
+    gen.append_tokens([int(t) for t in prompt])
+    tokens: list = []
+    steps_ms = []
+    ttft_ms = 0.0
+    while not gen.is_done() and len(tokens) < max_new_tokens:
+        t0 = time.perf_counter()
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+        if len(tokens) == 1:
+            ttft_ms = (time.perf_counter() - start) * 1000.0
+        else:
+            steps_ms.append((time.perf_counter() - t0) * 1000.0)
+    return {"tokens": tokens, "first_logits": None, "ttft_ms": ttft_ms, "steps_ms": steps_ms}
+
+
 def greedy(decoder: KvDecoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
     """Greedy generation of up to ``max_new_tokens`` tokens, ending after ``eos`` when given.
     Returns tokens, step-1 logits, time to first token (ms) and the time of every later

@@ -41,6 +41,7 @@ from orchestrator.build.volumes import (
     runtime_pipeline,
     validate_volumes,
 )
+from orchestrator.core import toolenv
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
@@ -103,6 +104,8 @@ def _check_available(target: Target, spec: ComposedSpec) -> None:
     passes = registered_passes()
     for p in spec.config.recipe.passes:
         require(passes[p.name].backend)
+        if passes[p.name].tool_environment:  # missing: the error names the install command
+            toolenv.toolenv(passes[p.name].tool_environment)
 
 
 class _Steps:

@@ -84,6 +84,7 @@ class Pass(ABC):
     runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "openvino", "tensorrt")  # who runs it
     needs_calibration: ClassVar[bool] = False  # requires model.data.calibration
     backend: ClassVar[str] = "onnx"  # library the pass uses; its import is checked at build
+    tool_environment: ClassVar[str] = ""  # the managed tool environment it runs in (checked too)
 
     @classmethod
     def static_shapes_reason(cls, options: Mapping[str, Any]) -> str | None:

@@ -210,3 +210,18 @@ def test_genai_config_names_optimums_cache_and_the_model_sizes() -> None:
     assert config["model"]["context_length"] == 512 and config["model"]["bos_token_id"] == 2
     assert config["search"]["do_sample"] is False
     assert "position_ids" not in genai_config(hf, inputs[:2], 64)["model"]["decoder"]["inputs"]
+
+
+def test_a_missing_tool_environment_stops_the_build_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.build.pipeline import _check_available
+    from orchestrator.errors import MissingDependencyError
+    from targets.base import get_target
+
+    monkeypatch.setenv("EDGESHIP_TOOLENV_DIR", str(tmp_path / "envs"))
+    spec = compose(["deployment=assistant_llm_server"], ROOT)
+    target = get_target(spec.config.target, spec.config.model)
+    with pytest.raises(MissingDependencyError) as info:
+        _check_available(target, spec)
+    assert "edgeship toolenv install optimum-onnx" in str(info.value)

@@ -87,6 +87,7 @@ class OptimumExportOnnx(Pass):
     output_format = "onnx"
     runtimes = ("onnxruntime",)
     backend = "onnx"  # what runs here; optimum itself runs in its tool environment
+    tool_environment = TOOL
 
     def run(self, model: ModelFile, options: Any, ctx: PassContext) -> ModelFile:
         folder = model.path

@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/edgeship toolenv install tvm
+	$(BIN)/edgeship toolenv install tvm optimum-onnx
 	touch $(STAMP)
 
 build: setup
+	$(BIN)/edgeship toolenv install optimum-onnx
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.build import generative, sources
 from orchestrator.build import reference as ref
-from orchestrator.build import sources
 from orchestrator.build.batching import calibration_batches, first_chunk, run_batched
 from orchestrator.build.evidence import render_model_card, write_plots
 from orchestrator.build.export import copy_model
@@ -41,6 +41,7 @@ from orchestrator.build.volumes import (
     runtime_pipeline,
     validate_volumes,
 )
+from orchestrator.core import toolenv
 from orchestrator.core.fsutil import copy_tree_atomic, install_dir, recover, write_json
 from orchestrator.core.model_file import ModelFile, sha256_file
 from orchestrator.core.runtime_imports import require
@@ -48,6 +49,7 @@ from orchestrator.core.schema import ModelConfig
 from orchestrator.core.shapes import input_bounds, tensor_json
 from orchestrator.errors import BuildError, EdgeshipError, GateFailure, MissingDependencyError
 from orchestrator.passes.base import (
+    HF_FOLDER,
     TORCH_PROGRAM,
     PassContext,
     export_format,
@@ -102,6 +104,8 @@ def _check_available(target: Target, spec: ComposedSpec) -> None:
     passes = registered_passes()
     for p in spec.config.recipe.passes:
         require(passes[p.name].backend)
+        if passes[p.name].tool_environment:  # missing: the error names the install command
+            toolenv.toolenv(passes[p.name].tool_environment)
 
 
 class _Steps:
@@ -164,6 +168,19 @@ def run_build(
     steps("load reference and evaluation data")
     source = sources.open_source(cfg.model, spec.root)
     try:
+        if cfg.model.task == "text-generation":
+            return _build_generation(
+                spec,
+                target,
+                source,
+                steps,
+                t0,
+                report_dir,
+                artifacts_dir,
+                parent_run,
+                register,
+                recording,
+            )
         return _build(
             spec,
             target,
@@ -691,3 +708,266 @@ def _write_artifact(
     (staging / "model_card.md").write_text(
         render_model_card(spec, runtime, result, data_info, provenance)
     )
+
+
+def _run_passes(spec: ComposedSpec, model: ModelFile, work: Path, steps: _Steps) -> ModelFile:
+    """The recipe's passes in order, each in its own folder under ``work``."""
+    cfg = spec.config
+    passes = registered_passes()
+    for i, p in enumerate(cfg.recipe.passes, start=1):
+        steps(f"pass {i}/{len(cfg.recipe.passes)}: {p.name}")
+        cls = passes[p.name]
+        wd = work / f"{i:02d}-{p.name}"
+        wd.mkdir(parents=True)
+        ctx = PassContext(
+            wd,
+            [t.name for t in cfg.model.inputs],
+            lambda: [],
+            threads=cfg.target.threads,
+            device=cfg.target.device,
+            output_names=[t.name for t in cfg.model.outputs],
+        )
+        try:
+            model = cls().run(model, make_options(cls, dict(p.options)), ctx)
+        except EdgeshipError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"error: recipe.passes[{i - 1}] ({p.name}) failed: {exc}") from exc
+    return model
+
+
+def _build_generation(
+    spec: ComposedSpec,
+    target: Target,
+    source: sources.Reference,
+    steps: _Steps,
+    t0: float,
+    report_dir: Path | None,
+    artifacts_dir: Path | None,
+    parent_run: str | None,
+    register: bool,
+    recording: Any = None,
+) -> BuildResult:
+    """A text-generation build: the recipe starts from the Hugging Face folder (its first
+    pass exports the decoder with its KV cache); validation decodes the prompt set
+    (see :mod:`orchestrator.build.generative`)."""
+    cfg = spec.config
+    name = cfg.deployment.name
+    gen = generative.settings(cfg.model)
+    prompts = generative.load_prompts(cfg.model, spec.root)
+    steps("reference: greedy generation in PyTorch (computed once, kept in .edgeship/reference)")
+    net = getattr(source.module, "net", source.module)
+    reference = generative.reference(
+        cfg.model, spec.root, net, str(source.lineage.get("sha256")), prompts, cfg.target.threads
+    )
+    evidence = {
+        "source": source.lineage,
+        "code": code_provenance(spec.root, _spec_code_files(cfg.model)),
+    }
+    out_root = artifacts_dir or artifacts_root(spec.root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    recover(out_root)
+    staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    (staging / ".pid").write_text(str(os.getpid()))
+    try:
+        work = staging / ".work"
+        work.mkdir()
+        assert cfg.model.source.path is not None
+        folder = ModelFile(spec.root / cfg.model.source.path, HF_FOLDER)
+        model = _run_passes(spec, folder, work, steps)
+        final = copy_model(model, staging / "model")
+        if recording is not None:
+            recording.ready()
+        steps("validate (teacher-forced parity, time to first token, tokens/s, memory)")
+        measured = generative.measure_artifact(
+            final, prompts, reference, cfg.target.threads, gen.prompt_tokens
+        )
+        metrics, per_prompt = generative.parity_metrics(
+            measured, reference, prompts, gen.max_new_tokens
+        )
+        tokens_per_s = float(measured["tokens_per_s"])
+        metrics.update(
+            {
+                "tokenizer_exact": generative.tokenizer_exact(staging / "model", prompts),
+                "ttft_ms": float(measured["ttft_ms"]),
+                "prompt_tokens": float(measured["ttft_prompt_tokens"]),
+                "tokens_per_s": tokens_per_s,
+                "throughput": tokens_per_s,
+                "reference_tokens_per_s": reference.tokens_per_s,
+                "speedup": tokens_per_s / reference.tokens_per_s if reference.tokens_per_s else 0.0,
+                "p50_ms": float(measured["step_p50_ms"]),
+                "p95_ms": float(measured["step_p95_ms"]),
+                "p99_ms": float(measured["step_p99_ms"]),
+                "mean_ms": float(measured["step_mean_ms"]),
+                "size_mb": final.size_bytes() / 1e6,
+                "peak_memory_mb": float(measured["peak_memory_mb"]),
+            }
+        )
+        result = Validation(
+            metrics,
+            evaluate_gates([parse_gate(g) for g in cfg.deployment.gates], metrics),
+            details={
+                "generation": {
+                    "prompts": per_prompt,
+                    "decode_steps": measured["decode_steps"],
+                    "latency": "p50/p95/p99/mean_ms: one decoding step (one token, KV cache)",
+                    "reference": {
+                        "runtime": "PyTorch eager, FP32",
+                        "tokens_per_s": reference.tokens_per_s,
+                        "ttft_ms": reference.ttft_ms,
+                        "cached": reference.cached,
+                        "file": str(reference.path.relative_to(spec.root)),
+                    },
+                }
+            },
+        )
+        # the plots every build has: one decoding step's latency, step-1 logits' parity
+        result.details["latency_by_batch"] = [
+            {"batch": 1, **{k: metrics[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")}}
+        ]
+        result.details["latency_samples_ms"] = {"1": list(measured["steps_ms"])}
+        result.outputs = [
+            [np.asarray(p["first_logits"], dtype=np.float32)[None]] for p in measured["prompts"]
+        ]
+        reference_logits = [[row[None]] for row in reference.first_logits]
+        runtime = runtime_config(staging, spec, target, final, {})
+        runtime["generation"] = {
+            "decoder": "onnx decoder with KV cache (orchestrator/device/agent/generate.py)",
+            "tokenizer": "model/tokenizer.json",
+            "chat": gen.chat,
+            "system": gen.system,
+            "decoding": gen.decoding,
+            "max_new_tokens": gen.max_new_tokens,
+            "max_context": gen.max_context,
+            "eos_token_id": prompts.eos,
+        }
+        steps("write artifact")
+        data_info = {
+            "eval_data_sha256": prompts.sha256,
+            "eval_samples": len(prompts),
+            "weights_sha256": None,
+            "source_kind": cfg.model.source.kind,
+            "source_sha256": evidence["source"].get("sha256"),
+        }
+        write_json(staging / "runtime.json", runtime)
+        write_json(staging / "metrics.json", result.metrics)
+        write_json(staging / "validation.json", result.to_json() | {"data": data_info})
+        (staging / "spec.yaml").write_text(spec.to_yaml())
+        smoke = staging / "smoke"
+        smoke.mkdir()
+        count = min(gen.health_tokens, len(reference.tokens[0]))
+        write_json(
+            smoke / "smoke.json",
+            {
+                "generation": {
+                    "prompt_ids": prompts.ids[0],
+                    "expected_tokens": measured["prompts"][0]["greedy"][:count],
+                    "reference_tokens": reference.tokens[0][:count],
+                    "max_new_tokens": count,
+                    "min_agreement": 1.0,
+                }
+            },
+        )
+        (staging / "report.md").write_text(_generation_report(spec, result, data_info))
+        write_plots(staging / "plots", spec, result, reference_logits)
+        shutil.rmtree(work)
+        status = "passed" if result.passed else "failed"
+        run_id = version = None
+        reused = False
+        if recording is not None:
+            steps("record in MLflow")
+            from registry.mlflow_model import artifact_digest
+            from registry.tracking import ARTIFACT_DIGEST, flatten
+
+            digest = artifact_digest(staging)
+            tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
+            with tempfile.TemporaryDirectory(prefix="edgeship-record-") as tmp:
+                path = Path(tmp) / "prompts.npz"
+                width = max(len(i) for i in prompts.ids)
+                ids = np.zeros((len(prompts), width), dtype=np.int64)
+                for row, seq in enumerate(prompts.ids):
+                    ids[row, : len(seq)] = seq
+                _save_npz(path, {"input_ids": ids})
+                fn = cfg.model.data.eval.fn
+                datasets = [
+                    (f"{cfg.model.name}-prompts", "evaluation", str(path), prompts.sha256, fn)
+                ]
+                recorded = recording.record(
+                    {
+                        "deployment": name,
+                        "run_name": f"{name}-{cfg.recipe.name}",
+                        "tags": tags,
+                        "parent": parent_run,
+                        "started": time.time() - (time.perf_counter() - t0),
+                        "staging": str(staging),
+                        "build_info": _build_info(
+                            spec, None, None, status, evidence, result.validated_on
+                        ),
+                        "params": {
+                            **flatten(spec.data),
+                            **{f"choice.{k}": v for k, v in spec.choices.items()},
+                            **_evidence_params(evidence),
+                        },
+                        "metrics": dict(result.metrics),
+                        "lineage_tags": sources.source_tags(source.lineage),
+                        "datasets": datasets,
+                        "description": _description(spec, result),
+                        "log_model": result.passed,
+                        "register": result.passed and register,
+                        "digest": digest,
+                    }
+                )
+            run_id, version = recorded["run_id"], recorded["version"]
+            reused = bool(recorded["reused"])
+        write_json(
+            staging / "build.json",
+            _build_info(spec, run_id, version, status, evidence, result.validated_on),
+        )
+        steps.finish()
+        (staging / ".pid").unlink()
+        dest = out_root / name if result.passed else out_root / ".failed" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        install_dir(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if report_dir is not None:
+        copy_reports(dest, report_dir)
+    seconds = time.perf_counter() - t0
+    build = BuildResult(name, dest, result, run_id, version, seconds, steps.done, reused)
+    if not result.passed:
+        raise GateFailure(name, result.failed_gates(), run_id)
+    return build
+
+
+def _generation_report(spec: ComposedSpec, result: Validation, data: dict[str, Any]) -> str:
+    """report.md of a text-generation artifact: verdict, gates, figures, every prompt."""
+    cfg = spec.config
+    lines = [
+        f"# {cfg.deployment.name}: {'PASSED' if result.passed else 'FAILED'}",
+        "",
+        f"model `{spec.choices['model']}`, recipe `{spec.choices['recipe']}`, "
+        f"target `{spec.choices['target']}` ({cfg.target.threads} threads); "
+        f"{data['eval_samples']} prompts",
+        "",
+        "| gate | value | |",
+        "|---|---:|---|",
+    ]
+    for g in result.gates:
+        value = "n/a" if g.value is None else f"{g.value:.4g}"
+        lines.append(f"| `{g.gate}` | {value} | {'pass' if g.passed else 'FAIL'} |")
+    lines += ["", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(result.metrics.items())]
+    lines += [
+        "",
+        "| prompt | tokens | teacher-forced agreement | first divergence | exact |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for p in result.details["generation"]["prompts"]:
+        exact = "yes" if p["greedy_tokens"] == p["reference_tokens"] else "no"
+        lines.append(
+            f"| {p['prompt']} | {p['prompt_tokens']} | {p['teacher_forced_agreement']:.3f} | "
+            f"{p['first_divergence']} | {exact} |"
+        )
+    return "\n".join(lines) + "\n"

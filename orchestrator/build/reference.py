@@ -115,6 +115,9 @@ def preprocessing(model: ModelConfig) -> dict[str, Any]:
 
 
 def weights_path(model: ModelConfig, root: Path) -> Path | None:
+    """The file (or, for a trained Hugging Face folder, the folder) the train step writes."""
+    if model.source.kind == "huggingface" and model.source.train is not None and model.source.path:
+        return root / model.source.path
     return (root / model.source.weights) if model.source.weights else None
 
 

@@ -108,7 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = load_option("model", name, root)
         path = reference.weights_path(model, root)
         if path is not None and path.exists() and args.force:
-            path.unlink()
+            if path.is_dir():  # a model folder (a Hugging Face source's save_pretrained)
+                import shutil
+
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         t0 = time.perf_counter()
         reference.ensure_weights(model, root)
         print(f"{name}: weights at {path} ({time.perf_counter() - t0:.1f}s)")

@@ -49,7 +49,10 @@ def register(sub: Any) -> None:
     """Add ``toolenv install`` and ``toolenv list`` to the ``edgeship`` parser."""
     p = sub.add_parser(
         "toolenv",
-        help="managed environments of toolchains whose pins cannot share edgeship's (Apache TVM)",
+        help=(
+            "managed environments of toolchains whose pins cannot share edgeship's"
+            " (Apache TVM, optimum-onnx)"
+        ),
     )
     verbs = p.add_subparsers(dest="toolenv_command", required=True)
     names = sorted(toolenv.TOOLS)

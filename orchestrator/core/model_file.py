@@ -16,6 +16,7 @@ FORMATS = {
     "pt2": "a torch.export program (torch.export.save, .pt2): the export torch-input passes take",
     "tflite": "a LiteRT / TensorFlow Lite flatbuffer (.tflite)",
     "pte": "an ExecuTorch program (.pte)",
+    "huggingface": "a Hugging Face model folder (save_pretrained): config, weights, tokenizer",
 }
 
 

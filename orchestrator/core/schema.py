@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-TASKS = ("classification", "segmentation", "regression", "custom")
+TASKS = ("classification", "segmentation", "regression", "custom", "text-generation")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8_bf16")  # int8_bf16: float layers in bf16
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8_bf16", "int4")
+# int8_bf16: float layers in bf16; int4: 4-bit weights, float activations (weight-only)
 
 
 def choices(*values: str) -> dict[str, tuple[str, ...]]:
@@ -169,6 +170,26 @@ class PipelineConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Text generation (task text-generation): tokenizer, decoding, context and prompts.
+
+    The prompt set is ``model.data.eval``: a loader returning a list of prompt strings. Each
+    prompt is the user's turn of a chat (the tokenizer's chat template wraps it, after the
+    system prompt when one is set) or, with ``chat: false``, the raw text.
+    """
+
+    tokenizer: str = ""  # folder with tokenizer.json (default: model.source.path)
+    chat: bool = True  # wrap prompts in the tokenizer's chat template
+    system: str = ""  # the system turn before each prompt (chat only; empty: none)
+    decoding: str = field(default="greedy", metadata=choices("greedy"))  # parity is greedy
+    max_new_tokens: int = 32  # tokens generated per prompt (fewer when end-of-sequence comes)
+    stop_at_eos: bool = True  # end a generation at the tokenizer's end-of-sequence token
+    max_context: int = 512  # prompt + generated tokens the artifact serves
+    prompt_tokens: int = 0  # prompt length time-to-first-token is stated at (0: the prompts')
+    health_tokens: int = 8  # tokens a device's health check generates and compares
+
+
+@dataclass
 class ModelConfig:
     """A reference model: source, signature, task and data."""
 
@@ -185,6 +206,7 @@ class ModelConfig:
     preprocessing: Optional[CallableRef] = None  # returns the constants an app applies first
     data: DataConfig = field(default_factory=DataConfig)  # evaluation and calibration data
     pipeline: Optional[PipelineConfig] = None  # segmentation: whole volumes in, label maps out
+    generation: Optional[GenerationConfig] = None  # text-generation: tokenizer, decoding, prompts
 
 
 @dataclass

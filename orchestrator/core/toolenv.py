@@ -89,6 +89,25 @@ TOOLS: dict[str, ToolSpec] = {
         ),
         probe="import onnx, numpy, tvm; print(tvm.__version__)",
     ),
+    "optimum-onnx": ToolSpec(
+        name="optimum-onnx",
+        what="Hugging Face optimum-onnx (ONNX export of transformers models with KV cache)",
+        # optimum-onnx 0.1 needs transformers < 4.58 (edgeship's environment has 5.x); torch
+        # is the CPU build of edgeship's environment, named exactly so that pip never picks
+        # a CUDA build; onnx and numpy at edgeship's versions: the files cross between them
+        requirements=(
+            "optimum-onnx==0.1.0",
+            "optimum==2.1.0",
+            "transformers==4.57.6",
+            "tokenizers==0.22.2",
+            "huggingface-hub==0.36.2",
+            "torch==2.13.0",
+            "onnx==1.23.2",
+            "onnxruntime==1.31.1",  # the exporter fixes dynamic axes with it
+            "numpy==2.4.6",
+        ),
+        probe="import optimum.exporters.onnx, transformers; print(transformers.__version__)",
+    ),
 }
 
 
@@ -213,12 +232,21 @@ def install(
             probe = run([str(py), "-c", spec.probe], capture_output=True, text=True, check=False)
             _check(probe, "the import check", spec)
             printed = (probe.stdout or "").strip().splitlines()
+            freeze = run(
+                [str(py), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             record = {
                 "name": spec.name,
                 "requirements": list(spec.requirements),
                 "digest": spec.digest(),
                 "version": printed[-1] if printed else "",
                 "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+                # every distribution the environment holds, as pip freeze writes it: the
+                # environment's lock, recorded in the provenance of what its passes build
+                "lock": sorted((freeze.stdout or "").split()) if freeze.returncode == 0 else [],
             }
             (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
             if final.exists():

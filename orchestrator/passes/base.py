@@ -29,6 +29,9 @@ else:
 # the format of a torch.export program (``torch.export.save``): a recipe whose first pass
 # takes it starts from the reference model exported by torch.export instead of ONNX
 TORCH_PROGRAM = "pt2"
+# a Hugging Face model folder (save_pretrained): a recipe whose first pass takes it starts from
+# the folder of model.source.path itself (the export with a KV cache is that pass)
+HF_FOLDER = "huggingface"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Pass(ABC):
     runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "openvino", "tensorrt")  # who runs it
     needs_calibration: ClassVar[bool] = False  # requires model.data.calibration
     backend: ClassVar[str] = "onnx"  # library the pass uses; its import is checked at build
+    tool_environment: ClassVar[str] = ""  # the managed tool environment it runs in (checked too)
 
     @classmethod
     def static_shapes_reason(cls, options: Mapping[str, Any]) -> str | None:

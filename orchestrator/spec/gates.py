@@ -62,6 +62,21 @@ TASK_METRICS = {
         "reference_f1",
         "f1_drop",
     ),
+    # text generation: teacher-forced parity against the reference's greedy tokens, decoding
+    # speed at the stated prompt length; max_abs_error is the step-1 logits' (see build/generative)
+    "text-generation": (
+        "teacher_forced_agreement",
+        "min_teacher_forced_agreement",
+        "first_divergence",
+        "exact_generations",
+        "tokenizer_exact",
+        "step1_max_abs_error",
+        "ttft_ms",
+        "tokens_per_s",
+        "reference_tokens_per_s",
+        "speedup",
+        "prompt_tokens",
+    ),
     "regression": (
         "mae",
         "rmse",

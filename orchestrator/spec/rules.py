@@ -13,7 +13,12 @@ from typing import Any
 
 from orchestrator.core.schema import EVENT_FIELDS, PIPELINE_STEPS, TASKS
 from orchestrator.core.typecheck import check_dataclass, closest, unknown_name_message
-from orchestrator.passes.base import TORCH_PROGRAM, export_format, registered_passes
+from orchestrator.passes.base import (
+    HF_FOLDER,
+    TORCH_PROGRAM,
+    export_format,
+    registered_passes,
+)
 from orchestrator.spec.files import list_options, read_option
 from orchestrator.spec.gates import GateSyntaxError, measured_metrics, metric_names, parse_gate
 from orchestrator.spec.shapes import (
@@ -119,6 +124,60 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
     pipeline = model.get("pipeline")
     if isinstance(pipeline, Mapping):
         check_pipeline(model, pipeline, report)
+    check_generation(model, report)
+
+
+def check_generation(model: Mapping[str, Any], report: Report) -> None:
+    """A text-generation model: a Hugging Face folder, generation settings that fit its
+    context; generation settings only on such a model."""
+    task = model.get("task")
+    generation = model.get("generation")
+    if task != "text-generation":
+        if isinstance(generation, Mapping):
+            report(
+                "model.generation",
+                f"expected no generation settings for a {task} model; they belong to a "
+                "text-generation model",
+            )
+        return
+    kind = _get(model, "source", "kind")
+    if kind != "huggingface":
+        report(
+            "model.source.kind",
+            f"expected huggingface for a text-generation model (a folder with the tokenizer), "
+            f"found {kind}",
+        )
+    if not isinstance(generation, Mapping):
+        report(
+            "model.generation",
+            "expected the generation settings of a text-generation model (max_new_tokens, "
+            "max_context, ...), found none",
+        )
+        return
+    ints = {}
+    for key, low in (
+        ("max_new_tokens", 1),
+        ("max_context", 2),
+        ("prompt_tokens", 0),
+        ("health_tokens", 1),
+    ):
+        value = generation.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            ints[key] = value
+            if value < low:
+                report(f"model.generation.{key}", f"expected {low} or more, found {value}")
+    new, context = ints.get("max_new_tokens", 0), ints.get("max_context", 0)
+    if new >= 1 and context >= 2 and ints.get("prompt_tokens", 0) + new > context:
+        report(
+            "model.generation.prompt_tokens",
+            f"prompt_tokens + max_new_tokens = {ints['prompt_tokens'] + new} exceeds "
+            f"max_context {context}",
+        )
+    if new >= 1 and ints.get("health_tokens", 0) > new:
+        report(
+            "model.generation.health_tokens",
+            f"expected at most max_new_tokens ({new}), found {ints['health_tokens']}",
+        )
 
 
 def check_pipeline(model: Mapping[str, Any], pipeline: Mapping[str, Any], report: Report) -> None:
@@ -201,7 +260,7 @@ _SOURCE_KEYS = {
     "pytorch": ("factory", "weights", "train", "path"),
     "onnx": ("path",),
     "mlflow": ("uri",),
-    "huggingface": ("path", "auto_class"),
+    "huggingface": ("path", "auto_class", "train"),
     "monai_bundle": ("path",),
 }
 _FOLDER_KINDS = {
@@ -336,6 +395,21 @@ def check_passes(
             f"pass '{first.get('name')}' takes a torch program (pt2), but model.source.kind is "
             f"onnx in {model_file}: an ONNX model cannot become a torch program; use a "
             "PyTorch source or a recipe that starts from ONNX",
+        )
+        chain_ok = False
+    if fmt == HF_FOLDER and source.get("kind") != "huggingface":
+        report(
+            f"{key_prefix}[0].name",
+            f"pass '{first.get('name')}' takes a Hugging Face folder, but model.source.kind is "
+            f"{source.get('kind')} in {model_file}",
+        )
+        chain_ok = False
+    if _get(spec, "model", "task") == "text-generation" and fmt != HF_FOLDER:
+        report(
+            f"{key_prefix}[0].name",
+            "a text-generation model is exported with its KV cache by a first pass that takes "
+            "its Hugging Face folder (e.g. optimum_export_onnx); found "
+            + (f"'{first.get('name')}'" if passes else "a recipe without passes"),
         )
         chain_ok = False
     for i, p in enumerate(passes):

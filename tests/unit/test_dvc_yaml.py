@@ -40,7 +40,8 @@ def test_dvc_stages_name_the_model_the_spec_uses() -> None:
     for name, item in lists["deployments"].items():
         spec = compose([f"deployment={name}"], ROOT)
         assert item["model"] == spec.choices["model"], name
-        assert item["weights"] == spec.config.model.source.weights
+        source = spec.config.model.source
+        assert item["weights"] == (source.weights or source.path)  # a model folder: its path
         assert item == {"model": item["model"], **lists["models"][item["model"]]}
     assert lists["models"]["posture_cnn"] == {
         "code": "examples/posture_cnn",

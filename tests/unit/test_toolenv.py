@@ -76,13 +76,14 @@ def test_install_builds_in_a_temporary_folder_then_renames_it(fake_tool: Path) -
     run = FakeRun()
     python = toolenv.install("fake", run=run)
     assert python == toolenv.env_dir("fake") / "bin" / "python"
-    venv, pip, probe = run.calls
+    venv, pip, probe, freeze = run.calls
     tmp = Path(venv[3])
     assert tmp.name.startswith(f".fake-{FAKE.digest()}.tmp-") and not tmp.exists()
     assert pip[1:4] == ["-m", "pip", "install"] and pip[-1] == "fakepkg==1.0"
     assert probe[-1] == FAKE.probe
     record = json.loads((toolenv.env_dir("fake") / toolenv.MARKER).read_text())
     assert record["version"] == "1.0" and record["requirements"] == ["fakepkg==1.0"]
+    assert freeze[1:4] == ["-m", "pip", "freeze"] and record["lock"] == ["1.0"]  # pip freeze
     assert toolenv.toolenv("fake") == python
     again = FakeRun()
     toolenv.install("fake", run=again)  # ready: nothing runs
@@ -107,7 +108,7 @@ def test_concurrent_installs_build_once(fake_tool: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(len(r.calls) for r in runs) == [0, 3]  # the second found it ready
+    assert sorted(len(r.calls) for r in runs) == [0, 4]  # the second found it ready
     assert toolenv.info("fake") is not None
 
 

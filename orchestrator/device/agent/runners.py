@@ -475,6 +475,8 @@ def smoke_check(folder: str, cache: str | None = None, then=None) -> dict:
     runtime = read_json(os.path.join(folder, "runtime.json"))
     name = str((runtime.get("target") or {}).get("runtime"))
     base = {"deployment": runtime.get("deployment"), "runner": name}
+    if runtime.get("task") == "text-generation":
+        return generation_check(folder, runtime, base, cache)
     inputs, expected, smoke = smoke_data(folder, runtime)
     try:
         runner = load(folder, runtime, cache)
@@ -505,6 +507,89 @@ def smoke_check(folder: str, cache: str | None = None, then=None) -> dict:
         runtime=runner.describe(),
         outputs=checked["outputs"],
         argmax_agreement=checked["argmax_agreement"],
+    )
+
+
+def generation_check(folder: str, runtime: dict, base: dict, cache: str | None = None) -> dict:
+    """The smoke test of a text-generation bundle: a short greedy generation from the shipped
+    prompt's token ids (with the KV cache, :mod:`.generate`), compared token by token with
+    the tokens the build's validation got from the same artifact.
+
+    Where ONNX Runtime GenAI is installed and the model folder has a ``genai_config.json``,
+    its generator decodes; otherwise ONNX Runtime with :mod:`.generate`'s KV-cache loop."""
+    from .generate import KvDecoder, genai_greedy, greedy
+
+    smoke = read_json(os.path.join(folder, "smoke", "smoke.json"))
+    check = smoke.get("generation") or {}
+    expected = [int(t) for t in check.get("expected_tokens") or []]
+    prompt = [int(t) for t in check.get("prompt_ids") or []]
+    if not expected or not prompt:
+        raise RunnerError("smoke/smoke.json: generation.prompt_ids and expected_tokens needed")
+    model_dir = os.path.dirname(os.path.join(folder, str(runtime["model"]["file"])))
+    genai = (
+        _genai_version() if os.path.isfile(os.path.join(model_dir, "genai_config.json")) else None
+    )
+    if genai is not None:
+        got = genai_greedy(model_dir, prompt, len(expected))
+        described = {"name": "onnxruntime-genai", "version": genai}
+        return _generation_result(base, got, expected, check, described)
+    try:
+        runner = load(folder, runtime, cache)
+    except RunnerUnavailable as exc:
+        name = base["runner"]
+        return dict(
+            base,
+            result="fail",
+            reason=str(exc),
+            unavailable=True,
+            runtime=dict({"name": name, "version": None}, **exc.details),
+        )
+    session = getattr(runner, "session", None)
+    if session is None:
+        raise RunnerError(f"runner {base['runner']} cannot decode a text-generation model")
+    try:
+        decoder = KvDecoder(session)
+    except ValueError as exc:
+        raise RunnerError(f"text-generation bundle: {exc}") from exc
+    got = greedy(decoder, prompt, len(expected))
+    return _generation_result(base, got, expected, check, runner.describe())
+
+
+def _genai_version() -> str | None:
+    """ONNX Runtime GenAI's version where it can be imported, else None."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None
+    return str(getattr(og, "__version__", None) or _distribution_version("onnxruntime-genai"))
+
+
+def _generation_result(base: dict, got: dict, expected: list, check: dict, runtime: dict) -> dict:
+    from .generate import agreement
+
+    share, first = agreement(got["tokens"], expected)
+    needed = float(check.get("min_agreement", 1.0))
+    failures = []
+    if share < needed:
+        failures.append(
+            f"generated tokens agree with the expected ones on {share:.3f} of "
+            f"{len(expected)} steps (< {needed}); first difference at step {first}"
+        )
+    steps = got["steps_ms"]
+    return dict(
+        base,
+        result="pass" if not failures else "fail",
+        reason="; ".join(failures) or None,
+        latency_ms=round(got["ttft_ms"] + sum(steps), 3),
+        runtime=runtime,
+        generation={
+            "tokens": got["tokens"],
+            "expected": expected,
+            "agreement": share,
+            "first_divergence": first,
+            "ttft_ms": round(got["ttft_ms"], 3),
+            "tokens_per_s": round(1000.0 * len(steps) / sum(steps), 1) if sum(steps) else None,
+        },
     )
 
 

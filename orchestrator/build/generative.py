@@ -1,0 +1,336 @@
+"""Text generation: the prompt set, the reference's greedy tokens and the artifact's parity.
+
+A ``text-generation`` model (see docs/generative.md) is validated on token sequences, not
+on tensors:
+
+- the prompt set is ``model.data.eval`` (a loader returning prompt strings), each wrapped
+  in the tokenizer's chat template (``model.generation.chat``);
+- the reference is the Hugging Face folder in PyTorch (FP32, eager), decoding greedily with
+  its KV cache until end-of-sequence or ``max_new_tokens``; its tokens and step-1 logits are
+  computed once per folder, prompt set and settings and kept in
+  ``.edgeship/reference/`` (:func:`reference`);
+- the artifact decodes with :mod:`orchestrator.device.agent.generate` (the loop a device
+  runs) in a fresh process: teacher-forced top-1 agreement (fed the reference's tokens, its
+  top token at each step compared with the reference's), the first step where they differ,
+  free greedy generations compared whole, step-1 logits' largest difference, time to first
+  token at a stated prompt length, tokens per second, peak resident memory;
+- the artifact's own tokenizer file (``tokenizer.json``, read by the ``tokenizers``
+  library as a device would) must give the reference tokenizer's ids on every prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.build import reference as ref
+from orchestrator.core.model_file import ModelFile
+from orchestrator.core.schema import GenerationConfig, ModelConfig
+from orchestrator.device.agent import generate as decoding
+from orchestrator.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+REFERENCE_DIR = Path(".edgeship") / "reference"
+
+
+@dataclass
+class Prompts:
+    """The prompt set: the texts, the rendered model input and its token ids."""
+
+    texts: list[str]
+    rendered: list[str]  # the text the tokenizer encodes (chat template applied)
+    ids: list[list[int]]
+    eos: int | None
+    sha256: str  # of the texts and their ids: the evaluation data's identity
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class GenerationReference:
+    """The reference's greedy tokens and step-1 logits for every prompt."""
+
+    tokens: list[list[int]]
+    first_logits: np.ndarray  # [prompts, vocab], float32
+    tokens_per_s: float  # PyTorch eager decoding speed (median step), target threads
+    ttft_ms: float  # PyTorch eager time to the first token of the first prompt
+    cached: bool  # read from .edgeship/reference rather than computed now
+    path: Path
+
+
+def settings(model: ModelConfig) -> GenerationConfig:
+    gen = model.generation
+    if gen is None:
+        raise BuildError("error: model.generation: a text-generation model needs it; none set")
+    return gen
+
+
+def tokenizer_folder(model: ModelConfig, root: Path) -> Path:
+    gen = settings(model)
+    return root / (gen.tokenizer or model.source.path or "")
+
+
+def load_tokenizer(model: ModelConfig, root: Path) -> Any:
+    """transformers' tokenizer of the model folder (local files only)."""
+    from orchestrator.build.framework_sources import _offline
+    from orchestrator.core.runtime_imports import require
+
+    transformers = require("transformers")
+    folder = tokenizer_folder(model, root)
+    with _offline():
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise BuildError(
+                f"error: model.generation.tokenizer: no tokenizer in {folder}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+
+
+def load_prompts(model: ModelConfig, root: Path) -> Prompts:
+    """The prompt set of ``model.data.eval``, rendered and tokenised."""
+    gen = settings(model)
+    raw = ref.call(model.data.eval, "model.data.eval")
+    if not isinstance(raw, list | tuple) or not raw or not all(isinstance(p, str) for p in raw):
+        raise BuildError(
+            "error: model.data.eval: a text-generation model's loader returns a non-empty "
+            f"list of prompt strings; {model.data.eval.fn} returned {type(raw).__name__}"
+        )
+    texts = list(raw)[: model.data.eval_samples or None]
+    tok = load_tokenizer(model, root)
+    rendered = []
+    for text in texts:
+        if gen.chat:
+            if not getattr(tok, "chat_template", None):
+                where = tokenizer_folder(model, root)
+                raise BuildError(
+                    f"error: model.generation.chat: the tokenizer in {where} "
+                    "has no chat template; set chat: false to use the prompts as they are"
+                )
+            messages = ([{"role": "system", "content": gen.system}] if gen.system else []) + [
+                {"role": "user", "content": text}
+            ]
+            rendered.append(
+                tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
+        else:
+            rendered.append(text)
+    ids = [list(tok(r, add_special_tokens=False)["input_ids"]) for r in rendered]
+    longest = max(len(i) for i in ids)
+    if longest + gen.max_new_tokens > gen.max_context:
+        raise BuildError(
+            f"error: model.generation.max_context: a prompt of {longest} tokens plus "
+            f"max_new_tokens {gen.max_new_tokens} exceeds max_context {gen.max_context}"
+        )
+    digest = hashlib.sha256(json.dumps([texts, ids]).encode()).hexdigest()
+    eos = tok.eos_token_id if gen.stop_at_eos else None
+    return Prompts(texts, rendered, ids, None if eos is None else int(eos), digest)
+
+
+def _reference_key(model: ModelConfig, source_sha: str, prompts: Prompts) -> str:
+    import torch
+    import transformers
+
+    gen = settings(model)
+    key = {
+        "source": source_sha,
+        "prompts": prompts.sha256,
+        "max_new_tokens": gen.max_new_tokens,
+        "eos": prompts.eos,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _greedy_torch(net: Any, prompt: list[int], new: int, eos: int | None) -> tuple[Any, ...]:
+    """Greedy decoding with the model's own KV cache (transformers 5 calls it ``cache``,
+    earlier releases ``past_key_values``)."""
+    import inspect
+
+    import torch
+
+    name = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = net(input_ids=torch.tensor([prompt]), use_cache=True)
+        ttft = (time.perf_counter() - start) * 1000.0
+        logits = out.logits[0, -1].float()
+        first = logits.numpy().copy()
+        tokens = [int(logits.argmax())]
+        past = out[name]
+        steps = []
+        while len(tokens) < new and (eos is None or tokens[-1] != eos):
+            t0 = time.perf_counter()
+            out = net(input_ids=torch.tensor([[tokens[-1]]]), use_cache=True, **{name: past})
+            steps.append((time.perf_counter() - t0) * 1000.0)
+            past = out[name]
+            tokens.append(int(out.logits[0, -1].argmax()))
+    return tokens, first, ttft, steps
+
+
+def reference(
+    model: ModelConfig, root: Path, net: Any, source_sha: str, prompts: Prompts, threads: int
+) -> GenerationReference:
+    """The reference's greedy tokens and step-1 logits, computed once and kept."""
+    import torch
+
+    gen = settings(model)
+    key = _reference_key(model, source_sha, prompts)
+    path = root / REFERENCE_DIR / f"{model.name}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            meta = json.loads(str(npz["meta"]))
+            return GenerationReference(
+                [list(map(int, t)) for t in meta["tokens"]],
+                np.asarray(npz["first_logits"], dtype=np.float32),
+                float(meta["tokens_per_s"]),
+                float(meta["ttft_ms"]),
+                True,
+                path,
+            )
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        _greedy_torch(net, prompts.ids[0], min(4, gen.max_new_tokens), None)  # warm-up
+        tokens, firsts, steps, ttfts = [], [], [], []
+        for prompt in prompts.ids:
+            t, first, ttft, s = _greedy_torch(net, prompt, gen.max_new_tokens, prompts.eos)
+            tokens.append(t)
+            firsts.append(first)
+            steps += s
+            ttfts.append(ttft)
+    finally:
+        torch.set_num_threads(previous)
+    step = float(np.median(steps)) if steps else 0.0
+    meta = {
+        "tokens": tokens,
+        "tokens_per_s": 1000.0 / step if step else 0.0,
+        "ttft_ms": ttfts[0],
+        "threads": threads,
+        "key": key,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp, first_logits=np.stack(firsts).astype(np.float32), meta=np.asarray(json.dumps(meta))
+    )
+    tmp.replace(path)
+    return GenerationReference(
+        tokens, np.stack(firsts), meta["tokens_per_s"], meta["ttft_ms"], False, path
+    )
+
+
+def ttft_prompt(prompts: Prompts, length: int) -> list[int]:
+    """A prompt of ``length`` tokens made from the prompt set's ids (0: the first prompt)."""
+    if length <= 0:
+        return list(prompts.ids[0])
+    pool = [t for ids in prompts.ids for t in ids]
+    out: list[int] = []
+    while len(out) < length:
+        out += pool
+    return out[:length]
+
+
+def tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float:
+    """Fraction of prompts on which the artifact's ``tokenizer.json`` (the ``tokenizers``
+    library, as a device reads it) gives the reference tokenizer's ids."""
+    from tokenizers import Tokenizer
+
+    path = artifact_dir / "tokenizer.json"
+    if not path.is_file():
+        return 0.0
+    tok = Tokenizer.from_file(str(path))
+    same = [
+        tok.encode(text, add_special_tokens=False).ids == ids
+        for text, ids in zip(prompts.rendered, prompts.ids, strict=True)
+    ]
+    return sum(same) / len(same)
+
+
+def measure_artifact(
+    model: ModelFile, prompts: Prompts, reference_: GenerationReference, threads: int, length: int
+) -> dict[str, Any]:
+    """:func:`orchestrator.device.agent.generate.measure` on the artifact, in a fresh process."""
+    request = {
+        "model": str(model.path),
+        "threads": threads,
+        "prompts": prompts.ids,
+        "reference": reference_.tokens,
+        "ttft_prompt": ttft_prompt(prompts, length),
+        "repeats": 5,
+    }
+    with tempfile.TemporaryDirectory(prefix="edgeship-generate-") as tmp:
+        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        req.write_text(json.dumps(request))
+        proc = subprocess.run(
+            [sys.executable, str(Path(decoding.__file__).resolve()), "measure", str(req), str(res)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0 or not res.is_file():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+            raise BuildError(
+                f"error: decoding the artifact failed (exit {proc.returncode}):\n{tail}"
+            )
+        result: dict[str, Any] = json.loads(res.read_text())
+    return result
+
+
+def parity_metrics(
+    measured: dict[str, Any], reference_: GenerationReference, prompts: Prompts, max_new: int
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Teacher-forced agreement, first divergence, exact generations, step-1 logits error.
+
+    ``first_divergence`` is the earliest step, over all prompts, at which the artifact's top
+    token differs from the reference's when both are fed the reference's tokens; ``max_new``
+    (``max_new_tokens``) when none differs."""
+    agreed = total = exact = 0
+    first_div: list[int] = []
+    per_prompt = []
+    errors, means = [], []
+    for i, (got, want) in enumerate(zip(measured["prompts"], reference_.tokens, strict=True)):
+        share, first = decoding.agreement(got["top1"], want)
+        agreed += round(share * len(want))
+        total += len(want)
+        exact += int(got["greedy"] == want)
+        first_div.append(max_new if first < 0 else first)
+        diff = np.abs(np.asarray(got["first_logits"], np.float32) - reference_.first_logits[i])
+        errors.append(float(diff.max()))
+        means.append(float(diff.mean()))
+        per_prompt.append(
+            {
+                "prompt": prompts.texts[i],
+                "prompt_tokens": len(prompts.ids[i]),
+                "reference_tokens": want,
+                "greedy_tokens": got["greedy"],
+                "teacher_forced_agreement": share,
+                "first_divergence": first,
+                "step1_max_abs_error": errors[-1],
+            }
+        )
+    shares = [p["teacher_forced_agreement"] for p in per_prompt]
+    metrics = {
+        "teacher_forced_agreement": agreed / total if total else 1.0,
+        "min_teacher_forced_agreement": min(shares),
+        "first_divergence": float(min(first_div)),
+        "exact_generations": exact / len(per_prompt),
+        "step1_max_abs_error": max(errors),
+        "max_abs_error": max(errors),
+        "mean_abs_error": float(np.mean(means)),
+    }
+    return metrics, per_prompt

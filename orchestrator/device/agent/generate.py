@@ -1,0 +1,263 @@
+"""Greedy and teacher-forced decoding of an ONNX decoder with a KV cache, in numpy.
+
+The graph is the one optimum-onnx exports for ``text-generation-with-past`` (and what the
+weight-only passes make of it): ``input_ids``, ``attention_mask``, ``position_ids`` (when
+the graph has it) and ``past_key_values.<layer>.key|value`` in; ``logits`` and
+``present.<layer>.key|value`` out. The first call (the prompt) gets empty caches
+(sequence length 0); each later call gets one token and the caches the previous call
+returned. The build's validation and the device's health check both decode with this one
+loop, so what was validated is what runs.
+
+Standard library and Python 3.8+, like the rest of the agent; numpy and ONNX Runtime are
+imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+
+PAST = "past_key_values."
+
+
+class KvDecoder:
+    """An ONNX Runtime session of a decoder with a KV cache: prefill, then one token a call."""
+
+    def __init__(self, session) -> None:
+        import numpy as np
+
+        self.np = np
+        self.session = session
+        inputs = session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.past = [i for i in inputs if i.name.startswith(PAST)]
+        if "input_ids" not in self.input_names or not self.past:
+            raise ValueError(
+                "the model is not a decoder with a KV cache (input_ids and "
+                "past_key_values.* inputs); found inputs {}".format(", ".join(self.input_names))
+            )
+        self.past_shapes = {}
+        for i in self.past:
+            dims = list(i.shape)  # [batch, kv heads, past sequence, head dim]
+            heads, head_dim = dims[1], dims[3]
+            if not isinstance(heads, int) or not isinstance(head_dim, int):
+                raise ValueError(f"input {i.name} has no static heads/head dims: {dims}")
+            self.past_shapes[i.name] = (heads, head_dim)
+        self.float_type = np.float16 if "float16" in self.past[0].type else np.float32
+        outputs = [o.name for o in session.get_outputs()]
+        self.present = ["present" + n[len(PAST) - 1 :] for n in (i.name for i in self.past)]
+        missing = [n for n in self.present if n not in outputs]
+        if "logits" not in outputs or missing:
+            raise ValueError("the model's outputs lack logits or {}".format(", ".join(missing)))
+        self.output_names = ["logits", *self.present]
+
+    def empty(self) -> dict:
+        """Empty caches (past sequence length 0) for a batch of one."""
+        np = self.np
+        return {
+            name: np.zeros((1, heads, 0, head_dim), dtype=self.float_type)
+            for name, (heads, head_dim) in self.past_shapes.items()
+        }
+
+    def forward(self, ids: list, cache: dict, position: int) -> tuple:
+        """Logits of the last position ([vocab], float32) and the new caches, for ``ids``
+        appended at ``position`` after what ``cache`` holds."""
+        np = self.np
+        n = len(ids)
+        feed = dict(cache)
+        feed["input_ids"] = np.asarray([ids], dtype=np.int64)
+        if "attention_mask" in self.input_names:
+            feed["attention_mask"] = np.ones((1, position + n), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feed["position_ids"] = np.arange(position, position + n, dtype=np.int64)[None, :]
+        out = self.session.run(self.output_names, feed)
+        logits = np.asarray(out[0][0, -1], dtype=np.float32)
+        new = dict(zip([p.name for p in self.past], out[1:]))
+        return logits, new
+
+
+def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
+    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
+    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs). Same result
+    shape as :func:`greedy`."""
+    import onnxruntime_genai as og
+
+    model = og.Model(folder)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
+    gen = og.Generator(model, params)
+    start = time.perf_counter()
+    gen.append_tokens([int(t) for t in prompt])
+    tokens: list = []
+    steps_ms = []
+    ttft_ms = 0.0
+    while not gen.is_done() and len(tokens) < max_new_tokens:
+        t0 = time.perf_counter()
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+        if len(tokens) == 1:
+            ttft_ms = (time.perf_counter() - start) * 1000.0
+        else:
+            steps_ms.append((time.perf_counter() - t0) * 1000.0)
+    return {"tokens": tokens, "first_logits": None, "ttft_ms": ttft_ms, "steps_ms": steps_ms}
+
+
+def greedy(decoder: KvDecoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
+    """Greedy generation of up to ``max_new_tokens`` tokens, ending after ``eos`` when given.
+    Returns tokens, step-1 logits, time to first token (ms) and the time of every later
+    step (ms)."""
+    start = time.perf_counter()
+    logits, cache = decoder.forward(list(prompt), decoder.empty(), 0)
+    ttft_ms = (time.perf_counter() - start) * 1000.0
+    first_logits = logits
+    tokens = [int(logits.argmax())]
+    steps_ms = []
+    position = len(prompt)
+    while len(tokens) < max_new_tokens and (eos is None or tokens[-1] != eos):
+        t0 = time.perf_counter()
+        logits, cache = decoder.forward([tokens[-1]], cache, position)
+        steps_ms.append((time.perf_counter() - t0) * 1000.0)
+        position += 1
+        tokens.append(int(logits.argmax()))
+    return {
+        "tokens": tokens,
+        "first_logits": first_logits,
+        "ttft_ms": ttft_ms,
+        "steps_ms": steps_ms,
+    }
+
+
+def teacher_forced(decoder: KvDecoder, prompt: list, forced: list) -> dict:
+    """The model's top token at each step when fed the ``forced`` tokens (the reference's
+    generation) instead of its own: ``top1[i]`` is its choice for ``forced[i]``."""
+    logits, cache = decoder.forward(list(prompt), decoder.empty(), 0)
+    top1 = [int(logits.argmax())]
+    step_logits = [logits]
+    position = len(prompt)
+    for token in forced[:-1]:
+        logits, cache = decoder.forward([int(token)], cache, position)
+        position += 1
+        top1.append(int(logits.argmax()))
+        step_logits.append(logits)
+    return {"top1": top1, "logits": step_logits}
+
+
+def agreement(top1: list, forced: list) -> tuple:
+    """(fraction of steps whose top token is the forced one, first step that differs or -1)."""
+    n = min(len(top1), len(forced))
+    same = [int(a) == int(b) for a, b in zip(top1[:n], forced[:n])]
+    first = same.index(False) if False in same else -1
+    return (sum(same) / n if n else 1.0), first
+
+
+def session(path: str, threads: int = 0, provider: str = "CPUExecutionProvider"):
+    """An ONNX Runtime session of a decoder for this loop (sequential, all optimisations)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=[provider])
+
+
+def _median(values: list) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def measure(request: dict) -> dict:
+    """Parity and speed of a decoder on a prompt set, in this (fresh) process.
+
+    ``request``: ``model`` (path), ``threads``, ``prompts`` (token ids each), ``reference``
+    (the reference's greedy tokens each), ``eos`` (or None), ``ttft_prompt`` (token ids of
+    the prompt time-to-first-token is stated at), ``repeats``. Returns per prompt the
+    teacher-forced top tokens, the free greedy tokens and the step-1 logits, and the
+    timings; ``peak_memory_mb`` is this process's peak resident memory.
+    """
+    import resource
+
+    import numpy as np
+
+    dec = KvDecoder(session(request["model"], int(request.get("threads") or 0)))
+    results = []
+    steps_ms: list = []
+    for prompt, ref in zip(request["prompts"], request["reference"]):
+        forced = teacher_forced(dec, prompt, ref)
+        free = greedy(dec, prompt, len(ref))
+        steps_ms.extend(free["steps_ms"])
+        results.append(
+            {
+                "top1": forced["top1"],
+                "greedy": free["tokens"],
+                "first_logits": np.asarray(forced["logits"][0], dtype=np.float32).tolist(),
+            }
+        )
+    ttft = []
+    ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
+    greedy(dec, ttft_prompt, 2)  # warm-up at this length
+    for _ in range(int(request.get("repeats") or 5)):
+        ttft.append(greedy(dec, ttft_prompt, 1)["ttft_ms"])
+    steps_sorted = sorted(steps_ms)
+
+    def pct(q: float) -> float:
+        if not steps_sorted:
+            return 0.0
+        return steps_sorted[min(len(steps_sorted) - 1, round(q * (len(steps_sorted) - 1)))]
+
+    median_step = _median(steps_ms)
+    return {
+        "prompts": results,
+        "ttft_ms": _median(ttft),
+        "ttft_prompt_tokens": len(ttft_prompt),
+        "step_p50_ms": median_step,
+        "step_p95_ms": pct(0.95),
+        "step_p99_ms": pct(0.99),
+        "step_mean_ms": sum(steps_ms) / len(steps_ms) if steps_ms else 0.0,
+        "tokens_per_s": 1000.0 / median_step if median_step else 0.0,
+        "decode_steps": len(steps_ms),
+        "steps_ms": steps_ms,
+        "peak_memory_mb": peak_rss_mb(),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process image's peak resident memory: ``VmHWM`` of /proc/self/status (Linux),
+    else ``ru_maxrss``. ``ru_maxrss`` survives exec on Linux, so in a process a large parent
+    started it reports the parent's peak; ``VmHWM`` starts afresh with the new image."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv: list) -> int:
+    """``python generate.py measure REQUEST RESULT``: :func:`measure` on a JSON request."""
+    import json
+    import sys
+
+    if len(argv) != 3 or argv[0] != "measure":
+        print("usage: generate.py measure REQUEST RESULT", file=sys.stderr)
+        return 2
+    with open(argv[1]) as fh:
+        request = json.load(fh)
+    result = measure(request)
+    with open(argv[2], "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Passes that run Hugging Face optimum in its tool environment."""

@@ -1,0 +1,78 @@
+"""The assistant LLM on a server: Hugging Face folder -> ONNX with KV cache (optimum-onnx, in
+its tool environment) -> weight-only INT8 -> teacher-forced validation -> the device's
+health check by greedy generation.
+
+optimum-onnx lives in its own tool environment (``edgeship toolenv install optimum-onnx``);
+without it these tests skip, naming the command. The model folder is trained once
+(``edgeship train model=assistant_llm``) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.build import reference
+from orchestrator.core import toolenv
+from orchestrator.device.agent.runners import smoke_check
+from orchestrator.spec.compose import compose, load_option
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _optimum_environment(isolated: Path) -> None:
+    reason = toolenv.unavailable_reason("optimum-onnx")
+    if reason:
+        pytest.skip(f"{reason} (create it with `edgeship toolenv install optimum-onnx`)")
+    reference.ensure_weights(load_option("model", "assistant_llm", ROOT), ROOT)
+
+
+def _build(overrides: list[str]) -> Path:
+    from orchestrator.build.pipeline import run_build
+
+    return run_build(compose(overrides, ROOT), record=False).artifact_dir
+
+
+def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_path: Path) -> None:
+    art = _build(["deployment=assistant_llm_server"])
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["teacher_forced_agreement"] >= 0.95 and metrics["tokenizer_exact"] == 1.0
+    assert 0 < metrics["step1_max_abs_error"] < 0.5  # weight-only INT8: close, not equal
+    assert (
+        metrics["tokens_per_s"] > 0 and metrics["ttft_ms"] > 0 and metrics["prompt_tokens"] == 128
+    )
+    runtime = json.loads((art / "runtime.json").read_text())
+    assert runtime["task"] == "text-generation" and runtime["model"]["precision"] == "int8"
+    assert runtime["generation"]["eos_token_id"] is not None
+    # the whole model folder travels: graph, config, tokenizer, chat template, export record
+    names = {Path(f).name for f in runtime["model"]["files"]}
+    assert {"model.onnx", "config.json", "tokenizer.json", "export.json"} <= names
+    assert "genai_config.json" in names  # ONNX Runtime GenAI can load the folder too
+    export = json.loads((art / "model" / "export.json").read_text())
+    assert export["toolenv"]["name"] == "optimum-onnx" and export["toolenv"]["lock"]
+    assert "past_key_values.0.key" in export["inputs"] and "present.0.key" in export["outputs"]
+    validation = json.loads((art / "validation.json").read_text())
+    assert len(validation["details"]["generation"]["prompts"]) == 8
+
+    health = smoke_check(str(art))
+    assert health["result"] == "pass", health
+    assert health["generation"]["tokens"] == health["generation"]["expected"]
+
+    smoke = art / "smoke" / "smoke.json"
+    data = json.loads(smoke.read_text())
+    data["generation"]["expected_tokens"][3] += 1
+    smoke.write_text(json.dumps(data))
+    broken = smoke_check(str(art))
+    assert broken["result"] == "fail" and "first difference at step 3" in broken["reason"]
+
+
+def test_fp32_export_matches_pytorch_token_for_token() -> None:
+    art = _build(["deployment=assistant_llm_server", "recipe=llm_fp32"])
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["exact_generations"] == 1.0 and metrics["teacher_forced_agreement"] == 1.0
+    assert metrics["step1_max_abs_error"] < 1e-4

@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/edgeship toolenv install tvm optimum-onnx
+	$(BIN)/edgeship toolenv install tvm optimum-onnx optimum-intel
 	touch $(STAMP)
 
 build: setup
-	$(BIN)/edgeship toolenv install optimum-onnx
+	$(BIN)/edgeship toolenv install optimum-onnx optimum-intel
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup

@@ -3,7 +3,8 @@
 # (the MQTT broker of the events tests), PostgreSQL (the events collector's team database, started
 # by its tests), Node.js and npm (the React Native client's tests,
 # clients/react-native), poppler-utils (pdftoppm, pdftotext: the audit PDF test), nginx (the
-# static server of a pull fleet's signed repository in the pull-fleet tests).
+# static server of a pull fleet's signed repository in the pull-fleet tests), espeak-ng (speech
+# synthesised for the dictation example).
 # Installs them with apt-get when missing and running as root; otherwise says what is missing.
 set -euo pipefail
 need=()
@@ -18,6 +19,7 @@ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/n
   || need+=(postgresql)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

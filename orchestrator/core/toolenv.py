@@ -55,12 +55,17 @@ class ToolSpec:
     what: str  # what it holds, for messages
     requirements: tuple[str, ...]
     probe: str  # Python that imports the tool and prints its version
+    # installed after ``requirements`` with ``pip install --no-deps``: a package whose
+    # declared dependencies would replace a pinned one (every dependency it needs is
+    # named in ``requirements`` instead)
+    no_deps: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """Hash of the requirements and the interpreter's version (the folder name's tail)."""
         key = json.dumps(
             {
                 "requirements": sorted(self.requirements),
+                **({"no_deps": sorted(self.no_deps)} if self.no_deps else {}),
                 "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             },
             sort_keys=True,
@@ -107,6 +112,34 @@ TOOLS: dict[str, ToolSpec] = {
             "numpy==2.4.6",
         ),
         probe="import optimum.exporters.onnx, transformers; print(transformers.__version__)",
+    ),
+    "optimum-intel": ToolSpec(
+        name="optimum-intel",
+        what="Hugging Face optimum-intel (OpenVINO export of transformers models, tokenizers "
+        "for OpenVINO GenAI, NNCF weight compression)",
+        # optimum-intel 2.2 needs transformers < 5.6 and declares an unpinned torchvision
+        # that would replace the CPU torch with a CUDA build: it is installed without its
+        # dependencies, which are named here instead (torchvision is needed by none of the
+        # exports edgeship runs). openvino, its tokenizers and NNCF at edgeship's versions:
+        # the IR it writes is loaded by edgeship's OpenVINO and OpenVINO GenAI
+        requirements=(
+            "optimum==2.3.0",
+            "transformers[sentencepiece]==5.5.4",
+            "tokenizers==0.22.2",
+            "huggingface-hub==1.21.0",
+            "torch==2.13.0",
+            "openvino==2026.4.1",
+            "openvino-tokenizers==2026.4.1.0",
+            "nncf==3.4.0",
+            "tiktoken==0.14.0",
+            "setuptools",
+            "requests>=2.33,<3",
+            "onnx==1.23.2",
+            "numpy==2.4.6",
+        ),
+        no_deps=("optimum-intel==2.2.0",),
+        probe="import optimum.intel.openvino, transformers, openvino_tokenizers; "
+        "print(transformers.__version__)",
     ),
 }
 
@@ -229,6 +262,18 @@ def install(
                 f"pip install {' '.join(spec.requirements)}",
                 spec,
             )
+            if spec.no_deps:
+                say(f"pip install --no-deps {' '.join(spec.no_deps)}")
+                _check(
+                    run(
+                        [*pip, "--no-deps", *spec.no_deps],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ),
+                    f"pip install --no-deps {' '.join(spec.no_deps)}",
+                    spec,
+                )
             probe = run([str(py), "-c", spec.probe], capture_output=True, text=True, check=False)
             _check(probe, "the import check", spec)
             printed = (probe.stdout or "").strip().splitlines()
@@ -241,6 +286,7 @@ def install(
             record = {
                 "name": spec.name,
                 "requirements": list(spec.requirements),
+                "no_deps": list(spec.no_deps),
                 "digest": spec.digest(),
                 "version": printed[-1] if printed else "",
                 "python": f"{sys.version_info.major}.{sys.version_info.minor}",

@@ -17,12 +17,13 @@ Run as ``python -m orchestrator.build.measure`` with a JSON request on stdin; pr
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from orchestrator.device.agent.generate import peak_rss_mb
 
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +71,9 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         samples[str(batch)] = [round(t, 4) for t in times]
         if i == 0:
             metrics.update(row)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec on Linux, so this process would report
+    # the peak of the build that started it
+    peak = peak_rss_mb()
     worker_peak = getattr(session, "peak_memory_mb", None)
     if worker_peak is not None:  # the model runs in a worker process: its memory is the cost
         peak = float(worker_peak())

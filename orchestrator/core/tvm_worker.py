@@ -237,13 +237,25 @@ def cmd_serve():
                         times.append((time.perf_counter_ns() - start) / 1e6)
                     reply = {"ok": True, "times_ms": times}
             elif op == "memory":
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-                reply = {"ok": True, "peak_memory_mb": peak}
+                reply = {"ok": True, "peak_memory_mb": _peak_rss_mb()}
             else:
                 raise RuntimeError(f"unknown op {op!r}")
         except Exception as exc:  # reported to the caller, who raises it as its own error
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         _send(stdout, reply)
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak resident memory (``VmHWM``); ``ru_maxrss`` would carry the
+    peak of the build process that started this worker across its exec."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main(argv):

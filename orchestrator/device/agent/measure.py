@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -46,6 +45,7 @@ import time
 from .activate import Activation, copy_checked
 from .errors import AgentError, Refusal
 from .files import MANIFEST, SIGNATURE, read_json, remove_tree
+from .generate import peak_rss_mb
 from .health import agent_command, engine_cache
 from .privilege import health_env, health_limits, identity, limit_resources
 from .rules import MEASURE_KIND, path_problem
@@ -271,7 +271,7 @@ def measure_run(folder: str, out_path: str, root: str | None = None) -> dict:
         if i == 0:
             metrics.update(row)
     metrics["load_ms"] = load_ms
-    metrics["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    metrics["peak_memory_mb"] = peak_rss_mb()
     return {
         "result": "measured",
         "runtime": runner.describe(),

@@ -245,6 +245,9 @@ def ttft_prompt(prompts: Prompts, length: int) -> list[int]:
     return out[:length]
 
 
+OV_TOKENIZER = "openvino_tokenizer.xml"
+
+
 def tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float:
     """Fraction of prompts on which the artifact's ``tokenizer.json`` (the ``tokenizers``
     library, as a device reads it) gives the reference tokenizer's ids."""
@@ -261,11 +264,42 @@ def tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float:
     return sum(same) / len(same)
 
 
+def openvino_tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float | None:
+    """Fraction of prompts on which the artifact's OpenVINO tokenizer
+    (``openvino_tokenizer.xml``, what OpenVINO GenAI's ``LLMPipeline`` encodes text with)
+    gives the reference tokenizer's ids; None when the artifact has none."""
+    path = artifact_dir / OV_TOKENIZER
+    if not path.is_file():
+        return None
+    from orchestrator.core.runtime_imports import require
+
+    ov = require("openvino")
+    require("openvino_tokenizers", "openvino-tokenizers")  # registers the tokenizer operations
+    tokenizer = ov.Core().compile_model(str(path), "CPU")
+    same = []
+    for text, ids in zip(prompts.rendered, prompts.ids, strict=True):
+        got = tokenizer([text])["input_ids"][0].tolist()
+        same.append([int(t) for t in got] == ids)
+    return sum(same) / len(same)
+
+
 def measure_artifact(
-    model: ModelFile, prompts: Prompts, reference_: GenerationReference, threads: int, length: int
+    model: ModelFile,
+    prompts: Prompts,
+    reference_: GenerationReference,
+    threads: int,
+    length: int,
+    runtime: str = "onnxruntime",
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """:func:`orchestrator.device.agent.generate.measure` on the artifact, in a fresh process."""
+    """:func:`orchestrator.device.agent.generate.measure` on the artifact, in a fresh process.
+
+    ``runtime`` ``openvino``: the stateful IR compiled with ``settings`` (the artifact's
+    runtime.json settings), and OpenVINO GenAI's ``LLMPipeline`` on the same folder."""
     request = {
+        "runtime": runtime,
+        "config": dict(settings or {}),
+        "genai": runtime == "openvino",
         "model": str(model.path),
         "threads": threads,
         "prompts": prompts.ids,

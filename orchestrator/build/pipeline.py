@@ -800,6 +800,12 @@ def _build_generation(
         if ov_tokenizer is not None:  # what LLMPipeline encodes with: both must be exact
             metrics["openvino_tokenizer_exact"] = ov_tokenizer
             tokenizer_exact = min(tokenizer_exact, ov_tokenizer)
+        heldout = measured.get("perplexity")
+        if heldout and reference.perplexity:  # the held-out text: reference vs artifact
+            metrics["perplexity"] = float(heldout["perplexity"])
+            metrics["reference_perplexity"] = float(reference.perplexity)
+            metrics["perplexity_ratio"] = metrics["perplexity"] / metrics["reference_perplexity"]
+            metrics["heldout_tokens"] = float(heldout["tokens"])
         genai = measured.get("genai") or {}
         if genai.get("available"):  # OpenVINO GenAI's LLMPipeline on the same folder
             metrics["genai_exact"] = float(genai["exact"])

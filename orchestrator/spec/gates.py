@@ -76,6 +76,9 @@ TASK_METRICS = {
         "reference_tokens_per_s",
         "speedup",
         "prompt_tokens",
+        "perplexity",  # on model.generation.heldout, when set
+        "reference_perplexity",
+        "perplexity_ratio",  # the artifact's perplexity / the reference's
     ),
     "regression": (
         "mae",

@@ -36,6 +36,7 @@ class KvDecoder:
                 "the model is not a decoder with a KV cache (input_ids and "
                 "past_key_values.* inputs); found inputs {}".format(", ".join(self.input_names))
             )
+        self.last_all = None  # every position's logits of the last call
         self.past_shapes = {}
         for i in self.past:
             dims = list(i.shape)  # [batch, kv heads, past sequence, head dim]
@@ -71,9 +72,15 @@ class KvDecoder:
         if "position_ids" in self.input_names:
             feed["position_ids"] = np.arange(position, position + n, dtype=np.int64)[None, :]
         out = self.session.run(self.output_names, feed)
+        self.last_all = out[0][0]  # every position's logits of this call
         logits = np.asarray(out[0][0, -1], dtype=np.float32)
         new = dict(zip([p.name for p in self.past], out[1:]))
         return logits, new
+
+    def sequence_logits(self, ids: list):
+        """Logits of every position of ``ids`` ([len, vocab], float32), from an empty cache."""
+        self.forward(list(ids), self.empty(), 0)
+        return self.np.asarray(self.last_all, dtype=self.np.float32)
 
 
 class OvStatefulDecoder:
@@ -102,6 +109,7 @@ class OvStatefulDecoder:
         if self.logits is None:
             raise ValueError("the model has no logits output")
         self.request = compiled.create_infer_request()
+        self.last_all = None  # every position's logits of the last call
 
     def empty(self) -> dict:
         self.request.reset_state()
@@ -120,8 +128,14 @@ class OvStatefulDecoder:
             feed["position_ids"] = np.arange(position, position + n, dtype=np.int64)[None, :]
         # shared buffers: no copies in or out (the logits row is copied before the next call)
         result = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        self.last_all = result[self.logits][0]  # every position's logits (a shared buffer)
         logits = np.array(result[self.logits][0, -1], dtype=np.float32)
         return logits, cache
+
+    def sequence_logits(self, ids: list):
+        """Logits of every position of ``ids`` ([len, vocab], float32), from a reset state."""
+        self.forward(list(ids), self.empty(), 0)
+        return self.np.array(self.last_all, dtype=self.np.float32)
 
 
 # what greedy() and teacher_forced() drive: an ONNX decoder or a stateful OpenVINO one
@@ -256,6 +270,26 @@ def teacher_forced(decoder: Decoder, prompt: list, forced: list) -> dict:
     return {"top1": top1, "logits": step_logits}
 
 
+def negative_log_likelihood(decoder: Decoder, sequences: list) -> tuple:
+    """(summed negative log-likelihood, tokens scored) of ``sequences`` (token ids each):
+    every token after the first, predicted from those before it in one call per sequence.
+    Perplexity is ``exp(nll / tokens)``."""
+    import numpy as np
+
+    total = 0.0
+    count = 0
+    for ids in sequences:
+        if len(ids) < 2:
+            continue
+        logits = np.asarray(decoder.sequence_logits(list(ids)), dtype=np.float64)[:-1]
+        peak = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
+        target = np.asarray(ids[1:], dtype=np.int64)
+        total += float((log_z - logits[np.arange(len(target)), target]).sum())
+        count += len(target)
+    return total, count
+
+
 def agreement(top1: list, forced: list) -> tuple:
     """(fraction of steps whose top token is the forced one, first step that differs or -1)."""
     n = min(len(top1), len(forced))
@@ -317,6 +351,12 @@ def measure(request: dict) -> dict:
                 "first_logits": np.asarray(forced["logits"][0], dtype=np.float32).tolist(),
             }
         )
+    perplexity = None
+    if request.get("heldout"):
+        import math
+
+        nll, count = negative_log_likelihood(dec, request["heldout"])
+        perplexity = {"perplexity": math.exp(nll / count) if count else 0.0, "tokens": count}
     ttft = []
     ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
     greedy(dec, ttft_prompt, 2)  # warm-up at this length
@@ -336,6 +376,7 @@ def measure(request: dict) -> dict:
         genai = _ov_genai_check(request, results)
     return {
         "genai": genai,
+        "perplexity": perplexity,
         "prompts": results,
         "ttft_ms": _median(ttft),
         "ttft_prompt_tokens": len(ttft_prompt),

@@ -44,6 +44,8 @@ def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(tmp_path:
     assert metrics["openvino_tokenizer_exact"] == 1.0  # what LLMPipeline encodes text with
     assert 0 < metrics["step1_max_abs_error"] < 0.5  # NNCF INT8 weights: close, not equal
     assert metrics["genai_exact"] == 1.0  # LLMPipeline's greedy tokens are the loop's
+    assert metrics["reference_perplexity"] > 1 and metrics["heldout_tokens"] > 0
+    assert abs(metrics["perplexity_ratio"] - 1) < 0.05  # on the held-out exchanges
     runtime = json.loads((art / "runtime.json").read_text())
     assert runtime["target"]["runtime"] == "openvino" and runtime["model"]["precision"] == "int8"
     assert runtime["model"]["file"] == "model/openvino_model.xml"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ def _optimum_intel_environment(isolated: Path) -> None:
     reference.ensure_weights(load_option("model", "assistant_llm", ROOT), ROOT)
 
 
-def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(tmp_path: Path) -> None:
+def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator.build.pipeline import run_build
     from registry.bundle import Bundle, make_bundle
     from registry.keys import KeyStore
@@ -68,6 +71,12 @@ def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(tmp_path:
     assert health["result"] == "pass", health
     assert health["runtime"]["name"] == "openvino-genai"
     assert health["generation"]["tokens"] == health["generation"]["expected"]
+
+    with monkeypatch.context() as m:  # a device without OpenVINO GenAI: the stateful loop
+        m.setitem(sys.modules, "openvino_genai", None)
+        plain = smoke_check(str(bundle))
+    assert plain["result"] == "pass" and plain["runtime"]["name"] == "openvino", plain
+    assert plain["runtime"]["execution"]["KV_CACHE_PRECISION"] == "f32"
 
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)

@@ -428,6 +428,9 @@ def check_passes(
             before = _Counter(report)
             check_dataclass(options, cls.Options, f"{key}.options", before)
             opts = cls.Options(**options) if not before.count else None
+            if opts is not None:
+                for option, problem in cls.option_problems(options):
+                    report(f"{key}.options.{option}", problem)
         else:
             opts = None
         if fmt not in cls.input_formats and chain_ok:

@@ -51,6 +51,38 @@ def test_an_unknown_compression_mode_is_refused_with_the_choices() -> None:
     assert "recipe.passes[1].options.mode" in text and "int4_sym" in text
 
 
+def test_compression_options_that_do_not_fit_the_mode_are_refused() -> None:
+    text = _problems(["deployment=assistant_llm_nuc", "+recipe.passes.1.options.group_size=64"])
+    assert "recipe.passes[1].options.group_size: applies to int4 modes only; mode is int8_asym" in (
+        text
+    )
+    text = _problems(
+        [
+            "deployment=assistant_llm_nuc",
+            "recipe=llm_ov_int4w",
+            "recipe.passes.1.options.group_size=0",
+            "recipe.passes.1.options.ratio=1.5",
+        ]
+    )
+    assert "recipe.passes[1].options.group_size: expected -1 (per channel) or 2 or more" in text
+    assert "recipe.passes[1].options.ratio: expected more than 0 and at most 1, found 1.5" in text
+
+
+def test_a_missing_optimum_intel_environment_stops_the_build_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.build.pipeline import _check_available
+    from orchestrator.errors import MissingDependencyError
+    from targets.base import get_target
+
+    monkeypatch.setenv("EDGESHIP_TOOLENV_DIR", str(tmp_path / "envs"))
+    spec = compose(["deployment=assistant_llm_nuc"], ROOT)
+    target = get_target(spec.config.target, spec.config.model)
+    with pytest.raises(MissingDependencyError) as info:
+        _check_available(target, spec)
+    assert "edgeship toolenv install optimum-intel" in str(info.value)
+
+
 def test_a_generation_decoder_keeps_its_kv_cache_at_the_inference_precision() -> None:
     from targets.openvino_nuc import ov_config
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from orchestrator.core.runtime_imports import require
 from orchestrator.passes.base import Pass, PassContext, register_pass
 
 MODES = ("int8_asym", "int8_sym", "int4_sym", "int4_asym")
+INT4_ONLY = ("group_size", "ratio", "backup_mode", "all_layers")
 RECORD = "compression.json"
 
 
@@ -51,6 +53,23 @@ class NncfCompressWeights(Pass):
     output_format = "openvino_ir"
     runtimes = ("openvino",)
     backend = "nncf"
+
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        mode = str(options.get("mode", "int8_asym"))
+        found = []
+        if not mode.startswith("int4"):
+            for name in INT4_ONLY:
+                if name in options:
+                    found.append((name, f"applies to int4 modes only; mode is {mode}"))
+            return found
+        group = options.get("group_size", 32)
+        if group != -1 and group < 2:
+            found.append(("group_size", f"expected -1 (per channel) or 2 or more, found {group}"))
+        ratio = options.get("ratio", 1.0)
+        if not 0 < ratio <= 1:
+            found.append(("ratio", f"expected more than 0 and at most 1, found {ratio}"))
+        return found
 
     def output_precision(self, options: Any, current: str) -> str:
         return "int4" if options.mode.startswith("int4") else "int8"

@@ -408,7 +408,7 @@ def check_passes(
         report(
             f"{key_prefix}[0].name",
             "a text-generation model is exported with its KV cache by a first pass that takes "
-            "its Hugging Face folder (e.g. optimum_export_onnx); found "
+            "its Hugging Face folder (optimum_export_onnx, optimum_intel_export_openvino); found "
             + (f"'{first.get('name')}'" if passes else "a recipe without passes"),
         )
         chain_ok = False

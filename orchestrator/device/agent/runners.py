@@ -583,6 +583,8 @@ def _ov_generation_check(
     settings = dict(runtime.get("settings") or {})
     settings.setdefault("device", (runtime.get("target") or {}).get("device", "CPU"))
     model_path = os.path.join(folder, str(runtime["model"]["file"]))
+    if not os.path.isfile(model_path):
+        raise RunnerError(f"runtime.json names model {runtime['model']['file']}; not found")
     try:
         import openvino as ov
     except ImportError as exc:

@@ -1,18 +1,23 @@
-"""Benchmark: the assistant LLM in PyTorch eager vs every LLM artifact, with the decoding
-bound memory bandwidth sets.
+"""Benchmark: the assistant LLM in PyTorch eager vs every LLM artifact (ONNX Runtime and
+OpenVINO), with the decoding bound memory bandwidth sets.
 
-Builds ``assistant_llm_server`` with each LLM recipe (FP32, weight-only INT8, INT4) into
-bench/results/, then prints per artifact: teacher-forced agreement against the PyTorch
-reference, time to first token at the stated prompt length, tokens/s (median decoding
-step), size, peak RSS of the decoding process, and the memory-bandwidth bound: a decoding
-step reads every weight once, so tokens/s <= bandwidth / weight bytes, with the bandwidth
-measured here (a large numpy copy). A model whose weights fit in the CPU caches (the
-shipped tiny example) decodes faster than that bound: the bound speaks for real sizes.
+Builds ``assistant_llm_server`` with each ONNX Runtime recipe (FP32, weight-only INT8, INT4)
+and ``assistant_llm_nuc`` with each OpenVINO recipe (FP32, NNCF INT8, INT4) into
+bench/results/, then prints one table, PyTorch eager first: teacher-forced agreement against
+the PyTorch reference, first divergence, step-1 logits' largest error, perplexity on the
+held-out text against the reference's, time to first token at the stated prompt length,
+tokens/s (median decoding step of the validation loop; OpenVINO GenAI's ``LLMPipeline``
+beside it for the OpenVINO artifacts), size, peak RSS of the decoding process, and the
+memory-bandwidth bound: a decoding step reads every weight once, so tokens/s <= bandwidth /
+weight bytes, with the bandwidth measured here (a large numpy copy). A model whose weights
+fit in the CPU caches (the shipped tiny example) decodes faster than that bound: the bound
+speaks for real sizes.
 
-    .venv/bin/python bench/llm_decode.py [--threads 2]
+    .venv/bin/python bench/llm_decode.py [--threads 2] [--only onnxruntime|openvino]
 
-Needs the optimum-onnx tool environment (``edgeship toolenv install optimum-onnx``) and
-the trained model (``edgeship train model=assistant_llm``).
+Needs the optimum-onnx and optimum-intel tool environments (``edgeship toolenv install
+optimum-onnx``, ``... optimum-intel``) and the trained model (``edgeship train
+model=assistant_llm``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = ("llm_fp32", "llm_int8w", "llm_int4w")
+BUILDS = (  # (runtime, deployment, recipe)
+    ("onnxruntime", "assistant_llm_server", "llm_fp32"),
+    ("onnxruntime", "assistant_llm_server", "llm_int8w"),
+    ("onnxruntime", "assistant_llm_server", "llm_int4w"),
+    ("openvino", "assistant_llm_nuc", "llm_ov_fp32"),
+    ("openvino", "assistant_llm_nuc", "llm_ov_int8w"),
+    ("openvino", "assistant_llm_nuc", "llm_ov_int4w"),
+)
 
 
 def bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
@@ -45,7 +57,12 @@ def bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def weight_bytes(model_dir: Path) -> int:
-    """Bytes of the graph's initializers (what a decoding step reads)."""
+    """Bytes of the graph's initializers or constants (what a decoding step reads)."""
+    if (model_dir / "openvino_model.xml").is_file():
+        import openvino as ov
+
+        net = ov.Core().read_model(str(model_dir / "openvino_model.xml"))
+        return sum(op.get_byte_size() for op in net.get_ops() if op.get_type_name() == "Constant")
     import onnx
 
     proto = onnx.load(str(model_dir / "model.onnx"))
@@ -55,6 +72,7 @@ def weight_bytes(model_dir: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("onnxruntime", "openvino"), default=None)
     args = parser.parse_args()
     results = ROOT / "bench" / "results"
     os.environ["EDGESHIP_ARTIFACTS"] = str(results / "artifacts")
@@ -64,29 +82,35 @@ def main() -> int:
 
     bw = bandwidth_gb_s()
     rows = []
-    reference = None
-    for recipe in RECIPES:
+    reference: dict[str, float] = {}
+    for runtime, deployment, recipe in BUILDS:
+        if args.only and runtime != args.only:
+            continue
         spec = compose(
-            [
-                "deployment=assistant_llm_server",
-                f"recipe={recipe}",
-                f"target.threads={args.threads}",
-            ],
+            [f"deployment={deployment}", f"recipe={recipe}", f"target.threads={args.threads}"],
             ROOT,
         )
         art = run_build(spec, record=False).artifact_dir
         m = json.loads((art / "metrics.json").read_text())
-        reference = m["reference_tokens_per_s"]
+        reference = {
+            "tokens_per_s": m["reference_tokens_per_s"],
+            "perplexity": m.get("reference_perplexity", 0.0),
+        }
         wbytes = weight_bytes(art / "model")
         bound = bw * 1e9 / wbytes
         rows.append(
             {
                 "artifact": recipe,
+                "runtime": runtime,
                 "teacher_forced_agreement": m["teacher_forced_agreement"],
                 "first_divergence": m["first_divergence"],
+                "step1_max_abs_error": m["step1_max_abs_error"],
+                "perplexity": m.get("perplexity", 0.0),
+                "perplexity_ratio": m.get("perplexity_ratio", 0.0),
                 "ttft_ms": m["ttft_ms"],
                 "prompt_tokens": m["prompt_tokens"],
                 "tokens_per_s": m["tokens_per_s"],
+                "genai_tokens_per_s": m.get("genai_tokens_per_s"),
                 "size_mb": m["size_mb"],
                 "weight_mb": wbytes / 1e6,
                 "peak_memory_mb": m["peak_memory_mb"],
@@ -94,18 +118,40 @@ def main() -> int:
                 "share_of_bound": m["tokens_per_s"] / bound,
             }
         )
-    print(f"memory bandwidth (copy): {bw:.1f} GB/s; PyTorch eager: {reference:.1f} tok/s")
-    head = ("artifact", "agree", "1st div", "TTFT ms", "tok/s", "MB", "RSS MB", "bound", "share")
-    print("{:<10} {:>6} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>6}".format(*head))
+    print(f"memory bandwidth (copy): {bw:.1f} GB/s; {args.threads} threads")
+    head = (
+        "artifact", "agree", "1st div", "step1 err", "ppl", "TTFT ms", "tok/s", "genai",
+        "MB", "RSS MB", "bound", "share",
+    )  # fmt: skip
+    form = "{:<13} {:>6} {:>7} {:>9} {:>6} {:>8} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6}"
+    print(form.format(*head))
+    eager = ("pytorch eager", "-", "-", "-", f"{reference.get('perplexity', 0.0):.3f}", "-")
+    print(form.format(*eager, f"{reference.get('tokens_per_s', 0.0):.0f}", *["-"] * 5))
     for r in rows:
+        genai = r["genai_tokens_per_s"]
         print(
-            f"{r['artifact']:<10} {r['teacher_forced_agreement']:>6.3f} "
-            f"{r['first_divergence']:>7.0f} {r['ttft_ms']:>8.2f} {r['tokens_per_s']:>8.0f} "
-            f"{r['size_mb']:>6.2f} {r['peak_memory_mb']:>7.0f} "
-            f"{r['bandwidth_bound_tokens_per_s']:>9.0f} {r['share_of_bound']:>6.2f}"
+            form.format(
+                r["artifact"],
+                f"{r['teacher_forced_agreement']:.3f}",
+                f"{r['first_divergence']:.0f}",
+                f"{r['step1_max_abs_error']:.2g}",
+                f"{r['perplexity']:.3f}",
+                f"{r['ttft_ms']:.2f}",
+                f"{r['tokens_per_s']:.0f}",
+                "-" if genai is None else f"{genai:.0f}",
+                f"{r['size_mb']:.2f}",
+                f"{r['peak_memory_mb']:.0f}",
+                f"{r['bandwidth_bound_tokens_per_s']:.0f}",
+                f"{r['share_of_bound']:.2f}",
+            )
         )
     results.mkdir(parents=True, exist_ok=True)
-    out = {"bandwidth_gb_s": bw, "pytorch_eager_tokens_per_s": reference, "artifacts": rows}
+    out = {
+        "bandwidth_gb_s": bw,
+        "pytorch_eager_tokens_per_s": reference.get("tokens_per_s"),
+        "reference_perplexity": reference.get("perplexity"),
+        "artifacts": rows,
+    }
     (results / "llm_decode.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

@@ -52,12 +52,19 @@ def execution_precision(model: ModelFile, device: str) -> str:
     return "f32"
 
 
-def ov_config(model: ModelFile, device: str, threads: int) -> dict[str, Any]:
+def ov_config(
+    model: ModelFile, device: str, threads: int, generation: bool = False
+) -> dict[str, Any]:
+    """The compile settings of an artifact. A text-generation decoder (``generation``) also
+    keeps its KV cache at the inference precision: the CPU plugin stores it in f16 unless
+    told (``KV_CACHE_PRECISION``), which moves an FP32 decoder's tokens away from PyTorch's."""
     config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": execution_precision(model, device),
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
     }
+    if generation:
+        config["KV_CACHE_PRECISION"] = config["INFERENCE_PRECISION_HINT"]
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     return config
@@ -94,7 +101,8 @@ class OpenVinoNucTarget(Target):
         return OvSession(compiled)
 
     def runtime_settings(self, model: ModelFile) -> dict[str, Any]:
+        generation = self.model is not None and self.model.task == "text-generation"
         return {
             "device": self.config.device,
-            **ov_config(model, self.config.device, self.config.threads),
+            **ov_config(model, self.config.device, self.config.threads, generation),
         }

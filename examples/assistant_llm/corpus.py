@@ -62,6 +62,33 @@ def texts() -> list[str]:
     return [f"{SYSTEM}\n{q}\n{a}" for q, a in exchanges()]
 
 
+HELDOUT_WARDS = ("maternity", "neurology", "renal")
+HELDOUT_BEDS = (13, 14, 15, 16)
+
+
+def heldout_exchanges() -> list[tuple[str, str]]:
+    """Exchanges of the corpus's forms about wards and beds it never names (the model was
+    not trained on them): held-out text for perplexity."""
+    pairs: list[tuple[str, str]] = []
+    for item, when in ITEMS.items():
+        for ward in HELDOUT_WARDS:
+            pairs.append(
+                (
+                    f"How often is {item} measured on the {ward} ward?",
+                    f"On the {ward} ward, {item} is measured {when}.",
+                )
+            )
+    for bed, item in itertools.product(HELDOUT_BEDS, ITEMS):
+        pairs.append(
+            (
+                f"Record the {item} for bed {bed}.",
+                f"Recorded the {item} for bed {bed}. Next check {ITEMS[item]}.",
+            )
+        )
+    seen = set(exchanges())
+    return [p for p in pairs if p not in seen]
+
+
 def eval_prompts(count: int = 8) -> list[str]:
     """The prompt set a build validates on: questions of the corpus, spread over it."""
     pairs = exchanges()

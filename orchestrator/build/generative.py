@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class Prompts:
     ids: list[list[int]]
     eos: int | None
     sha256: str  # of the texts and their ids: the evaluation data's identity
+    heldout: list[list[int]] = field(default_factory=list)  # held-out text, ids (perplexity)
+    heldout_sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -68,6 +70,7 @@ class GenerationReference:
     ttft_ms: float  # PyTorch eager time to the first token of the first prompt
     cached: bool  # read from .edgeship/reference rather than computed now
     path: Path
+    perplexity: float | None = None  # on the held-out text (None: no held-out text)
 
 
 def settings(model: ModelConfig) -> GenerationConfig:
@@ -136,7 +139,52 @@ def load_prompts(model: ModelConfig, root: Path) -> Prompts:
         )
     digest = hashlib.sha256(json.dumps([texts, ids]).encode()).hexdigest()
     eos = tok.eos_token_id if gen.stop_at_eos else None
-    return Prompts(texts, rendered, ids, None if eos is None else int(eos), digest)
+    heldout = heldout_ids(model, tok)
+    return Prompts(
+        texts,
+        rendered,
+        ids,
+        None if eos is None else int(eos),
+        digest,
+        heldout,
+        hashlib.sha256(json.dumps(heldout).encode()).hexdigest() if heldout else "",
+    )
+
+
+def heldout_ids(model: ModelConfig, tok: Any) -> list[list[int]]:
+    """The token ids of ``model.generation.heldout``'s texts (none when it is unset): a
+    string as it is; a [user, assistant] pair rendered by the chat template after the
+    system turn, as the model would see the exchange."""
+    gen = settings(model)
+    if gen.heldout is None:
+        return []
+    raw = ref.call(gen.heldout, "model.generation.heldout")
+    if not isinstance(raw, list | tuple) or not raw:
+        raise BuildError(
+            "error: model.generation.heldout: expected a non-empty list of strings or "
+            f"[user, assistant] pairs; {gen.heldout.fn} returned {type(raw).__name__}"
+        )
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            text = item
+        elif (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(t, str) for t in item)
+        ):
+            messages = ([{"role": "system", "content": gen.system}] if gen.system else []) + [
+                {"role": "user", "content": item[0]},
+                {"role": "assistant", "content": item[1]},
+            ]
+            text = tok.apply_chat_template(messages, tokenize=False)
+        else:
+            raise BuildError(
+                f"error: model.generation.heldout: item {i} of {gen.heldout.fn}: expected a "
+                f"string or a [user, assistant] pair, found {type(item).__name__}"
+            )
+        out.append([int(t) for t in tok(text, add_special_tokens=False)["input_ids"]])
+    return out
 
 
 def _reference_key(model: ModelConfig, source_sha: str, prompts: Prompts) -> str:
@@ -152,6 +200,8 @@ def _reference_key(model: ModelConfig, source_sha: str, prompts: Prompts) -> str
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+    if prompts.heldout_sha256:  # only then: a cache made before held-out text stays valid
+        key["heldout"] = prompts.heldout_sha256
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,6 +250,7 @@ def reference(
                 float(meta["ttft_ms"]),
                 True,
                 path,
+                meta.get("perplexity"),
             )
     previous = torch.get_num_threads()
     if threads:
@@ -213,6 +264,7 @@ def reference(
             firsts.append(first)
             steps += s
             ttfts.append(ttft)
+        perplexity = _perplexity_torch(net, prompts.heldout) if prompts.heldout else None
     finally:
         torch.set_num_threads(previous)
     step = float(np.median(steps)) if steps else 0.0
@@ -222,6 +274,7 @@ def reference(
         "ttft_ms": ttfts[0],
         "threads": threads,
         "key": key,
+        "perplexity": perplexity,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -230,8 +283,29 @@ def reference(
     )
     tmp.replace(path)
     return GenerationReference(
-        tokens, np.stack(firsts), meta["tokens_per_s"], meta["ttft_ms"], False, path
+        tokens, np.stack(firsts), meta["tokens_per_s"], meta["ttft_ms"], False, path, perplexity
     )
+
+
+def _perplexity_torch(net: Any, sequences: list[list[int]]) -> float:
+    """The reference's perplexity on the held-out token sequences: every token after the
+    first predicted from those before it (what the device-side
+    :func:`~orchestrator.device.agent.generate.negative_log_likelihood` computes)."""
+    import math
+
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for ids in sequences:
+            if len(ids) < 2:
+                continue
+            logits = net(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+            target = torch.tensor(ids[1:])
+            nll = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            total += float(nll)
+            count += len(ids) - 1
+    return math.exp(total / count) if count else 0.0
 
 
 def ttft_prompt(prompts: Prompts, length: int) -> list[int]:
@@ -243,6 +317,9 @@ def ttft_prompt(prompts: Prompts, length: int) -> list[int]:
     while len(out) < length:
         out += pool
     return out[:length]
+
+
+OV_TOKENIZER = "openvino_tokenizer.xml"
 
 
 def tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float:
@@ -261,16 +338,48 @@ def tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float:
     return sum(same) / len(same)
 
 
+def openvino_tokenizer_exact(artifact_dir: Path, prompts: Prompts) -> float | None:
+    """Fraction of prompts on which the artifact's OpenVINO tokenizer
+    (``openvino_tokenizer.xml``, what OpenVINO GenAI's ``LLMPipeline`` encodes text with)
+    gives the reference tokenizer's ids; None when the artifact has none."""
+    path = artifact_dir / OV_TOKENIZER
+    if not path.is_file():
+        return None
+    from orchestrator.core.runtime_imports import require
+
+    ov = require("openvino")
+    require("openvino_tokenizers", "openvino-tokenizers")  # registers the tokenizer operations
+    tokenizer = ov.Core().compile_model(str(path), "CPU")
+    same = []
+    for text, ids in zip(prompts.rendered, prompts.ids, strict=True):
+        got = tokenizer([text])["input_ids"][0].tolist()
+        same.append([int(t) for t in got] == ids)
+    return sum(same) / len(same)
+
+
 def measure_artifact(
-    model: ModelFile, prompts: Prompts, reference_: GenerationReference, threads: int, length: int
+    model: ModelFile,
+    prompts: Prompts,
+    reference_: GenerationReference,
+    threads: int,
+    length: int,
+    runtime: str = "onnxruntime",
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """:func:`orchestrator.device.agent.generate.measure` on the artifact, in a fresh process."""
+    """:func:`orchestrator.device.agent.generate.measure` on the artifact, in a fresh process.
+
+    ``runtime`` ``openvino``: the stateful IR compiled with ``settings`` (the artifact's
+    runtime.json settings), and OpenVINO GenAI's ``LLMPipeline`` on the same folder."""
     request = {
+        "runtime": runtime,
+        "config": dict(settings or {}),
+        "genai": runtime == "openvino",
         "model": str(model.path),
         "threads": threads,
         "prompts": prompts.ids,
         "reference": reference_.tokens,
         "ttft_prompt": ttft_prompt(prompts, length),
+        "heldout": prompts.heldout,
         "repeats": 5,
     }
     with tempfile.TemporaryDirectory(prefix="edgeship-generate-") as tmp:

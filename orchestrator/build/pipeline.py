@@ -776,20 +776,44 @@ def _build_generation(
         assert cfg.model.source.path is not None
         folder = ModelFile(spec.root / cfg.model.source.path, HF_FOLDER)
         model = _run_passes(spec, folder, work, steps)
-        final = copy_model(model, staging / "model")
+        # the graph keeps its name (model.onnx, openvino_model.xml): runtimes load the folder
+        final = copy_model(model, staging / "model", stem=model.path.stem)
+        runtime = runtime_config(staging, spec, target, final, {})
         if recording is not None:
             recording.ready()
         steps("validate (teacher-forced parity, time to first token, tokens/s, memory)")
         measured = generative.measure_artifact(
-            final, prompts, reference, cfg.target.threads, gen.prompt_tokens
+            final,
+            prompts,
+            reference,
+            cfg.target.threads,
+            gen.prompt_tokens,
+            target.runtime,
+            runtime["settings"] if target.runtime == "openvino" else None,
         )
         metrics, per_prompt = generative.parity_metrics(
             measured, reference, prompts, gen.max_new_tokens
         )
         tokens_per_s = float(measured["tokens_per_s"])
+        tokenizer_exact = generative.tokenizer_exact(staging / "model", prompts)
+        ov_tokenizer = generative.openvino_tokenizer_exact(staging / "model", prompts)
+        if ov_tokenizer is not None:  # what LLMPipeline encodes with: both must be exact
+            metrics["openvino_tokenizer_exact"] = ov_tokenizer
+            tokenizer_exact = min(tokenizer_exact, ov_tokenizer)
+        heldout = measured.get("perplexity")
+        if heldout and reference.perplexity:  # the held-out text: reference vs artifact
+            metrics["perplexity"] = float(heldout["perplexity"])
+            metrics["reference_perplexity"] = float(reference.perplexity)
+            metrics["perplexity_ratio"] = metrics["perplexity"] / metrics["reference_perplexity"]
+            metrics["heldout_tokens"] = float(heldout["tokens"])
+        genai = measured.get("genai") or {}
+        if genai.get("available"):  # OpenVINO GenAI's LLMPipeline on the same folder
+            metrics["genai_exact"] = float(genai["exact"])
+            metrics["genai_tokens_per_s"] = float(genai["tokens_per_s"])
+            metrics["genai_ttft_ms"] = float(genai["ttft_ms"])
         metrics.update(
             {
-                "tokenizer_exact": generative.tokenizer_exact(staging / "model", prompts),
+                "tokenizer_exact": tokenizer_exact,
                 "ttft_ms": float(measured["ttft_ms"]),
                 "prompt_tokens": float(measured["ttft_prompt_tokens"]),
                 "tokens_per_s": tokens_per_s,
@@ -811,6 +835,9 @@ def _build_generation(
                 "generation": {
                     "prompts": per_prompt,
                     "decode_steps": measured["decode_steps"],
+                    "runtime": target.runtime,
+                    "execution": measured.get("properties") or {},
+                    "genai": genai or None,
                     "latency": "p50/p95/p99/mean_ms: one decoding step (one token, KV cache)",
                     "reference": {
                         "runtime": "PyTorch eager, FP32",
@@ -831,9 +858,14 @@ def _build_generation(
             [np.asarray(p["first_logits"], dtype=np.float32)[None]] for p in measured["prompts"]
         ]
         reference_logits = [[row[None]] for row in reference.first_logits]
-        runtime = runtime_config(staging, spec, target, final, {})
+        openvino = target.runtime == "openvino"
         runtime["generation"] = {
-            "decoder": "onnx decoder with KV cache (orchestrator/device/agent/generate.py)",
+            "decoder": (
+                "stateful OpenVINO decoder (OpenVINO GenAI LLMPipeline, else "
+                "orchestrator/device/agent/generate.py)"
+                if openvino
+                else "onnx decoder with KV cache (orchestrator/device/agent/generate.py)"
+            ),
             "tokenizer": "model/tokenizer.json",
             "chat": gen.chat,
             "system": gen.system,
@@ -842,6 +874,9 @@ def _build_generation(
             "max_context": gen.max_context,
             "eos_token_id": prompts.eos,
         }
+        if openvino:  # what the device's LLMPipeline reads, and the precision it ran at
+            runtime["generation"]["openvino_tokenizer"] = "model/" + generative.OV_TOKENIZER
+            runtime["generation"]["execution"] = measured.get("properties") or {}
         steps("write artifact")
         data_info = {
             "eval_data_sha256": prompts.sha256,

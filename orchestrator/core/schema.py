@@ -175,7 +175,8 @@ class GenerationConfig:
 
     The prompt set is ``model.data.eval``: a loader returning a list of prompt strings. Each
     prompt is the user's turn of a chat (the tokenizer's chat template wraps it, after the
-    system prompt when one is set) or, with ``chat: false``, the raw text.
+    system prompt when one is set) or, with ``chat: false``, the raw text. ``heldout`` names
+    the text perplexity is measured on (the reference's and the artifact's).
     """
 
     tokenizer: str = ""  # folder with tokenizer.json (default: model.source.path)
@@ -187,6 +188,9 @@ class GenerationConfig:
     max_context: int = 512  # prompt + generated tokens the artifact serves
     prompt_tokens: int = 0  # prompt length time-to-first-token is stated at (0: the prompts')
     health_tokens: int = 8  # tokens a device's health check generates and compares
+    heldout: Optional[CallableRef] = None
+    # held-out text for perplexity: a loader returning strings, or [user, assistant] pairs
+    # (rendered with the chat template and the system turn); None: no perplexity
 
 
 @dataclass

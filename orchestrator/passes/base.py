@@ -87,6 +87,12 @@ class Pass(ABC):
     tool_environment: ClassVar[str] = ""  # the managed tool environment it runs in (checked too)
 
     @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(option, what is wrong) for each value of ``options`` (a recipe's mapping, types
+        already checked) this pass refuses; the spec rules report them before any work."""
+        return []
+
+    @classmethod
     def static_shapes_reason(cls, options: Mapping[str, Any]) -> str | None:
         """Why this pass with ``options`` needs static input shapes (None: dynamic ones work).
 

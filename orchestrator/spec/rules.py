@@ -408,7 +408,7 @@ def check_passes(
         report(
             f"{key_prefix}[0].name",
             "a text-generation model is exported with its KV cache by a first pass that takes "
-            "its Hugging Face folder (e.g. optimum_export_onnx); found "
+            "its Hugging Face folder (optimum_export_onnx, optimum_intel_export_openvino); found "
             + (f"'{first.get('name')}'" if passes else "a recipe without passes"),
         )
         chain_ok = False
@@ -428,6 +428,9 @@ def check_passes(
             before = _Counter(report)
             check_dataclass(options, cls.Options, f"{key}.options", before)
             opts = cls.Options(**options) if not before.count else None
+            if opts is not None:
+                for option, problem in cls.option_problems(options):
+                    report(f"{key}.options.{option}", problem)
         else:
             opts = None
         if fmt not in cls.input_formats and chain_ok:

@@ -43,6 +43,7 @@ def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_pat
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.95 and metrics["tokenizer_exact"] == 1.0
     assert 0 < metrics["step1_max_abs_error"] < 0.5  # weight-only INT8: close, not equal
+    assert metrics["reference_perplexity"] > 1 and abs(metrics["perplexity_ratio"] - 1) < 0.05
     assert (
         metrics["tokens_per_s"] > 0 and metrics["ttft_ms"] > 0 and metrics["prompt_tokens"] == 128
     )

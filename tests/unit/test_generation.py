@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.build import generative
 from orchestrator.device.agent import generate
-from orchestrator.errors import SpecError
+from orchestrator.errors import BuildError, SpecError
 from orchestrator.spec.compose import compose
 from orchestrator.spec.gates import measured_metrics
 
@@ -225,3 +225,37 @@ def test_a_missing_tool_environment_stops_the_build_before_any_work(
     with pytest.raises(MissingDependencyError) as info:
         _check_available(target, spec)
     assert "edgeship toolenv install optimum-onnx" in str(info.value)
+
+
+def test_negative_log_likelihood_scores_every_token_after_the_first() -> None:
+    # the scripted decoder's logits are zero (uniform over 10 tokens) except at the last
+    # position, which predicts nothing of the sequence
+    total, count = generate.negative_log_likelihood(
+        generate.KvDecoder(ScriptedSession()), [[1, 2, 3], [4]]
+    )
+    assert count == 2 and total == pytest.approx(2 * np.log(10))
+
+
+def test_heldout_pairs_are_rendered_as_chat_exchanges() -> None:
+    from orchestrator.core.schema import CallableRef
+
+    class Tok:
+        def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool) -> str:
+            return "|".join(f"{m['role']}:{m['content']}" for m in messages)
+
+        def __call__(self, text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+            return {"input_ids": [len(part) for part in text.split("|")]}
+
+    spec = compose(["deployment=assistant_llm_server"], ROOT)
+    model = spec.config.model
+    assert model.generation is not None and model.generation.heldout is not None
+    model.generation.heldout = CallableRef(fn="builtins:list", args={})
+    with pytest.raises(BuildError, match=r"model\.generation\.heldout: expected a non-empty list"):
+        generative.heldout_ids(model, Tok())
+    model.generation.heldout = CallableRef(
+        fn="examples.assistant_llm.data:heldout", args={"count": 2}
+    )
+    ids = generative.heldout_ids(model, Tok())  # system, user and assistant turns each
+    assert len(ids) == 2 and all(len(seq) == 3 for seq in ids)
+    model.generation.heldout = None
+    assert generative.heldout_ids(model, Tok()) == []

@@ -15,6 +15,7 @@ imported only when a model is loaded.
 from __future__ import annotations
 
 import time
+from typing import Union
 
 PAST = "past_key_values."
 
@@ -35,6 +36,7 @@ class KvDecoder:
                 "the model is not a decoder with a KV cache (input_ids and "
                 "past_key_values.* inputs); found inputs {}".format(", ".join(self.input_names))
             )
+        self.last_all = None  # every position's logits of the last call
         self.past_shapes = {}
         for i in self.past:
             dims = list(i.shape)  # [batch, kv heads, past sequence, head dim]
@@ -70,9 +72,136 @@ class KvDecoder:
         if "position_ids" in self.input_names:
             feed["position_ids"] = np.arange(position, position + n, dtype=np.int64)[None, :]
         out = self.session.run(self.output_names, feed)
+        self.last_all = out[0][0]  # every position's logits of this call
         logits = np.asarray(out[0][0, -1], dtype=np.float32)
         new = dict(zip([p.name for p in self.past], out[1:]))
         return logits, new
+
+    def sequence_logits(self, ids: list):
+        """Logits of every position of ``ids`` ([len, vocab], float32), from an empty cache."""
+        self.forward(list(ids), self.empty(), 0)
+        return self.np.asarray(self.last_all, dtype=self.np.float32)
+
+
+class OvStatefulDecoder:
+    """A compiled stateful OpenVINO decoder (optimum-intel's ``text-generation-with-past``):
+    the KV cache is the infer request's state, so :meth:`empty` resets it and the ``cache``
+    that :meth:`forward` takes and returns is only a placeholder. ``input_ids``,
+    ``attention_mask`` (every position so far), ``position_ids`` and ``beam_idx`` (batch of
+    one: ``[0]``) in; ``logits`` out. The same :func:`greedy` and :func:`teacher_forced`
+    drive it as the ONNX decoder."""
+
+    def __init__(self, compiled) -> None:
+        import numpy as np
+
+        self.np = np
+        self.compiled = compiled
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
+        if "input_ids" not in self.input_names or "beam_idx" not in self.input_names:
+            raise ValueError(
+                "the model is not a stateful decoder (input_ids and beam_idx inputs, the KV "
+                "cache as state); found inputs {}".format(", ".join(self.input_names))
+            )
+        self.logits = None
+        for out in compiled.outputs:
+            if "logits" in out.get_names():
+                self.logits = out
+        if self.logits is None:
+            raise ValueError("the model has no logits output")
+        self.request = compiled.create_infer_request()
+        self.last_all = None  # every position's logits of the last call
+
+    def empty(self) -> dict:
+        self.request.reset_state()
+        return {}
+
+    def forward(self, ids: list, cache: dict, position: int) -> tuple:
+        np = self.np
+        n = len(ids)
+        feed = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "beam_idx": np.zeros((1,), dtype=np.int32),
+        }
+        if "attention_mask" in self.input_names:
+            feed["attention_mask"] = np.ones((1, position + n), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feed["position_ids"] = np.arange(position, position + n, dtype=np.int64)[None, :]
+        # shared buffers: no copies in or out (the logits row is copied before the next call)
+        result = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        self.last_all = result[self.logits][0]  # every position's logits (a shared buffer)
+        logits = np.array(result[self.logits][0, -1], dtype=np.float32)
+        return logits, cache
+
+    def sequence_logits(self, ids: list):
+        """Logits of every position of ``ids`` ([len, vocab], float32), from a reset state."""
+        self.forward(list(ids), self.empty(), 0)
+        return self.np.array(self.last_all, dtype=self.np.float32)
+
+
+# what greedy() and teacher_forced() drive: an ONNX decoder or a stateful OpenVINO one
+Decoder = Union[KvDecoder, OvStatefulDecoder]
+
+
+def ov_properties(compiled) -> dict:
+    """What a compiled OpenVINO model runs at, as the plugin reports it (the precision asked
+    may not be the one a CPU has)."""
+    out = {}
+    for key in (
+        "INFERENCE_PRECISION_HINT",
+        "KV_CACHE_PRECISION",
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+        "INFERENCE_NUM_THREADS",
+    ):
+        try:
+            value = compiled.get_property(key)
+        except Exception:  # a property this plugin does not report
+            continue
+        out[key] = str(getattr(value, "get_type_name", lambda v=value: v)())
+    return out
+
+
+def ov_compile(path: str, config: dict):
+    """A stateful decoder IR compiled with ``config`` (``device`` picks the device)."""
+    import openvino as ov
+
+    config = dict(config or {})
+    device = str(config.pop("device", "CPU"))
+    core = ov.Core()
+    return core.compile_model(core.read_model(path), device, config)
+
+
+def ov_genai_pipeline(folder: str, config: dict):
+    """OpenVINO GenAI's ``LLMPipeline`` on a model folder (``openvino_model.xml`` and the
+    OpenVINO tokenizers), compiled with ``config`` (``device`` picks the device)."""
+    import openvino_genai
+
+    config = dict(config or {})
+    device = str(config.pop("device", "CPU"))
+    return openvino_genai.LLMPipeline(folder, device, **config)
+
+
+def ov_genai_greedy(pipe, prompt: list, max_new_tokens: int) -> dict:
+    """Greedy generation of exactly ``max_new_tokens`` tokens (end-of-sequence ignored) from
+    the prompt's token ids with an ``LLMPipeline``. Same result shape as :func:`greedy`;
+    the step times are the pipeline's mean time per output token."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai
+
+    gen = openvino_genai.GenerationConfig()
+    gen.max_new_tokens = int(max_new_tokens)
+    gen.do_sample = False
+    gen.ignore_eos = True
+    result = pipe.generate(ov.Tensor(np.asarray([prompt], dtype=np.int64)), gen)
+    tokens = [int(t) for t in result.tokens[0]]
+    perf = result.perf_metrics
+    step = float(perf.get_tpot().mean)
+    return {
+        "tokens": tokens,
+        "first_logits": None,
+        "ttft_ms": float(perf.get_ttft().mean),
+        "steps_ms": [step] * max(0, len(tokens) - 1),
+    }
 
 
 def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
@@ -101,7 +230,7 @@ def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
     return {"tokens": tokens, "first_logits": None, "ttft_ms": ttft_ms, "steps_ms": steps_ms}
 
 
-def greedy(decoder: KvDecoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
+def greedy(decoder: Decoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
     """Greedy generation of up to ``max_new_tokens`` tokens, ending after ``eos`` when given.
     Returns tokens, step-1 logits, time to first token (ms) and the time of every later
     step (ms)."""
@@ -126,7 +255,7 @@ def greedy(decoder: KvDecoder, prompt: list, max_new_tokens: int, eos=None) -> d
     }
 
 
-def teacher_forced(decoder: KvDecoder, prompt: list, forced: list) -> dict:
+def teacher_forced(decoder: Decoder, prompt: list, forced: list) -> dict:
     """The model's top token at each step when fed the ``forced`` tokens (the reference's
     generation) instead of its own: ``top1[i]`` is its choice for ``forced[i]``."""
     logits, cache = decoder.forward(list(prompt), decoder.empty(), 0)
@@ -139,6 +268,26 @@ def teacher_forced(decoder: KvDecoder, prompt: list, forced: list) -> dict:
         top1.append(int(logits.argmax()))
         step_logits.append(logits)
     return {"top1": top1, "logits": step_logits}
+
+
+def negative_log_likelihood(decoder: Decoder, sequences: list) -> tuple:
+    """(summed negative log-likelihood, tokens scored) of ``sequences`` (token ids each):
+    every token after the first, predicted from those before it in one call per sequence.
+    Perplexity is ``exp(nll / tokens)``."""
+    import numpy as np
+
+    total = 0.0
+    count = 0
+    for ids in sequences:
+        if len(ids) < 2:
+            continue
+        logits = np.asarray(decoder.sequence_logits(list(ids)), dtype=np.float64)[:-1]
+        peak = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
+        target = np.asarray(ids[1:], dtype=np.int64)
+        total += float((log_z - logits[np.arange(len(target)), target]).sum())
+        count += len(target)
+    return total, count
 
 
 def agreement(top1: list, forced: list) -> tuple:
@@ -182,7 +331,13 @@ def measure(request: dict) -> dict:
 
     import numpy as np
 
-    dec = KvDecoder(session(request["model"], int(request.get("threads") or 0)))
+    properties = {}
+    if request.get("runtime") == "openvino":
+        compiled = ov_compile(request["model"], dict(request.get("config") or {}))
+        properties = ov_properties(compiled)
+        dec: Decoder = OvStatefulDecoder(compiled)
+    else:
+        dec = KvDecoder(session(request["model"], int(request.get("threads") or 0)))
     results = []
     steps_ms: list = []
     for prompt, ref in zip(request["prompts"], request["reference"]):
@@ -196,6 +351,12 @@ def measure(request: dict) -> dict:
                 "first_logits": np.asarray(forced["logits"][0], dtype=np.float32).tolist(),
             }
         )
+    perplexity = None
+    if request.get("heldout"):
+        import math
+
+        nll, count = negative_log_likelihood(dec, request["heldout"])
+        perplexity = {"perplexity": math.exp(nll / count) if count else 0.0, "tokens": count}
     ttft = []
     ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
     greedy(dec, ttft_prompt, 2)  # warm-up at this length
@@ -209,7 +370,13 @@ def measure(request: dict) -> dict:
         return steps_sorted[min(len(steps_sorted) - 1, round(q * (len(steps_sorted) - 1)))]
 
     median_step = _median(steps_ms)
+    peak = peak_rss_mb()  # before a second runtime is loaded into this process
+    genai = None
+    if request.get("runtime") == "openvino" and request.get("genai"):
+        genai = _ov_genai_check(request, results)
     return {
+        "genai": genai,
+        "perplexity": perplexity,
         "prompts": results,
         "ttft_ms": _median(ttft),
         "ttft_prompt_tokens": len(ttft_prompt),
@@ -220,8 +387,50 @@ def measure(request: dict) -> dict:
         "tokens_per_s": 1000.0 / median_step if median_step else 0.0,
         "decode_steps": len(steps_ms),
         "steps_ms": steps_ms,
-        "peak_memory_mb": peak_rss_mb(),
+        "properties": properties,
+        "peak_memory_mb": peak,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def _ov_genai_check(request: dict, results: list) -> dict:
+    """OpenVINO GenAI's ``LLMPipeline`` (what a device with it runs) on every prompt: its
+    greedy tokens against the loop's, and its own time to first token and tokens/s.
+    ``{"available": False, ...}`` where openvino_genai cannot be imported."""
+    import os
+
+    try:
+        import openvino_genai
+    except ImportError as exc:
+        return {"available": False, "reason": str(exc)}
+    folder = os.path.dirname(os.path.abspath(request["model"]))
+    pipe = ov_genai_pipeline(folder, dict(request.get("config") or {}))
+    same = 0
+    first_difference = []
+    ttfts, tpots = [], []
+    for prompt, done in zip(request["prompts"], results):
+        got = ov_genai_greedy(pipe, prompt, len(done["greedy"]))
+        _, first = agreement(got["tokens"], done["greedy"])
+        same += int(got["tokens"] == done["greedy"])
+        first_difference.append(first)
+        if got["steps_ms"]:
+            tpots.append(got["steps_ms"][0])
+    # time to first token at the length the loop's is stated at; each repeat a rotated
+    # prompt, so that a prefix cache (LLMPipeline's continuous-batching backend keeps one)
+    # cannot answer from an earlier run
+    ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
+    ov_genai_greedy(pipe, ttft_prompt, 2)  # warm-up at this length
+    for r in range(1, int(request.get("repeats") or 5) + 1):
+        rotated = ttft_prompt[r:] + ttft_prompt[:r]
+        ttfts.append(ov_genai_greedy(pipe, rotated, 1)["ttft_ms"])
+    tpot = _median(tpots)
+    return {
+        "available": True,
+        "version": str(openvino_genai.__version__),
+        "exact": same / len(results) if results else 1.0,
+        "first_difference": first_difference,
+        "ttft_ms": _median(ttfts),
+        "tokens_per_s": 1000.0 / tpot if tpot else 0.0,
     }
 
 

@@ -516,7 +516,10 @@ def generation_check(folder: str, runtime: dict, base: dict, cache: str | None =
     the tokens the build's validation got from the same artifact.
 
     Where ONNX Runtime GenAI is installed and the model folder has a ``genai_config.json``,
-    its generator decodes; otherwise ONNX Runtime with :mod:`.generate`'s KV-cache loop."""
+    its generator decodes; otherwise ONNX Runtime with :mod:`.generate`'s KV-cache loop.
+    An OpenVINO bundle (a stateful IR) decodes with OpenVINO GenAI's ``LLMPipeline`` where
+    ``openvino_genai`` is installed, else with plain OpenVINO and the same loop, compiled
+    with the bundle's settings either way (its inference precision among them)."""
     from .generate import KvDecoder, genai_greedy, greedy
 
     smoke = read_json(os.path.join(folder, "smoke", "smoke.json"))
@@ -533,6 +536,8 @@ def generation_check(folder: str, runtime: dict, base: dict, cache: str | None =
         got = genai_greedy(model_dir, prompt, len(expected))
         described = {"name": "onnxruntime-genai", "version": genai}
         return _generation_result(base, got, expected, check, described)
+    if base["runner"] == "openvino":
+        return _ov_generation_check(folder, runtime, base, check, prompt, expected, model_dir)
     try:
         runner = load(folder, runtime, cache)
     except RunnerUnavailable as exc:
@@ -553,6 +558,71 @@ def generation_check(folder: str, runtime: dict, base: dict, cache: str | None =
         raise RunnerError(f"text-generation bundle: {exc}") from exc
     got = greedy(decoder, prompt, len(expected))
     return _generation_result(base, got, expected, check, runner.describe())
+
+
+def _ov_generation_check(
+    folder: str,
+    runtime: dict,
+    base: dict,
+    check: dict,
+    prompt: list,
+    expected: list,
+    model_dir: str,
+) -> dict:
+    """The health check of an OpenVINO text-generation bundle: ``LLMPipeline`` where
+    openvino_genai is installed, else the stateful IR in OpenVINO with the KV-cache loop."""
+    from .generate import (
+        OvStatefulDecoder,
+        greedy,
+        ov_compile,
+        ov_genai_greedy,
+        ov_genai_pipeline,
+        ov_properties,
+    )
+
+    settings = dict(runtime.get("settings") or {})
+    settings.setdefault("device", (runtime.get("target") or {}).get("device", "CPU"))
+    model_path = os.path.join(folder, str(runtime["model"]["file"]))
+    if not os.path.isfile(model_path):
+        raise RunnerError(f"runtime.json names model {runtime['model']['file']}; not found")
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        return dict(
+            base,
+            result="fail",
+            reason=f"OpenVINO is not installed on this device ({exc}); the model was not run",
+            unavailable=True,
+            runtime={"name": "openvino", "version": None},
+        )
+    try:
+        import openvino_genai
+    except ImportError:
+        openvino_genai = None
+    asked = {k: settings[k] for k in sorted(settings)}
+    if openvino_genai is not None:
+        pipe = ov_genai_pipeline(model_dir, settings)
+        got = ov_genai_greedy(pipe, prompt, len(expected))
+        described = {
+            "name": "openvino-genai",
+            "version": str(openvino_genai.__version__),
+            "openvino": str(ov.get_version()),
+            "settings": asked,
+        }
+        return _generation_result(base, got, expected, check, described)
+    try:
+        compiled = ov_compile(model_path, settings)
+        decoder = OvStatefulDecoder(compiled)
+    except ValueError as exc:
+        raise RunnerError(f"text-generation bundle: {exc}") from exc
+    got = greedy(decoder, prompt, len(expected))
+    described = {
+        "name": "openvino",
+        "version": str(ov.get_version()),
+        "execution": ov_properties(compiled),
+        "settings": asked,
+    }
+    return _generation_result(base, got, expected, check, described)
 
 
 def _genai_version() -> str | None:

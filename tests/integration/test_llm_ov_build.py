@@ -35,7 +35,7 @@ def _optimum_intel_environment(isolated: Path) -> None:
 
 
 def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_devices: list
 ) -> None:
     from orchestrator.build.pipeline import run_build
     from registry.bundle import Bundle, make_bundle
@@ -77,6 +77,19 @@ def test_assistant_llm_nuc_builds_int8_and_its_signed_bundle_generates(
         plain = smoke_check(str(bundle))
     assert plain["result"] == "pass" and plain["runtime"]["name"] == "openvino", plain
     assert plain["runtime"]["execution"]["KV_CACHE_PRECISION"] == "f32"
+
+    # a simulated NUC (real sshd on loopback): the fleet path, the device agent's checks and
+    # its health check by generation on the device, before the version is activated
+    from tests.sshd import ShipLab
+
+    lab = ShipLab(tmp_path / "lab", ssh_devices[:1], art, {ssh_devices[0].name: "intel_nuc"})
+    name = ssh_devices[0].name
+    assert lab.enroll([name]).outcomes[0].result == "enrolled"
+    shipped = lab.deploy(lab.bundle(allow_dirty=True), [name]).outcomes[0]
+    assert shipped.result == "activated", shipped.summary()
+    assert shipped.health and shipped.health["result"] == "pass", shipped.health
+    assert shipped.health["generation"]["tokens"] == shipped.health["generation"]["expected"]
+    assert lab.status(name)["deployment"] == "assistant_llm_nuc"
 
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)

@@ -38,7 +38,9 @@ def _build(overrides: list[str]) -> Path:
     return run_build(compose(overrides, ROOT), record=False).artifact_dir
 
 
-def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_path: Path) -> None:
+def test_assistant_llm_server_builds_int8_and_its_health_check_generates(
+    tmp_path: Path, ssh_devices: list
+) -> None:
     art = _build(["deployment=assistant_llm_server"])
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.95 and metrics["tokenizer_exact"] == 1.0
@@ -63,6 +65,18 @@ def test_assistant_llm_server_builds_int8_and_its_health_check_generates(tmp_pat
     health = smoke_check(str(art))
     assert health["result"] == "pass", health
     assert health["generation"]["tokens"] == health["generation"]["expected"]
+
+    # signed and deployed to a simulated server (real sshd on loopback), whose agent checks
+    # the bundle and generates before it activates the version
+    from tests.sshd import ShipLab
+
+    lab = ShipLab(tmp_path / "lab", ssh_devices[:1], art)
+    name = ssh_devices[0].name
+    assert lab.enroll([name]).outcomes[0].result == "enrolled"
+    shipped = lab.deploy(lab.bundle(allow_dirty=True), [name]).outcomes[0]
+    assert shipped.result == "activated", shipped.summary()
+    assert shipped.health and shipped.health["result"] == "pass", shipped.health
+    assert shipped.health["generation"]["tokens"] == shipped.health["generation"]["expected"]
 
     smoke = art / "smoke" / "smoke.json"
     data = json.loads(smoke.read_text())

@@ -56,6 +56,7 @@ def test_agent_imports_only_the_standard_library() -> None:
     # paho-mqtt: only the event sender, when the device has it (else it refuses clearly)
     runtime_only = {"numpy", "onnxruntime", "openvino", "tensorrt", "torch", "paho", "tvm"}
     runtime_only |= {"onnxruntime_genai"}  # text generation, where the device has it
+    runtime_only |= {"openvino_genai"}  # speech recognition (WhisperPipeline)
     runtime_only |= {"coremltools", "ai_edge_litert", "tflite_runtime", "executorch"}
     # nibabel: only `segment` on NIfTI files (else it says how to install it); scipy: only the
     # pipeline's connected components, with a numpy fallback of the same result

@@ -168,6 +168,21 @@ def run_build(
     steps("load reference and evaluation data")
     source = sources.open_source(cfg.model, spec.root)
     try:
+        if cfg.model.task == "speech-recognition":
+            from orchestrator.build.speech_build import build_speech
+
+            return build_speech(
+                spec,
+                target,
+                source,
+                steps,
+                t0,
+                report_dir,
+                artifacts_dir,
+                parent_run,
+                register,
+                recording,
+            )
         if cfg.model.task == "text-generation":
             return _build_generation(
                 spec,

@@ -153,7 +153,7 @@ def train(
         "threads": THREADS,
         "sentences": len(train_sentences),
         "phrases": len(corpus.phrases()),
-        "output_words": int(len(used)),
+        "output_words": len(used),
         "clips": len(ids),
         "voices": [f"{v}@{s}wpm" for v, s in audio.VOICES],
         "espeak": audio.version(),

@@ -299,7 +299,8 @@ def measure_artifact(
     with tempfile.TemporaryDirectory(prefix="edgeship-speech-") as tmp:
         req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
         npz = Path(tmp) / "clips.npz"
-        np.savez(npz, **{f"clip{i}": c for i, c in enumerate(clips.samples)})
+        arrays = {f"clip{i}": c for i, c in enumerate(clips.samples)}
+        np.savez(npz, **arrays)  # type: ignore[arg-type]
         req.write_text(
             json.dumps(
                 {

@@ -78,7 +78,7 @@ def load_pipeline(model_dir: str, threads: int = 0, precision: str = "f32"):
             f"OpenVINO GenAI is not installed on this device ({exc}); the speech model was "
             f"not run; install it with: {INSTALL}"
         ) from exc
-    options = {}
+    options = {}  # type: dict
     if precision:
         options["INFERENCE_PRECISION_HINT"] = precision
     if threads:
@@ -94,7 +94,7 @@ def _recorder():
 
         def __init__(self) -> None:
             super().__init__()
-            self.tokens = []
+            self.tokens = []  # type: list
 
         def write(self, token):
             if isinstance(token, (list, tuple)):

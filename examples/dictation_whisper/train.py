@@ -72,15 +72,59 @@ def _batches(
     return features(clips), ids, labels, texts
 
 
+def _cycle(
+    net: Any,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    start: float,
+) -> torch.Tensor:
+    """One cycle of training: a fresh AdamW, a one-cycle learning rate, seeded batches."""
+    feats, ids, labels, used = data
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    net.train()
+    loss = torch.tensor(0.0)
+    for step in range(steps):
+        idx = torch.randint(0, len(ids), (batch,), generator=gen)
+        hidden = net.model(input_features=feats[idx], decoder_input_ids=ids[idx])
+        target = labels[idx]
+        keep = target != -100
+        # the output projection only where there is a label, over the words transcripts use
+        logits = hidden.last_hidden_state[keep] @ net.proj_out.weight[used].T
+        loss = torch.nn.functional.cross_entropy(logits, torch.searchsorted(used, target[keep]))
+        if step % 25 == 0:
+            logger.info(
+                "step %d loss %.4f (%.0f s)", step, loss.item(), time.perf_counter() - start
+            )
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return loss
+
+
 def train(
     weights: str | Path,
-    steps: int = 300,
+    steps: int = 600,
+    cycles: int = 2,
     seed: int = 0,
-    lr: float = 2e-3,
-    batch: int = 16,
+    lr: float = 3e-3,
+    batch: int = 8,
+    resume: str | Path | None = None,
+    resume_cycles: int = 0,
     **sizes: Any,
 ) -> dict[str, Any]:
-    """Train the dictation model and write its Hugging Face folder atomically to ``weights``."""
+    """Train the dictation model and write its Hugging Face folder atomically to ``weights``.
+
+    Training is ``cycles`` cycles of ``steps`` steps (the first at ``lr``, later ones at
+    two thirds of it), each with a fresh optimiser and batches seeded ``seed + cycle``.
+    ``resume`` continues from a folder this function wrote after ``resume_cycles`` cycles
+    (the same result as one uninterrupted run, the training being deterministic)."""
     from transformers import WhisperForConditionalGeneration
 
     out = Path(weights)
@@ -90,37 +134,18 @@ def train(
         train_sentences, _ = corpus.sentences()
         feats, ids, labels, _texts = _batches(tok, train_sentences + corpus.phrases())
         # the loss is a softmax over the words the transcripts use (and end-of-text): the
-        # other 51,800 output rows would only learn to be unlikely, at a cost per token of
+        # other 51,760 output rows would only learn to be unlikely, at a cost per token of
         # the whole vocabulary; they stay at their small initial values
         used = torch.unique(labels[labels != -100])
         prepared = time.perf_counter() - start
-        cfg = arch.build_config(tok, CHUNK_SECONDS, **sizes)
-        net = WhisperForConditionalGeneration(cfg)
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=steps, pct_start=0.1
-        )
-        net.train()
+        if resume is not None:
+            net = WhisperForConditionalGeneration.from_pretrained(str(resume)).float()
+        else:
+            net = WhisperForConditionalGeneration(arch.build_config(tok, CHUNK_SECONDS, **sizes))
         loss = torch.tensor(0.0)
-        for step in range(steps):
-            idx = torch.randint(0, len(ids), (batch,), generator=gen)
-            # the output projection (51,865 words) only where there is a label
-            hidden = net.model(input_features=feats[idx], decoder_input_ids=ids[idx])
-            target = labels[idx]
-            keep = target != -100
-            weight = net.proj_out.weight[used]
-            logits = hidden.last_hidden_state[keep] @ weight.T
-            loss = torch.nn.functional.cross_entropy(logits, torch.searchsorted(used, target[keep]))
-            if step % 25 == 0:
-                logger.info(
-                    "step %d loss %.4f (%.0f s)", step, loss.item(), time.perf_counter() - start
-                )
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
+        for cycle in range(resume_cycles if resume is not None else 0, cycles):
+            rate = lr if cycle == 0 else lr * 2 / 3
+            loss = _cycle(net, (feats, ids, labels, used), steps, rate, batch, seed + cycle, start)
         net.eval()
         with torch.no_grad():
             probs = []
@@ -147,6 +172,8 @@ def train(
         raise
     record = {
         "steps": steps,
+        "cycles": cycles,
+        "resumed_after_cycles": resume_cycles if resume is not None else 0,
         "seed": seed,
         "batch": batch,
         "lr": lr,
@@ -173,7 +200,7 @@ def train(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

@@ -191,8 +191,12 @@ def _greedy_torch(
     net: Any, features: Any, prompt: list[int], new: int, eos: int, suppress: list[int]
 ) -> tuple[list[int], np.ndarray]:
     """Greedy decoding with the decoder's own KV cache (tokens before end-of-text)."""
+    import inspect
+
     import torch
 
+    # transformers 5 names the decoder's cache ``cache``, earlier releases ``past_key_values``
+    name = "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
     with torch.inference_mode():
         states = net.model.encoder(torch.from_numpy(features[None])).last_hidden_state
         out = net(
@@ -203,15 +207,15 @@ def _greedy_torch(
         masked = logits.clone()
         masked[suppress] = -float("inf")
         tokens = [int(masked.argmax())]
-        past = out.past_key_values
+        past = getattr(out, name)
         while len(tokens) < new and tokens[-1] != eos:
             out = net(
                 encoder_outputs=(states,),
                 decoder_input_ids=torch.tensor([[tokens[-1]]]),
                 use_cache=True,
-                past_key_values=past,
+                **{name: past},
             )
-            past = out.past_key_values
+            past = getattr(out, name)
             tokens.append(int(out.logits[0, -1].argmax()))
     return [t for t in tokens if t != eos], first
 

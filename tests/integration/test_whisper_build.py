@@ -6,8 +6,8 @@ optimum-intel lives in its own tool environment (``edgeship toolenv install opti
 without it, without OpenVINO GenAI, espeak-ng or Whisper's vocabulary these tests skip,
 naming the install command. The trained model folder (``edgeship train
 model=dictation_whisper``, minutes on two threads) is used when it exists; otherwise a few
-training steps make a stand-in folder here (it does not transcribe, so the word error rate
-gates are replaced by parity gates: the build path and the health check are what is tested).
+training steps make a stand-in folder here (it does not transcribe: the build path, parity
+and the health check are what is tested, not the word error rate).
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINED = ROOT / "models" / "dictation_whisper"
-FEW_CLIPS = ["model.data.eval.args.trained=2", "model.data.eval.args.held_out=2"]
+# four clips, and gates on parity rather than on how well the model was trained (the
+# deployment's word error rate gates hold for the trained model on its sixteen clips)
+FAST = [
+    "model.data.eval.args.trained=2",
+    "model.data.eval.args.held_out=2",
+    "deployment.gates=['teacher_forced_agreement>=0.9','wer_vs_reference<=0.25']",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -47,17 +53,14 @@ def _tools(isolated: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """The trained folder's spec, or a stand-in trained for a few steps with parity gates."""
+    """The trained folder, or a stand-in trained for a few steps."""
     if (TRAINED / "config.json").is_file():
         return []
     from examples.dictation_whisper.train import train
 
     folder = tmp_path_factory.mktemp("whisper") / "dictation_whisper"
-    train(folder, steps=4, batch=4)
-    return [
-        f"model.source.path={folder}",
-        "deployment.gates=[teacher_forced_agreement>=0.9,wer_vs_reference<=0.25]",
-    ]
+    train(folder, steps=4, cycles=1, batch=4)
+    return [f"model.source.path={folder}"]
 
 
 def test_dictation_whisper_nuc_builds_and_its_signed_bundle_transcribes(
@@ -67,7 +70,7 @@ def test_dictation_whisper_nuc_builds_and_its_signed_bundle_transcribes(
     from registry.bundle import make_bundle
     from registry.keys import KeyStore
 
-    spec = compose(["deployment=dictation_whisper_nuc", *FEW_CLIPS, *model_overrides], ROOT)
+    spec = compose(["deployment=dictation_whisper_nuc", *FAST, *model_overrides], ROOT)
     art = run_build(spec, record=False).artifact_dir
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.9 and metrics["real_time_factor"] > 0

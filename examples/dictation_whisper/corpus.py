@@ -54,7 +54,8 @@ def phrases() -> list[str]:
 
 def sentences() -> tuple[list[str], list[str]]:
     """(training sentences, held-out sentences): every seventh sentence is held out."""
-    train, held = [], []
+    train: list[str] = []
+    held: list[str] = []
     for i, s in enumerate(_all()):
         (held if i % 7 == 3 else train).append(s)
     return train, held

@@ -75,8 +75,8 @@ def vocab_and_merges(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]
     ranks: dict[bytes, int] = {}
     for line in path.read_text().splitlines():
         if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            encoded, number = line.split()
+            ranks[base64.b64decode(encoded)] = int(number)
     enc = _bytes_to_unicode()
 
     def text(b: bytes) -> str:

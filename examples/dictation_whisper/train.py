@@ -66,9 +66,9 @@ def _batches(
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), eot, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        labels[i, len(prompt) - 1 : len(s) - 1] = torch.tensor(s[len(prompt) :])
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(prompt) - 1 : len(seq) - 1] = torch.tensor(seq[len(prompt) :])
     return features(clips), ids, labels, texts
 
 

@@ -162,3 +162,31 @@ def test_wer_metrics_against_transcripts_reference_and_held_out() -> None:
     assert m["wer_vs_reference"] == 0.0 and m["wer_drop"] == 0.0
     assert m["exact_transcripts"] == 1.0
     assert m["heldout_wer"] == pytest.approx(1 / 4)
+
+
+def test_health_check_without_openvino_genai_says_the_model_was_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import sys
+
+    from orchestrator.device.agent.runners import smoke_check
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "smoke").mkdir()
+    np.save(tmp_path / "smoke" / "clip.npy", np.zeros(1600, np.float32))
+    runtime = {
+        "deployment": "dictation",
+        "task": "speech-recognition",
+        "target": {"runtime": "openvino", "threads": 2},
+        "model": {"file": "model/openvino_encoder_model.xml"},
+        "speech": {"language": "<|en|>", "task": "transcribe", "max_new_tokens": 8},
+    }
+    (tmp_path / "runtime.json").write_text(json.dumps(runtime))
+    smoke = {"speech": {"clip": "clip.npy", "expected_tokens": [1, 2], "expected_text": " a"}}
+    (tmp_path / "smoke" / "smoke.json").write_text(json.dumps(smoke))
+    monkeypatch.setitem(sys.modules, "openvino_genai", None)  # import fails
+    result = smoke_check(str(tmp_path))
+    assert result["result"] == "fail" and result["unavailable"] is True
+    assert "OpenVINO GenAI is not installed" in result["reason"]
+    assert "pip install openvino-genai" in result["reason"]

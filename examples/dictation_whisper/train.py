@@ -117,6 +117,7 @@ def train(
     batch: int = 8,
     resume: str | Path | None = None,
     resume_cycles: int = 0,
+    sentences: int = 0,
     **sizes: Any,
 ) -> dict[str, Any]:
     """Train the dictation model and write its Hugging Face folder atomically to ``weights``.
@@ -124,7 +125,9 @@ def train(
     Training is ``cycles`` cycles of ``steps`` steps (the first at ``lr``, later ones at
     two thirds of it), each with a fresh optimiser and batches seeded ``seed + cycle``.
     ``resume`` continues from a folder this function wrote after ``resume_cycles`` cycles
-    (the same result as one uninterrupted run, the training being deterministic)."""
+    (the same result as one uninterrupted run, the training being deterministic).
+    ``sentences`` limits the data to the first training sentences, without the phrases (a
+    quick stand-in folder for tests; 0: everything)."""
     from transformers import WhisperForConditionalGeneration
 
     out = Path(weights)
@@ -132,7 +135,8 @@ def train(
     with deterministic(seed, THREADS):
         tok = whisper_tokenizer()
         train_sentences, _ = corpus.sentences()
-        feats, ids, labels, _texts = _batches(tok, train_sentences + corpus.phrases())
+        texts = train_sentences[:sentences] if sentences else train_sentences + corpus.phrases()
+        feats, ids, labels, _texts = _batches(tok, texts)
         # the loss is a softmax over the words the transcripts use (and end-of-text): the
         # other 51,760 output rows would only learn to be unlikely, at a cost per token of
         # the whole vocabulary; they stay at their small initial values
@@ -178,8 +182,8 @@ def train(
         "batch": batch,
         "lr": lr,
         "threads": THREADS,
-        "sentences": len(train_sentences),
-        "phrases": len(corpus.phrases()),
+        "sentences": min(sentences, len(train_sentences)) if sentences else len(train_sentences),
+        "phrases": 0 if sentences else len(corpus.phrases()),
         "output_words": len(used),
         "clips": len(ids),
         "voices": [f"{v}@{s}wpm" for v, s in audio.VOICES],

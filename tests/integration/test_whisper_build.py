@@ -59,7 +59,7 @@ def model_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     from examples.dictation_whisper.train import train
 
     folder = tmp_path_factory.mktemp("whisper") / "dictation_whisper"
-    train(folder, steps=4, cycles=1, batch=4)
+    train(folder, steps=4, cycles=1, batch=4, sentences=4)
     return [f"model.source.path={folder}"]
 
 

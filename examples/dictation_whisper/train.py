@@ -111,7 +111,7 @@ def _cycle(
 def train(
     weights: str | Path,
     steps: int = 600,
-    cycles: int = 2,
+    cycles: int = 3,
     seed: int = 0,
     lr: float = 3e-3,
     batch: int = 8,

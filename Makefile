@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# Whisper's vocabulary file (the dictation example's tokenizer); its dependencies (CUDA
+	# torch, numba) are not needed to read one file
+	$(BIN)/pip install --quiet --no-deps openai-whisper==20250625
 	$(BIN)/edgeship toolenv install tvm optimum-onnx optimum-intel
 	touch $(STAMP)
 

@@ -18,7 +18,14 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-TASKS = ("classification", "segmentation", "regression", "custom", "text-generation")
+TASKS = (
+    "classification",
+    "segmentation",
+    "regression",
+    "custom",
+    "text-generation",
+    "speech-recognition",
+)
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8_bf16", "int4")
 # int8_bf16: float layers in bf16; int4: 4-bit weights, float activations (weight-only)
@@ -194,6 +201,29 @@ class GenerationConfig:
 
 
 @dataclass
+class SpeechConfig:
+    """Speech recognition (task speech-recognition): Whisper's feature extractor, decoder
+    prompt and greedy transcription.
+
+    The evaluation set is ``model.data.eval``: a loader returning ``(clips, transcripts)``,
+    a list of 1-D float arrays of 16 kHz samples in [-1, 1] and their reference texts. The
+    feature settings must equal the model folder's ``preprocessor_config.json`` (the build
+    checks them), so that the spec states what the device's pipeline computes.
+    """
+
+    sampling_rate: int = 16000  # Hz of the samples (Whisper's feature extractor: 16000)
+    feature_size: int = 80  # log-mel bins (Whisper: 80; large-v3: 128)
+    chunk_seconds: int = 30  # audio window the encoder sees (Whisper: 30 s)
+    hop_length: int = 160  # samples between feature frames (10 ms)
+    n_fft: int = 400  # samples per FFT window (25 ms)
+    language: str = "en"  # the decoder prompt's language token (<|en|>)
+    task: str = field(default="transcribe", metadata=choices("transcribe", "translate"))
+    decoding: str = field(default="greedy", metadata=choices("greedy"))  # parity is greedy
+    max_new_tokens: int = 64  # tokens generated per clip (fewer when end-of-text comes)
+    health_clip: int = 0  # the evaluation clip a device's health check transcribes
+
+
+@dataclass
 class ModelConfig:
     """A reference model: source, signature, task and data."""
 
@@ -211,6 +241,7 @@ class ModelConfig:
     data: DataConfig = field(default_factory=DataConfig)  # evaluation and calibration data
     pipeline: Optional[PipelineConfig] = None  # segmentation: whole volumes in, label maps out
     generation: Optional[GenerationConfig] = None  # text-generation: tokenizer, decoding, prompts
+    speech: Optional[SpeechConfig] = None  # speech-recognition: features, prompt, decoding
 
 
 @dataclass

@@ -84,6 +84,24 @@ TASK_METRICS = {
         "genai_tokens_per_s",
         "genai_ttft_ms",
     ),
+    # speech recognition: word error rate against the reference transcripts and against the
+    # PyTorch reference's, teacher-forced token agreement, real-time factor (see build/speech)
+    "speech-recognition": (
+        "wer",
+        "reference_wer",
+        "wer_drop",
+        "wer_vs_reference",
+        "heldout_wer",
+        "reference_heldout_wer",
+        "teacher_forced_agreement",
+        "min_teacher_forced_agreement",
+        "exact_transcripts",
+        "step1_max_abs_error",
+        "real_time_factor",
+        "reference_real_time_factor",
+        "speedup",
+        "audio_seconds",
+    ),
     "regression": (
         "mae",
         "rmse",

@@ -30,6 +30,11 @@ from orchestrator.spec.shapes import (
 from targets.base import registered_targets
 
 Report = Callable[[str, str], None]
+# tasks whose recipe starts from the Hugging Face folder -> an export pass that does so
+FOLDER_EXPORTS = {
+    "text-generation": "optimum_export_onnx, optimum_intel_export_openvino",
+    "speech-recognition": "optimum_export_openvino_speech",
+}
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _METRIC_NAME = re.compile(r"^[A-Za-z_]\w*$")
 
@@ -125,6 +130,103 @@ def check_model(model: Mapping[str, Any], report: Report) -> None:
     if isinstance(pipeline, Mapping):
         check_pipeline(model, pipeline, report)
     check_generation(model, report)
+    check_speech(model, report)
+
+
+# Whisper's language tokens (<|en|> ...), openai-whisper's order; large-v3 adds yue
+WHISPER_LANGUAGES = (  # noqa: SIM905
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no "
+    "th ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw "
+    "gl mr pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl "
+    "mg as tt haw ln ha ba jw su yue"
+).split()
+WHISPER_DECODER_POSITIONS = 448  # Whisper's decoder context (max_target_positions)
+WHISPER_PROMPT_TOKENS = 4  # start of transcript, language, task, no timestamps
+
+
+def check_speech(model: Mapping[str, Any], report: Report) -> None:
+    """A speech-recognition model: a Hugging Face folder (Whisper), Whisper's feature
+    settings, a decoder prompt of a known language, tokens that fit the decoder's context;
+    speech settings only on such a model."""
+    task = model.get("task")
+    speech = model.get("speech")
+    if task != "speech-recognition":
+        if isinstance(speech, Mapping):
+            report(
+                "model.speech",
+                f"expected no speech settings for a {task} model; they belong to a "
+                "speech-recognition model",
+            )
+        return
+    if isinstance(model.get("generation"), Mapping):
+        report(
+            "model.generation",
+            "expected no generation settings for a speech-recognition model; its decoding is "
+            "set under model.speech (language, task, max_new_tokens)",
+        )
+    kind = _get(model, "source", "kind")
+    if kind != "huggingface":
+        report(
+            "model.source.kind",
+            "expected huggingface for a speech-recognition model (a Whisper folder with its "
+            f"tokenizer and feature extractor), found {kind}",
+        )
+    if not isinstance(speech, Mapping):
+        report(
+            "model.speech",
+            "expected the speech settings of a speech-recognition model (sampling_rate, "
+            "language, max_new_tokens, ...), found none",
+        )
+        return
+
+    def number(key: str) -> int | None:
+        value = speech.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    rate = number("sampling_rate")
+    if rate is not None and rate != 16000:
+        report(
+            "model.speech.sampling_rate",
+            f"expected 16000 (Whisper's feature extractor takes 16 kHz samples), found {rate}",
+        )
+    bins = number("feature_size")
+    if bins is not None and bins not in (80, 128):
+        report(
+            "model.speech.feature_size",
+            f"expected 80 or 128 log-mel bins (Whisper's), found {bins}",
+        )
+    chunk = number("chunk_seconds")
+    if chunk is not None and not 1 <= chunk <= 30:
+        report("model.speech.chunk_seconds", f"expected 1 to 30 seconds, found {chunk}")
+    for key in ("hop_length", "n_fft"):
+        value = number(key)
+        if value is not None and value < 1:
+            report(f"model.speech.{key}", f"expected 1 or more, found {value}")
+    hop, fft = number("hop_length"), number("n_fft")
+    if hop and fft and hop > fft:
+        report(
+            "model.speech.hop_length",
+            f"expected at most n_fft ({fft}): frames would skip samples; found {hop}",
+        )
+    language = speech.get("language")
+    if isinstance(language, str):
+        code = language[2:-2] if language.startswith("<|") and language.endswith("|>") else language
+        if code not in WHISPER_LANGUAGES:
+            report(
+                "model.speech.language",
+                unknown_name_message("language", language, WHISPER_LANGUAGES),
+            )
+    new = number("max_new_tokens")
+    room = WHISPER_DECODER_POSITIONS - WHISPER_PROMPT_TOKENS
+    if new is not None and not 1 <= new <= room:
+        report(
+            "model.speech.max_new_tokens",
+            f"expected 1 to {room} (Whisper's decoder holds {WHISPER_DECODER_POSITIONS} tokens, "
+            f"{WHISPER_PROMPT_TOKENS} of them the prompt), found {new}",
+        )
+    clip = number("health_clip")
+    if clip is not None and clip < 0:
+        report("model.speech.health_clip", f"expected 0 or more, found {clip}")
 
 
 def check_generation(model: Mapping[str, Any], report: Report) -> None:
@@ -404,11 +506,12 @@ def check_passes(
             f"{source.get('kind')} in {model_file}",
         )
         chain_ok = False
-    if _get(spec, "model", "task") == "text-generation" and fmt != HF_FOLDER:
+    task = _get(spec, "model", "task")
+    if task in FOLDER_EXPORTS and fmt != HF_FOLDER:
         report(
             f"{key_prefix}[0].name",
-            "a text-generation model is exported with its KV cache by a first pass that takes "
-            "its Hugging Face folder (optimum_export_onnx, optimum_intel_export_openvino); found "
+            f"a {task} model is exported with its KV cache by a first pass that takes "
+            f"its Hugging Face folder ({FOLDER_EXPORTS[task]}); found "
             + (f"'{first.get('name')}'" if passes else "a recipe without passes"),
         )
         chain_ok = False

@@ -55,7 +55,9 @@ def test_agent_imports_only_the_standard_library() -> None:
     # imported inside the runners only (the health check, measure), each by the runtime it serves
     # paho-mqtt: only the event sender, when the device has it (else it refuses clearly)
     runtime_only = {"numpy", "onnxruntime", "openvino", "tensorrt", "torch", "paho", "tvm"}
-    runtime_only |= {"onnxruntime_genai", "openvino_genai"}  # text generation, where present
+    # text generation (ONNX Runtime GenAI, OpenVINO GenAI's LLMPipeline) and speech
+    # recognition (WhisperPipeline), where the device has them
+    runtime_only |= {"onnxruntime_genai", "openvino_genai"}
     runtime_only |= {"coremltools", "ai_edge_litert", "tflite_runtime", "executorch"}
     # nibabel: only `segment` on NIfTI files (else it says how to install it); scipy: only the
     # pipeline's connected components, with a numpy fallback of the same result

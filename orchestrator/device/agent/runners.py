@@ -477,6 +477,8 @@ def smoke_check(folder: str, cache: str | None = None, then=None) -> dict:
     base = {"deployment": runtime.get("deployment"), "runner": name}
     if runtime.get("task") == "text-generation":
         return generation_check(folder, runtime, base, cache)
+    if runtime.get("task") == "speech-recognition":
+        return speech_check(folder, runtime, base)
     inputs, expected, smoke = smoke_data(folder, runtime)
     try:
         runner = load(folder, runtime, cache)
@@ -623,6 +625,78 @@ def _ov_generation_check(
         "settings": asked,
     }
     return _generation_result(base, got, expected, check, described)
+
+
+def speech_check(folder: str, runtime: dict, base: dict) -> dict:
+    """The smoke test of a speech-recognition bundle: OpenVINO GenAI's ``WhisperPipeline``
+    transcribes the shipped clip (``smoke/clip.npy``, 16 kHz samples) greedily, and the
+    generated token ids and text are compared with those the build's validation got from
+    the same artifact (:mod:`.speech`). Without OpenVINO GenAI the check fails and says so
+    (``unavailable``): the model was not run."""
+    import numpy as np
+
+    from . import speech
+
+    smoke_dir = os.path.join(folder, "smoke")
+    check = read_json(os.path.join(smoke_dir, "smoke.json")).get("speech") or {}
+    expected = [int(t) for t in check.get("expected_tokens") or []]
+    if not expected or not check.get("clip"):
+        raise RunnerError("smoke/smoke.json: speech.clip and speech.expected_tokens needed")
+    samples = np.load(os.path.join(smoke_dir, str(check["clip"])))
+    model_dir = os.path.dirname(os.path.join(folder, str(runtime["model"]["file"])))
+    settings = runtime.get("speech") or {}
+    threads = int((runtime.get("target") or {}).get("threads") or 0)
+    try:
+        pipe = speech.load_pipeline(
+            model_dir, threads, str(settings.get("inference_precision") or "f32")
+        )
+    except speech.SpeechUnavailable as exc:
+        return dict(
+            base,
+            result="fail",
+            reason=str(exc),
+            unavailable=True,
+            runtime={"name": "openvino-genai", "version": None},
+        )
+    got = speech.transcribe(
+        pipe,
+        samples,
+        str(check.get("language") or settings.get("language") or "<|en|>"),
+        str(check.get("task") or settings.get("task") or "transcribe"),
+        int(check.get("max_new_tokens") or settings.get("max_new_tokens") or 64),
+    )
+    from .generate import agreement
+
+    share, first = agreement(got["tokens"], expected)
+    if first < 0 and len(got["tokens"]) != len(expected):
+        first = min(len(got["tokens"]), len(expected))
+    failures = []
+    if got["tokens"] != expected:
+        failures.append(
+            f"transcribed tokens differ from the expected ones: {len(got['tokens'])} tokens "
+            f"for {len(expected)} expected, first difference at step {first}"
+        )
+    if check.get("expected_text") is not None and got["text"] != check["expected_text"]:
+        failures.append(
+            f"transcript {got['text']!r} differs from the expected {check['expected_text']!r}"
+        )
+    audio_s = len(samples) / float(settings.get("sampling_rate") or 16000)
+    return dict(
+        base,
+        result="pass" if not failures else "fail",
+        reason="; ".join(failures) or None,
+        latency_ms=round(1000.0 * got["seconds"], 3),
+        runtime={"name": "openvino-genai", "version": speech.genai_version()},
+        speech={
+            "text": got["text"],
+            "tokens": got["tokens"],
+            "expected": expected,
+            "agreement": share,
+            "first_divergence": first,
+            "audio_seconds": round(audio_s, 3),
+            "real_time_factor": round(got["seconds"] / audio_s, 4) if audio_s else None,
+        },
+    )
 
 
 def _genai_version() -> str | None:

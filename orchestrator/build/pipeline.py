@@ -238,12 +238,7 @@ def _build(
         "code": code_provenance(spec.root, _spec_code_files(cfg.model)),
     }
     input_names = [t.name for t in cfg.model.inputs]
-    out_root = artifacts_dir or artifacts_root(spec.root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    recover(out_root)
-    staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)
-    (staging / ".pid").write_text(str(os.getpid()))
+    out_root, staging = _open_staging(spec, artifacts_dir)
     try:
         work = staging / ".work"
         passes = registered_passes()
@@ -750,6 +745,174 @@ def _run_passes(spec: ComposedSpec, model: ModelFile, work: Path, steps: _Steps)
     return model
 
 
+def _open_staging(spec: ComposedSpec, artifacts_dir: Path | None) -> tuple[Path, Path]:
+    """The artifacts folder (interrupted builds recovered) and a fresh staging folder in it
+    holding this process's id."""
+    out_root = artifacts_dir or artifacts_root(spec.root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    recover(out_root)
+    staging = out_root / ".staging" / f"{spec.config.deployment.name}.{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    (staging / ".pid").write_text(str(os.getpid()))
+    return out_root, staging
+
+
+def _padded(rows: Any, dtype: Any) -> np.ndarray:
+    """Sequences of different lengths as one zero-padded 2-D array (the MLflow dataset)."""
+    width = max(len(r) for r in rows)
+    out = np.zeros((len(rows), width), dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+@dataclass
+class _FolderBuild:
+    """A validated build from a model folder (text generation, speech recognition): what
+    is left is to write its artifact, record it and install it."""
+
+    spec: ComposedSpec
+    source: sources.Reference
+    evidence: dict[str, Any]
+    result: Validation
+    runtime: dict[str, Any]
+    data_info: dict[str, Any]
+    smoke: dict[str, Any]  # smoke/smoke.json: what the device's health check compares
+    report: str  # report.md
+    reference_logits: list[Any]  # the reference's step-1 logits, for the parity plot
+    dataset: tuple[str, dict[str, np.ndarray], str]  # MLflow dataset: name, arrays, sha256
+
+
+@dataclass
+class _Installed:
+    name: str
+    dest: Path
+    run_id: str | None
+    version: Any
+    reused: bool
+
+
+def _finish_folder_build(
+    b: _FolderBuild,
+    staging: Path,
+    out_root: Path,
+    steps: _Steps,
+    t0: float,
+    parent_run: str | None,
+    register: bool,
+    recording: Any,
+) -> _Installed:
+    """Write the artifact's files, record it in MLflow (when recording) and install it."""
+    spec, result, evidence = b.spec, b.result, b.evidence
+    cfg = spec.config
+    name = cfg.deployment.name
+    write_json(staging / "runtime.json", b.runtime)
+    write_json(staging / "metrics.json", result.metrics)
+    write_json(staging / "validation.json", result.to_json() | {"data": b.data_info})
+    (staging / "spec.yaml").write_text(spec.to_yaml())
+    (staging / "smoke").mkdir(exist_ok=True)
+    write_json(staging / "smoke" / "smoke.json", b.smoke)
+    (staging / "report.md").write_text(b.report)
+    write_plots(staging / "plots", spec, result, b.reference_logits)
+    shutil.rmtree(staging / ".work")
+    status = "passed" if result.passed else "failed"
+    run_id = version = None
+    reused = False
+    if recording is not None:
+        steps("record in MLflow")
+        from registry.mlflow_model import artifact_digest
+        from registry.tracking import ARTIFACT_DIGEST, flatten
+
+        digest = artifact_digest(staging)
+        tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
+        label, arrays, sha256 = b.dataset
+        with tempfile.TemporaryDirectory(prefix="edgeship-record-") as tmp:
+            path = Path(tmp) / f"{label}.npz"
+            _save_npz(path, arrays)
+            fn = cfg.model.data.eval.fn
+            recorded = recording.record(
+                {
+                    "deployment": name,
+                    "run_name": f"{name}-{cfg.recipe.name}",
+                    "tags": tags,
+                    "parent": parent_run,
+                    "started": time.time() - (time.perf_counter() - t0),
+                    "staging": str(staging),
+                    "build_info": _build_info(
+                        spec, None, None, status, evidence, result.validated_on
+                    ),
+                    "params": {
+                        **flatten(spec.data),
+                        **{f"choice.{k}": v for k, v in spec.choices.items()},
+                        **_evidence_params(evidence),
+                    },
+                    "metrics": dict(result.metrics),
+                    "lineage_tags": sources.source_tags(b.source.lineage),
+                    "datasets": [
+                        (f"{cfg.model.name}-{label}", "evaluation", str(path), sha256, fn)
+                    ],
+                    "description": _description(spec, result),
+                    "log_model": result.passed,
+                    "register": result.passed and register,
+                    "digest": digest,
+                }
+            )
+        run_id, version = recorded["run_id"], recorded["version"]
+        reused = bool(recorded["reused"])
+    write_json(
+        staging / "build.json",
+        _build_info(spec, run_id, version, status, evidence, result.validated_on),
+    )
+    steps.finish()
+    (staging / ".pid").unlink()
+    dest = out_root / name if result.passed else out_root / ".failed" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    install_dir(staging, dest)
+    return _Installed(name, dest, run_id, version, reused)
+
+
+def _folder_build_result(
+    installed: _Installed, result: Validation, steps: _Steps, t0: float, report_dir: Path | None
+) -> BuildResult:
+    """The BuildResult of an installed folder build; raises GateFailure if a gate failed."""
+    if report_dir is not None:
+        copy_reports(installed.dest, report_dir)
+    seconds = time.perf_counter() - t0
+    build = BuildResult(
+        installed.name,
+        installed.dest,
+        result,
+        installed.run_id,
+        installed.version,
+        seconds,
+        steps.done,
+        installed.reused,
+    )
+    if not result.passed:
+        raise GateFailure(installed.name, result.failed_gates(), installed.run_id)
+    return build
+
+
+def _gate_report_head(spec: ComposedSpec, result: Validation, what: str) -> list[str]:
+    """The first lines of a folder build's report.md: verdict, gates, every metric."""
+    cfg = spec.config
+    lines = [
+        f"# {cfg.deployment.name}: {'PASSED' if result.passed else 'FAILED'}",
+        "",
+        f"model `{spec.choices['model']}`, recipe `{spec.choices['recipe']}`, "
+        f"target `{spec.choices['target']}` ({cfg.target.threads} threads); {what}",
+        "",
+        "| gate | value | |",
+        "|---|---:|---|",
+    ]
+    for g in result.gates:
+        value = "n/a" if g.value is None else f"{g.value:.4g}"
+        lines.append(f"| `{g.gate}` | {value} | {'pass' if g.passed else 'FAIL'} |")
+    lines += ["", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(result.metrics.items())]
+    return lines
+
+
 def _build_generation(
     spec: ComposedSpec,
     target: Target,
@@ -766,7 +929,6 @@ def _build_generation(
     pass exports the decoder with its KV cache); validation decodes the prompt set
     (see :mod:`orchestrator.build.generative`)."""
     cfg = spec.config
-    name = cfg.deployment.name
     gen = generative.settings(cfg.model)
     prompts = generative.load_prompts(cfg.model, spec.root)
     steps("reference: greedy generation in PyTorch (computed once, kept in .edgeship/reference)")
@@ -778,12 +940,7 @@ def _build_generation(
         "source": source.lineage,
         "code": code_provenance(spec.root, _spec_code_files(cfg.model)),
     }
-    out_root = artifacts_dir or artifacts_root(spec.root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    recover(out_root)
-    staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)
-    (staging / ".pid").write_text(str(os.getpid()))
+    out_root, staging = _open_staging(spec, artifacts_dir)
     try:
         work = staging / ".work"
         work.mkdir()
@@ -899,115 +1056,45 @@ def _build_generation(
             "source_kind": cfg.model.source.kind,
             "source_sha256": evidence["source"].get("sha256"),
         }
-        write_json(staging / "runtime.json", runtime)
-        write_json(staging / "metrics.json", result.metrics)
-        write_json(staging / "validation.json", result.to_json() | {"data": data_info})
-        (staging / "spec.yaml").write_text(spec.to_yaml())
-        smoke = staging / "smoke"
-        smoke.mkdir()
         count = min(gen.health_tokens, len(reference.tokens[0]))
-        write_json(
-            smoke / "smoke.json",
-            {
-                "generation": {
-                    "prompt_ids": prompts.ids[0],
-                    "expected_tokens": measured["prompts"][0]["greedy"][:count],
-                    "reference_tokens": reference.tokens[0][:count],
-                    "max_new_tokens": count,
-                    "min_agreement": 1.0,
-                }
-            },
-        )
-        (staging / "report.md").write_text(_generation_report(spec, result, data_info))
-        write_plots(staging / "plots", spec, result, reference_logits)
-        shutil.rmtree(work)
-        status = "passed" if result.passed else "failed"
-        run_id = version = None
-        reused = False
-        if recording is not None:
-            steps("record in MLflow")
-            from registry.mlflow_model import artifact_digest
-            from registry.tracking import ARTIFACT_DIGEST, flatten
-
-            digest = artifact_digest(staging)
-            tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
-            with tempfile.TemporaryDirectory(prefix="edgeship-record-") as tmp:
-                path = Path(tmp) / "prompts.npz"
-                width = max(len(i) for i in prompts.ids)
-                ids = np.zeros((len(prompts), width), dtype=np.int64)
-                for row, seq in enumerate(prompts.ids):
-                    ids[row, : len(seq)] = seq
-                _save_npz(path, {"input_ids": ids})
-                fn = cfg.model.data.eval.fn
-                datasets = [
-                    (f"{cfg.model.name}-prompts", "evaluation", str(path), prompts.sha256, fn)
-                ]
-                recorded = recording.record(
-                    {
-                        "deployment": name,
-                        "run_name": f"{name}-{cfg.recipe.name}",
-                        "tags": tags,
-                        "parent": parent_run,
-                        "started": time.time() - (time.perf_counter() - t0),
-                        "staging": str(staging),
-                        "build_info": _build_info(
-                            spec, None, None, status, evidence, result.validated_on
-                        ),
-                        "params": {
-                            **flatten(spec.data),
-                            **{f"choice.{k}": v for k, v in spec.choices.items()},
-                            **_evidence_params(evidence),
-                        },
-                        "metrics": dict(result.metrics),
-                        "lineage_tags": sources.source_tags(source.lineage),
-                        "datasets": datasets,
-                        "description": _description(spec, result),
-                        "log_model": result.passed,
-                        "register": result.passed and register,
-                        "digest": digest,
+        installed = _finish_folder_build(
+            _FolderBuild(
+                spec=spec,
+                source=source,
+                evidence=evidence,
+                result=result,
+                runtime=runtime,
+                data_info=data_info,
+                smoke={
+                    "generation": {
+                        "prompt_ids": prompts.ids[0],
+                        "expected_tokens": measured["prompts"][0]["greedy"][:count],
+                        "reference_tokens": reference.tokens[0][:count],
+                        "max_new_tokens": count,
+                        "min_agreement": 1.0,
                     }
-                )
-            run_id, version = recorded["run_id"], recorded["version"]
-            reused = bool(recorded["reused"])
-        write_json(
-            staging / "build.json",
-            _build_info(spec, run_id, version, status, evidence, result.validated_on),
+                },
+                report=_generation_report(spec, result, data_info),
+                reference_logits=reference_logits,
+                dataset=("prompts", {"input_ids": _padded(prompts.ids, np.int64)}, prompts.sha256),
+            ),
+            staging,
+            out_root,
+            steps,
+            t0,
+            parent_run,
+            register,
+            recording,
         )
-        steps.finish()
-        (staging / ".pid").unlink()
-        dest = out_root / name if result.passed else out_root / ".failed" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        install_dir(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if report_dir is not None:
-        copy_reports(dest, report_dir)
-    seconds = time.perf_counter() - t0
-    build = BuildResult(name, dest, result, run_id, version, seconds, steps.done, reused)
-    if not result.passed:
-        raise GateFailure(name, result.failed_gates(), run_id)
-    return build
+    return _folder_build_result(installed, result, steps, t0, report_dir)
 
 
 def _generation_report(spec: ComposedSpec, result: Validation, data: dict[str, Any]) -> str:
     """report.md of a text-generation artifact: verdict, gates, figures, every prompt."""
-    cfg = spec.config
-    lines = [
-        f"# {cfg.deployment.name}: {'PASSED' if result.passed else 'FAILED'}",
-        "",
-        f"model `{spec.choices['model']}`, recipe `{spec.choices['recipe']}`, "
-        f"target `{spec.choices['target']}` ({cfg.target.threads} threads); "
-        f"{data['eval_samples']} prompts",
-        "",
-        "| gate | value | |",
-        "|---|---:|---|",
-    ]
-    for g in result.gates:
-        value = "n/a" if g.value is None else f"{g.value:.4g}"
-        lines.append(f"| `{g.gate}` | {value} | {'pass' if g.passed else 'FAIL'} |")
-    lines += ["", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(result.metrics.items())]
+    lines = _gate_report_head(spec, result, f"{data['eval_samples']} prompts")
     lines += [
         "",
         "| prompt | tokens | teacher-forced agreement | first divergence | exact |",
@@ -1039,7 +1126,6 @@ def _build_speech(
 ) -> BuildResult:
     """Build, validate and record a speech-recognition deployment."""
     cfg = spec.config
-    name = cfg.deployment.name
     s = asr.settings(cfg.model)
     asr.check_features(cfg.model, spec.root)
     clips = asr.load_clips(cfg.model)
@@ -1057,12 +1143,7 @@ def _build_speech(
         "source": source.lineage,
         "code": code_provenance(spec.root, _spec_code_files(cfg.model)),
     }
-    out_root = artifacts_dir or artifacts_root(spec.root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    recover(out_root)
-    staging = out_root / ".staging" / f"{name}.{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)
-    (staging / ".pid").write_text(str(os.getpid()))
+    out_root, staging = _open_staging(spec, artifacts_dir)
     try:
         work = staging / ".work"
         work.mkdir()
@@ -1155,117 +1236,50 @@ def _build_speech(
             "source_kind": cfg.model.source.kind,
             "source_sha256": evidence["source"].get("sha256"),
         }
-        write_json(staging / "runtime.json", runtime)
-        write_json(staging / "metrics.json", result.metrics)
-        write_json(staging / "validation.json", result.to_json() | {"data": data_info})
-        (staging / "spec.yaml").write_text(spec.to_yaml())
-        smoke = staging / "smoke"
-        smoke.mkdir()
         h = s.health_clip
-        np.save(smoke / "clip.npy", clips.samples[h])
-        write_json(
-            smoke / "smoke.json",
-            {
-                "speech": {
-                    "clip": "clip.npy",
-                    "transcript": clips.texts[h],
-                    "expected_tokens": measured["clips"][h]["tokens"],
-                    "expected_text": measured["clips"][h]["text"],
-                    "reference_tokens": reference.tokens[h],
-                    "language": asr.language_token(s),
-                    "task": s.task,
-                    "max_new_tokens": s.max_new_tokens,
-                }
-            },
-        )
-        (staging / "report.md").write_text(_speech_report(spec, result, data_info))
-        write_plots(staging / "plots", spec, result, reference_logits)
-        shutil.rmtree(work)
-        status = "passed" if result.passed else "failed"
-        run_id = version = None
-        reused = False
-        if recording is not None:
-            steps("record in MLflow")
-            from registry.mlflow_model import artifact_digest
-            from registry.tracking import ARTIFACT_DIGEST, flatten
-
-            digest = artifact_digest(staging)
-            tags = {**run_tags(spec, status), **validated_on_tags(result), ARTIFACT_DIGEST: digest}
-            with tempfile.TemporaryDirectory(prefix="edgeship-record-") as tmp:
-                path = Path(tmp) / "clips.npz"
-                width = max(len(c) for c in clips.samples)
-                audio = np.zeros((len(clips), width), dtype=np.float32)
-                for row, c in enumerate(clips.samples):
-                    audio[row, : len(c)] = c
-                _save_npz(path, {"audio": audio})
-                fn = cfg.model.data.eval.fn
-                datasets = [(f"{cfg.model.name}-clips", "evaluation", str(path), clips.sha256, fn)]
-                recorded = recording.record(
-                    {
-                        "deployment": name,
-                        "run_name": f"{name}-{cfg.recipe.name}",
-                        "tags": tags,
-                        "parent": parent_run,
-                        "started": time.time() - (time.perf_counter() - t0),
-                        "staging": str(staging),
-                        "build_info": _build_info(
-                            spec, None, None, status, evidence, result.validated_on
-                        ),
-                        "params": {
-                            **flatten(spec.data),
-                            **{f"choice.{k}": v for k, v in spec.choices.items()},
-                            **_evidence_params(evidence),
-                        },
-                        "metrics": dict(result.metrics),
-                        "lineage_tags": sources.source_tags(source.lineage),
-                        "datasets": datasets,
-                        "description": _description(spec, result),
-                        "log_model": result.passed,
-                        "register": result.passed and register,
-                        "digest": digest,
+        (staging / "smoke").mkdir()
+        np.save(staging / "smoke" / "clip.npy", clips.samples[h])
+        installed = _finish_folder_build(
+            _FolderBuild(
+                spec=spec,
+                source=source,
+                evidence=evidence,
+                result=result,
+                runtime=runtime,
+                data_info=data_info,
+                smoke={
+                    "speech": {
+                        "clip": "clip.npy",
+                        "transcript": clips.texts[h],
+                        "expected_tokens": measured["clips"][h]["tokens"],
+                        "expected_text": measured["clips"][h]["text"],
+                        "reference_tokens": reference.tokens[h],
+                        "language": asr.language_token(s),
+                        "task": s.task,
+                        "max_new_tokens": s.max_new_tokens,
                     }
-                )
-            run_id, version = recorded["run_id"], recorded["version"]
-            reused = bool(recorded["reused"])
-        write_json(
-            staging / "build.json",
-            _build_info(spec, run_id, version, status, evidence, result.validated_on),
+                },
+                report=_speech_report(spec, result, data_info),
+                reference_logits=reference_logits,
+                dataset=("clips", {"audio": _padded(clips.samples, np.float32)}, clips.sha256),
+            ),
+            staging,
+            out_root,
+            steps,
+            t0,
+            parent_run,
+            register,
+            recording,
         )
-        steps.finish()
-        (staging / ".pid").unlink()
-        dest = out_root / name if result.passed else out_root / ".failed" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        install_dir(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if report_dir is not None:
-        copy_reports(dest, report_dir)
-    seconds = time.perf_counter() - t0
-    build = BuildResult(name, dest, result, run_id, version, seconds, steps.done, reused)
-    if not result.passed:
-        raise GateFailure(name, result.failed_gates(), run_id)
-    return build
+    return _folder_build_result(installed, result, steps, t0, report_dir)
 
 
 def _speech_report(spec: ComposedSpec, result: Validation, data: dict[str, Any]) -> str:
     """report.md of a speech-recognition artifact: verdict, gates, figures, every clip."""
-    cfg = spec.config
-    lines = [
-        f"# {cfg.deployment.name}: {'PASSED' if result.passed else 'FAILED'}",
-        "",
-        f"model `{spec.choices['model']}`, recipe `{spec.choices['recipe']}`, "
-        f"target `{spec.choices['target']}` ({cfg.target.threads} threads); "
-        f"{data['eval_samples']} clips",
-        "",
-        "| gate | value | |",
-        "|---|---:|---|",
-    ]
-    for g in result.gates:
-        value = "n/a" if g.value is None else f"{g.value:.4g}"
-        lines.append(f"| `{g.gate}` | {value} | {'pass' if g.passed else 'FAIL'} |")
-    lines += ["", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(result.metrics.items())]
+    lines = _gate_report_head(spec, result, f"{data['eval_samples']} clips")
     lines += [
         "",
         "| transcript | held out | PyTorch | artifact | teacher-forced agreement |",

@@ -39,9 +39,22 @@ def _build(overrides: list[str]) -> Path:
 
 
 def test_assistant_llm_server_builds_int8_and_its_health_check_generates(
-    tmp_path: Path, ssh_devices: list
+    tmp_path: Path, ssh_devices: list, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    art = _build(["deployment=assistant_llm_server"])
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.build.pipeline import run_build
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    build = run_build(compose(["deployment=assistant_llm_server"], ROOT))
+    art = build.artifact_dir
+    # recorded in MLflow like any build: metrics, the prompt set as a dataset, a version
+    assert build.run_id and build.model_version
+    run = MlflowClient(mlflow_server).get_run(build.run_id)
+    assert run.data.metrics["teacher_forced_agreement"] >= 0.95
+    assert run.data.params["choice.recipe"] == "llm_int8w"
+    datasets = [d.dataset.name for d in run.inputs.dataset_inputs]
+    assert datasets == ["assistant_llm-prompts"], datasets
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.95 and metrics["tokenizer_exact"] == 1.0
     assert 0 < metrics["step1_max_abs_error"] < 0.5  # weight-only INT8: close, not equal

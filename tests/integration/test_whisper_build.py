@@ -64,14 +64,28 @@ def model_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def test_dictation_whisper_nuc_builds_and_its_signed_bundle_transcribes(
-    tmp_path: Path, model_overrides: list[str]
+    tmp_path: Path,
+    model_overrides: list[str],
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    ssh_devices: list,
 ) -> None:
+    from mlflow.tracking import MlflowClient
+
     from orchestrator.build.pipeline import run_build
     from registry.bundle import make_bundle
     from registry.keys import KeyStore
 
     spec = compose(["deployment=dictation_whisper_nuc", *FAST, *model_overrides], ROOT)
-    art = run_build(spec, record=False).artifact_dir
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    build = run_build(spec)
+    art = build.artifact_dir
+    # recorded in MLflow like any build: metrics, the clips as a dataset, a version
+    assert build.run_id and build.model_version
+    run = MlflowClient(mlflow_server).get_run(build.run_id)
+    assert run.data.metrics["real_time_factor"] > 0 and "wer" in run.data.metrics
+    datasets = [d.dataset.name for d in run.inputs.dataset_inputs]
+    assert datasets == ["dictation_whisper-clips"], datasets
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["teacher_forced_agreement"] >= 0.9 and metrics["real_time_factor"] > 0
     assert 0 < metrics["step1_max_abs_error"] < 1.0  # INT8 weights: close, not equal
@@ -102,6 +116,18 @@ def test_dictation_whisper_nuc_builds_and_its_signed_bundle_transcribes(
     assert health["result"] == "pass", health
     assert health["runtime"]["name"] == "openvino-genai"
     assert health["speech"]["tokens"] == health["speech"]["expected"]
+
+    # deployed to a simulated NUC (real sshd on loopback): the device's agent transcribes the
+    # shipped clip before it activates the version
+    from tests.sshd import ShipLab
+
+    device = ssh_devices[0].name
+    lab = ShipLab(tmp_path / "lab", ssh_devices[:1], art, {device: "intel_nuc"})
+    assert lab.enroll([device]).outcomes[0].result == "enrolled"
+    shipped = lab.deploy(lab.bundle(allow_dirty=True), [device]).outcomes[0]
+    assert shipped.result == "activated", shipped.summary()
+    assert shipped.health and shipped.health["result"] == "pass", shipped.health
+    assert shipped.health["speech"]["tokens"] == shipped.health["speech"]["expected"]
 
     smoke = bundle.path / "smoke" / "smoke.json"
     data = json.loads(smoke.read_text())

@@ -161,10 +161,58 @@ def imported_distributions(files: list[Path], local: set[str]) -> dict[str, str]
     return out
 
 
+def _imported_names(path: Path, package: str) -> set[str]:
+    """Absolute module names a file's import statements name (relative ones resolved
+    against ``package``), with each ``from X import y`` also as ``X.y``."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - node.level + 1] if node.level > 1 else parts
+                base = ".".join([*parts, *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def reachable_modules(modules: dict[str, Path], start: list[Path]) -> dict[str, Path]:
+    """The modules of ``modules`` that the files ``start`` reach through their imports
+    (and the packages above each): the project code a build ran, not every project module
+    the process happens to have loaded (several builds share a process in a multirun, a
+    Ray worker or a test run)."""
+    by_path = {path: name for name, path in modules.items()}
+    todo = [by_path[p.resolve()] for p in start if p.resolve() in by_path]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [
+            ".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in modules
+        ]
+        path = modules[name]
+        package = name if path.name == "__init__.py" else ".".join(parts[:-1])
+        todo += [n for n in _imported_names(path, package) if n in modules]
+    return {name: modules[name] for name in sorted(seen)}
+
+
 def code_provenance(root: Path, spec_files: list[tuple[str, Path]]) -> dict[str, Any]:
-    """The project's code a build ran: each module file with its hash and git state, the
-    spec's callables' files, and the distributions (with versions) that code imports."""
-    modules = user_modules(root)
+    """The project's code a build ran: each module file the spec's callables reach, with its
+    hash and git state, the spec's callables' files, and the distributions (with versions)
+    that code imports."""
+    modules = reachable_modules(user_modules(root), [path for _key, path in spec_files])
     local = {name.split(".")[0] for name in modules}
     states = GitStates()
     files = [{"key": key, **file_record(path, root, states)} for key, path in spec_files]

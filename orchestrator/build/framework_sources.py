@@ -124,7 +124,10 @@ def _named_io_module(net: Any, input_names: list[str], output_names: list[str]) 
     return NamedIO().eval()
 
 
-def open_huggingface(model: ModelConfig, root: Path) -> Any:
+def open_huggingface(model: ModelConfig, root: Path, load: bool = True) -> Any:
+    """A Hugging Face folder as the reference; ``load=False`` checks its configuration and
+    class and hashes its files without loading the weights (a generative build loads them
+    only when no kept reference outputs match)."""
     from orchestrator.core.runtime_imports import require
 
     assert model.source.path is not None
@@ -156,16 +159,23 @@ def open_huggingface(model: ModelConfig, root: Path) -> Any:
                 f"class '{name}'"
                 + ("" if model.source.auto_class else f" (named in {rel}/config.json)")
             )
-        net = call_user(
-            cls.from_pretrained,
-            key,
-            f"{name}.from_pretrained",
-            str(folder),
-            local_files_only=True,
-            trust_remote_code=False,
+        if not load:
+            net = None
+        else:
+            net = call_user(
+                cls.from_pretrained,
+                key,
+                f"{name}.from_pretrained",
+                str(folder),
+                local_files_only=True,
+                trust_remote_code=False,
+            )
+    wrapped = None
+    if net is not None:
+        net = net.float().eval()
+        wrapped = _named_io_module(
+            net, [t.name for t in model.inputs], [t.name for t in model.outputs]
         )
-    net = net.float().eval()
-    wrapped = _named_io_module(net, [t.name for t in model.inputs], [t.name for t in model.outputs])
     files = _files(folder, root)
     lineage: dict[str, Any] = {
         "kind": "huggingface",

@@ -7,8 +7,9 @@ on tensors:
   in the tokenizer's chat template (``model.generation.chat``);
 - the reference is the Hugging Face folder in PyTorch (FP32, eager), decoding greedily with
   its KV cache until end-of-sequence or ``max_new_tokens``; its tokens and step-1 logits are
-  computed once per folder, prompt set and settings and kept in
-  ``.edgeship/reference/`` (:func:`reference`);
+  computed once per folder, prompt set and settings and kept
+  (:mod:`orchestrator.build.kept_reference`: ``references/<model>/``, a DVC output written
+  by ``edgeship reference``, else the build's cache in ``.edgeship/reference/``);
 - the artifact decodes with :mod:`orchestrator.device.agent.generate` (the loop a device
   runs) in a fresh process: teacher-forced top-1 agreement (fed the reference's tokens, its
   top token at each step compared with the reference's), the first step where they differ,
@@ -27,12 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from orchestrator.build import kept_reference as kept
 from orchestrator.build import reference as ref
 from orchestrator.core.model_file import ModelFile
 from orchestrator.core.schema import GenerationConfig, ModelConfig
@@ -40,8 +43,6 @@ from orchestrator.device.agent import generate as decoding
 from orchestrator.errors import BuildError
 
 log = logging.getLogger(__name__)
-
-REFERENCE_DIR = Path(".edgeship") / "reference"
 
 
 @dataclass
@@ -68,9 +69,11 @@ class GenerationReference:
     first_logits: np.ndarray  # [prompts, vocab], float32
     tokens_per_s: float  # PyTorch eager decoding speed (median step), target threads
     ttft_ms: float  # PyTorch eager time to the first token of the first prompt
-    cached: bool  # read from .edgeship/reference rather than computed now
+    cached: bool  # read from a kept file rather than computed now
     path: Path
     perplexity: float | None = None  # on the held-out text (None: no held-out text)
+    stored: bool = False  # read from references/<model> (the DVC output)
+    key: str = ""  # what the outputs depend on (kept_reference)
 
 
 def settings(model: ModelConfig) -> GenerationConfig:
@@ -232,26 +235,38 @@ def _greedy_torch(net: Any, prompt: list[int], new: int, eos: int | None) -> tup
 
 
 def reference(
-    model: ModelConfig, root: Path, net: Any, source_sha: str, prompts: Prompts, threads: int
+    model: ModelConfig,
+    root: Path,
+    load_net: Callable[[], Any],
+    source_sha: str,
+    prompts: Prompts,
+    threads: int,
 ) -> GenerationReference:
-    """The reference's greedy tokens and step-1 logits, computed once and kept."""
+    """The reference's greedy tokens and step-1 logits, computed once and kept
+    (:mod:`orchestrator.build.kept_reference`); ``load_net`` loads the reference model,
+    called only when no kept outputs match."""
     import torch
 
     gen = settings(model)
     key = _reference_key(model, source_sha, prompts)
-    path = root / REFERENCE_DIR / f"{model.name}-{key}.npz"
-    if path.is_file():
-        with np.load(path) as npz:
-            meta = json.loads(str(npz["meta"]))
-            return GenerationReference(
-                [list(map(int, t)) for t in meta["tokens"]],
-                np.asarray(npz["first_logits"], dtype=np.float32),
-                float(meta["tokens_per_s"]),
-                float(meta["ttft_ms"]),
-                True,
-                path,
-                meta.get("perplexity"),
-            )
+    found = kept.find(root, model.name, key)
+    if found is not None:
+        meta = found.meta
+        return GenerationReference(
+            [list(map(int, t)) for t in meta["tokens"]],
+            found.first_logits,
+            float(meta["tokens_per_s"]),
+            float(meta["ttft_ms"]),
+            True,
+            found.path,
+            meta.get("perplexity"),
+            found.stored,
+            key,
+        )
+    note = kept.stale(root, model.name, key)
+    if note:
+        log.warning("%s", note)
+    net = load_net()
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -276,15 +291,36 @@ def reference(
         "key": key,
         "perplexity": perplexity,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp, first_logits=np.stack(firsts).astype(np.float32), meta=np.asarray(json.dumps(meta))
-    )
-    tmp.replace(path)
+    logits = np.stack(firsts).astype(np.float32)
+    path = kept.cache(root, model.name, meta, logits)
     return GenerationReference(
-        tokens, np.stack(firsts), meta["tokens_per_s"], meta["ttft_ms"], False, path, perplexity
+        tokens, logits, meta["tokens_per_s"], meta["ttft_ms"], False, path, perplexity, False, key
     )
+
+
+def reference_summary(
+    model: ModelConfig, reference_: GenerationReference, prompts: Prompts
+) -> dict[str, Any]:
+    """What ``references/<model>/reference.json`` says of the stored reference."""
+    import torch
+    import transformers
+
+    return {
+        "model": model.name,
+        "task": model.task,
+        "key": reference_.key,
+        "runtime": "PyTorch eager, FP32",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "prompts": len(prompts),
+        "prompts_sha256": prompts.sha256,
+        "heldout_sha256": prompts.heldout_sha256 or None,
+        "max_new_tokens": settings(model).max_new_tokens,
+        "tokens": [len(t) for t in reference_.tokens],
+        "tokens_per_s": reference_.tokens_per_s,
+        "ttft_ms": reference_.ttft_ms,
+        "perplexity": reference_.perplexity,
+    }
 
 
 def _perplexity_torch(net: Any, sequences: list[list[int]]) -> float:

@@ -167,7 +167,9 @@ def run_build(
     # the reference, its data and the project's code run before anything is written: an
     # error in any of them leaves no artifact folder behind
     steps("load reference and evaluation data")
-    source = sources.open_source(cfg.model, spec.root)
+    generative_task = cfg.model.task in ("speech-recognition", "text-generation")
+    # a generative model's weights load only when its kept reference outputs do not match
+    source = sources.open_source(cfg.model, spec.root, load=not generative_task)
     try:
         if cfg.model.task == "speech-recognition":
             return _build_speech(
@@ -913,6 +915,12 @@ def _gate_report_head(spec: ComposedSpec, result: Validation, what: str) -> list
     return lines
 
 
+def _reference_net(model: Any, root: Path) -> Any:
+    """The generative reference model (transformers' module), loaded now."""
+    module = sources.open_source(model, root).module
+    return getattr(module, "net", module)
+
+
 def _build_generation(
     spec: ComposedSpec,
     target: Target,
@@ -931,10 +939,14 @@ def _build_generation(
     cfg = spec.config
     gen = generative.settings(cfg.model)
     prompts = generative.load_prompts(cfg.model, spec.root)
-    steps("reference: greedy generation in PyTorch (computed once, kept in .edgeship/reference)")
-    net = getattr(source.module, "net", source.module)
+    steps("reference: greedy generation in PyTorch (computed once, then kept: references/)")
     reference = generative.reference(
-        cfg.model, spec.root, net, str(source.lineage.get("sha256")), prompts, cfg.target.threads
+        cfg.model,
+        spec.root,
+        lambda: _reference_net(cfg.model, spec.root),
+        str(source.lineage.get("sha256")),
+        prompts,
+        cfg.target.threads,
     )
     evidence = {
         "source": source.lineage,
@@ -1015,6 +1027,8 @@ def _build_generation(
                         "tokens_per_s": reference.tokens_per_s,
                         "ttft_ms": reference.ttft_ms,
                         "cached": reference.cached,
+                        "stored": reference.stored,
+                        "key": reference.key,
                         "file": str(reference.path.relative_to(spec.root)),
                     },
                 }
@@ -1134,10 +1148,14 @@ def _build_speech(
             f"error: model.speech.health_clip: {s.health_clip}, but the evaluation set has "
             f"{len(clips)} clips"
         )
-    steps("reference: greedy transcription in PyTorch (computed once, kept in .edgeship/reference)")
-    net = getattr(source.module, "net", source.module)
+    steps("reference: greedy transcription in PyTorch (computed once, then kept: references/)")
     reference = asr.reference(
-        cfg.model, spec.root, net, str(source.lineage.get("sha256")), clips, cfg.target.threads
+        cfg.model,
+        spec.root,
+        lambda: _reference_net(cfg.model, spec.root),
+        str(source.lineage.get("sha256")),
+        clips,
+        cfg.target.threads,
     )
     evidence = {
         "source": source.lineage,
@@ -1206,6 +1224,8 @@ def _build_speech(
                         "runtime": "PyTorch eager, FP32",
                         "real_time_factor": reference.real_time_factor,
                         "cached": reference.cached,
+                        "stored": reference.stored,
+                        "key": reference.key,
                         "file": str(reference.path.relative_to(spec.root)),
                     },
                 }

@@ -89,8 +89,10 @@ def check_source_files(
 # -- opening a source --------------------------------------------------------------------------
 
 
-def open_source(model: ModelConfig, root: Path) -> Reference:
-    """Load the spec's reference model (see the table in this module's docstring)."""
+def open_source(model: ModelConfig, root: Path, load: bool = True) -> Reference:
+    """Load the spec's reference model (see the table in this module's docstring).
+    ``load=False`` (Hugging Face folders only) checks and hashes the folder, leaving
+    ``module`` None until a second call loads it."""
     kind = model.source.kind
     if kind == "onnx":
         return _open_onnx(model, root)
@@ -100,7 +102,7 @@ def open_source(model: ModelConfig, root: Path) -> Reference:
         from orchestrator.build import framework_sources
 
         if kind == "huggingface":
-            return framework_sources.open_huggingface(model, root)
+            return framework_sources.open_huggingface(model, root, load)
         return framework_sources.open_monai_bundle(model, root)
     if model.source.path:
         return _open_torch_file(model, root)

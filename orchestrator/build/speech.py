@@ -9,7 +9,9 @@ transcripts and tokens:
 - the reference is the folder in PyTorch (FP32, eager): transformers' Whisper feature
   extractor, the encoder, then greedy decoding with the KV cache from the decoder prompt
   (start of transcript, language, task, no timestamps); its tokens, texts and step-1 logits
-  are computed once per folder, clip set and settings and kept in ``.edgeship/reference/``;
+  are computed once per folder, clip set and settings and kept
+  (:mod:`orchestrator.build.kept_reference`: ``references/<model>/``, the DVC output of
+  ``edgeship reference``, else the build's cache in ``.edgeship/reference/``);
 - the artifact transcribes with OpenVINO GenAI's ``WhisperPipeline``
   (:mod:`orchestrator.device.agent.speech`, what a device runs) in a fresh process: word
   error rate against the transcripts and against the reference's texts, tokens compared
@@ -26,12 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from orchestrator.build import kept_reference as kept
 from orchestrator.build import reference as ref
 from orchestrator.core.schema import ModelConfig, SpeechConfig
 from orchestrator.device.agent import speech as asr
@@ -39,7 +43,6 @@ from orchestrator.errors import BuildError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DIR = Path(".edgeship") / "reference"
 PROMPT = ("<|startoftranscript|>", "{language}", "<|{task}|>", "<|notimestamps|>")
 # the feature extractor's settings the spec states, as preprocessor_config.json names them
 FEATURE_KEYS = {
@@ -76,8 +79,10 @@ class SpeechReference:
     texts: list[str]
     first_logits: np.ndarray  # [clips, vocab], float32
     real_time_factor: float  # PyTorch eager: processing seconds / audio seconds
-    cached: bool
+    cached: bool  # read from a kept file rather than computed now
     path: Path
+    stored: bool = False  # read from references/<model> (the DVC output)
+    key: str = ""  # what the outputs depend on (kept_reference)
 
 
 def settings(model: ModelConfig) -> SpeechConfig:
@@ -238,25 +243,37 @@ def _reference_key(model: ModelConfig, source_sha: str, clips: Clips) -> str:
 
 
 def reference(
-    model: ModelConfig, root: Path, net: Any, source_sha: str, clips: Clips, threads: int
+    model: ModelConfig,
+    root: Path,
+    load_net: Callable[[], Any],
+    source_sha: str,
+    clips: Clips,
+    threads: int,
 ) -> SpeechReference:
-    """The reference's greedy transcripts and step-1 logits, computed once and kept."""
+    """The reference's greedy transcripts and step-1 logits, computed once and kept
+    (:mod:`orchestrator.build.kept_reference`); ``load_net`` loads the reference model,
+    called only when no kept outputs match."""
     import torch
 
     s = settings(model)
     key = _reference_key(model, source_sha, clips)
-    path = root / REFERENCE_DIR / f"{model.name}-{key}.npz"
-    if path.is_file():
-        with np.load(path) as npz:
-            meta = json.loads(str(npz["meta"]))
-            return SpeechReference(
-                [list(map(int, t)) for t in meta["tokens"]],
-                list(meta["texts"]),
-                np.asarray(npz["first_logits"], dtype=np.float32),
-                float(meta["real_time_factor"]),
-                True,
-                path,
-            )
+    found = kept.find(root, model.name, key)
+    if found is not None:
+        meta = found.meta
+        return SpeechReference(
+            [list(map(int, t)) for t in meta["tokens"]],
+            list(meta["texts"]),
+            found.first_logits,
+            float(meta["real_time_factor"]),
+            True,
+            found.path,
+            found.stored,
+            key,
+        )
+    note = kept.stale(root, model.name, key)
+    if note:
+        log.warning("%s", note)
+    net = load_net()
     tok = load_tokenizer(model, root)
     prompt = prompt_ids(tok, s)
     eos = int(tok.eos_token_id)
@@ -286,13 +303,34 @@ def reference(
         "threads": threads,
         "key": key,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp, first_logits=np.stack(firsts).astype(np.float32), meta=np.asarray(json.dumps(meta))
-    )
-    tmp.replace(path)
-    return SpeechReference(tokens, texts, np.stack(firsts), meta["real_time_factor"], False, path)
+    logits = np.stack(firsts).astype(np.float32)
+    path = kept.cache(root, model.name, meta, logits)
+    return SpeechReference(tokens, texts, logits, meta["real_time_factor"], False, path, False, key)
+
+
+def reference_summary(
+    model: ModelConfig, reference_: SpeechReference, clips: Clips
+) -> dict[str, Any]:
+    """What ``references/<model>/reference.json`` says of the stored reference."""
+    import torch
+    import transformers
+
+    s = settings(model)
+    return {
+        "model": model.name,
+        "task": model.task,
+        "key": reference_.key,
+        "runtime": "PyTorch eager, FP32",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "clips": len(clips),
+        "clips_sha256": clips.sha256,
+        "language": s.language,
+        "speech_task": s.task,
+        "max_new_tokens": s.max_new_tokens,
+        "texts": reference_.texts,
+        "real_time_factor": reference_.real_time_factor,
+    }
 
 
 def measure_artifact(

@@ -120,6 +120,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from orchestrator.build import kept_reference
+    from orchestrator.spec.compose import load_option
+
+    root = project_root()
+    names = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")]
+    if not names or len(args.overrides) != 1:
+        raise SpecError([], title="edgeship reference needs model=NAME (and nothing else)")
+    for name in names[0].split(","):
+        model = load_option("model", name, root)
+        t0 = time.perf_counter()
+        path, summary, computed = kept_reference.compute_and_store(model, root, args.threads)
+        how = "computed" if computed else "kept outputs matched, not recomputed"
+        print(
+            f"{name}: reference outputs at {path.relative_to(root)} (key {summary['key']}; "
+            f"{how}; {time.perf_counter() - t0:.1f}s)"
+        )
+    return 0
+
+
 def _step_printer(prefix: str) -> BuildSteps:
     return BuildSteps(prefix)
 
@@ -396,3 +416,17 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="retrain even when weights exist")
     words(p, "model=NAME")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "reference",
+        help="compute a generative model's reference outputs once and keep them in "
+        "references/<model>/ (model=NAME; the reference@ stage of dvc.yaml)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="PyTorch threads while the reference runs (its recorded speed; default 2)",
+    )
+    words(p, "model=NAME")
+    p.set_defaults(func=cmd_reference)

@@ -4,13 +4,20 @@
 entry of it, so adding ``conf/deployment/foo.yaml`` needs no edit of ``dvc.yaml``::
 
     deployments:   # one spec@ and one build@ stage each
-      foo: {model: mymodel, code: mymodel, weights: models/mymodel.pt}
+      foo: {model: mymodel, code: mymodel, weights: models/mymodel.pt,
+            reference: models/mymodel.pt}
     models:        # one train@ stage each (the models that say how to train them)
       mymodel: {code: mymodel, weights: models/mymodel.pt}
+    references:    # one reference@ stage each (text-generation, speech-recognition models)
+      mychat: {code: mychat, weights: models/mychat}
 
 ``weights`` is the file the reference model comes from (``model.source.weights``, or the
 whole-model or ONNX file at ``model.source.path``), or the model's spec when the reference
 has no file in the project (an MLflow model, a factory without weights).
+``reference`` is what a build compares its artifact with: ``references/<model>`` (the
+reference outputs ``edgeship reference`` keeps, the output of the ``reference@`` stage)
+for a generative model, whose reference is expensive to run; for the others the
+reference runs inside the build, and ``reference`` repeats ``weights``.
 ``code`` is the project folder (or file) holding the Python a model's spec names
 (factory, training, data loaders, preprocessing): the package of those modules, so a
 model keeps its code and the data files it reads in one package folder. ``weights`` is
@@ -37,6 +44,8 @@ from orchestrator.project import conf_dir
 from orchestrator.spec.files import list_options, option_file, option_label, read_yaml
 
 STAGES_FILE = "dvc-stages.yaml"
+REFERENCES = "references"  # kept_reference.STORE: the reference@ stages' outputs
+GENERATIVE_TASKS = ("text-generation", "speech-recognition")
 HEADER = (
     "# Written by `edgeship dvc` from conf/deployment/ and conf/model/; dvc.yaml runs its\n"
     "# stages for each entry. Do not edit: `edgeship dvc` rewrites it (`edgeship init`,\n"
@@ -118,6 +127,8 @@ def _model_entry(root: Path, name: str, problems: list[Problem]) -> dict[str, st
         entry["code"] = label  # no Python of the project: the spec itself
     if isinstance(source.get("train"), dict):
         entry["train"] = "yes"
+    if data.get("task") in GENERATIVE_TASKS:
+        entry["reference"] = f"{REFERENCES}/{name}"
     return entry
 
 
@@ -160,6 +171,7 @@ def stage_lists(root: Path) -> dict[str, Any]:
             "model": model,
             "code": models[model]["code"],
             "weights": models[model]["weights"],
+            "reference": models[model].get("reference") or models[model]["weights"],
         }
     if problems:
         raise SpecError(problems, title=f"cannot write {STAGES_FILE}")
@@ -168,7 +180,12 @@ def stage_lists(root: Path) -> dict[str, Any]:
         for name, e in models.items()
         if e.get("train")
     }
-    return {"deployments": deployments, "models": trained}
+    references = {
+        name: {"code": e["code"], "weights": e["weights"]}
+        for name, e in models.items()
+        if e.get("reference")
+    }
+    return {"deployments": deployments, "models": trained, "references": references}
 
 
 def read_stage_lists(root: Path) -> dict[str, Any] | None:
@@ -184,7 +201,11 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """What differs, one line each: ``added deployment foo``, ``changed model bar``."""
     old = old or {}
     out = []
-    for section, noun in (("deployments", "deployment"), ("models", "model")):
+    for section, noun in (
+        ("deployments", "deployment"),
+        ("models", "model"),
+        ("references", "reference"),
+    ):
         before, after = old.get(section) or {}, new.get(section) or {}
         out += [f"added {noun} {n}" for n in sorted(set(after) - set(before))]
         out += [f"removed {noun} {n}" for n in sorted(set(before) - set(after))]

@@ -125,3 +125,47 @@ def test_dvc_repro_builds_then_noop_then_only_what_changed(repo: Path) -> None:
     page = (repo / "plots_out" / "index.html").read_text()
     assert "latency_histogram.png" in page and "parity_scatter.png" in page
     assert (repo / "reports" / "posture_nuc" / "plots" / "latency_histogram.png").is_file()
+
+
+def test_reference_stage_keeps_generative_outputs_and_the_build_reads_them(repo: Path) -> None:
+    """``reference@assistant_llm`` runs the PyTorch reference once; DVC caches its outputs
+    (restored by ``dvc checkout``); the build stage depends on them and reads them instead
+    of loading the reference model."""
+    import json
+
+    from orchestrator.build import reference
+    from orchestrator.core import toolenv
+    from orchestrator.spec.compose import load_option
+
+    reference.ensure_weights(load_option("model", "assistant_llm", ROOT), ROOT)
+    shutil.copytree(ROOT / "models" / "assistant_llm", repo / "models" / "assistant_llm")
+    stored = repo / "references" / "assistant_llm" / "reference.npz"
+
+    assert _repro(repo, "-s", "reference@assistant_llm") == {"reference@assistant_llm"}
+    summary = json.loads(stored.with_name("reference.json").read_text())
+    assert summary["model"] == "assistant_llm" and summary["prompts"] == 8
+    lock = (repo / "dvc.lock").read_text()
+    assert "reference@assistant_llm" in lock and "path: references/assistant_llm" in lock
+    assert _repro(repo, "-s", "reference@assistant_llm") == set()
+
+    # another machine (or a cleaned workspace): DVC restores the outputs, nothing reruns
+    content = stored.read_bytes()
+    shutil.rmtree(stored.parent)
+    _run(repo, str(BIN / "dvc"), "checkout", "reference@assistant_llm")
+    assert stored.read_bytes() == content
+
+    reason = toolenv.unavailable_reason("optimum-onnx")
+    if reason:
+        pytest.skip(f"the build half needs optimum-onnx: {reason}")
+    _repro(repo, "-s", "spec@assistant_llm_server")
+    assert _repro(repo, "-s", "build@assistant_llm_server") == {"build@assistant_llm_server"}
+    validation = json.loads(
+        (repo / "artifacts" / "assistant_llm_server" / "validation.json").read_text()
+    )
+    kept = validation["details"]["generation"]["reference"]
+    assert kept["stored"] and kept["cached"] and kept["key"] == summary["key"]
+    assert kept["file"] == "references/assistant_llm/reference.npz"
+    assert (
+        "path: references/assistant_llm"
+        in (repo / "dvc.lock").read_text().split("build@assistant_llm_server")[1].split("outs:")[0]
+    )

@@ -37,6 +37,10 @@ FAST = [
 
 @pytest.fixture(autouse=True)
 def _tools(isolated: Path) -> None:
+    _skip_without_tools()
+
+
+def _skip_without_tools() -> None:
     reason = toolenv.unavailable_reason("optimum-intel")
     if reason:
         pytest.skip(f"{reason} (create it with `edgeship toolenv install optimum-intel`)")
@@ -54,6 +58,7 @@ def _tools(isolated: Path) -> None:
 @pytest.fixture(scope="module")
 def model_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The trained folder, or a stand-in trained for a few steps."""
+    _skip_without_tools()  # set up before the autouse check: training needs espeak-ng too
     if (TRAINED / "config.json").is_file():
         return []
     from examples.dictation_whisper.train import train
@@ -135,3 +140,23 @@ def test_dictation_whisper_nuc_builds_and_its_signed_bundle_transcribes(
     smoke.write_text(json.dumps(data))
     broken = smoke_check(str(bundle.path))
     assert broken["result"] == "fail" and "first difference at step 1" in broken["reason"]
+
+
+def test_the_speech_reference_is_kept_once_and_read_back(
+    tmp_path: Path, model_overrides: list[str]
+) -> None:
+    """``edgeship reference`` for a speech model: transcripts and step-1 logits kept in
+    ``references/<model>/``, and a second call reads them instead of transcribing again."""
+    from orchestrator.build import kept_reference
+
+    model = compose(["deployment=dictation_whisper_nuc", *model_overrides, *FAST], ROOT)
+    model = model.config.model
+    model.source.path = str((ROOT / model.source.path).resolve())  # the project: tmp_path
+    path, summary, computed = kept_reference.compute_and_store(model, tmp_path, 2)
+    assert computed and path == tmp_path / "references" / "dictation_whisper" / "reference.npz"
+    assert summary["task"] == "speech-recognition" and len(summary["texts"]) == 4
+    assert summary["clips"] == 4 and summary["real_time_factor"] > 0
+    again_path, again, computed = kept_reference.compute_and_store(model, tmp_path, 2)
+    assert not computed and again_path == path and again["key"] == summary["key"]
+    found = kept_reference.find(tmp_path, "dictation_whisper", summary["key"])
+    assert found is not None and found.stored and found.meta["texts"] == summary["texts"]

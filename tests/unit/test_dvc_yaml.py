@@ -42,7 +42,13 @@ def test_dvc_stages_name_the_model_the_spec_uses() -> None:
         assert item["model"] == spec.choices["model"], name
         source = spec.config.model.source
         assert item["weights"] == (source.weights or source.path)  # a model folder: its path
-        assert item == {"model": item["model"], **lists["models"][item["model"]]}
+        generative = spec.config.model.task in ("text-generation", "speech-recognition")
+        reference = f"references/{item['model']}" if generative else item["weights"]
+        assert item == {
+            "model": item["model"],
+            "reference": reference,
+            **lists["models"][item["model"]],
+        }
     assert lists["models"]["posture_cnn"] == {
         "code": "examples/posture_cnn",
         "weights": "models/posture_cnn.pt",
@@ -52,6 +58,54 @@ def test_dvc_stages_name_the_model_the_spec_uses() -> None:
 def test_dvc_yaml_build_depends_on_composed_spec_weights_and_code() -> None:
     deps = _stages()["build"]["do"]["deps"]
     assert {"specs/${key}.yaml", "${item.weights}", "${item.code}"} <= set(deps)
+
+
+def test_generative_models_keep_their_reference_outputs_in_a_stage() -> None:
+    lists = stage_lists(ROOT)
+    assert lists["references"] == {
+        "assistant_llm": {"code": "examples/assistant_llm", "weights": "models/assistant_llm"},
+        "dictation_whisper": {
+            "code": "examples/dictation_whisper",
+            "weights": "models/dictation_whisper",
+        },
+    }
+    stage = _stages()["reference"]
+    assert stage["foreach"] == "${references}"
+    assert stage["do"]["cmd"] == "edgeship reference model=${key}"
+    assert stage["do"]["outs"] == ["references/${key}"]
+    assert {"conf/model/${key}.yaml", "${item.weights}", "${item.code}"} <= set(stage["do"]["deps"])
+    # the builds of those models depend on the kept outputs (dvc repro runs the stage first)
+    assert "${item.reference}" in _stages()["build"]["do"]["deps"]
+    assert lists["deployments"]["assistant_llm_nuc"]["reference"] == "references/assistant_llm"
+
+
+def test_dvc_yaml_reference_stage_covers_every_module_it_imports() -> None:
+    import json
+    import subprocess
+    import sys
+
+    deps = [d for d in _stages()["reference"]["do"]["deps"] if "$" not in d]
+    code = (
+        "import json, sys\n"
+        "import orchestrator.cli.main, orchestrator.cli.build\n"
+        "import orchestrator.build.kept_reference\n"
+        "import orchestrator.build.generative, orchestrator.build.speech\n"
+        "import orchestrator.build.sources, orchestrator.build.framework_sources\n"
+        "print(json.dumps(sorted({getattr(m, '__file__', None) or '' "
+        "for m in list(sys.modules.values())})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    files = [Path(f).resolve() for f in json.loads(out.strip().splitlines()[-1]) if f]
+    ours = [f.relative_to(ROOT) for f in files if ROOT in f.parents and "tests" not in f.parts]
+    uncovered = [
+        str(f)
+        for f in ours
+        if str(f).startswith(("orchestrator", "targets", "registry"))
+        and not any(str(f) == d or str(f).startswith(d.rstrip("/") + "/") for d in deps)
+    ]
+    assert not uncovered, f"reference@ stage deps miss: {uncovered}"
 
 
 def test_dvc_analytics_off() -> None:

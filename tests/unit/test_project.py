@@ -96,9 +96,11 @@ def test_dvc_stage_lists_follow_conf_deployment(project: Path) -> None:
                 "model": "mymodel",
                 "code": "mymodel",
                 "weights": "models/mymodel.pt",
+                "reference": "models/mymodel.pt",  # run inside the build: the weights
             }
         },
         "models": {"mymodel": {"code": "mymodel", "weights": "models/mymodel.pt"}},
+        "references": {},  # no generative model
     }
     src = project / "conf" / "deployment" / "mymodel_server.yaml"
     (src.parent / "second.yaml").write_text(src.read_text().replace("mymodel_server", "second"))
@@ -129,6 +131,7 @@ def test_dvc_stage_lists_depend_on_the_onnx_file_or_the_spec_of_a_model_without_
         "model": "net",
         "code": "mymodel",
         "weights": "m/net.onnx",
+        "reference": "m/net.onnx",
     }
     assert lists["deployments"]["reg"]["weights"] == "conf/model/reg.yaml"
     assert set(lists["models"]) == {"mymodel"}  # only models that say how to train them

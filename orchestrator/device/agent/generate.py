@@ -204,13 +204,31 @@ def ov_genai_greedy(pipe, prompt: list, max_new_tokens: int) -> dict:
     }
 
 
-def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
-    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
-    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs). Same result
-    shape as :func:`greedy`."""
+def genai_model(folder: str, threads: int = 0):
+    """ONNX Runtime GenAI's model of a folder with a ``genai_config.json``; ``threads``
+    (when not 0) sets its session's intra-op threads (one inter-op thread)."""
     import onnxruntime_genai as og
 
-    model = og.Model(folder)
+    if threads and hasattr(og, "Config"):
+        import json
+
+        config = og.Config(folder)
+        options = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
+        overlay = {"model": {"decoder": {"session_options": options}}}
+        if hasattr(config, "overlay"):
+            config.overlay(json.dumps(overlay))
+            return og.Model(config)
+    return og.Model(folder)
+
+
+def genai_greedy(folder: str, prompt: list, max_new_tokens: int, model=None) -> dict:
+    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
+    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs), until its
+    end-of-sequence token or ``max_new_tokens``; ``model`` reuses a loaded
+    :func:`genai_model`. Same result shape as :func:`greedy`."""
+    import onnxruntime_genai as og
+
+    model = model if model is not None else og.Model(folder)
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
     gen = og.Generator(model, params)
@@ -228,6 +246,65 @@ def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
         else:
             steps_ms.append((time.perf_counter() - t0) * 1000.0)
     return {"tokens": tokens, "first_logits": None, "ttft_ms": ttft_ms, "steps_ms": steps_ms}
+
+
+def same_until_eos(got: list, want: list, eos) -> bool:
+    """Whether a generation that stops at end-of-sequence (``got``) is ``want``: equal, or
+    ``got`` ends with ``eos`` and ``want`` begins with exactly its tokens."""
+    got, want = [int(t) for t in got], [int(t) for t in want]
+    if got == want:
+        return True
+    return bool(got) and eos is not None and got[-1] == int(eos) and want[: len(got)] == got
+
+
+def genai_measure(request: dict) -> dict:
+    """ONNX Runtime GenAI's generator on a model folder, on the prompt set the build's loop
+    decoded: its greedy tokens against the loop's (``expected``, each), its time to first
+    token at ``ttft_prompt`` and its tokens/s. Run by the interpreter of a Python that has
+    ``onnxruntime_genai`` (the ``ort-genai`` tool environment on the build machine).
+
+    ``request``: ``folder``, ``threads``, ``prompts``, ``expected``, ``eos`` (the token
+    that ends a generation, or None), ``ttft_prompt``, ``repeats``."""
+    import onnxruntime_genai as og
+
+    model = genai_model(request["folder"], int(request.get("threads") or 0))
+    eos = request.get("eos")
+    same = 0
+    first_difference = []
+    steps: list = []
+    generations = []
+    for prompt, want in zip(request["prompts"], request["expected"]):
+        got = genai_greedy(request["folder"], prompt, len(want), model)
+        _, first = agreement(got["tokens"], want)
+        ok = same_until_eos(got["tokens"], want, eos)
+        same += int(ok)
+        first_difference.append(-1 if ok else (first if first >= 0 else len(got["tokens"])))
+        steps.extend(got["steps_ms"])
+        generations.append(got["tokens"])
+    ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
+    genai_greedy(request["folder"], ttft_prompt, 2, model)  # warm-up at this length
+    ttfts = [
+        genai_greedy(request["folder"], ttft_prompt, 1, model)["ttft_ms"]
+        for _ in range(int(request.get("repeats") or 5))
+    ]
+    step = _median(steps)
+    version = getattr(og, "__version__", None)
+    if version is None:
+        from importlib import metadata
+
+        version = metadata.version("onnxruntime-genai")
+    return {
+        "available": True,
+        "runtime": "onnxruntime-genai",
+        "version": str(version),
+        "exact": same / len(generations) if generations else 1.0,
+        "first_difference": first_difference,
+        "generations": generations,
+        "ttft_ms": _median(ttfts),
+        "tokens_per_s": 1000.0 / step if step else 0.0,
+        "decode_steps": len(steps),
+        "peak_memory_mb": peak_rss_mb(),
+    }
 
 
 def greedy(decoder: Decoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
@@ -451,16 +528,18 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list) -> int:
-    """``python generate.py measure REQUEST RESULT``: :func:`measure` on a JSON request."""
+    """``python generate.py measure|genai REQUEST RESULT``: :func:`measure` (ONNX Runtime or
+    OpenVINO, the validation loop) or :func:`genai_measure` (ONNX Runtime GenAI) on a JSON
+    request."""
     import json
     import sys
 
-    if len(argv) != 3 or argv[0] != "measure":
-        print("usage: generate.py measure REQUEST RESULT", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in ("measure", "genai"):
+        print("usage: generate.py measure|genai REQUEST RESULT", file=sys.stderr)
         return 2
     with open(argv[1]) as fh:
         request = json.load(fh)
-    result = measure(request)
+    result = measure(request) if argv[0] == "measure" else genai_measure(request)
     with open(argv[2], "w") as fh:
         json.dump(result, fh)
     return 0

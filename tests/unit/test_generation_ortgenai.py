@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from orchestrator.build import generative
@@ -45,11 +46,20 @@ def test_ortgenai_build_refuses_an_unknown_precision_with_the_choices() -> None:
 
 
 def test_ortgenai_build_refuses_block_options_at_fp32() -> None:
-    text = _problems(["recipe=llm_genai_fp32", "+recipe.passes.0.options.block_size=64"])
-    assert (
-        "recipe.passes[0].options.block_size: applies to int8 and int4 only; precision is fp32"
-        in text
+    text = _problems(
+        [
+            "recipe=llm_genai_fp32",
+            "+recipe.passes.0.options.block_size=64",
+            "+recipe.passes.0.options.algorithm=rtn",
+        ]
     )
+    for option in ("block_size", "algorithm"):
+        assert (
+            f"recipe.passes[0].options.{option}: applies to int8 and int4 only; precision is fp32"
+            in text
+        )
+    text = _problems(["recipe=llm_genai_int4w", "recipe.passes.0.options.algorithm=gptq"])
+    assert "recipe.passes[0].options.algorithm: unknown value 'gptq'" in text
 
 
 def test_ortgenai_build_refuses_a_block_size_or_accuracy_level_the_builder_lacks() -> None:
@@ -105,6 +115,9 @@ def test_builder_command_names_precision_execution_provider_and_int4_blocks(
     argv = builder_command(tmp_path / "in", tmp_path / "out", tmp_path / "cache", int4)
     extra = argv[argv.index("--extra_options") + 1 :]
     assert extra == ["block_size=64", "accuracy_level=1"]
+    _, last = _pass_and_options(precision="int4", algorithm="k_quant_last")
+    argv = builder_command(tmp_path / "in", tmp_path / "out", tmp_path / "cache", last)
+    assert argv[-1] == "algo_config=k_quant_last"
 
 
 def test_a_failed_builder_names_the_pass_the_precision_and_its_stderr(
@@ -165,3 +178,58 @@ def test_a_generation_that_stops_at_end_of_sequence_equals_the_loops_prefix() ->
     assert generate.same_until_eos([4, 5, 6], [4, 5, 6], eos=None)
     assert not generate.same_until_eos([4, 5, 2], [4, 6, 2, 7], eos=2)
     assert not generate.same_until_eos([4, 5], [4, 5, 6], eos=2)  # stopped, not at eos
+
+
+class _Meta:
+    def __init__(self, name: str, shape: list[Any], type_: str = "tensor(float)") -> None:
+        self.name, self.shape, self.type = name, shape, type_
+
+
+class BuilderSession:
+    """A decoder shaped like the model builder's: no position_ids, the head size symbolic
+    (``kv_cache_dim``); next token = (last input token + 1) % 10."""
+
+    def __init__(self) -> None:
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def get_inputs(self) -> list[_Meta]:
+        cache = ["batch_size", 2, "past_sequence_length", "kv_cache_dim"]
+        return [
+            _Meta("input_ids", ["batch_size", "sequence_length"], "tensor(int64)"),
+            _Meta("attention_mask", ["batch_size", "total_sequence_length"], "tensor(int64)"),
+            _Meta("past_key_values.0.key", cache),
+            _Meta("past_key_values.0.value", cache),
+        ]
+
+    def get_outputs(self) -> list[_Meta]:
+        return [_Meta("logits", []), _Meta("present.0.key", []), _Meta("present.0.value", [])]
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.feeds.append(feed)
+        ids, past = feed["input_ids"], feed["past_key_values.0.key"]
+        assert past.shape[3] == 8 and feed["attention_mask"].shape == (
+            1,
+            past.shape[2] + ids.shape[1],
+        )
+        logits = np.zeros((1, ids.shape[1], 10), dtype=np.float32)
+        logits[0, -1, (int(ids[0, -1]) + 1) % 10] = 1.0
+        grown = np.zeros((1, 2, past.shape[2] + ids.shape[1], 8), dtype=np.float32)
+        return [logits, grown, grown]
+
+
+def test_the_loop_drives_a_builder_graph_with_the_head_size_of_its_genai_config(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    with pytest.raises(ValueError, match="no static heads/head dims"):
+        generate.KvDecoder(BuilderSession())
+    (tmp_path / "genai_config.json").write_text(
+        json.dumps({"model": {"decoder": {"num_key_value_heads": 2, "head_size": 8}}})
+    )
+    dims = generate.cache_dims(str(tmp_path))
+    assert dims == (2, 8) and generate.cache_dims(str(tmp_path / "none")) is None
+    session = BuilderSession()
+    out = generate.greedy(generate.KvDecoder(session, dims), [3, 4], 3)
+    assert out["tokens"] == [5, 6, 7]
+    assert all("position_ids" not in f for f in session.feeds)

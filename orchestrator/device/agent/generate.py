@@ -21,9 +21,15 @@ PAST = "past_key_values."
 
 
 class KvDecoder:
-    """An ONNX Runtime session of a decoder with a KV cache: prefill, then one token a call."""
+    """An ONNX Runtime session of a decoder with a KV cache: prefill, then one token a call.
 
-    def __init__(self, session) -> None:
+    ``cache_dims`` (KV heads, head size) stands in for cache dimensions the graph leaves
+    symbolic: onnxruntime-genai's model builder names the head size ``kv_cache_dim`` (its
+    ``genai_config.json`` has it, see :func:`cache_dims`). Its graph takes no
+    ``position_ids``: its ``GroupQueryAttention`` nodes take the positions from the
+    attention mask, which this loop feeds either way."""
+
+    def __init__(self, session, cache_dims=None) -> None:
         import numpy as np
 
         self.np = np
@@ -41,8 +47,14 @@ class KvDecoder:
         for i in self.past:
             dims = list(i.shape)  # [batch, kv heads, past sequence, head dim]
             heads, head_dim = dims[1], dims[3]
+            if cache_dims is not None:
+                heads = heads if isinstance(heads, int) else int(cache_dims[0])
+                head_dim = head_dim if isinstance(head_dim, int) else int(cache_dims[1])
             if not isinstance(heads, int) or not isinstance(head_dim, int):
-                raise ValueError(f"input {i.name} has no static heads/head dims: {dims}")
+                raise ValueError(
+                    f"input {i.name} has no static heads/head dims: {dims} (and no "
+                    "genai_config.json beside the graph names them)"
+                )
             self.past_shapes[i.name] = (heads, head_dim)
         self.float_type = np.float16 if "float16" in self.past[0].type else np.float32
         outputs = [o.name for o in session.get_outputs()]
@@ -81,6 +93,23 @@ class KvDecoder:
         """Logits of every position of ``ids`` ([len, vocab], float32), from an empty cache."""
         self.forward(list(ids), self.empty(), 0)
         return self.np.asarray(self.last_all, dtype=self.np.float32)
+
+
+def cache_dims(model_dir: str):
+    """(KV heads, head size) from the ``genai_config.json`` of a model folder, or None when
+    it has none: what :class:`KvDecoder` needs for a graph whose cache dims are symbolic."""
+    import json
+    import os
+
+    path = os.path.join(model_dir, "genai_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        decoder = (json.load(fh).get("model") or {}).get("decoder") or {}
+    heads = decoder.get("num_key_value_heads") or decoder.get("num_attention_heads")
+    if not heads or not decoder.get("head_size"):
+        return None
+    return int(heads), int(decoder["head_size"])
 
 
 class OvStatefulDecoder:
@@ -414,7 +443,12 @@ def measure(request: dict) -> dict:
         properties = ov_properties(compiled)
         dec: Decoder = OvStatefulDecoder(compiled)
     else:
-        dec = KvDecoder(session(request["model"], int(request.get("threads") or 0)))
+        import os
+
+        dec = KvDecoder(
+            session(request["model"], int(request.get("threads") or 0)),
+            cache_dims(os.path.dirname(os.path.abspath(request["model"]))),
+        )
     results = []
     steps_ms: list = []
     for prompt, ref in zip(request["prompts"], request["reference"]):

@@ -39,6 +39,7 @@ PASS = "ortgenai_build"
 CONFIG = "genai_config.json"
 PRECISIONS = ("fp32", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # the builder's int4_block_size values
+ALGORITHMS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed")
 FOLDER_CONFIGS = ("config.json", "generation_config.json")  # carried beside the graph too
 
 
@@ -49,6 +50,9 @@ class GenaiBuildOptions:
     )  # the builder's -p: weights in fp32, or int8/int4 MatMulNBits blocks (fp32 activations)
     block_size: int = 32  # int4/int8 only: values per quantization block (16, 32, 64, 128, 256)
     accuracy_level: int = 4  # int4/int8 only: MatMulNBits compute type: 1 fp32 .. 4 int8
+    algorithm: str = field(
+        default="default", metadata={"choices": ALGORITHMS}
+    )  # int4/int8 only: the builder's algo_config (*_last: the lm_head MatMul in int8)
     context_length: int = 0  # tokens the generator serves (0: the builder's, from config.json)
     timeout: int = 1800  # seconds the builder may take
 
@@ -75,6 +79,8 @@ def builder_command(folder: Path, out: Path, cache: Path, options: Any) -> list[
             f"block_size={int(options.block_size)}",
             f"accuracy_level={int(options.accuracy_level)}",
         ]
+        if options.algorithm != "default":
+            argv.append(f"algo_config={options.algorithm}")
     return argv
 
 
@@ -112,7 +118,7 @@ class OrtGenaiBuild(Pass):
         precision = str(options.get("precision", "fp32"))
         found = []
         if precision == "fp32":
-            for name in ("block_size", "accuracy_level"):
+            for name in ("block_size", "accuracy_level", "algorithm"):
                 if name in options:
                     found.append((name, "applies to int8 and int4 only; precision is fp32"))
             return found
@@ -174,7 +180,14 @@ class OrtGenaiBuild(Pass):
             json.dumps(
                 {
                     "exporter": "onnxruntime-genai model builder",
-                    "command": ["python", *argv[:-2]],  # without the temporary cache folder
+                    # the staging folders replaced by OUT and CACHE: the same for every build
+                    "command": [
+                        "python",
+                        *(
+                            {str(out): "OUT", str(cache): "CACHE"}.get(a, a)
+                            for a in builder_command(folder, out, cache, options)
+                        ),
+                    ],
                     "precision": options.precision,
                     "opset": opset,
                     "inputs": inputs,

@@ -451,6 +451,9 @@ def measure_genai(
                 f"{proc.returncode}):\n{tail}"
             )
         result: dict[str, Any] = json.loads(res.read_text())
+    env = toolenv.info(GENAI_TOOL) or {}
+    result["threads"] = threads
+    result["toolenv"] = {"name": GENAI_TOOL, "digest": env.get("digest"), "lock": env.get("lock")}
     return result
 
 

@@ -60,7 +60,11 @@ def test_genai_int4_build_is_validated_measured_and_generates_with_genai_on_the_
     assert export["versions"]["onnxruntime-genai"] == "0.18.0"
     assert "position_ids" not in export["inputs"] and "present.0.key" in export["outputs"]
     validation = json.loads((art / "validation.json").read_text())
-    assert validation["details"]["generation"]["genai"]["runtime"] == "onnxruntime-genai"
+    measured_genai = validation["details"]["generation"]["genai"]
+    assert (
+        measured_genai["runtime"] == "onnxruntime-genai" and measured_genai["version"] == "0.18.0"
+    )
+    assert measured_genai["toolenv"]["name"] == TOOL and measured_genai["toolenv"]["lock"]
 
     # this machine's environment has no onnxruntime_genai: the loop in ONNX Runtime
     local = smoke_check(str(art))

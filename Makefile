@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# Whisper's vocabulary file (the dictation example's tokenizer); its dependencies (CUDA
 	# torch, numba) are not needed to read one file
 	$(BIN)/pip install --quiet --no-deps openai-whisper==20250625
-	$(BIN)/edgeship toolenv install tvm optimum-onnx optimum-intel
+	$(BIN)/edgeship toolenv install tvm optimum-onnx optimum-intel ort-genai
 	touch $(STAMP)
 
 build: setup

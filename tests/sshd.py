@@ -82,7 +82,10 @@ class ShipLab:
         devices: list[SshDevice],
         artifact: Path,
         families: dict[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
+        """``python``: the devices' interpreter for the agent (default: this one), e.g. a
+        tool environment's, for a device whose runtimes differ from the build machine's."""
         from registry.keys import KeyStore
 
         self.base = base
@@ -99,6 +102,7 @@ class ShipLab:
             devices,
             self.roots,
             families,
+            python=python,
             known_hosts=base / "fleet" / "known_hosts",
         )
 

@@ -436,6 +436,63 @@ def measure_artifact(
     return result
 
 
+GENAI_TOOL = "ort-genai"
+GENAI_CONFIG = "genai_config.json"
+
+
+def measure_genai(
+    folder: Path, prompts: Prompts, measured: dict[str, Any], threads: int, length: int
+) -> dict[str, Any] | None:
+    """ONNX Runtime GenAI's generator on an ONNX artifact folder that has a
+    ``genai_config.json``, in the ``ort-genai`` tool environment (onnxruntime-genai needs a
+    newer ONNX Runtime than edgeship's): its greedy tokens on every prompt against those the
+    validation loop generated, its time to first token at the loop's prompt length and its
+    tokens/s (:func:`orchestrator.device.agent.generate.genai_measure`).
+
+    None when the folder has no ``genai_config.json``; ``{"available": False, "reason"}``
+    when the tool environment is not installed (nothing fails)."""
+    from orchestrator.core import toolenv
+
+    if not (folder / GENAI_CONFIG).is_file():
+        return None
+    missing = toolenv.unavailable_reason(GENAI_TOOL)
+    if missing:
+        reason = f"{missing} (create it with `edgeship toolenv install {GENAI_TOOL}`)"
+        log.info("onnxruntime-genai not measured: %s", reason)
+        return {"available": False, "reason": reason}
+    request = {
+        "folder": str(folder),
+        "threads": threads,
+        "prompts": prompts.ids,
+        "expected": [p["greedy"] for p in measured["prompts"]],
+        "eos": prompts.eos,
+        "ttft_prompt": ttft_prompt(prompts, length),
+        "repeats": 5,
+    }
+    script = Path(decoding.__file__).resolve()
+    with tempfile.TemporaryDirectory(prefix="edgeship-genai-") as tmp:
+        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        req.write_text(json.dumps(request))
+        try:
+            proc = toolenv.run_worker(
+                GENAI_TOOL, script, ["genai", str(req), str(res)], timeout=1800
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BuildError("error: onnxruntime-genai's generator ran past 1800 s") from exc
+        if proc.returncode != 0 or not res.is_file():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+            raise BuildError(
+                f"error: decoding the artifact with onnxruntime-genai failed in the "
+                f"{GENAI_TOOL} tool environment ({toolenv.env_dir(GENAI_TOOL)}, exit "
+                f"{proc.returncode}):\n{tail}"
+            )
+        result: dict[str, Any] = json.loads(res.read_text())
+    env = toolenv.info(GENAI_TOOL) or {}
+    result["threads"] = threads
+    result["toolenv"] = {"name": GENAI_TOOL, "digest": env.get("digest"), "lock": env.get("lock")}
+    return result
+
+
 def parity_metrics(
     measured: dict[str, Any], reference_: GenerationReference, prompts: Prompts, max_new: int
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:

@@ -990,7 +990,14 @@ def _build_generation(
             metrics["perplexity_ratio"] = metrics["perplexity"] / metrics["reference_perplexity"]
             metrics["heldout_tokens"] = float(heldout["tokens"])
         genai = measured.get("genai") or {}
-        if genai.get("available"):  # OpenVINO GenAI's LLMPipeline on the same folder
+        if target.runtime == "onnxruntime":  # onnxruntime-genai, in its tool environment
+            genai = (
+                generative.measure_genai(
+                    staging / "model", prompts, measured, cfg.target.threads, gen.prompt_tokens
+                )
+                or {}
+            )
+        if genai.get("available"):  # OpenVINO GenAI's LLMPipeline / onnxruntime-genai
             metrics["genai_exact"] = float(genai["exact"])
             metrics["genai_tokens_per_s"] = float(genai["tokens_per_s"])
             metrics["genai_ttft_ms"] = float(genai["ttft_ms"])

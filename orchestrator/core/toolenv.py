@@ -141,6 +141,26 @@ TOOLS: dict[str, ToolSpec] = {
         probe="import optimum.intel.openvino, transformers, openvino_tokenizers; "
         "print(transformers.__version__)",
     ),
+    "ort-genai": ToolSpec(
+        name="ort-genai",
+        what="ONNX Runtime GenAI (its model builder and generator)",
+        # onnxruntime-genai 0.18 needs onnxruntime 1.32 (edgeship's environment has 1.31);
+        # its model builder reads the Hugging Face folder with transformers and torch (the
+        # CPU build, named exactly so that pip never picks a CUDA one) and writes the graph
+        # with onnx-ir; onnx and numpy at edgeship's versions: the files cross between them
+        requirements=(
+            "onnxruntime-genai==0.18.0",
+            "onnxruntime==1.32.0",
+            "onnx-ir==1.1.0",
+            "onnx==1.23.2",
+            "transformers==5.24.0",
+            "tokenizers==0.23.3",
+            "torch==2.13.0",
+            "numpy==2.4.6",
+        ),
+        probe="import onnxruntime, onnxruntime_genai, onnxruntime_genai.models.builder, "
+        "transformers; print(onnxruntime_genai.__version__)",
+    ),
 }
 
 
@@ -324,6 +344,28 @@ def listing(root: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def run_python(
+    name: str,
+    argv: list[str],
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the interpreter of tool environment ``name`` with ``argv`` (a script or ``-m``
+    and a module, then its arguments); output captured, the exit status not checked."""
+    python = toolenv(name)
+    environ = {**os.environ, **(env or {})}
+    environ.pop("PYTHONPATH", None)  # nothing of edgeship's environment leaks in
+    return subprocess.run(
+        [str(python), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=environ,
+    )
+
+
 def run_worker(
     name: str,
     script: Path,
@@ -333,14 +375,4 @@ def run_worker(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with the interpreter of tool environment ``name``."""
-    python = toolenv(name)
-    environ = {**os.environ, **(env or {})}
-    environ.pop("PYTHONPATH", None)  # nothing of edgeship's environment leaks in
-    return subprocess.run(
-        [str(python), str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=environ,
-    )
+    return run_python(name, [str(script), *args], timeout=timeout, env=env)

@@ -80,7 +80,7 @@ TASK_METRICS = {
         "reference_perplexity",
         "perplexity_ratio",  # the artifact's perplexity / the reference's
         "openvino_tokenizer_exact",  # OpenVINO artifacts: openvino_tokenizer.xml's ids
-        "genai_exact",  # OpenVINO artifacts: LLMPipeline's greedy tokens = the loop's
+        "genai_exact",  # LLMPipeline (OpenVINO) or onnxruntime-genai: greedy tokens = the loop's
         "genai_tokens_per_s",
         "genai_ttft_ms",
     ),

@@ -32,7 +32,7 @@ from targets.base import registered_targets
 Report = Callable[[str, str], None]
 # tasks whose recipe starts from the Hugging Face folder -> an export pass that does so
 FOLDER_EXPORTS = {
-    "text-generation": "optimum_export_onnx, optimum_intel_export_openvino",
+    "text-generation": "optimum_export_onnx, ortgenai_build, optimum_intel_export_openvino",
     "speech-recognition": "optimum_export_openvino_speech",
 }
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

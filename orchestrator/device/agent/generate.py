@@ -21,9 +21,15 @@ PAST = "past_key_values."
 
 
 class KvDecoder:
-    """An ONNX Runtime session of a decoder with a KV cache: prefill, then one token a call."""
+    """An ONNX Runtime session of a decoder with a KV cache: prefill, then one token a call.
 
-    def __init__(self, session) -> None:
+    ``cache_dims`` (KV heads, head size) stands in for cache dimensions the graph leaves
+    symbolic: onnxruntime-genai's model builder names the head size ``kv_cache_dim`` (its
+    ``genai_config.json`` has it, see :func:`cache_dims`). Its graph takes no
+    ``position_ids``: its ``GroupQueryAttention`` nodes take the positions from the
+    attention mask, which this loop feeds either way."""
+
+    def __init__(self, session, cache_dims=None) -> None:
         import numpy as np
 
         self.np = np
@@ -41,8 +47,14 @@ class KvDecoder:
         for i in self.past:
             dims = list(i.shape)  # [batch, kv heads, past sequence, head dim]
             heads, head_dim = dims[1], dims[3]
+            if cache_dims is not None:
+                heads = heads if isinstance(heads, int) else int(cache_dims[0])
+                head_dim = head_dim if isinstance(head_dim, int) else int(cache_dims[1])
             if not isinstance(heads, int) or not isinstance(head_dim, int):
-                raise ValueError(f"input {i.name} has no static heads/head dims: {dims}")
+                raise ValueError(
+                    f"input {i.name} has no static heads/head dims: {dims} (and no "
+                    "genai_config.json beside the graph names them)"
+                )
             self.past_shapes[i.name] = (heads, head_dim)
         self.float_type = np.float16 if "float16" in self.past[0].type else np.float32
         outputs = [o.name for o in session.get_outputs()]
@@ -81,6 +93,23 @@ class KvDecoder:
         """Logits of every position of ``ids`` ([len, vocab], float32), from an empty cache."""
         self.forward(list(ids), self.empty(), 0)
         return self.np.asarray(self.last_all, dtype=self.np.float32)
+
+
+def cache_dims(model_dir: str):
+    """(KV heads, head size) from the ``genai_config.json`` of a model folder, or None when
+    it has none: what :class:`KvDecoder` needs for a graph whose cache dims are symbolic."""
+    import json
+    import os
+
+    path = os.path.join(model_dir, "genai_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        decoder = (json.load(fh).get("model") or {}).get("decoder") or {}
+    heads = decoder.get("num_key_value_heads") or decoder.get("num_attention_heads")
+    if not heads or not decoder.get("head_size"):
+        return None
+    return int(heads), int(decoder["head_size"])
 
 
 class OvStatefulDecoder:
@@ -204,13 +233,31 @@ def ov_genai_greedy(pipe, prompt: list, max_new_tokens: int) -> dict:
     }
 
 
-def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
-    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
-    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs). Same result
-    shape as :func:`greedy`."""
+def genai_model(folder: str, threads: int = 0):
+    """ONNX Runtime GenAI's model of a folder with a ``genai_config.json``; ``threads``
+    (when not 0) sets its session's intra-op threads (one inter-op thread)."""
     import onnxruntime_genai as og
 
-    model = og.Model(folder)
+    if threads and hasattr(og, "Config"):
+        import json
+
+        config = og.Config(folder)
+        options = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
+        overlay = {"model": {"decoder": {"session_options": options}}}
+        if hasattr(config, "overlay"):
+            config.overlay(json.dumps(overlay))
+            return og.Model(config)
+    return og.Model(folder)
+
+
+def genai_greedy(folder: str, prompt: list, max_new_tokens: int, model=None) -> dict:
+    """Greedy generation with ONNX Runtime GenAI's generator on a model folder that has a
+    ``genai_config.json`` (what a device with ``onnxruntime-genai`` runs), until its
+    end-of-sequence token or ``max_new_tokens``; ``model`` reuses a loaded
+    :func:`genai_model`. Same result shape as :func:`greedy`."""
+    import onnxruntime_genai as og
+
+    model = model if model is not None else og.Model(folder)
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
     gen = og.Generator(model, params)
@@ -228,6 +275,65 @@ def genai_greedy(folder: str, prompt: list, max_new_tokens: int) -> dict:
         else:
             steps_ms.append((time.perf_counter() - t0) * 1000.0)
     return {"tokens": tokens, "first_logits": None, "ttft_ms": ttft_ms, "steps_ms": steps_ms}
+
+
+def same_until_eos(got: list, want: list, eos) -> bool:
+    """Whether a generation that stops at end-of-sequence (``got``) is ``want``: equal, or
+    ``got`` ends with ``eos`` and ``want`` begins with exactly its tokens."""
+    got, want = [int(t) for t in got], [int(t) for t in want]
+    if got == want:
+        return True
+    return bool(got) and eos is not None and got[-1] == int(eos) and want[: len(got)] == got
+
+
+def genai_measure(request: dict) -> dict:
+    """ONNX Runtime GenAI's generator on a model folder, on the prompt set the build's loop
+    decoded: its greedy tokens against the loop's (``expected``, each), its time to first
+    token at ``ttft_prompt`` and its tokens/s. Run by the interpreter of a Python that has
+    ``onnxruntime_genai`` (the ``ort-genai`` tool environment on the build machine).
+
+    ``request``: ``folder``, ``threads``, ``prompts``, ``expected``, ``eos`` (the token
+    that ends a generation, or None), ``ttft_prompt``, ``repeats``."""
+    import onnxruntime_genai as og
+
+    model = genai_model(request["folder"], int(request.get("threads") or 0))
+    eos = request.get("eos")
+    same = 0
+    first_difference = []
+    steps: list = []
+    generations = []
+    for prompt, want in zip(request["prompts"], request["expected"]):
+        got = genai_greedy(request["folder"], prompt, len(want), model)
+        _, first = agreement(got["tokens"], want)
+        ok = same_until_eos(got["tokens"], want, eos)
+        same += int(ok)
+        first_difference.append(-1 if ok else (first if first >= 0 else len(got["tokens"])))
+        steps.extend(got["steps_ms"])
+        generations.append(got["tokens"])
+    ttft_prompt = list(request.get("ttft_prompt") or request["prompts"][0])
+    genai_greedy(request["folder"], ttft_prompt, 2, model)  # warm-up at this length
+    ttfts = [
+        genai_greedy(request["folder"], ttft_prompt, 1, model)["ttft_ms"]
+        for _ in range(int(request.get("repeats") or 5))
+    ]
+    step = _median(steps)
+    version = getattr(og, "__version__", None)
+    if version is None:
+        from importlib import metadata
+
+        version = metadata.version("onnxruntime-genai")
+    return {
+        "available": True,
+        "runtime": "onnxruntime-genai",
+        "version": str(version),
+        "exact": same / len(generations) if generations else 1.0,
+        "first_difference": first_difference,
+        "generations": generations,
+        "ttft_ms": _median(ttfts),
+        "tokens_per_s": 1000.0 / step if step else 0.0,
+        "decode_steps": len(steps),
+        "peak_memory_mb": peak_rss_mb(),
+    }
 
 
 def greedy(decoder: Decoder, prompt: list, max_new_tokens: int, eos=None) -> dict:
@@ -337,7 +443,12 @@ def measure(request: dict) -> dict:
         properties = ov_properties(compiled)
         dec: Decoder = OvStatefulDecoder(compiled)
     else:
-        dec = KvDecoder(session(request["model"], int(request.get("threads") or 0)))
+        import os
+
+        dec = KvDecoder(
+            session(request["model"], int(request.get("threads") or 0)),
+            cache_dims(os.path.dirname(os.path.abspath(request["model"]))),
+        )
     results = []
     steps_ms: list = []
     for prompt, ref in zip(request["prompts"], request["reference"]):
@@ -451,16 +562,18 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list) -> int:
-    """``python generate.py measure REQUEST RESULT``: :func:`measure` on a JSON request."""
+    """``python generate.py measure|genai REQUEST RESULT``: :func:`measure` (ONNX Runtime or
+    OpenVINO, the validation loop) or :func:`genai_measure` (ONNX Runtime GenAI) on a JSON
+    request."""
     import json
     import sys
 
-    if len(argv) != 3 or argv[0] != "measure":
-        print("usage: generate.py measure REQUEST RESULT", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in ("measure", "genai"):
+        print("usage: generate.py measure|genai REQUEST RESULT", file=sys.stderr)
         return 2
     with open(argv[1]) as fh:
         request = json.load(fh)
-    result = measure(request)
+    result = measure(request) if argv[0] == "measure" else genai_measure(request)
     with open(argv[2], "w") as fh:
         json.dump(result, fh)
     return 0

@@ -522,7 +522,7 @@ def generation_check(folder: str, runtime: dict, base: dict, cache: str | None =
     An OpenVINO bundle (a stateful IR) decodes with OpenVINO GenAI's ``LLMPipeline`` where
     ``openvino_genai`` is installed, else with plain OpenVINO and the same loop, compiled
     with the bundle's settings either way (its inference precision among them)."""
-    from .generate import KvDecoder, genai_greedy, greedy
+    from .generate import KvDecoder, cache_dims, genai_greedy, greedy
 
     smoke = read_json(os.path.join(folder, "smoke", "smoke.json"))
     check = smoke.get("generation") or {}
@@ -555,7 +555,7 @@ def generation_check(folder: str, runtime: dict, base: dict, cache: str | None =
     if session is None:
         raise RunnerError(f"runner {base['runner']} cannot decode a text-generation model")
     try:
-        decoder = KvDecoder(session)
+        decoder = KvDecoder(session, cache_dims(model_dir))
     except ValueError as exc:
         raise RunnerError(f"text-generation bundle: {exc}") from exc
     got = greedy(decoder, prompt, len(expected))

@@ -53,7 +53,7 @@ def cache_path(root: Path, model: str, key: str) -> Path:
     return root / CACHE / f"{model}-{key}.npz"
 
 
-def _read(path: Path) -> tuple[dict[str, Any], np.ndarray]:
+def read(path: Path) -> tuple[dict[str, Any], np.ndarray]:
     try:
         with np.load(path) as npz:
             return json.loads(str(npz["meta"])), np.asarray(npz["first_logits"], np.float32)
@@ -68,12 +68,12 @@ def find(root: Path, model: str, key: str) -> Kept | None:
     """The stored reference when its key is ``key``, else the cached one, else None."""
     stored = stored_path(root, model)
     if stored.is_file():
-        meta, logits = _read(stored)
+        meta, logits = read(stored)
         if meta.get("key") == key:
             return Kept(meta, logits, stored, True)
     cached = cache_path(root, model, key)
     if cached.is_file():
-        meta, logits = _read(cached)
+        meta, logits = read(cached)
         return Kept(meta, logits, cached, False)
     return None
 
@@ -83,7 +83,7 @@ def stale(root: Path, model: str, key: str) -> str | None:
     stored = stored_path(root, model)
     if not stored.is_file():
         return None
-    meta, _ = _read(stored)
+    meta, _ = read(stored)
     if meta.get("key") == key:
         return None
     return (
@@ -123,44 +123,3 @@ def store(root: Path, model: str, kept_file: Path, summary: dict[str, Any]) -> P
         tmp.replace(path)
     write_text(path.with_name(SUMMARY), json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return path
-
-
-def compute_and_store(model: Any, root: Path, threads: int) -> tuple[Path, dict[str, Any], bool]:
-    """``edgeship reference``: the reference outputs of a text-generation or
-    speech-recognition model, kept in ``references/<model>/`` (computed now unless a kept
-    file already matches). Returns the file, its summary and whether it was computed now."""
-    from orchestrator.build import generative, sources
-    from orchestrator.build import speech as asr
-
-    if model.task not in ("text-generation", "speech-recognition"):
-        raise BuildError(
-            f"error: model.task: edgeship reference keeps the outputs of text-generation and "
-            f"speech-recognition models; model '{model.name}' is {model.task!r}, whose "
-            "reference runs in each build"
-        )
-    problems = sources.missing_source_files(model, root, {}, [])
-    if problems:
-        from orchestrator.errors import SpecError
-
-        raise SpecError(problems, title="model source not found")
-    source = sources.open_source(model, root, load=False)
-    sha = str(source.lineage.get("sha256"))
-
-    def load_net() -> Any:
-        module = sources.open_source(model, root).module
-        return getattr(module, "net", module)
-
-    result: Any
-    if model.task == "text-generation":
-        prompts = generative.load_prompts(model, root)
-        result = generative.reference(model, root, load_net, sha, prompts, threads)
-        summary = generative.reference_summary(model, result, prompts)
-    else:
-        asr.check_features(model, root)
-        clips = asr.load_clips(model)
-        result = asr.reference(model, root, load_net, sha, clips, threads)
-        summary = asr.reference_summary(model, result, clips)
-    summary["source"] = {"folder": source.lineage.get("folder"), "sha256": sha}
-    summary["threads"] = _read(result.path)[0].get("threads")
-    path = store(root, model.name, result.path, summary)
-    return path, summary, not result.cached

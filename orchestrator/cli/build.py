@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from orchestrator.build import kept_reference
+    from orchestrator.build import store_reference
     from orchestrator.spec.compose import load_option
 
     root = project_root()
@@ -131,7 +131,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     for name in names[0].split(","):
         model = load_option("model", name, root)
         t0 = time.perf_counter()
-        path, summary, computed = kept_reference.compute_and_store(model, root, args.threads)
+        path, summary, computed = store_reference.compute_and_store(model, root, args.threads)
         how = "computed" if computed else "kept outputs matched, not recomputed"
         print(
             f"{name}: reference outputs at {path.relative_to(root)} (key {summary['key']}; "

@@ -147,16 +147,16 @@ def test_the_speech_reference_is_kept_once_and_read_back(
 ) -> None:
     """``edgeship reference`` for a speech model: transcripts and step-1 logits kept in
     ``references/<model>/``, and a second call reads them instead of transcribing again."""
-    from orchestrator.build import kept_reference
+    from orchestrator.build import kept_reference, store_reference
 
     model = compose(["deployment=dictation_whisper_nuc", *model_overrides, *FAST], ROOT)
     model = model.config.model
     model.source.path = str((ROOT / model.source.path).resolve())  # the project: tmp_path
-    path, summary, computed = kept_reference.compute_and_store(model, tmp_path, 2)
+    path, summary, computed = store_reference.compute_and_store(model, tmp_path, 2)
     assert computed and path == tmp_path / "references" / "dictation_whisper" / "reference.npz"
     assert summary["task"] == "speech-recognition" and len(summary["texts"]) == 4
     assert summary["clips"] == 4 and summary["real_time_factor"] > 0
-    again_path, again, computed = kept_reference.compute_and_store(model, tmp_path, 2)
+    again_path, again, computed = store_reference.compute_and_store(model, tmp_path, 2)
     assert not computed and again_path == path and again["key"] == summary["key"]
     found = kept_reference.find(tmp_path, "dictation_whisper", summary["key"])
     assert found is not None and found.stored and found.meta["texts"] == summary["texts"]

@@ -88,7 +88,7 @@ def test_dvc_yaml_reference_stage_covers_every_module_it_imports() -> None:
     code = (
         "import json, sys\n"
         "import orchestrator.cli.main, orchestrator.cli.build\n"
-        "import orchestrator.build.kept_reference\n"
+        "import orchestrator.build.kept_reference, orchestrator.build.store_reference\n"
         "import orchestrator.build.generative, orchestrator.build.speech\n"
         "import orchestrator.build.sources, orchestrator.build.framework_sources\n"
         "print(json.dumps(sorted({getattr(m, '__file__', None) or '' "

@@ -57,9 +57,10 @@ def test_a_damaged_kept_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_only_generative_models_have_kept_references(tmp_path: Path) -> None:
+    from orchestrator.build.store_reference import compute_and_store
     from orchestrator.spec.compose import load_option
 
     root = Path(__file__).resolve().parents[2]
     model = load_option("model", "posture_cnn", root)
     with pytest.raises(BuildError, match="text-generation and speech-recognition"):
-        kept.compute_and_store(model, root, 2)
+        compute_and_store(model, root, 2)

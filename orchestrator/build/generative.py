@@ -245,7 +245,6 @@ def reference(
     """The reference's greedy tokens and step-1 logits, computed once and kept
     (:mod:`orchestrator.build.kept_reference`); ``load_net`` loads the reference model,
     called only when no kept outputs match."""
-    import torch
 
     gen = settings(model)
     key = _reference_key(model, source_sha, prompts)
@@ -263,14 +262,7 @@ def reference(
             found.stored,
             key,
         )
-    note = kept.stale(root, model.name, key)
-    if note:
-        log.warning("%s", note)
-    net = load_net()
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with kept.computing(root, model.name, key, load_net, threads) as net:
         _greedy_torch(net, prompts.ids[0], min(4, gen.max_new_tokens), None)  # warm-up
         tokens, firsts, steps, ttfts = [], [], [], []
         for prompt in prompts.ids:
@@ -280,8 +272,6 @@ def reference(
             steps += s
             ttfts.append(ttft)
         perplexity = _perplexity_torch(net, prompts.heldout) if prompts.heldout else None
-    finally:
-        torch.set_num_threads(previous)
     step = float(np.median(steps)) if steps else 0.0
     meta = {
         "tokens": tokens,

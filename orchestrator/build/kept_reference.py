@@ -20,6 +20,9 @@ A file is used only when the key inside it equals the key of the build asking fo
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ STORE = Path("references")
 CACHE = Path(".edgeship") / "reference"
 FILE = "reference.npz"
 SUMMARY = "reference.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,3 +128,24 @@ def store(root: Path, model: str, kept_file: Path, summary: dict[str, Any]) -> P
         tmp.replace(path)
     write_text(path.with_name(SUMMARY), json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return path
+
+
+@contextmanager
+def computing(
+    root: Path, model: str, key: str, load_net: Callable[[], Any], threads: int
+) -> Iterator[Any]:
+    """Run the reference now: say why a stored file was not used, load the model, and
+    give PyTorch ``threads`` threads (0: its default) while the block runs."""
+    import torch
+
+    note = stale(root, model, key)
+    if note:
+        log.warning("%s", note)
+    net = load_net()
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield net
+    finally:
+        torch.set_num_threads(previous)

@@ -253,7 +253,6 @@ def reference(
     """The reference's greedy transcripts and step-1 logits, computed once and kept
     (:mod:`orchestrator.build.kept_reference`); ``load_net`` loads the reference model,
     called only when no kept outputs match."""
-    import torch
 
     s = settings(model)
     key = _reference_key(model, source_sha, clips)
@@ -270,18 +269,11 @@ def reference(
             found.stored,
             key,
         )
-    note = kept.stale(root, model.name, key)
-    if note:
-        log.warning("%s", note)
-    net = load_net()
     tok = load_tokenizer(model, root)
     prompt = prompt_ids(tok, s)
     eos = int(tok.eos_token_id)
     suppress = begin_suppress(model, root)
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with kept.computing(root, model.name, key, load_net, threads) as net:
         fe_start = time.perf_counter()
         feats = _features(model, root, clips)
         fe_s = time.perf_counter() - fe_start
@@ -293,8 +285,6 @@ def reference(
             busy += time.perf_counter() - start
             tokens.append(t)
             firsts.append(first)
-    finally:
-        torch.set_num_threads(previous)
     texts = [tok.decode(t, skip_special_tokens=True) for t in tokens]
     meta = {
         "tokens": tokens,

@@ -11,6 +11,7 @@ from orchestrator.build import generative, sources
 from orchestrator.build import speech as asr
 from orchestrator.build.kept_reference import read, store
 from orchestrator.errors import BuildError, SpecError
+from orchestrator.spec.files import option_label
 
 
 def compute_and_store(model: Any, root: Path, threads: int) -> tuple[Path, dict[str, Any], bool]:
@@ -23,7 +24,8 @@ def compute_and_store(model: Any, root: Path, threads: int) -> tuple[Path, dict[
             f"speech-recognition models; model '{model.name}' is {model.task!r}, whose "
             "reference runs in each build"
         )
-    problems = sources.missing_source_files(model, root, {}, [])
+    label = option_label(root, "model", model.name)
+    problems = sources.missing_source_files(model, root, {"model": label}, [])
     if problems:
         raise SpecError(problems, title="model source not found")
     source = sources.open_source(model, root, load=False)

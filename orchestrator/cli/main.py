@@ -29,6 +29,7 @@ from orchestrator.errors import EdgeshipError, ExitCode, exit_code_table
 from orchestrator.project import full_errors
 
 log = logging.getLogger("edgeship")
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 def _err(msg: str) -> None:
@@ -127,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # transformers imports torchao, which reports its CUDA kernels missing from a CPU
+        # build, and torch a deprecation inside torchao: neither concerns a build (-v shows)
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except EdgeshipError as exc:

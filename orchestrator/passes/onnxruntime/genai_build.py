@@ -32,7 +32,7 @@ from orchestrator.core import toolenv
 from orchestrator.core.model_file import ModelFile
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import HF_FOLDER, Pass, PassContext, register_pass
-from orchestrator.passes.optimum.export_onnx import EXPORT_RECORD, folder_companions
+from orchestrator.passes.optimum.export_onnx import folder_companions, write_export_record
 
 TOOL = "ort-genai"
 PASS = "ortgenai_build"
@@ -176,43 +176,34 @@ class OrtGenaiBuild(Pass):
         inputs, outputs, opset = _graph_io(graph)
         env = toolenv.info(TOOL) or {}
         lock = [str(x) for x in env.get("lock") or []]
-        (out / EXPORT_RECORD).write_text(
-            json.dumps(
-                {
-                    "exporter": "onnxruntime-genai model builder",
-                    # the staging folders replaced by OUT and CACHE: the same for every build
-                    "command": [
-                        "python",
-                        *(
-                            {str(out): "OUT", str(cache): "CACHE"}.get(a, a)
-                            for a in builder_command(folder, out, cache, options)
-                        ),
-                    ],
-                    "precision": options.precision,
-                    "opset": opset,
-                    "inputs": inputs,
-                    "outputs": outputs,
-                    "seconds": round(seconds, 2),
-                    "versions": {
-                        "onnxruntime-genai": env.get("version"),
-                        **{
-                            line.split("==")[0]: line.split("==")[1]
-                            for line in lock
-                            if line.split("==")[0]
-                            in ("onnxruntime", "onnx-ir", "onnx", "transformers", "torch")
-                        },
-                    },
-                    "toolenv": {
-                        "name": TOOL,
-                        "digest": env.get("digest"),
-                        "requirements": env.get("requirements"),
-                        "lock": env.get("lock"),
+        write_export_record(
+            out,
+            TOOL,
+            {
+                "exporter": "onnxruntime-genai model builder",
+                # the staging folders replaced by OUT and CACHE: the same for every build
+                "command": [
+                    "python",
+                    *(
+                        {str(out): "OUT", str(cache): "CACHE"}.get(a, a)
+                        for a in builder_command(folder, out, cache, options)
+                    ),
+                ],
+                "precision": options.precision,
+                "opset": opset,
+                "inputs": inputs,
+                "outputs": outputs,
+                "seconds": round(seconds, 2),
+                "versions": {
+                    "onnxruntime-genai": env.get("version"),
+                    **{
+                        line.split("==")[0]: line.split("==")[1]
+                        for line in lock
+                        if line.split("==")[0]
+                        in ("onnxruntime", "onnx-ir", "onnx", "transformers", "torch")
                     },
                 },
-                indent=1,
-                sort_keys=True,
-            )
-            + "\n"
+            },
         )
         extra = sorted(p for p in out.iterdir() if p.is_file() and p != graph)
         return ModelFile(graph, "onnx", str(options.precision), tuple(extra))

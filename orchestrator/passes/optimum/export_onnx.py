@@ -30,6 +30,26 @@ from orchestrator.passes.base import Pass, PassContext, register_pass
 TOOL = "optimum-onnx"
 WORKER = Path(optimum_worker.__file__).resolve()
 EXPORT_RECORD = "export.json"
+
+
+def write_export_record(out: Path, tool: str, fields: dict[str, Any]) -> Path:
+    """``export.json`` beside an exported folder: what the exporter did (``fields``) and the
+    tool environment it ran in (requirements, what pip installed without dependencies, the
+    lock: every distribution, ``pip freeze``), which is part of the build's provenance."""
+    env = toolenv.info(tool) or {}
+    block = {
+        "name": tool,
+        "digest": env.get("digest"),
+        "requirements": env.get("requirements"),
+        "lock": env.get("lock"),
+    }
+    if env.get("no_deps"):
+        block["no_deps"] = env["no_deps"]
+    path = out / EXPORT_RECORD
+    path.write_text(json.dumps({**fields, "toolenv": block}, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".data")
 WRITTEN_BY_EXPORT = ("config.json", "generation_config.json")
 
@@ -111,29 +131,18 @@ class OptimumExportOnnx(Pass):
             if not (out / p.name).exists():
                 shutil.copy2(p, out / p.name)
                 extra.append(out / p.name)
-        env = toolenv.info(TOOL) or {}
-        record = out / EXPORT_RECORD
-        record.write_text(
-            json.dumps(
-                {
-                    "exporter": "optimum-onnx",
-                    "task": options.task,
-                    "opset": result.get("opset"),
-                    "inputs": result.get("inputs"),
-                    "outputs": result.get("outputs"),
-                    "seconds": round(float(result.get("seconds", 0.0)), 2),
-                    "versions": result.get("versions"),
-                    "toolenv": {
-                        "name": TOOL,
-                        "digest": env.get("digest"),
-                        "requirements": env.get("requirements"),
-                        "lock": env.get("lock"),
-                    },
-                },
-                indent=1,
-                sort_keys=True,
-            )
-            + "\n"
+        record = write_export_record(
+            out,
+            TOOL,
+            {
+                "exporter": "optimum-onnx",
+                "task": options.task,
+                "opset": result.get("opset"),
+                "inputs": result.get("inputs"),
+                "outputs": result.get("outputs"),
+                "seconds": round(float(result.get("seconds", 0.0)), 2),
+                "versions": result.get("versions"),
+            },
         )
         extra.append(record)
         return ModelFile(graph, "onnx", "fp32", tuple(sorted(set(extra))))

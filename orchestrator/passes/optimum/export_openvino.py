@@ -27,7 +27,7 @@ from orchestrator.core import optimum_intel_worker, toolenv
 from orchestrator.core.model_file import ModelFile
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import HF_FOLDER, Pass, PassContext, register_pass
-from orchestrator.passes.optimum.export_onnx import EXPORT_RECORD, folder_companions
+from orchestrator.passes.optimum.export_onnx import folder_companions, write_export_record
 
 TOOL = "optimum-intel"
 WORKER = Path(optimum_intel_worker.__file__).resolve()
@@ -116,32 +116,22 @@ class OptimumExportOpenVino(Pass):
         for p in folder_companions(folder):
             if not (out / p.name).exists():
                 shutil.copy2(p, out / p.name)
-        env = toolenv.info(TOOL) or {}
-        (out / EXPORT_RECORD).write_text(
-            json.dumps(
-                {
-                    "exporter": "optimum-intel",
-                    "task": options.task,
-                    "stateful": True,
-                    "weight_format": options.weight_format,
-                    "inputs": result.get("inputs"),
-                    "outputs": result.get("outputs"),
-                    "state_variables": result.get("state_variables"),
-                    "constants_by_type": result.get("constants_by_type"),
-                    "tokenizer": list(TOKENIZER_FILES) if options.tokenizer else [],
-                    "seconds": round(float(result.get("seconds", 0.0)), 2),
-                    "versions": result.get("versions"),
-                    "toolenv": {
-                        "name": TOOL,
-                        "digest": env.get("digest"),
-                        "requirements": env.get("requirements"),
-                        "lock": env.get("lock"),
-                    },
-                },
-                indent=1,
-                sort_keys=True,
-            )
-            + "\n"
+        write_export_record(
+            out,
+            TOOL,
+            {
+                "exporter": "optimum-intel",
+                "task": options.task,
+                "stateful": True,
+                "weight_format": options.weight_format,
+                "inputs": result.get("inputs"),
+                "outputs": result.get("outputs"),
+                "state_variables": result.get("state_variables"),
+                "constants_by_type": result.get("constants_by_type"),
+                "tokenizer": list(TOKENIZER_FILES) if options.tokenizer else [],
+                "seconds": round(float(result.get("seconds", 0.0)), 2),
+                "versions": result.get("versions"),
+            },
         )
         extra = [
             p

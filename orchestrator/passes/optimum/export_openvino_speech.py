@@ -27,7 +27,7 @@ from orchestrator.core import openvino_speech_worker, toolenv
 from orchestrator.core.model_file import ModelFile
 from orchestrator.errors import BuildError
 from orchestrator.passes.base import Pass, PassContext, register_pass
-from orchestrator.passes.optimum.export_onnx import EXPORT_RECORD, folder_companions
+from orchestrator.passes.optimum.export_onnx import folder_companions, write_export_record
 
 TOOL = "optimum-intel"
 WORKER = Path(openvino_speech_worker.__file__).resolve()
@@ -119,27 +119,16 @@ class OptimumExportOpenvinoSpeech(Pass):
         for p in folder_companions(folder):
             if not (out / p.name).exists():
                 shutil.copy2(p, out / p.name)
-        env = toolenv.info(TOOL) or {}
-        (out / EXPORT_RECORD).write_text(
-            json.dumps(
-                {
-                    "exporter": "optimum-intel",
-                    "task": options.task,
-                    "weight_format": "fp32",
-                    "graphs": result.get("graphs"),
-                    "seconds": round(float(result.get("seconds", 0.0)), 2),
-                    "versions": result.get("versions"),
-                    "toolenv": {
-                        "name": TOOL,
-                        "digest": env.get("digest"),
-                        "requirements": env.get("requirements"),
-                        "no_deps": env.get("no_deps"),
-                        "lock": env.get("lock"),
-                    },
-                },
-                indent=1,
-                sort_keys=True,
-            )
-            + "\n"
+        write_export_record(
+            out,
+            TOOL,
+            {
+                "exporter": "optimum-intel",
+                "task": options.task,
+                "weight_format": "fp32",
+                "graphs": result.get("graphs"),
+                "seconds": round(float(result.get("seconds", 0.0)), 2),
+                "versions": result.get("versions"),
+            },
         )
         return folder_model(out, "fp32")

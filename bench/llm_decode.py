@@ -10,14 +10,27 @@ held-out text against the reference's, time to first token at the stated prompt 
 tokens/s (median decoding step of the validation loop; beside it OpenVINO GenAI's
 ``LLMPipeline`` for the OpenVINO artifacts, onnxruntime-genai's generator for the ONNX ones
 when the ort-genai tool environment is installed, and the share of prompts whose greedy
-tokens it gives as the loop did), size, peak RSS of the decoding process, and the
+tokens it gives as the loop did), size, peak RSS of the decoding process (and its ratio to
+the weight bytes), and the
 memory-bandwidth bound: a decoding step reads every weight once, so tokens/s <= bandwidth /
 weight bytes, with the bandwidth measured here (a large numpy copy). A model whose weights
 fit in the CPU caches (the shipped tiny example) decodes faster than that bound: the bound
 speaks for real sizes.
 
-    .venv/bin/python bench/llm_decode.py [--threads 2]
+    .venv/bin/python bench/llm_decode.py [--threads 2] [--size tiny|medium]
         [--only onnxruntime,onnxruntime-genai,openvino]   # one or more, comma-separated
+        [--recipes llm_int8w,llm_genai_int8w,llm_ov_int8w]  # only these recipes
+
+``--size tiny`` (the default) builds the shipped example (``models/assistant_llm``).
+``--size medium`` first trains, briefly and deterministically, a larger assistant of the
+same architecture on the same corpus into bench/results/assistant_llm_medium/ (reused when
+its training record matches the preset; see ``SIZES``), whose INT8 weights are several
+times the CPU's last-level cache, then builds the recipes against that folder
+(``model.source.path=...``) with the parity gates only: the size, speed and memory gates
+of the two deployments are sized for the tiny model. Its artifacts go to
+bench/results/artifacts-medium/ and its figures to bench/results/llm_decode_medium.json.
+A build that misses a gate is still measured (its folder is under ``.failed/``) and
+flagged in the table.
 
 Needs the optimum-onnx, ort-genai and optimum-intel tool environments (``edgeship toolenv
 install optimum-onnx``, ``... ort-genai``, ``... optimum-intel``) and the trained model
@@ -31,6 +44,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +63,84 @@ BUILDS = (  # (runtime, deployment, recipe)
     ("openvino", "assistant_llm_nuc", "llm_ov_int8w"),
     ("openvino", "assistant_llm_nuc", "llm_ov_int4w"),
 )
+
+
+# the gates a deployment keeps at a size other than the shipped one: parity only (the size,
+# speed and memory gates of conf/deployment/assistant_llm_*.yaml fit the tiny model)
+PARITY_GATES = (
+    "teacher_forced_agreement >= 0.95",
+    "tokenizer_exact >= 1",
+    "step1_max_abs_error <= 0.5",
+    "perplexity_ratio <= 1.05",
+)
+GENAI_GATE = "genai_exact >= 1"  # the OpenVINO deployment's LLMPipeline check
+
+
+@dataclass(frozen=True)
+class Size:
+    """A larger assistant trained for the benchmark: examples.assistant_llm.train's
+    arguments (steps, batch, lr) and Qwen3 configuration overrides."""
+
+    steps: int
+    batch: int
+    lr: float
+    config: dict[str, int] = field(default_factory=dict)
+
+
+SIZES: dict[str, Size | None] = {
+    "tiny": None,  # the shipped models/assistant_llm (hidden 128, 4 layers, 0.86 M parameters)
+    # hidden 1024, 6 layers, SwiGLU 2816, 16 query / 8 key-value heads of 64: 71 M
+    # parameters, INT8 weights 72-83 MB against a 32 MiB L3; trains in ~6 minutes on two
+    # cores (mean top-1 probability 0.947)
+    "medium": Size(
+        steps=80,
+        batch=8,
+        lr=1e-3,
+        config={
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 64,
+        },
+    ),
+}
+
+
+def trained_model(size: str, results: Path) -> Path | None:
+    """The folder of the assistant at ``size`` (None: the shipped one), trained into
+    ``results`` unless a folder whose training record matches the preset is there."""
+    preset = SIZES[size]
+    if preset is None:
+        return None
+    from examples._io import sidecar_path
+    from examples.assistant_llm.train import train
+
+    folder = results / f"assistant_llm_{size}"
+    record_path = sidecar_path(folder)
+    want = {"steps": preset.steps, "batch": preset.batch, "lr": preset.lr, "seed": 0}
+    if (folder / "config.json").is_file() and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        config = json.loads((folder / "config.json").read_text())
+        if all(record.get(k) == v for k, v in want.items()) and all(
+            config.get(k) == v for k, v in preset.config.items()
+        ):
+            print(f"assistant_llm_{size}: reusing {folder} ({record})")
+            return folder
+    print(f"assistant_llm_{size}: training into {folder} ...", flush=True)
+    record = train(folder, steps=preset.steps, batch=preset.batch, lr=preset.lr, **preset.config)
+    print(f"assistant_llm_{size}: {record}")
+    return folder
+
+
+def size_overrides(deployment: str, folder: Path | None) -> list[str]:
+    """Overrides that build ``deployment`` against ``folder`` with the parity gates only."""
+    if folder is None:
+        return []
+    gates = list(PARITY_GATES) + ([GENAI_GATE] if deployment == "assistant_llm_nuc" else [])
+    quoted = ",".join(f"'{g}'" for g in gates)
+    return [f"model.source.path={folder}", f"deployment.gates=[{quoted}]"]
 
 
 def bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
@@ -80,28 +172,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="", help="runtimes, comma-separated (default: all)")
+    parser.add_argument("--recipes", default="", help="recipes, comma-separated (default: all)")
+    parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="model size")
     args = parser.parse_args()
     only = {r for r in args.only.split(",") if r}
     unknown = only - {b[0] for b in BUILDS}
     if unknown:
         parser.error(f"--only: unknown runtime(s) {', '.join(sorted(unknown))}")
+    recipes = {r for r in args.recipes.split(",") if r}
+    unknown = recipes - {b[2] for b in BUILDS}
+    if unknown:
+        parser.error(f"--recipes: unknown recipe(s) {', '.join(sorted(unknown))}")
     results = ROOT / "bench" / "results"
-    os.environ["EDGESHIP_ARTIFACTS"] = str(results / "artifacts")
+    suffix = "" if args.size == "tiny" else f"-{args.size}"
+    artifacts = results / f"artifacts{suffix}"
+    os.environ["EDGESHIP_ARTIFACTS"] = str(artifacts)
     os.environ["EDGESHIP_ROOT"] = str(ROOT)
     from orchestrator.build.pipeline import run_build
+    from orchestrator.errors import GateFailure
     from orchestrator.spec.compose import compose
 
+    folder = trained_model(args.size, results)
     bw = bandwidth_gb_s()
     rows = []
     reference: dict[str, float] = {}
     for runtime, deployment, recipe in BUILDS:
-        if only and runtime not in only:
+        if (only and runtime not in only) or (recipes and recipe not in recipes):
             continue
-        spec = compose(
-            [f"deployment={deployment}", f"recipe={recipe}", f"target.threads={args.threads}"],
-            ROOT,
-        )
-        art = run_build(spec, record=False).artifact_dir
+        overrides = [f"deployment={deployment}", f"recipe={recipe}"]
+        overrides += [f"target.threads={args.threads}", *size_overrides(deployment, folder)]
+        spec = compose(overrides, ROOT)
+        failed: list[str] = []
+        try:
+            art = run_build(spec, record=False).artifact_dir
+        except GateFailure as exc:  # still measured: the folder is kept under .failed/
+            art, failed = artifacts / ".failed" / exc.deployment, list(exc.failed)
         m = json.loads((art / "metrics.json").read_text())
         reference = {
             "tokens_per_s": m["reference_tokens_per_s"],
@@ -131,18 +236,24 @@ def main() -> int:
                 "peak_memory_mb": m["peak_memory_mb"],
                 "bandwidth_bound_tokens_per_s": bound,
                 "share_of_bound": m["tokens_per_s"] / bound,
+                "rss_over_weights": m["peak_memory_mb"] / (wbytes / 1e6),
+                "failed_gates": failed,
             }
         )
+    where = "models/assistant_llm" if folder is None else str(folder.relative_to(ROOT))
+    print(f"model: {args.size} ({where})")
     print(f"memory bandwidth (copy): {bw:.1f} GB/s; {args.threads} threads")
     head = (
         "artifact", "export s", "agree", "1st div", "step1 err", "ppl", "TTFT ms", "tok/s",
-        "genai", "same", "MB", "RSS MB", "bound", "share",
+        "genai", "same", "MB", "RSS MB", "bound", "share", "RSS/w",
     )  # fmt: skip
-    form = "{:<16} {:>8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>7} {:>6} {:>5} {:>6} {:>7} {:>7} {:>6}"
+    form = (
+        "{:<16} {:>8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>7} {:>6} {:>5} {:>6} {:>7} {:>7} {:>6} {:>5}"
+    )
     print(form.format(*head))
     ppl = f"{reference.get('perplexity', 0.0):.3f}"
     eager = ("pytorch eager", "-", "-", "-", "-", ppl, "-")
-    print(form.format(*eager, f"{reference.get('tokens_per_s', 0.0):.0f}", *["-"] * 6))
+    print(form.format(*eager, f"{reference.get('tokens_per_s', 0.0):.0f}", *["-"] * 7))
     for r in rows:
         genai = r["genai_tokens_per_s"]
         same = r["genai_exact"]
@@ -162,16 +273,22 @@ def main() -> int:
                 f"{r['peak_memory_mb']:.0f}",
                 f"{r['bandwidth_bound_tokens_per_s']:.0f}",
                 f"{r['share_of_bound']:.2f}",
+                f"{r['rss_over_weights']:.2f}",
             )
         )
+        if r["failed_gates"]:
+            print(f"  {r['artifact']}: failed gate(s): {'; '.join(r['failed_gates'])}")
     results.mkdir(parents=True, exist_ok=True)
     out = {
+        "size": args.size,
+        "model": where,
         "bandwidth_gb_s": bw,
         "pytorch_eager_tokens_per_s": reference.get("tokens_per_s"),
         "reference_perplexity": reference.get("perplexity"),
         "artifacts": rows,
     }
-    (results / "llm_decode.json").write_text(json.dumps(out, indent=1) + "\n")
+    name = f"llm_decode{suffix.replace('-', '_')}.json"
+    (results / name).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

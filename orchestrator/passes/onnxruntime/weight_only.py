@@ -6,7 +6,8 @@ with a ``MatMulNBits`` node (contrib domain) holding the weight in ``bits``-bit 
 point) per block. Activations stay float, so the decoder's arithmetic and its KV cache
 are those of the float model; what shrinks is the weight memory that bounds decoding
 speed. It runs after a single export, on the exported graph: one export serves every
-precision. The model's companion files (config, tokenizer) travel along.
+precision. The model's companion files (config, tokenizer) travel along; the weights go to
+``model.onnx.data`` beside the graph (``external_data``), which ONNX Runtime maps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class WeightOnlyOptions:
     block_size: int = 32  # values per quantization block (a power of two, 16 or more)
     symmetric: bool = True  # no zero points: scales only
     accuracy_level: int = 4  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    # the weights in model.onnx.data beside the graph: ONNX Runtime memory-maps that file
+    # instead of copying the weights out of the graph (a lower peak memory), and a graph
+    # over protobuf's 2 GB (a real-size LLM) can only be saved that way
+    external_data: bool = True
 
 
 @register_pass
@@ -52,11 +57,16 @@ class OrtWeightOnly(Pass):
         )
         quant.process()
         out = ctx.workdir / "model.onnx"
-        quant.model.save_model_to_file(str(out), use_external_data_format=False)
+        external = bool(options.external_data)
+        quant.model.save_model_to_file(str(out), use_external_data_format=external)
         extra = []
+        if external:
+            data = out.with_name(out.name + ".data")
+            data.chmod(0o644)  # onnx writes it owner-only; it travels like the graph
+            extra.append(data)
         for p in model.extra:
             if p.name.endswith((".onnx_data", ".onnx.data")):
-                continue  # the weights are inside the new graph
+                continue  # the input's weights: the new graph has its own
             shutil.copy2(p, ctx.workdir / p.name)
             extra.append(ctx.workdir / p.name)
         return ModelFile(out, "onnx", self.output_precision(options, model.precision), tuple(extra))

@@ -64,7 +64,17 @@ Step = Callable[[str], None]
 CandidateBuilder = Callable[["SelectionResult", list[ComposedSpec], Path, Step | None, bool], None]
 
 # the metric on the plot's parity axis, per task
-PARITY_METRIC = {"classification": "agreement", "segmentation": "dice_vs_reference"}
+PARITY_METRIC = {
+    "classification": "agreement",
+    "segmentation": "dice_vs_reference",
+    "text-generation": "teacher_forced_agreement",
+    "speech-recognition": "teacher_forced_agreement",
+}
+# the plot's error axis: generative builds compare the first decoding step's logits
+ERROR_METRIC = {
+    "text-generation": "step1_max_abs_error",
+    "speech-recognition": "step1_max_abs_error",
+}
 
 
 @dataclass
@@ -108,6 +118,7 @@ class SelectionResult:
     artifact_dir: Path | None = None
     report_files: list[Path] = field(default_factory=list)
     measured_on: dict[str, str] | None = None  # the lab device (device, fleet); None: here
+    error_metric: str = "max_abs_error"  # the plot's error axis (ERROR_METRIC)
 
     @property
     def passed(self) -> bool:
@@ -346,6 +357,7 @@ def run_selection(
         PARITY_METRIC.get(cfg.model.task, "max_abs_error"),
         [],
         None,
+        error_metric=ERROR_METRIC.get(cfg.model.task, "max_abs_error"),
     )
     out_root = artifacts_root(spec.root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -524,7 +536,8 @@ def _plot(result: SelectionResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, metric in zip(axes, (result.parity_metric, "max_abs_error"), strict=True):
+    error = result.error_metric
+    for ax, metric in zip(axes, (result.parity_metric, error), strict=True):
         for k, c in enumerate(result.candidates):
             x, y = c.metrics.get(result.select_by), c.metrics.get(metric)
             if x is None or y is None:
@@ -543,7 +556,7 @@ def _plot(result: SelectionResult, path: Path) -> None:
         if unique:
             ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
         ax.set_xscale("log")
-        if metric == "max_abs_error":
+        if metric == error:
             ax.set_yscale("symlog", linthresh=1e-6)
         ax.set(xlabel=f"{result.select_by} (ms, log scale)", ylabel=f"{metric} vs reference")
     fig.suptitle(f"{result.deployment} on {result.target}: latency vs parity per candidate recipe")

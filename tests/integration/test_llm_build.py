@@ -104,3 +104,30 @@ def test_fp32_export_matches_pytorch_token_for_token() -> None:
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["exact_generations"] == 1.0 and metrics["teacher_forced_agreement"] == 1.0
     assert metrics["step1_max_abs_error"] < 1e-4
+
+
+def test_recipe_auto_picks_among_text_generation_recipes() -> None:
+    """``recipe=auto`` on a text-generation deployment: the passing candidate with the
+    fastest decoding step wins, ranked with teacher-forced agreement beside it (a CNN recipe
+    named as a candidate is refused when the spec is composed)."""
+    from orchestrator.build.select import run_selection
+
+    spec = compose(
+        [
+            "deployment=assistant_llm_server",
+            "recipe=auto",
+            "recipe.candidates=[llm_fp32,llm_int8w]",
+        ],
+        ROOT,
+    )
+    result = run_selection(spec, record=False)
+    by_recipe = {c.recipe: c for c in result.candidates}
+    assert set(by_recipe) == {"llm_fp32", "llm_int8w"}
+    passed = [c for c in result.candidates if c.status in ("passed", "winner")]
+    assert result.winner is not None and result.winner.recipe in ("llm_fp32", "llm_int8w")
+    assert result.parity_metric == "teacher_forced_agreement"
+    assert result.error_metric == "step1_max_abs_error"
+    best = min(passed, key=lambda c: c.metrics["p50_ms"])
+    assert best is result.winner
+    table = (result.artifact_dir / "selection" / "comparison.md").read_text()
+    assert "teacher_forced_agreement" in table and "llm_int8w" in table

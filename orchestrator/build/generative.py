@@ -292,16 +292,9 @@ def reference_summary(
     model: ModelConfig, reference_: GenerationReference, prompts: Prompts
 ) -> dict[str, Any]:
     """What ``references/<model>/reference.json`` says of the stored reference."""
-    import torch
-    import transformers
 
     return {
-        "model": model.name,
-        "task": model.task,
-        "key": reference_.key,
-        "runtime": "PyTorch eager, FP32",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **kept.summary_head(model, reference_.key),
         "prompts": len(prompts),
         "prompts_sha256": prompts.sha256,
         "heldout_sha256": prompts.heldout_sha256 or None,

@@ -49,6 +49,22 @@ class Kept:
     stored: bool  # the DVC output (references/<model>), not the build's cache
 
 
+def summary_head(model: Any, key: str) -> dict[str, Any]:
+    """What every ``reference.json`` starts with: the model, its task, the key and the
+    reference's runtime (PyTorch eager, FP32, with the torch and transformers versions)."""
+    import torch
+    import transformers
+
+    return {
+        "model": model.name,
+        "task": model.task,
+        "key": key,
+        "runtime": "PyTorch eager, FP32",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
 def stored_path(root: Path, model: str) -> Path:
     """``references/<model>/reference.npz`` of the project."""
     return root / STORE / model / FILE

@@ -302,17 +302,10 @@ def reference_summary(
     model: ModelConfig, reference_: SpeechReference, clips: Clips
 ) -> dict[str, Any]:
     """What ``references/<model>/reference.json`` says of the stored reference."""
-    import torch
-    import transformers
 
     s = settings(model)
     return {
-        "model": model.name,
-        "task": model.task,
-        "key": reference_.key,
-        "runtime": "PyTorch eager, FP32",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **kept.summary_head(model, reference_.key),
         "clips": len(clips),
         "clips_sha256": clips.sha256,
         "language": s.language,

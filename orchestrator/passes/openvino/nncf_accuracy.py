@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
 from orchestrator.passes.openvino.nncf_quantize import (
     NncfQuantizeOptions,
+    advanced_parameters,
     calibration_dataset,
     quantization_preset,
     save_int8,
@@ -112,6 +113,7 @@ class NncfQuantizeAccuracy(Pass):
                 preset=quantization_preset(nncf, options.preset),
                 subset_size=items,
                 fast_bias_correction=options.fast_bias_correction,
+                advanced_quantization_parameters=advanced_parameters(nncf, options.overflow_fix),
                 advanced_accuracy_restorer_parameters=advanced,
             )
         log.info("nncf accuracy control on %s (max drop %s)", evaluation.metric, options.max_drop)

@@ -915,12 +915,6 @@ def _gate_report_head(spec: ComposedSpec, result: Validation, what: str) -> list
     return lines
 
 
-def _reference_net(model: Any, root: Path) -> Any:
-    """The generative reference model (transformers' module), loaded now."""
-    module = sources.open_source(model, root).module
-    return getattr(module, "net", module)
-
-
 def _build_generation(
     spec: ComposedSpec,
     target: Target,
@@ -943,7 +937,7 @@ def _build_generation(
     reference = generative.reference(
         cfg.model,
         spec.root,
-        lambda: _reference_net(cfg.model, spec.root),
+        lambda: sources.reference_net(cfg.model, spec.root),
         str(source.lineage.get("sha256")),
         prompts,
         cfg.target.threads,
@@ -1159,7 +1153,7 @@ def _build_speech(
     reference = asr.reference(
         cfg.model,
         spec.root,
-        lambda: _reference_net(cfg.model, spec.root),
+        lambda: sources.reference_net(cfg.model, spec.root),
         str(source.lineage.get("sha256")),
         clips,
         cfg.target.threads,

@@ -109,6 +109,13 @@ def open_source(model: ModelConfig, root: Path, load: bool = True) -> Reference:
     return _open_factory(model, root)
 
 
+def reference_net(model: ModelConfig, root: Path) -> Any:
+    """The reference's torch module, loaded now (a generative build loads it only when no
+    kept reference outputs match; see orchestrator/build/kept_reference.py)."""
+    module = open_source(model, root).module
+    return getattr(module, "net", module)
+
+
 def _file_entry(key: str, path: Path, root: Path) -> dict[str, Any]:
     from orchestrator.build.provenance import file_record
 

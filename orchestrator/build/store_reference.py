@@ -31,9 +31,8 @@ def compute_and_store(model: Any, root: Path, threads: int) -> tuple[Path, dict[
     source = sources.open_source(model, root, load=False)
     sha = str(source.lineage.get("sha256"))
 
-    def load_net() -> Any:
-        module = sources.open_source(model, root).module
-        return getattr(module, "net", module)
+    def load_net() -> Any:  # called only when no kept outputs match
+        return sources.reference_net(model, root)
 
     result: Any
     if model.task == "text-generation":
